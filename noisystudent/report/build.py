@@ -1,0 +1,236 @@
+"""write_report: turn a (possibly unfinished) run folder into RUN/report/.
+
+Each step below draws one kind of figure from whatever the run holds and
+returns its page entries; a step that finds nothing to draw adds a note to the
+page instead, so a partial run still gets a report that says what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import write_text
+from ..errors import RunFolderError
+from ..manifest import LABEL
+from ..run_layout import PRED, REPORT, SPLIT, prob_column
+from . import plots
+from .html import FigureEntry, TableEntry, render_page
+from .inputs import RunData, load_run
+from .tables import (
+    STUDENT,
+    TEACHER,
+    TEST,
+    VALIDATION,
+    evaluation_split,
+    fold_table,
+    headline,
+    metric_columns,
+    summary_rows,
+    summary_table,
+)
+
+log = logging.getLogger(__name__)
+
+PAGE = "report.html"
+SPLIT_WORDS = {TEST: "the test set", VALIDATION: "out-of-fold validation"}
+
+
+def write_report(run: Path) -> Path:
+    """Write RUN/report/ (figures and report.html) and return the page's path."""
+    run = Path(run)
+    if not run.is_dir():
+        raise RunFolderError(f"The run folder {run} does not exist.")
+    data = load_run(run)
+    folder = run / REPORT
+    folder.mkdir(exist_ok=True)
+    figures = []
+    for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, helped_figures):
+        figures.extend(step(data, folder))
+    page = render_page(f"Noisy Student report: {run.name}", data.config, headline(data.metrics), data.notes,
+                       report_tables(data), figures)
+    write_text(folder / PAGE, page)
+    log.info("wrote %s with %d figures", folder / PAGE, len(figures))
+    return folder / PAGE
+
+
+def report_tables(data: RunData) -> list[TableEntry]:
+    """Table A per evaluated split (the headline split first), then Table B."""
+    if data.metrics is None or data.metrics.empty:
+        return []
+    main = evaluation_split(data.metrics)
+    splits = [main] + [s for s in (TEST, VALIDATION) if s != main and (data.metrics["split"] == s).any()]
+    tables = [
+        TableEntry(f"Table A{'' if i == 0 else i + 1}. Fold by fold, {SPLIT_WORDS.get(split, split)}",
+                   f"Each fold's teacher (round 0) and students (round r) on {SPLIT_WORDS.get(split, split)}.",
+                   fold_table(data.metrics, split))
+        for i, split in enumerate(splits)
+    ]
+    tables.append(TableEntry(
+        f"Table B. Summary, {SPLIT_WORDS.get(main, main)}", "Fold means ± sample standard deviation over folds, "
+        f"and the ensembles of the fold models (positive class: {data.positive}).", summary_table(data.metrics, main)))
+    return tables
+
+
+# --- figure steps --------------------------------------------------------------
+
+
+def curve_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+    entries = []
+    for fold in data.folds:
+        histories = {r: h for (f, r), h in data.histories.items() if f == fold}
+        if not histories:
+            data.notes.append(f"fold-{fold}: no history.csv: its training curves are left out.")
+            continue
+        name = f"curves_fold{fold}.png"
+        plots.plot_curves(histories, fold, folder / name)
+        rounds = ", ".join(str(r) for r in sorted(histories))
+        entries.append(FigureEntry(name, f"Training curves, fold {fold}",
+                                   f"Loss and validation accuracy per epoch of rounds {rounds}; the teacher is dashed."))
+    return entries
+
+
+def confusion_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+    classes, final = data.classes, data.final_round
+    if not classes:
+        return []
+    entries = []
+    panels, where = _main_confusion_panels(data, final)
+    if panels:
+        plots.plot_confusions(panels, classes, data.positive, f"Confusion matrices on {where} (positive class: {data.positive})",
+                              folder / "confusion.png", columns=2 if len(panels) > 2 else None)
+        entries.append(FigureEntry("confusion.png", "Confusion matrices: teachers vs final students",
+                                   f"Counts and row percentages on {where}; rows are true classes."))
+    split = TEST if _has_split(data, TEST) else VALIDATION
+    grid = [_fold_panel(data, fold, round_, split) for fold in data.folds for round_ in dict.fromkeys((0, final))]
+    if any(panel[1] is not None for panel in grid):
+        plots.plot_confusions(grid, classes, data.positive, f"Confusion matrices per fold on {SPLIT_WORDS[split]}",
+                              folder / "confusion_folds.png", columns=2 if final else 1)
+        entries.append(FigureEntry("confusion_folds.png", "Confusion matrices per fold",
+                                   f"Each fold's teacher and final student (round {final}) on {SPLIT_WORDS[split]}."))
+    return entries
+
+
+def roc_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+    positive = data.positive
+    if positive not in data.classes:
+        data.notes.append(f"The positive class {positive!r} has no probability column: ROC curves are left out.")
+        return []
+    final = data.final_round
+    fold_curves = {"Teacher": _fold_rocs(data, 0)}
+    if final > 0:
+        fold_curves[f"Student (round {final})"] = _fold_rocs(data, final)
+    fold_curves = {name: curves for name, curves in fold_curves.items() if curves}
+    ensemble_curves = {}
+    for (models, voting), table in _teachers_first(data.ensembles):
+        truth, score = _positive_scores(table, positive)
+        if len(set(truth)) == 2:
+            ensemble_curves[ensemble_name(models, voting)] = (truth, score)
+    if not fold_curves and not ensemble_curves:
+        data.notes.append("No predictions with both classes: ROC curves are left out.")
+        return []
+    plots.plot_roc(fold_curves, ensemble_curves, positive, folder / "roc.png")
+    caption = "Out-of-fold validation: thin lines are single folds, thick lines their vertical mean; legend AUC is mean ± sd over folds."
+    if ensemble_curves:
+        caption += " Ensembles: the ensemble's probability of the positive class on the test set."
+    return [FigureEntry("roc.png", "ROC curves", caption)]
+
+
+def pseudo_label_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+    if not data.pseudo_labels:
+        return []
+    pooled = {}
+    for round_ in sorted({r for _, r in data.pseudo_labels}):
+        pooled[round_] = pd.concat([t for (_, r), t in sorted(data.pseudo_labels.items()) if r == round_], ignore_index=True)
+    plots.plot_pseudo_confidence(pooled, data.classes, folder / "pseudo_confidence.png")
+    return [FigureEntry("pseudo_confidence.png", "Pseudo-label confidence",
+                        "Confidence (top probability) of the pseudo-labels each round's models gave the next round's "
+                        "students, all folds pooled, stacked by predicted class; before balancing copies.")]
+
+
+def helped_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+    if data.metrics is None or data.metrics.empty:
+        return []
+    split = evaluation_split(data.metrics)
+    rows = summary_rows(data.metrics, split)
+    if not rows:
+        return []
+    title = f"Did Noisy Student help? Teachers vs final students on {SPLIT_WORDS.get(split, split)}"
+    plots.plot_helped(rows, metric_columns(data.metrics), title, folder / "helped.png")
+    return [FigureEntry("helped.png", "Did Noisy Student help?",
+                        "Top: fold means (error bars: sd over folds) and ensembles (hatched). "
+                        "Bottom: final students minus teachers per metric.")]
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def ensemble_kind(models: str) -> str:
+    """'teacher' or 'student' from the <models> part of predictions_<models>_<voting>.csv."""
+    lowered = models.lower()
+    if TEACHER in lowered:
+        return TEACHER
+    numbers = re.findall(r"\d+", lowered)
+    return TEACHER if numbers and int(numbers[-1]) == 0 else STUDENT
+
+
+def ensemble_name(models: str, voting: str) -> str:
+    kind = "Teacher" if ensemble_kind(models) == TEACHER else "Student"
+    detail = "" if models.lower() in (TEACHER, STUDENT, "teachers", "students") else f" [{models}]"
+    return f"{kind} ensemble{detail}, {voting} vote"
+
+
+def _main_confusion_panels(data: RunData, final: int) -> tuple[list, str]:
+    """Ensembles on the test set when present, otherwise pooled out-of-fold validation."""
+    if data.ensembles:
+        panels = [(ensemble_name(m, v), *_truth_and_guess(t, None)) for (m, v), t in _teachers_first(data.ensembles)]
+        return [p for p in panels if len(p[1])], SPLIT_WORDS[TEST]
+    panels = []
+    for round_, name in ((0, "Teachers"), (final, f"Students (round {final})")):
+        tables = [p for (f, r), p in sorted(data.predictions.items()) if r == round_]
+        if tables and (round_ == 0 or final > 0):
+            truth, guess = _truth_and_guess(pd.concat(tables, ignore_index=True), VALIDATION)
+            panels.append((f"{name}, {len(tables)} folds pooled", truth, guess))
+    return [p for p in panels if len(p[1])], SPLIT_WORDS[VALIDATION]
+
+
+def _teachers_first(ensembles: dict[tuple[str, str], pd.DataFrame]) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    return sorted(ensembles.items(), key=lambda item: (ensemble_kind(item[0][0]) != TEACHER, item[0]))
+
+
+def _fold_panel(data: RunData, fold: int, round_: int, split: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """A per-fold confusion panel; (title, None, None) draws a 'not available' placeholder."""
+    title = f"fold {fold}, {plots.round_name(round_)}"
+    table = data.predictions.get((fold, round_))
+    truth, guess = _truth_and_guess(table, split) if table is not None else (np.array([]), np.array([]))
+    return (title, truth, guess) if len(truth) else (title, None, None)
+
+
+def _truth_and_guess(table: pd.DataFrame, split: str | None) -> tuple[np.ndarray, np.ndarray]:
+    rows = table if split is None or SPLIT not in table else table[table[SPLIT] == split]
+    rows = rows[rows[LABEL] != ""]
+    return rows[LABEL].to_numpy(), rows[PRED].astype(str).to_numpy()
+
+
+def _positive_scores(table: pd.DataFrame, positive: str, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    rows = table if split is None or SPLIT not in table else table[table[SPLIT] == split]
+    rows = rows[rows[LABEL] != ""]
+    return (rows[LABEL] == positive).to_numpy(), rows[prob_column(positive)].to_numpy(float)
+
+
+def _fold_rocs(data: RunData, round_: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    curves = []
+    for (fold, r), table in sorted(data.predictions.items()):
+        if r == round_:
+            truth, score = _positive_scores(table, data.positive, VALIDATION)
+            if len(set(truth)) == 2:
+                curves.append((truth, score))
+    return curves
+
+
+def _has_split(data: RunData, split: str) -> bool:
+    return any(SPLIT in table and (table[SPLIT] == split).any() for table in data.predictions.values())

@@ -1,0 +1,220 @@
+"""The report's numbers: fold-by-fold table (A), summary table (B), headline.
+
+All three read results/metrics.csv as written by the evaluation stage (one row
+per fold model, plus 'mean', 'variance' and 'ensemble' rows). The teacher is
+round 0; the final student is the highest round with student rows. The test
+split is used when the run has one, the out-of-fold validation split otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import MEAN_ROW, METRIC_COLUMNS, VARIANCE_ROW
+from ..run_layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, ROUND, VOTING
+
+TEACHER, STUDENT = "teacher", "student"
+ENSEMBLE_ROW = "ensemble"
+TEST, VALIDATION = "test", "validation"
+VOTING_ORDER = ("majority", "soft")  # preferred ensemble for the headline
+HEADLINE_METRICS = ("accuracy", "f1", "auc")
+DECIDING_METRICS = ("accuracy", "f1")  # "helped" means better on both
+DISPLAY_NAMES = {"f1": "F1", "f1_weighted": "weighted F1", "auc": "AUC", "ppv": "PPV", "npv": "NPV",
+                 "mcc": "MCC", "balanced_accuracy": "balanced accuracy"}
+
+
+@dataclass
+class SummaryRow:
+    """One row of Table B: a model's metrics, with standard deviations for fold means."""
+
+    label: str
+    model: str  # teacher or student
+    kind: str  # "mean" or "ensemble"
+    values: pd.Series
+    sd: pd.Series | None = None
+    folds: int | None = None
+    voting: str = ""
+
+
+def display_name(metric: str) -> str:
+    return DISPLAY_NAMES.get(metric, metric)
+
+
+def metric_columns(metrics: pd.DataFrame) -> list[str]:
+    return [column for column in METRIC_COLUMNS if column in metrics.columns]
+
+
+def evaluation_split(metrics: pd.DataFrame) -> str:
+    """'test' when the run has a test set, 'validation' (out-of-fold) otherwise."""
+    return TEST if (metrics[EVAL_SPLIT] == TEST).any() else VALIDATION
+
+
+def final_student_round(metrics: pd.DataFrame) -> int | None:
+    rounds = metrics.loc[metrics[MODEL_KIND] == STUDENT, ROUND]
+    return int(rounds.max()) if len(rounds) else None
+
+
+def model_label(round_: int) -> str:
+    return "teacher" if round_ == 0 else f"student r{round_}"
+
+
+def fold_table(metrics: pd.DataFrame, split: str | None = None) -> pd.DataFrame:
+    """Table A: one row per fold and model (teacher, students), columns n + metrics."""
+    split = split or evaluation_split(metrics)
+    rows = metrics[(metrics[EVAL_SPLIT] == split) & _is_fold(metrics[FOLD_COLUMN]) & (metrics[VOTING] == "")].copy()
+    rows["Fold"] = rows[FOLD_COLUMN].astype(int)
+    rows["Model"] = rows[ROUND].map(model_label)
+    rows = rows.sort_values(["Fold", ROUND])
+    columns = (["n"] if "n" in rows.columns else []) + metric_columns(metrics)
+    return rows.set_index(["Fold", "Model"])[columns]
+
+
+def summary_rows(metrics: pd.DataFrame, split: str | None = None) -> list[SummaryRow]:
+    """Mean teacher, mean final student, then each teacher and student ensemble."""
+    split = split or evaluation_split(metrics)
+    final = final_student_round(metrics)
+    rows = [_mean_row(metrics, TEACHER, 0, split)]
+    if final is not None:
+        rows.append(_mean_row(metrics, STUDENT, final, split))
+    for model, round_ in ((TEACHER, 0), (STUDENT, final)):
+        if round_ is not None:
+            rows.extend(_ensemble_rows(metrics, model, round_, split))
+    return [row for row in rows if row is not None]
+
+
+def summary_table(metrics_df: pd.DataFrame, split: str | None = None) -> pd.DataFrame:
+    """Table B as text cells ("0.912 ± 0.010" for fold means), ready to print.
+
+    Rows: mean teacher, mean final student, teacher ensemble(s), student
+    ensemble(s); columns: the metrics. ``split`` defaults to test when present.
+    """
+    rows = summary_rows(metrics_df, split)
+    columns = metric_columns(metrics_df)
+    cells = [[_cell(row.values[c], None if row.sd is None else row.sd[c]) for c in columns] for row in rows]
+    table = pd.DataFrame(cells, columns=columns, index=pd.Index([row.label for row in rows], name="Model"))
+    return table
+
+
+def headline(metrics_df: pd.DataFrame | None) -> str:
+    """One sentence: final students vs teachers on the numbers that matter, and a verdict.
+
+    Compares ensembles on the test set when both exist (majority vote
+    preferred), otherwise the fold means; without a test set, out-of-fold
+    validation. The verdict is "helped" when the students are better on both
+    accuracy and F1, "did not help" when better on neither, "mixed" otherwise.
+    """
+    if metrics_df is None or metrics_df.empty:
+        return "No results yet: results/metrics.csv is missing or empty."
+    final = final_student_round(metrics_df)
+    if final is None:
+        return "Only teachers have been evaluated so far: there are no student results to compare."
+    split = evaluation_split(metrics_df)
+    pair = _headline_pair(metrics_df, split, final)
+    if pair is None:
+        return f"Teachers and students cannot be compared yet: the {split} results of one of them are missing."
+    teacher, student, basis = pair
+    where = "on the test set" if split == TEST else "on out-of-fold validation"
+    prefix = "" if split == TEST else "No test set: out-of-fold validation used. "
+    return f"{prefix}Final students (round {final}) vs teachers {where} ({basis}): {_comparison(teacher, student)} — {_verdict(teacher, student)}."
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _is_fold(folds: pd.Series) -> pd.Series:
+    return folds.astype(str).str.fullmatch(r"\d+")
+
+
+def _select(metrics: pd.DataFrame, model: str, round_: int, split: str) -> pd.DataFrame:
+    return metrics[(metrics[MODEL_KIND] == model) & (metrics[ROUND] == round_) & (metrics[EVAL_SPLIT] == split)]
+
+
+def _mean_row(metrics: pd.DataFrame, model: str, round_: int, split: str) -> SummaryRow | None:
+    """Fold mean and sd from the 'mean'/'variance' rows, or computed from the fold rows."""
+    rows = _select(metrics, model, round_, split)
+    rows = rows[rows[VOTING] == ""]
+    folds = rows[_is_fold(rows[FOLD_COLUMN])]
+    columns = metric_columns(metrics)
+    mean, variance = rows[rows[FOLD_COLUMN] == MEAN_ROW], rows[rows[FOLD_COLUMN] == VARIANCE_ROW]
+    if len(mean):
+        values = mean.iloc[0][columns].astype(float)
+        sd = np.sqrt(variance.iloc[0][columns].astype(float)) if len(variance) else pd.Series(np.nan, index=columns)
+    elif len(folds):
+        values, sd = folds[columns].astype(float).mean(), folds[columns].astype(float).std(ddof=1)
+    else:
+        return None
+    name = "Teacher" if model == TEACHER else f"Student (round {round_})"
+    count = len(folds) or None
+    label = f"{name}, mean ± sd of {count} folds" if count else f"{name}, mean ± sd over folds"
+    return SummaryRow(label=label, model=model, kind=MEAN_ROW, values=values, sd=sd, folds=count)
+
+
+def _ensemble_rows(metrics: pd.DataFrame, model: str, round_: int, split: str) -> list[SummaryRow]:
+    rows = _select(metrics, model, round_, split)
+    rows = rows[rows[FOLD_COLUMN] == ENSEMBLE_ROW]
+    name = "Teacher ensemble" if model == TEACHER else f"Student ensemble (round {round_})"
+    return [
+        SummaryRow(label=f"{name}, {row[VOTING] or 'unnamed'} vote", model=model, kind=ENSEMBLE_ROW,
+                   values=row[metric_columns(metrics)].astype(float), voting=row[VOTING])
+        for _, row in sorted(rows.iterrows(), key=lambda item: _voting_rank(item[1][VOTING]))
+    ]
+
+
+def _voting_rank(voting: str) -> tuple[int, str]:
+    return (VOTING_ORDER.index(voting) if voting in VOTING_ORDER else len(VOTING_ORDER), voting)
+
+
+def _headline_pair(metrics: pd.DataFrame, split: str, final: int) -> tuple[pd.Series, pd.Series, str] | None:
+    """Teacher and student values to compare: same-rule ensembles first, fold means second."""
+    teachers = {row.voting: row for row in _ensemble_rows(metrics, TEACHER, 0, split)}
+    students = {row.voting: row for row in _ensemble_rows(metrics, STUDENT, final, split)}
+    for voting in sorted(set(teachers) & set(students), key=_voting_rank):
+        return teachers[voting].values, students[voting].values, f"{voting} vote ensemble"
+    teacher, student = _mean_row(metrics, TEACHER, 0, split), _mean_row(metrics, STUDENT, final, split)
+    if teacher is None or student is None:
+        return None
+    if teacher.folds == student.folds:
+        basis = f"mean of {teacher.folds} folds" if teacher.folds else "mean over folds"
+    else:
+        basis = f"mean over folds: {teacher.folds or '?'} teachers, {student.folds or '?'} students"
+    return teacher.values, student.values, basis
+
+
+def _comparison(teacher: pd.Series, student: pd.Series) -> str:
+    parts = []
+    for metric in HEADLINE_METRICS:
+        if metric in teacher.index and _finite(teacher[metric]) and _finite(student[metric]):
+            s, t = float(student[metric]), float(teacher[metric])
+            parts.append(f"{display_name(metric)} {s:.3f} vs {t:.3f} ({s - t:+.3f})")
+    return ", ".join(parts) or "no comparable metric"
+
+
+def _verdict(teacher: pd.Series, student: pd.Series) -> str:
+    deltas = {m: float(student[m]) - float(teacher[m]) for m in DECIDING_METRICS
+              if m in teacher.index and _finite(teacher[m]) and _finite(student[m])}
+    if not deltas:
+        return "no verdict possible"
+    if all(d >= 0 for d in deltas.values()) and any(d > 0 for d in deltas.values()):
+        return "Noisy Student helped"
+    if all(d <= 0 for d in deltas.values()):
+        return "Noisy Student did not help"
+    better = [display_name(m) for m, d in deltas.items() if d > 0]
+    worse = [display_name(m) for m, d in deltas.items() if d < 0]
+    return f"mixed result: Noisy Student helped on {', '.join(better)} but not on {', '.join(worse)}"
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _cell(value: float, sd: float | None) -> str:
+    if not _finite(value):
+        return "–"
+    return f"{value:.3f} ± {sd:.3f}" if sd is not None and _finite(sd) else f"{value:.3f}"

@@ -1,0 +1,48 @@
+"""Gathering every image a run uses into one manifest: training data, outer test set, unlabelled pool."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import demo_data, readers
+from .config import RunConfig
+from .manifest import LABEL, SUBSET, SUBSET_TEST, SUBSET_TRAIN, check_manifest, class_names, make_manifest
+from .metrics import apply_binary_mapping, parse_binary_mapping
+
+logger = logging.getLogger(__name__)
+
+DEMO_FOLDER = "demo-data"
+
+
+@dataclass
+class RunData:
+    manifest: pd.DataFrame
+    classes: list[str]
+    data_format: str
+    skipped: list[str] = field(default_factory=list)
+
+
+def load_run_data(config: RunConfig, run: Path) -> RunData:
+    """Read DATA (or generate the demo data), add --test and --unlabelled, apply --binary."""
+    root = Path(config.data) if config.data else demo_data.generate_demo(Path(run) / DEMO_FOLDER)
+    manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
+    skipped = list(manifest.attrs.get("skipped", []))
+    parts = [manifest]
+    if config.test:
+        test, _ = readers.read_dataset(Path(config.test), "auto", config.patient_regex, config.skip_unreadable)
+        skipped += list(test.attrs.get("skipped", []))
+        parts.append(test[test[SUBSET] == SUBSET_TRAIN].assign(**{SUBSET: SUBSET_TEST}))
+    if config.unlabelled:
+        parts.append(readers.read_unlabelled(Path(config.unlabelled)))
+    combined = make_manifest(pd.concat(parts, ignore_index=True))
+    if config.binary:
+        mapping = parse_binary_mapping(config.binary, class_names(combined))
+        combined[LABEL] = [apply_binary_mapping([lab], mapping)[0] if lab else "" for lab in combined[LABEL]]
+    check_manifest(combined)
+    classes = class_names(combined[combined[SUBSET] == SUBSET_TRAIN])
+    logger.info("data: %d images (%s format), classes %s", len(combined), data_format, ", ".join(classes))
+    return RunData(combined, classes, data_format, skipped)

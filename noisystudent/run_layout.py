@@ -1,0 +1,83 @@
+"""Where everything lives in a run folder, and the columns of its tables.
+
+The run folder is the single source of truth: every stage writes one artifact
+here atomically, and a stage whose artifact exists is never recomputed.
+
+    runs/<name>/
+      config.json            every setting, package version, data fingerprint
+      folds.csv              path, label, patient, subset, fold, role
+      run.log                log of every session that worked on this run
+      cache/                 decoded images (uint8), keyed by fingerprint
+      fold-<k>/round-<r>/    r = 0 is the teacher, r >= 1 the students
+        checkpoint.pt        resume state, rewritten every epoch
+        history.csv          one row per epoch
+        model.pt             final weights + what is needed to rebuild the model
+        predictions.csv      this model on validation, test and pool images
+        pseudo_labels.csv    labels this model gives the next round's student
+      results/
+        predictions_<models>_<voting>.csv   ensemble predictions on the test set
+        metrics.csv          one row per fold model, fold summary and ensemble
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG = "config.json"
+FOLDS = "folds.csv"
+LOG = "run.log"
+CACHE = "cache"
+MODEL = "model.pt"
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.csv"
+PREDICTIONS = "predictions.csv"
+PSEUDO_LABELS = "pseudo_labels.csv"
+RESULTS = "results"
+METRICS = "metrics.csv"
+REPORT = "report"
+
+# history.csv columns (validation metrics are prefixed "val_").
+EPOCH = "epoch"
+LR = "lr"
+TRAIN_LOSS = "train_loss"
+VAL_LOSS = "val_loss"
+SECONDS = "seconds"
+IMAGES_PER_S = "images_per_s"
+IMAGE_SIZE = "image_size"
+
+# predictions.csv columns: path, label, patient, split, prob_<class>..., pred.
+SPLIT = "split"  # validation, test, unlabelled (masked), pool
+PRED = "pred"
+PROB_PREFIX = "prob_"
+
+# pseudo_labels.csv columns: path, target_<class>..., confidence, pred, copies.
+TARGET_PREFIX = "target_"
+CONFIDENCE = "confidence"
+COPIES = "copies"  # times the image appears in the student's epoch (balancing)
+
+# results/metrics.csv identifying columns.
+MODEL_KIND = "model"  # teacher or student
+FOLD_COLUMN = "fold"  # 0..K-1, or "mean", "variance", "ensemble"
+ROUND = "round"
+EVAL_SPLIT = "split"  # validation (out-of-fold) or test
+VOTING = "voting"  # empty for single models, majority or soft for ensembles
+
+
+def fold_dir(run: Path, fold: int) -> Path:
+    return Path(run) / f"fold-{fold}"
+
+
+def round_dir(run: Path, fold: int, round_: int) -> Path:
+    return fold_dir(run, fold) / f"round-{round_}"
+
+
+def results_dir(run: Path) -> Path:
+    return Path(run) / RESULTS
+
+
+def prob_column(class_name: str) -> str:
+    return f"{PROB_PREFIX}{class_name}"
+
+
+def target_column(class_name: str) -> str:
+    return f"{TARGET_PREFIX}{class_name}"
