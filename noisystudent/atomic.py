@@ -25,6 +25,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
     temp = Path(temp_name)
+    os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield temp
         _fsync(temp)
@@ -48,6 +49,12 @@ def write_csv(target: Path, frame: pd.DataFrame) -> None:
     # float_format=None keeps pandas' round-trip repr, so a CSV read back gives
     # bit-identical floats (resumed runs then match uninterrupted ones exactly).
     atomic_write(target, lambda temp: frame.to_csv(temp, index=False))
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _fsync(path: Path) -> None:

@@ -44,7 +44,7 @@ _NUCLEUS_DARK = np.array([0.30, 0.12, 0.42], dtype=np.float32)
 
 @dataclass(frozen=True)
 class ClassLook:
-    """Means and spreads of the per-cell features of one class (fractions of the cell radius)."""
+    """(mean, spread) of the per-cell features of one class."""
 
     nucleus_ratio: tuple[float, float]  # nucleus radius / cell radius
     density: tuple[float, float]  # chromatin darkness, 0 light .. 1 dark
@@ -82,9 +82,15 @@ def generate_demo(
         return target
     if target.exists() and not (target / MARKER).is_file():
         raise DataError(f"The folder {target} exists and does not hold generated demo data.")
-    root.mkdir(parents=True, exist_ok=True)
-    # Build in a hidden sibling and rename, so an interrupted run leaves no half tree.
-    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=root))
+    _build(target, params)
+    logger.info("Wrote demo data to %s.", target)
+    return target
+
+
+def _build(target: Path, params: dict) -> None:
+    """Draw into a hidden sibling, then rename: an interrupted run leaves no half tree."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the data set is not
         _write_tree(staging, params)
@@ -92,38 +98,45 @@ def generate_demo(
         _publish(staging, target, params)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("Wrote demo data to %s.", target)
-    return target
 
 
 def draw_cells(rng: np.random.Generator, label: str, n: int, size: int, stain: dict) -> np.ndarray:
     """``n`` cells of class ``label`` as uint8 array (n, size, size, 3)."""
     look = LOOKS[label]
     grid = np.arange(size, dtype=np.float32) + 0.5  # pixel centres; float32 halves the time
+    cell, nucleus, (nuc_x, nuc_y, nuc_r) = _shapes(rng, look, stain, grid, n)
+    darkness = _chromatin(rng, look, n, size) - _nucleoli(rng, look, grid, nuc_x, nuc_y, nuc_r)
+    rgb = _paint(rng, stain, cell, nucleus, np.clip(darkness, 0.0, 1.0))
+    return np.ascontiguousarray(np.rint(rgb * 255).astype(np.uint8).transpose(1, 2, 3, 0))
+
+
+def _shapes(rng: np.random.Generator, look: ClassLook, stain: dict, grid: np.ndarray, n: int) -> tuple:
+    """Soft masks of cells and their off-centre nuclei, and the nuclei's (x, y, radius)."""
+    size = len(grid)
     cell_r = size * rng.uniform(0.27, 0.35, n)
     cell_x, cell_y = size / 2 + rng.normal(0, size * 0.05, (2, n))
     cell = _blob(rng, grid, cell_x, cell_y, cell_r, irregularity=np.full(n, 0.05))
-
     ratio = np.clip(rng.normal(*look.nucleus_ratio, n) + stain["ratio_shift"], 0.45, 0.92)
     nuc_r = ratio * cell_r
-    offset = (cell_r - nuc_r) * rng.uniform(0.0, 0.7, n)  # nuclei sit off-centre
+    offset = (cell_r - nuc_r) * rng.uniform(0.0, 0.7, n)
     angle = rng.uniform(0, 2 * np.pi, n)
     nuc_x, nuc_y = cell_x + offset * np.cos(angle), cell_y + offset * np.sin(angle)
-    lobing = np.abs(rng.normal(*look.lobing, n))
-    nucleus = _blob(rng, grid, nuc_x, nuc_y, nuc_r, lobing) * cell
+    nucleus = _blob(rng, grid, nuc_x, nuc_y, nuc_r, np.abs(rng.normal(*look.lobing, n))) * cell
+    return cell, nucleus, (nuc_x, nuc_y, nuc_r)
 
-    darkness = _chromatin(rng, look, n, size) - _nucleoli(rng, look, grid, nuc_x, nuc_y, nuc_r)
-    darkness = np.clip(darkness, 0.0, 1.0)
-    # Colour channels go first: numpy is slow on a trailing axis of length 3.
+
+def _paint(rng: np.random.Generator, stain: dict, cell: np.ndarray, nucleus: np.ndarray,
+           darkness: np.ndarray) -> np.ndarray:
+    """RGB in 0..1 as (3, n, S, S): channels first, since numpy is slow on a trailing axis of 3."""
+    n, size = cell.shape[:2]
     light, dark, cyto = (_channels(stain[key]) for key in ("light", "dark", "cytoplasm"))
     nucleus_rgb = light + (dark - light) * darkness
     cyto_rgb = cyto * (1 + 0.04 * _smooth_noise(rng, n, size, max(2, size // 4)))
     rgb = cyto_rgb + (nucleus_rgb - cyto_rgb) * nucleus
     brightness = (stain["brightness"] * rng.normal(1.0, 0.04, n)).astype(np.float32)
     rgb = rgb * brightness[:, None, None] + 0.012 * rng.standard_normal(rgb.shape, dtype=np.float32)
-    # Multiply last so the background stays exactly black, as in C-NMC.
-    rgb = np.clip(rgb, 0, 1) * cell
-    return np.ascontiguousarray(np.rint(rgb * 255).astype(np.uint8).transpose(1, 2, 3, 0))
+    # Multiply by the cell mask last so the background stays exactly black, as in C-NMC.
+    return np.clip(rgb, 0, 1) * cell
 
 
 def _channels(colour: np.ndarray) -> np.ndarray:

@@ -144,5 +144,7 @@ def _mode_counts(readable: list[ImageInfo]) -> pd.DataFrame:
 
 
 def _natural_key(patient: str) -> tuple:
-    """'H2' before 'H10', '2' before '11'."""
+    """'H2' before 'H10', '2' before '11', images without patient last."""
+    if patient == NO_PATIENT:
+        return ((2, ""),)
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", patient) if part)

@@ -13,7 +13,8 @@ from PIL import Image
 from noisystudent.errors import RunFolderError
 from noisystudent.metrics import COUNT_COLUMNS, METRIC_COLUMNS, metrics_from_predictions, summarise_folds
 from noisystudent.report import fold_table, headline, summary_table, write_report
-from noisystudent.report.inputs import read_metrics
+from noisystudent.report.inputs import load_run, read_metrics
+from noisystudent.report.plots import plot_curves
 from noisystudent.run_layout import (
     CONFIG,
     HISTORY,
@@ -238,3 +239,13 @@ def test_headline_verdicts():
 def test_missing_run_folder_is_a_user_error(tmp_path):
     with pytest.raises(RunFolderError):
         write_report(tmp_path / "nope")
+
+
+def test_unreadable_tables_are_noted_not_fatal(tmp_path):
+    run = make_run(tmp_path, folds=2, rounds=1, test=False)
+    (results_dir(run) / METRICS).write_text("")
+    (round_dir(run, 1, 1) / HISTORY).write_text("epoch,train_loss\n1,0.5\n2,0.4\n")  # no validation columns
+    data = load_run(run)
+    assert data.metrics is None
+    assert any("metrics.csv cannot be read" in note for note in data.notes)
+    _assert_valid_png(plot_curves({1: data.histories[(1, 1)]}, 1, tmp_path / "curves.png"))

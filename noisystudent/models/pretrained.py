@@ -85,7 +85,7 @@ def _read_cached(path: Path, arch: str) -> dict[str, torch.Tensor]:
         return read_torch_file(path)
     except CheckpointError as error:
         raise CheckpointError(
-            f"The cached ImageNet weights for {arch} in {path} are unreadable ({str(error).rstrip('.')}); "
+            f"The cached ImageNet weights for {arch}, {path}, are unreadable (maybe an interrupted copy); "
             "delete the file to download it again, or pass --weights FILE or --weights none."
         ) from error
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,23 +61,36 @@ def load_weights(model: nn.Module, path: str | Path, arch: str) -> LoadReport:
 
 
 def read_torch_file(path: str | Path, trusted: bool = False) -> Any:
-    """``torch.load`` onto the CPU; :class:`CheckpointError` for anything unreadable."""
+    """``torch.load`` onto the CPU; :class:`CheckpointError` for anything unreadable.
+
+    Full unpickling (can run code) is used only when ``trusted`` and weights-only loading
+    meets a Python object it does not allow.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"The weights file {path} does not exist.")
     try:
-        with _numpy_allowed():
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return _torch_load(path, weights_only=True)
     except Exception as error:  # torch.load raises many types for a corrupt file
         if not _needs_full_unpickling(error):
-            raise CheckpointError(f"{path} is not a readable PyTorch file, maybe truncated or corrupt ({_short(error)}).") from error
+            raise _unreadable(path, error) from error
         if not trusted:
             raise CheckpointError(f"{path} holds Python objects besides tensors and is not loaded, because unpickling them could run arbitrary code; save just its state_dict with torch.save.") from error
     log.warning("%s needs full unpickling; loading it because it is named like a noisystudent artifact.", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return _torch_load(path, weights_only=False)
     except Exception as error:
-        raise CheckpointError(f"{path} is not a readable PyTorch file, maybe truncated or corrupt ({_short(error)}).") from error
+        raise _unreadable(path, error) from error
+
+
+def _torch_load(path: Path, weights_only: bool) -> Any:
+    with _numpy_allowed(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a non-torch pickle
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable PyTorch file, maybe truncated or corrupt ({_short(error)}).")
 
 
 def extract_state_dict(content: Any, path: str | Path) -> dict[str, torch.Tensor]:
@@ -146,12 +160,15 @@ def _listing(keys: list[str], limit: int = 10) -> str:
 
 
 def _needs_full_unpickling(error: Exception) -> bool:
-    return isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error)
+    return isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error)
 
 
 def _short(error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
+    """Type and first informative line of an error (torch's weights-only errors are paragraphs)."""
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    line = line.split(". ")[0][:160]
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
 def _numpy_allowed() -> contextlib.AbstractContextManager:

@@ -17,7 +17,7 @@ import pandas as pd
 from ..atomic import write_text
 from ..errors import RunFolderError
 from ..manifest import LABEL
-from ..run_layout import PRED, REPORT, SPLIT, prob_column
+from ..run_layout import EVAL_SPLIT, PRED, REPORT, SPLIT, prob_column
 from . import plots
 from .html import FigureEntry, TableEntry, render_page
 from .inputs import RunData, load_run
@@ -30,6 +30,7 @@ from .tables import (
     fold_table,
     headline,
     metric_columns,
+    plural,
     summary_rows,
     summary_table,
 )
@@ -50,7 +51,11 @@ def write_report(run: Path) -> Path:
     folder.mkdir(exist_ok=True)
     figures = []
     for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, helped_figures):
-        figures.extend(step(data, folder))
+        try:
+            figures.extend(step(data, folder))
+        except (KeyError, ValueError, TypeError) as error:  # a malformed table costs one figure, not the report
+            log.exception("%s failed", step.__name__)
+            data.notes.append(f"The {step.__name__.replace('_', ' ')} could not be drawn ({type(error).__name__}: {error}).")
     page = render_page(f"Noisy Student report: {run.name}", data.config, headline(data.metrics), data.notes,
                        report_tables(data), figures)
     write_text(folder / PAGE, page)
@@ -63,7 +68,7 @@ def report_tables(data: RunData) -> list[TableEntry]:
     if data.metrics is None or data.metrics.empty:
         return []
     main = evaluation_split(data.metrics)
-    splits = [main] + [s for s in (TEST, VALIDATION) if s != main and (data.metrics["split"] == s).any()]
+    splits = [main] + [s for s in (TEST, VALIDATION) if s != main and (data.metrics[EVAL_SPLIT] == s).any()]
     tables = [
         TableEntry(f"Table A{'' if i == 0 else i + 1}. Fold by fold, {SPLIT_WORDS.get(split, split)}",
                    f"Each fold's teacher (round 0) and students (round r) on {SPLIT_WORDS.get(split, split)}.",
@@ -117,6 +122,8 @@ def confusion_figures(data: RunData, folder: Path) -> list[FigureEntry]:
 
 def roc_figures(data: RunData, folder: Path) -> list[FigureEntry]:
     positive = data.positive
+    if not data.classes:
+        return []  # nothing has been predicted yet; the missing models are already noted
     if positive not in data.classes:
         data.notes.append(f"The positive class {positive!r} has no probability column: ROC curves are left out.")
         return []
@@ -143,10 +150,12 @@ def roc_figures(data: RunData, folder: Path) -> list[FigureEntry]:
 def pseudo_label_figures(data: RunData, folder: Path) -> list[FigureEntry]:
     if not data.pseudo_labels:
         return []
-    pooled = {}
-    for round_ in sorted({r for _, r in data.pseudo_labels}):
-        pooled[round_] = pd.concat([t for (_, r), t in sorted(data.pseudo_labels.items()) if r == round_], ignore_index=True)
-    plots.plot_pseudo_confidence(pooled, data.classes, folder / "pseudo_confidence.png")
+    by_round: dict[int, list[pd.DataFrame]] = {}
+    for (_, round_), table in sorted(data.pseudo_labels.items()):
+        by_round.setdefault(round_, []).append(table)
+    pooled = {round_: pd.concat(tables, ignore_index=True) for round_, tables in by_round.items()}
+    folds = {round_: len(tables) for round_, tables in by_round.items()}
+    plots.plot_pseudo_confidence(pooled, folds, data.classes, folder / "pseudo_confidence.png")
     return [FigureEntry("pseudo_confidence.png", "Pseudo-label confidence",
                         "Confidence (top probability) of the pseudo-labels each round's models gave the next round's "
                         "students, all folds pooled, stacked by predicted class; before balancing copies.")]
@@ -194,7 +203,7 @@ def _main_confusion_panels(data: RunData, final: int) -> tuple[list, str]:
         tables = [p for (f, r), p in sorted(data.predictions.items()) if r == round_]
         if tables and (round_ == 0 or final > 0):
             truth, guess = _truth_and_guess(pd.concat(tables, ignore_index=True), VALIDATION)
-            panels.append((f"{name}, {len(tables)} folds pooled", truth, guess))
+            panels.append((f"{name}, {plural(len(tables), 'fold')} pooled", truth, guess))
     return [p for p in panels if len(p[1])], SPLIT_WORDS[VALIDATION]
 
 

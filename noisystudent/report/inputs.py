@@ -92,16 +92,20 @@ def load_run(run: Path) -> RunData:
     """Read config, per-model tables and results of ``run``; note what is absent."""
     run = Path(run)
     data = RunData(run=run, config=_read_config(run))
+    unreadable: list[str] = []
     for fold, round_ in _round_folders(run):
         folder = round_dir(run, fold, round_)
         for table, name in ((data.histories, HISTORY), (data.predictions, PREDICTIONS), (data.pseudo_labels, PSEUDO_LABELS)):
-            if (folder / name).exists():
-                table[(fold, round_)] = read_table(folder / name)
-    metrics_path = results_dir(run) / METRICS
-    if metrics_path.exists():
-        data.metrics = read_metrics(metrics_path)
-    data.ensembles = _read_ensembles(run)
-    data.notes = _missing_notes(data)
+            frame = _try_read(folder / name, read_table, unreadable)
+            if frame is not None:
+                table[(fold, round_)] = frame
+    data.metrics = _try_read(results_dir(run) / METRICS, read_metrics, unreadable)
+    for path in sorted(results_dir(run).glob("predictions_*.csv")):
+        match = ENSEMBLE_PATTERN.match(path.name)
+        frame = _try_read(path, read_table, unreadable) if match else None
+        if frame is not None:
+            data.ensembles[(match["models"], match["voting"])] = frame
+    data.notes = unreadable + _missing_notes(data)
     return data
 
 
@@ -117,6 +121,9 @@ def read_table(path: Path) -> pd.DataFrame:
 def read_metrics(path: Path) -> pd.DataFrame:
     """results/metrics.csv with fold and voting as text and round as an integer."""
     frame = pd.read_csv(path, dtype={column: str for column in METRIC_TEXT_COLUMNS})
+    missing = [c for c in (*METRIC_TEXT_COLUMNS, ROUND) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"it lacks the column {missing[0]!r}")
     return normalise_metrics(frame)
 
 
@@ -147,13 +154,16 @@ def _round_folders(run: Path) -> list[Key]:
     return sorted(keys)
 
 
-def _read_ensembles(run: Path) -> dict[tuple[str, str], pd.DataFrame]:
-    ensembles = {}
-    for path in sorted(results_dir(run).glob("predictions_*.csv")):
-        match = ENSEMBLE_PATTERN.match(path.name)
-        if match:
-            ensembles[(match["models"], match["voting"])] = read_table(path)
-    return ensembles
+def _try_read(path: Path, reader, unreadable: list[str]) -> pd.DataFrame | None:
+    """The table at ``path``, or None when absent; an unreadable table adds a note."""
+    if not path.exists():
+        return None
+    try:
+        return reader(path)
+    except (OSError, ValueError, UnicodeDecodeError) as error:  # pandas parse errors are ValueErrors
+        log.warning("cannot read %s: %s", path, error)
+        unreadable.append(f"{path.parent.name}/{path.name} cannot be read ({error}); it is left out.")
+        return None
 
 
 def _missing_notes(data: RunData) -> list[str]:
@@ -166,7 +176,7 @@ def _missing_notes(data: RunData) -> list[str]:
     if not data.pseudo_labels:
         notes.append("No pseudo_labels.csv found: the pseudo-label confidence histograms are left out.")
     if data.metrics is None:
-        notes.append(f"No {data.run.name}/results/{METRICS}: the tables, headline and bar chart are left out.")
+        notes.append(f"No readable results/{METRICS}: the tables, headline and bar chart are left out.")
     has_test = any(SPLIT in t and (t[SPLIT] == TEST).any() for t in data.predictions.values())
     if not has_test and not data.ensembles:
         notes.append("No test set: out-of-fold validation is used for the headline, tables and figures.")

@@ -20,7 +20,7 @@ from sklearn.metrics import auc as area_under, confusion_matrix, roc_curve
 
 from ..atomic import atomic_write
 from ..run_layout import CONFIDENCE, EPOCH, PRED, TRAIN_LOSS, VAL_LOSS
-from .tables import ENSEMBLE_ROW, TEACHER, SummaryRow, display_name
+from .tables import ENSEMBLE_ROW, TEACHER, SummaryRow, display_name, plural
 
 DPI = 110
 VAL_ACCURACY = "val_accuracy"
@@ -69,7 +69,11 @@ def plot_curves(histories: dict[int, pd.DataFrame], fold: int, path: Path) -> Pa
     kinds = [Line2D([], [], color="black", alpha=0.45, linewidth=1.2, label="train"),
              Line2D([], [], color="black", marker="o", markersize=3, linewidth=2, label="validation")]
     loss_axes.legend(handles=kinds, loc="upper right", fontsize=9)
-    accuracy_axes.legend(loc="lower right", fontsize=9)
+    if accuracy_axes.lines:
+        accuracy_axes.legend(loc="lower right", fontsize=9)
+    else:
+        accuracy_axes.text(0.5, 0.5, "no validation accuracy recorded", ha="center", va="center",
+                           color="grey", transform=accuracy_axes.transAxes)
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -157,7 +161,7 @@ def _mean_roc(axes, name: str, curves: list[tuple[np.ndarray, np.ndarray]], colo
     mean[0] = 0.0
     spread = f" ± {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else ""
     axes.plot(FPR_GRID, mean, color=colour, linewidth=2.2, linestyle=style,
-              label=f"{name}, {len(curves)} folds (AUC {np.mean(aucs):.3f}{spread})")
+              label=f"{name}, {plural(len(curves), 'fold')} (AUC {np.mean(aucs):.3f}{spread})")
 
 
 def _roc_axes(axes, title: str) -> None:
@@ -172,8 +176,9 @@ def _roc_axes(axes, title: str) -> None:
 # --- 4. pseudo-label confidence ----------------------------------------------
 
 
-def plot_pseudo_confidence(pseudo: dict[int, pd.DataFrame], classes: Sequence[str], path: Path) -> Path:
-    """Histogram of pseudo-label confidence per round, folds pooled, stacked by predicted class."""
+def plot_pseudo_confidence(pseudo: dict[int, pd.DataFrame], folds: dict[int, int], classes: Sequence[str],
+                           path: Path) -> Path:
+    """Histogram of pseudo-label confidence per round (``folds[round]`` folds pooled), stacked by predicted class."""
     rounds = sorted(pseudo)
     figure = Figure(figsize=(4.6 * len(rounds), 3.8), layout="constrained")
     grid = np.atleast_1d(figure.subplots(1, len(rounds), squeeze=False)).ravel()
@@ -185,7 +190,7 @@ def plot_pseudo_confidence(pseudo: dict[int, pd.DataFrame], classes: Sequence[st
         values = [table.loc[table[PRED] == c, CONFIDENCE].to_numpy(float) for c in present]
         axes.hist(values, bins=bins, stacked=True, label=[f"predicted {c}" for c in present],
                   color=[round_colour(i) for i in range(len(present))])
-        axes.set(title=f"Made by round {round_} for round {round_ + 1}\n{len(table)} images, all folds",
+        axes.set(title=f"Made by round {round_} for round {round_ + 1}\n{plural(len(table), 'image')}, {plural(folds[round_], 'fold')}",
                  xlabel="confidence (top softmax probability)", ylabel="images")
         axes.legend(fontsize=8.5, loc="upper left")
         axes.grid(alpha=0.3)

@@ -69,6 +69,8 @@ def fold_table(metrics: pd.DataFrame, split: str | None = None) -> pd.DataFrame:
     rows["Fold"] = rows[FOLD_COLUMN].astype(int)
     rows["Model"] = rows[ROUND].map(model_label)
     rows = rows.sort_values(["Fold", ROUND])
+    if "n" in rows.columns:
+        rows["n"] = pd.to_numeric(rows["n"], errors="coerce").round().astype("Int64")
     columns = (["n"] if "n" in rows.columns else []) + metric_columns(metrics)
     return rows.set_index(["Fold", "Model"])[columns]
 
@@ -149,7 +151,7 @@ def _mean_row(metrics: pd.DataFrame, model: str, round_: int, split: str) -> Sum
         return None
     name = "Teacher" if model == TEACHER else f"Student (round {round_})"
     count = len(folds) or None
-    label = f"{name}, mean ± sd of {count} folds" if count else f"{name}, mean ± sd over folds"
+    label = f"{name}, mean ± sd of {_folds(count)}" if count != 1 else f"{name}, single fold"
     return SummaryRow(label=label, model=model, kind=MEAN_ROW, values=values, sd=sd, folds=count)
 
 
@@ -178,9 +180,9 @@ def _headline_pair(metrics: pd.DataFrame, split: str, final: int) -> tuple[pd.Se
     if teacher is None or student is None:
         return None
     if teacher.folds == student.folds:
-        basis = f"mean of {teacher.folds} folds" if teacher.folds else "mean over folds"
+        basis = f"mean of {_folds(teacher.folds)}"
     else:
-        basis = f"mean over folds: {teacher.folds or '?'} teachers, {student.folds or '?'} students"
+        basis = f"means over different folds: teachers of {_folds(teacher.folds)}, students of {_folds(student.folds)}"
     return teacher.values, student.values, basis
 
 
@@ -205,6 +207,14 @@ def _verdict(teacher: pd.Series, student: pd.Series) -> str:
     better = [display_name(m) for m, d in deltas.items() if d > 0]
     worse = [display_name(m) for m, d in deltas.items() if d < 0]
     return f"mixed result: Noisy Student helped on {', '.join(better)} but not on {', '.join(worse)}"
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _folds(count: int | None) -> str:
+    return "all folds" if count is None else plural(count, "fold")
 
 
 def _finite(value: object) -> bool:
