@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from . import run_layout as layout
 
-SHOWN = ["accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auc", "kappa"]
+SHOWN = {"accuracy": "acc", "sensitivity": "sens", "specificity": "spec", "ppv": "ppv", "npv": "npv", "f1": "f1", "auc": "auc"}
+FOLD_LABELS = {"majority": "ens maj", "soft": "ens soft"}
+HIDDEN_FOLDS = ("variance",)  # in metrics.csv; the table shows the mean only
 
 
 def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None = None) -> None:
@@ -18,26 +21,35 @@ def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None 
     if table.empty:
         console.print("No finished models yet.")
         return
-    for split in ("validation", "test"):
-        part = table[table[layout.EVAL_SPLIT] == split]
+    for split, title in (("validation", "Validation parts (out-of-fold)"), ("test", "Outer test set")):
+        part = table[(table[layout.EVAL_SPLIT] == split) & ~table[layout.FOLD_COLUMN].astype(str).isin(HIDDEN_FOLDS)]
         if not part.empty:
-            console.print(results_table(part, f"{split} set" if split == "test" else "validation (out-of-fold)"))
-    console.print(f"Results: {Path(run) / layout.RESULTS / layout.METRICS}   Report: noisystudent report {run}")
+            console.print(results_table(part, title))
+    console.print(f"All rows, with variances: {Path(run) / layout.RESULTS / layout.METRICS}")
+    console.print(f"Plots and tables: noisystudent report {run}")
 
 
 def results_table(part: pd.DataFrame, title: str) -> Table:
-    table = Table(title=title, show_lines=False)
-    for column in ("model", "round", "fold", "voting", "n"):
-        table.add_column(column, justify="right" if column in ("round", "n") else "left")
-    for metric in SHOWN:
-        table.add_column(metric, justify="right")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=True)
+    for column, width in (("model", 8), ("fold", 8), ("n", 4)):
+        table.add_column(column, justify="right" if column == "n" else "left", no_wrap=True, min_width=width)
+    for short in SHOWN.values():
+        table.add_column(short, justify="right", no_wrap=True, min_width=5)
+    previous = None
     for _, row in part.iterrows():
+        name = model_name(row)
+        if previous is not None and name != previous:
+            table.add_section()
+        previous = name
+        fold = FOLD_LABELS.get(row[layout.VOTING], str(row[layout.FOLD_COLUMN]))
         style = "bold" if row[layout.FOLD_COLUMN] in ("mean", "ensemble", "oof") else None
         n = "" if pd.isna(row["n"]) else f"{row['n']:.0f}"
-        cells = [str(row[layout.MODEL_KIND]), str(row[layout.ROUND]), str(row[layout.FOLD_COLUMN]), str(row[layout.VOTING] or ""), n]
-        cells += [_fmt(row[m]) for m in SHOWN]
-        table.add_row(*cells, style=style)
+        table.add_row(name, fold, n, *[_fmt(row[m]) for m in SHOWN], style=style)
     return table
+
+
+def model_name(row) -> str:
+    return "teacher" if row[layout.MODEL_KIND] == "teacher" else f"student{row[layout.ROUND]}"
 
 
 def _fmt(value) -> str:

@@ -24,10 +24,10 @@ from noisystudent.models import (
     head_parameters,
     load_weights,
     model_spec,
+    pretrained,
     set_train_mode,
     unfreeze_all,
 )
-from noisystudent.models import pretrained
 
 
 def images(size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -83,7 +83,7 @@ def test_hidden_units_add_a_hidden_layer_to_the_head(arch):
     model = create_model(arch, num_classes=3, hidden_units=8, dropout=0.3).eval()
     head = getattr(model, classifier_name(model))
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    assert [(l.out_features) for l in linears] == [8, 3]
+    assert [linear.out_features for linear in linears] == [8, 3]
     assert any(isinstance(m, nn.ReLU) for m in head.modules())
     with torch.no_grad():
         assert model(images()).shape == (2, 3)

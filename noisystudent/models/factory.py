@@ -25,7 +25,7 @@ from efficientnet_pytorch import EfficientNet
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .architectures import ARCHITECTURES, LITES, RESNETS, check_arch, unwrap
+from .architectures import LITES, RESNETS, check_arch, unwrap
 from .lite import build_lite0
 from .pretrained import load_imagenet
 from .weights import load_weights

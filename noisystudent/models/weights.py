@@ -75,7 +75,10 @@ def read_torch_file(path: str | Path, trusted: bool = False) -> Any:
         if not _needs_full_unpickling(error):
             raise _unreadable(path, error) from error
         if not trusted:
-            raise CheckpointError(f"{path} holds Python objects besides tensors and is not loaded, because unpickling them could run arbitrary code; save just its state_dict with torch.save.") from error
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors and is not loaded, because unpickling them "
+                "could run arbitrary code; save just its state_dict with torch.save."
+            ) from error
     log.warning("%s needs full unpickling; loading it because it is named like a noisystudent artifact.", path)
     try:
         return _torch_load(path, weights_only=False)
