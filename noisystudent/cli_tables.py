@@ -58,7 +58,11 @@ def _fmt(value) -> str:
 
 def print_inspection(console: Console, report) -> None:
     console.print(f"[bold]Format:[/] {report.format}    [bold]Images:[/] {report.n_images}")
-    for title, frame in (("Images per subset and class", report.class_counts), ("Images per patient and class", report.patient_counts), ("Image sizes", report.size_counts)):
+    known = report.patient_counts.drop(index="(unknown)", errors="ignore")
+    patients = (known > 0).sum()
+    if len(known):
+        console.print("[bold]Patients per class:[/] " + ", ".join(f"{c} {n}" for c, n in patients.items()))
+    for title, frame in (("Images per subset and class", report.subset_counts), ("Images per patient and class", report.patient_counts), ("Image sizes (width x height)", report.size_counts), ("Colour modes", report.mode_counts)):
         console.print(frame_table(frame, title))
     if report.problems:
         console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
@@ -70,7 +74,7 @@ def print_inspection(console: Console, report) -> None:
 
 def frame_table(frame: pd.DataFrame, title: str, limit: int = 40) -> Table:
     table = Table(title=title)
-    shown = frame.reset_index()
+    shown = frame if isinstance(frame.index, pd.RangeIndex) else frame.reset_index()
     for column in shown.columns:
         table.add_column(str(column))
     for _, row in shown.head(limit).iterrows():
