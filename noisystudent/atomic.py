@@ -3,11 +3,16 @@
 ``os.replace`` within one folder is atomic on POSIX, so a reader (or a resumed
 run after ``kill -9``) sees either the old file or the complete new one, never
 a half-written file. If writing fails (full disk, interruption), the temporary
-file is removed and the previous file is left untouched.
+file is removed and the previous file is left untouched. A full disk or an
+exhausted quota becomes ``DiskFullError``, one sentence naming the file.
+
+Temporary files are named ``.<target name>.<random>.tmp``; one left behind by
+a killed process is removed by ``remove_stale_temps`` when the run resumes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -16,23 +21,38 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
+from .errors import DiskFullError
+
+TEMP_SUFFIX = ".tmp"
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    temp = Path(temp_name)
-    os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+    temp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+        os.close(handle)
+        temp = Path(temp_name)
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         yield temp
         _fsync(temp)
         os.replace(temp, target)
+    except OSError as error:
+        if error.errno in NO_SPACE_ERRNOS:
+            raise DiskFullError(no_space_message(target)) from error
+        raise
     finally:
-        if temp.exists():
+        if temp is not None and temp.exists():
             temp.unlink()
+
+
+def no_space_message(target: Path) -> str:
+    kept = f"the previous version of {target} is intact" if target.exists() else f"{target} was not written"
+    return f"No space left on device while writing {target}; {kept}. Free some space and continue with --resume."
 
 
 def atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
@@ -49,6 +69,24 @@ def write_csv(target: Path, frame: pd.DataFrame) -> None:
     # float_format=None keeps pandas' round-trip repr, so a CSV read back gives
     # bit-identical floats (resumed runs then match uninterrupted ones exactly).
     atomic_write(target, lambda temp: frame.to_csv(temp, index=False))
+
+
+def is_temp(path: Path) -> bool:
+    """True for a temporary file of ``atomic_path`` (or of the same naming scheme)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.name.count(".") >= 3
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files that interrupted writes left anywhere under ``folder``.
+
+    Only call this while no other process writes into ``folder``.
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(f".*{TEMP_SUFFIX}")):
+        if path.is_file() and is_temp(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _umask() -> int:

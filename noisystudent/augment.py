@@ -20,8 +20,11 @@ Levels (``create_augment``):
   noise): ``RANDAUGMENT_LAYERS`` more operations per sample, each picked at random from identity, posterize, solarize,
   sharpness and autocontrast at magnitude ``RANDAUGMENT_MAGNITUDE`` of 10.
 
-Outputs are float32 in ImageNet-normalised units. ``normalize`` is the same
-conversion without noise, for evaluation.
+Outputs are float32 in normalised units: ``(x / 255 - mean) / std`` with the
+ImageNet mean and std by default, or the ``mean``/``std`` that an architecture's
+weights expect (``models.input_normalization``; EfficientNet-Lite0's TF Lite
+weights expect ``(pixel - 127) / 128``). ``normalize`` is the same conversion
+without noise, for evaluation.
 """
 
 from __future__ import annotations
@@ -49,18 +52,28 @@ RANDAUGMENT_MAGNITUDE = 9  # of 10
 _LUMA = (0.299, 0.587, 0.114)
 
 
+Stats = tuple[float, float, float]
+
+
+@lru_cache(maxsize=None)
+def _normalisation(device: torch.device, mean: Stats, std: Stats) -> dict[str, torch.Tensor]:
+    """Normalisation constants per (device, mean, std), made once (creating them on a GPU syncs)."""
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    return {
+        "mean": mean_t,
+        "inv_std": 1.0 / std_t,
+        "shift": mean_t * 255.0,  # normalisation straight from uint8
+        "scale": 1.0 / (std_t * 255.0),
+    }
+
+
 @lru_cache(maxsize=None)
 def _constants(device: torch.device) -> dict[str, torch.Tensor]:
-    """Constant tensors per device, made once (creating them on a GPU syncs)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    """Constant tensors of the noise operations per device, made once."""
     rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     smooth = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
     return {
-        "mean": mean,
-        "inv_std": 1.0 / std,
-        "shift": mean * 255.0,  # normalisation straight from uint8
-        "scale": 1.0 / (std * 255.0),
         "luma": torch.tensor(_LUMA, device=device).view(1, 3, 1, 1),
         "rgb_to_yiq": rgb_to_yiq.to(device),
         "yiq_to_rgb": torch.linalg.inv(rgb_to_yiq).to(device),
@@ -83,18 +96,19 @@ def to_unit(x: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
     return x
 
 
-def standardize(x: torch.Tensor) -> torch.Tensor:
-    """float in [0, 1] -> ImageNet-normalised."""
-    c = _constants(_device(x))
+def standardize(x: torch.Tensor, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> torch.Tensor:
+    """float in [0, 1] -> (x - mean) / std (ImageNet statistics by default)."""
+    c = _normalisation(_device(x), tuple(mean), tuple(std))
     return (x - c["mean"]) * c["inv_std"]
 
 
-def normalize(x: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
+def normalize(x: torch.Tensor, image_size: int | None = None,
+              mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 (x / 255 - mean) / std, no noise."""
     if image_size is None or tuple(x.shape[-2:]) == (image_size, image_size):
-        c = _constants(_device(x))
+        c = _normalisation(_device(x), tuple(mean), tuple(std))
         return (x.float() - c["shift"]) * c["scale"]
-    return standardize(to_unit(x, image_size))
+    return standardize(to_unit(x, image_size), mean, std)
 
 
 def _per_sample(mask: torch.Tensor) -> torch.Tensor:
@@ -209,18 +223,22 @@ class BatchAugment:
     """Callable noise: ``aug(x_uint8, generator) -> normalised float32``.
 
     ``image_size`` (optional) resizes every batch to that side on the device,
-    e.g. for progressive resizing from a larger cache.
+    e.g. for progressive resizing from a larger cache. ``mean`` and ``std``
+    are the input normalisation of the model (ImageNet's by default).
     """
 
-    def __init__(self, level: str = "none", randaugment: bool = False, image_size: int | None = None) -> None:
+    def __init__(self, level: str = "none", randaugment: bool = False, image_size: int | None = None,
+                 mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> None:
         if level not in AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}; got {level!r}.")
         self.level = level
         self.randaugment = randaugment
         self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __repr__(self) -> str:
-        return f"BatchAugment(level={self.level!r}, randaugment={self.randaugment}, image_size={self.image_size})"
+        return (f"BatchAugment(level={self.level!r}, randaugment={self.randaugment}, image_size={self.image_size}, "
+                f"mean={self.mean}, std={self.std})")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.level == "none" and not self.randaugment:
@@ -232,13 +250,15 @@ class BatchAugment:
             x = colour_jitter(random_affine(x, generator), generator)
         if self.randaugment:
             x = rand_augment(x, generator)
-        return standardize(x)
+        return standardize(x, self.mean, self.std)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluation input: no noise, same size and normalisation."""
-        return normalize(x, self.image_size)
+        return normalize(x, self.image_size, self.mean, self.std)
 
 
-def create_augment(level: str, randaugment: bool = False, image_size: int | None = None) -> BatchAugment:
-    """Noise of one level (none, light or strong), optionally with RandAugment."""
-    return BatchAugment(level, randaugment, image_size)
+def create_augment(level: str, randaugment: bool = False, image_size: int | None = None,
+                   mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> BatchAugment:
+    """Noise of one level (none, light or strong), optionally with RandAugment,
+    normalised with ``mean``/``std`` (see ``models.input_normalization``)."""
+    return BatchAugment(level, randaugment, image_size, mean, std)

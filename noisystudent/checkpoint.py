@@ -25,7 +25,15 @@ CHECKPOINT_VERSION = 1
 def save(target: Path, payload: dict[str, Any]) -> None:
     """Save ``payload`` with a schema version, atomically."""
     payload = {"version": CHECKPOINT_VERSION, **payload}
-    atomic.atomic_write(target, lambda temp: torch.save(payload, temp))
+    atomic.atomic_write(target, lambda temp: _torch_save(payload, temp))
+
+
+def _torch_save(payload: dict[str, Any], temp: Path) -> None:
+    # Through a Python file object, a full disk raises OSError(ENOSPC), which
+    # atomic.py turns into one sentence; torch.save(path) would raise an opaque
+    # RuntimeError from its C++ writer instead.
+    with open(temp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load(path: Path, trusted: bool = True) -> dict[str, Any]:
@@ -75,5 +83,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def _first_line(error: BaseException) -> str:
+    """The first sentence of an error message (torch appends paragraphs of advice)."""
     text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    return text[0].split(". ")[0].rstrip(".") if text else type(error).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import logging
@@ -46,12 +47,20 @@ def user_errors(command):
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] Completed stages are saved; continue with --resume.")
             raise typer.Exit(130) from None
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" while writing {error.filename}" if error.filename else ""
+            console.print(f"[bold red]Error:[/] No space left on device{where}; free some space and continue with --resume.",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
 
 def setup_logging(quiet: bool) -> None:
     handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)  # the run log lowers the logger's level to INFO
     package = logging.getLogger("noisystudent")
     package.handlers = [handler]
     package.setLevel(logging.WARNING if quiet else logging.INFO)
@@ -228,6 +237,85 @@ def data_demo(
 
     root = generate_demo(out_dir, seed=seed)
     out.print(f"Demo data written to {root}")
+
+
+@ensemble_app.command("predict")
+@user_errors
+def ensemble_predict(
+    run: Annotated[Path, typer.Argument(help="Run folder of a finished kfold run (only read).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or CSV manifests (path[, label][, patient]).", show_default=False)],
+    voting: Annotated[Optional[str], typer.Option(help="majority or soft (default: the run's --voting).", show_default=False)] = None,
+    models: Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")] = "students",
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Per-image CSV; patients go to <stem>_patients.csv beside it.")] = Path("predictions.csv"),
+    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: none, flips, dihedral, five_crop, ten_crop (default: the run's).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: the run's --eval-batch-size).", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")] = False,
+) -> None:
+    """Predict new images by a vote of the K fold models of RUN: one row per image, one per patient."""
+    from rich.table import Table
+
+    from . import ensemble
+    from .inputs import resolve_inputs
+
+    setup_logging(quiet)
+    ensemble.check_outside_run(out_path, run)
+    images = resolve_inputs(inputs)
+    models_ = ensemble.load_ensemble(run, models, device)
+    with RichProgress(console) as progress:
+        prediction = ensemble.predict(models_, images, voting, progress=progress, tta=tta, batch_size=batch_size,
+                                      skip_unreadable=skip_unreadable)
+    written = ensemble.write_prediction(prediction, out_path)
+    table = prediction.table
+    out.print(f"{len(table)} images predicted by {len(models_.members)} {models_.kind}s, {voting or models_.config.voting} voting:")
+    summary = Table()
+    for column in ("predicted", "images", "fraction"):
+        summary.add_column(column, justify="left" if column == "predicted" else "right")
+    for name in models_.classes:
+        count = int((table["pred"] == name).sum())
+        summary.add_row(name, str(count), f"{count / max(len(table), 1):.3f}")
+    out.print(summary)
+    out.print(f"Mean agreement of the fold models: {table['agreement'].mean():.3f}")
+    if not prediction.patients.empty:
+        out.print(f"Patients: {len(prediction.patients)}, called " + ", ".join(
+            f"{c} {n}" for c, n in prediction.patients["call"].value_counts().sort_index().items()))
+    out.print(f"Skipped unreadable images: {len(prediction.skipped)}")
+    out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
+
+
+@ensemble_app.command("evaluate")
+@user_errors
+def ensemble_evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder of a finished kfold run (only read).")],
+    data: Annotated[Path, typer.Argument(help="Labelled data set: C-NMC folder, class folders, or CSV manifest.")],
+    voting: Annotated[Optional[list[str]], typer.Option(help="majority and/or soft; repeat for both (default: both).", show_default=False)] = None,
+    models: Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")] = "students",
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Metrics CSV; per-image predictions go to <stem>_predictions.csv beside it.")] = Path("metrics.csv"),
+    data_format: Annotated[str, typer.Option("--format", help="auto, cnmc, folders or csv.")] = "auto",
+    patient_regex: Annotated[Optional[str], typer.Option(help="Regex with one group extracting the patient from file names (folders layout).", show_default=False)] = None,
+    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: none, flips, dihedral, five_crop, ten_crop (default: the run's).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: the run's --eval-batch-size).", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")] = False,
+) -> None:
+    """Evaluate each fold model of RUN and their votes on a labelled data set."""
+    from . import ensemble
+    from .cli_tables import results_table
+    from .results import VOTING_RULES
+
+    setup_logging(quiet)
+    ensemble.check_outside_run(out_path, run)
+    models_ = ensemble.load_ensemble(run, models, device)
+    images = ensemble.read_labelled(models_, data, data_format, patient_regex)
+    with RichProgress(console) as progress:
+        evaluation = ensemble.evaluate(models_, images, tuple(voting or VOTING_RULES), progress=progress, tta=tta,
+                                       batch_size=batch_size, skip_unreadable=skip_unreadable)
+    written = ensemble.write_evaluation(evaluation, out_path)
+    out.print(results_table(evaluation.metrics, f"{data} ({len(images) - len(evaluation.skipped)} images)"))
+    out.print(f"Skipped unreadable images: {len(evaluation.skipped)}")
+    out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
 
 
 def main() -> None:

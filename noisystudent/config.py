@@ -10,6 +10,7 @@ other difference makes ``--resume`` refuse.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ SCHEDULERS = ("step", "cosine", "plateau", "none")
 AUGMENTS = ("none", "light", "strong")
 PSEUDO_MODES = ("soft", "hard")
 STUDENT_DATA = ("both", "pseudo")
+STUDENT_INIT = ("weights", "teacher")
 SAMPLERS = ("none", "oversample", "undersample")
 CLASS_WEIGHTS = ("none", "balanced")
 EQUALIZE = ("none", "grey", "channels", "luminance")
@@ -60,6 +62,7 @@ class RunConfig:
     arch: str = _opt("efficientnet-b0", "Teacher architecture.")
     student_arch: str | None = _opt(None, "Student architecture (default: same as teacher).")
     weights: str = _opt("imagenet", "Initial weights: imagenet, none, or a file.")
+    student_init: str = _opt("weights", "Students start from --weights (weights) or from their teacher's final weights (teacher).")
     student_data: str = _opt("both", "Student trains on labelled + pseudo-labelled images (both) or pseudo-labelled only (pseudo).")
     pseudo_mode: str = _opt("soft", "Pseudo-labels as probabilities (soft) or one-hot (hard).")
     pseudo_temperature: float = _opt(1.0, "Temperature applied to teacher logits for soft pseudo-labels.")
@@ -114,12 +117,18 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.split_ratio = tuple(float(x) for x in self.split_ratio)  # JSON gives lists
+        _check_arch("arch", self.arch)
+        if self.student_arch is not None:
+            _check_arch("student_arch", self.student_arch)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
         _check_choice("teacher_augment", self.teacher_augment, AUGMENTS)
         _check_choice("student_augment", self.student_augment, AUGMENTS)
         _check_choice("pseudo_mode", self.pseudo_mode, PSEUDO_MODES)
         _check_choice("student_data", self.student_data, STUDENT_DATA)
+        _check_choice("student_init", self.student_init, STUDENT_INIT)
+        if self.student_init == "teacher" and self.student_arch not in (None, self.arch):
+            raise ConfigError("student_init teacher needs students of the teacher's architecture; drop --student-arch or use --student-init weights.")
         _check_choice("sampler", self.sampler, SAMPLERS)
         _check_choice("equalize", self.equalize, EQUALIZE)
         _check_choice("tta", self.tta, TTA)
@@ -141,6 +150,11 @@ class RunConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}.")
         if self.pseudo_temperature <= 0:
             raise ConfigError(f"pseudo_temperature must be positive, got {self.pseudo_temperature}.")
+        _check_class_weights(self.class_weights)
+        if self.progressive_resize:
+            from .optim import parse_progressive_resize  # imports torch: only when the option is used
+
+            parse_progressive_resize(self.progressive_resize, self.epochs, self.image_size)
 
     @property
     def student_architecture(self) -> str:
@@ -185,6 +199,25 @@ def _check_range(name: str, value: float, low: float | None, high: float | None)
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"between {low} and {high}"
         raise ConfigError(f"{name} must be {bounds}; got {value}.")
+
+
+def _check_arch(name: str, value: str) -> None:
+    from .models import ARCHITECTURES  # imported here: the models import torch, this module must not
+
+    if value not in ARCHITECTURES:
+        raise ConfigError(f"{name} must be one of {', '.join(ARCHITECTURES)}; got {value!r}.")
+
+
+def _check_class_weights(spec: str) -> None:
+    """none, balanced, or non-negative numbers, not all zero (their count is checked against the classes later)."""
+    if spec.strip() in CLASS_WEIGHTS:
+        return
+    try:
+        values = [float(part) for part in spec.split(",")]
+    except ValueError:
+        raise ConfigError(f"class_weights must be {', '.join(CLASS_WEIGHTS)} or comma-separated numbers; got {spec!r}.") from None
+    if any(not math.isfinite(v) or v < 0 for v in values) or not any(values):
+        raise ConfigError(f"class_weights must be non-negative numbers, not all zero; got {spec!r}.")
 
 
 def load_config_json(path: Path) -> dict[str, Any]:

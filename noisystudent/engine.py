@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import sampling, tta
-from .augment import normalize
+from .augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .losses import soft_cross_entropy
 
 
@@ -144,8 +144,13 @@ def predict_probs(
     image_size: int | None = None,
     channels_last: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> np.ndarray:
-    """Class probabilities (N, C) of an un-noised model (eval mode) for cache rows."""
+    """Class probabilities (N, C) of an un-noised model (eval mode) for cache rows.
+
+    ``normalization`` is the (mean, std) the model expects
+    (``models.input_normalization(arch)``); None means ImageNet's.
+    """
     model.eval()
     outputs = []
 
@@ -155,10 +160,11 @@ def predict_probs(
         with autocast(device, amp_dtype):
             return model(x).float()
 
+    mean, std = normalization or (IMAGENET_MEAN, IMAGENET_STD)
     done = 0
     for start in range(0, len(rows), batch_size):
         batch_rows = rows[start : start + batch_size]
-        images = resize_batch(normalize(load_batch(batch_rows)), image_size)
+        images = resize_batch(normalize(load_batch(batch_rows), mean=mean, std=std), image_size)
         outputs.append(tta.predict_tta(forward, images, tta_mode))
         done += len(batch_rows)
         if on_progress:

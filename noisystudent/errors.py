@@ -24,3 +24,7 @@ class CheckpointError(UserError):
 
 class RunFolderError(UserError):
     """The run folder is in a state that forbids the requested action."""
+
+
+class DiskFullError(UserError):
+    """The disk (or the user's quota) is full; the file being written was left as it was."""

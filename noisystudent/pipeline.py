@@ -22,11 +22,12 @@ import pandas as pd
 import torch
 
 from . import folds as folds_module
-from . import pseudo_labels, results
+from . import models, pseudo_labels, results
 from . import run_layout as layout
 from .cache import ImageCache, build_cache, fingerprint_files
 from .config import RunConfig
 from .device import amp_dtype, resolve_device
+from .errors import ConfigError
 from .engine import TrainSet, predict_probs
 from .manifest import (
     FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_LABELLED, ROLE_POOL, ROLE_TEST, ROLE_UNLABELLED,
@@ -36,7 +37,7 @@ from .model_io import load_model_file
 from .preprocess import PreprocessSpec
 from .progress import NULL_PROGRESS, Progress
 from .run_data import load_run_data
-from .run_folder import check_run_folder, write_config
+from .run_folder import check_run_folder, lock_run_folder, write_config
 from .seeding import derive_seed
 from .trainer import ModelJob, train_model
 from . import atomic
@@ -70,7 +71,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     run = Path(run)
     check_run_folder(run, config, resume)
     run.mkdir(parents=True, exist_ok=True)
-    with run_log(run):
+    with lock_run_folder(run), run_log(run):
         logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
         data = load_run_data(config, run)
         write_config(run, config, fingerprint_files(data.manifest[PATH].tolist()))
@@ -149,7 +150,7 @@ def _model_job(ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
         name=name,
         out_dir=layout.round_dir(ctx.run, fold, round_),
         arch=config.student_architecture if student else config.arch,
-        weights=config.weights,
+        weights=_initial_weights(ctx, fold, round_),
         dropout=config.student_dropout if student else config.teacher_dropout,
         drop_connect=config.student_drop_connect if student else config.teacher_drop_connect,
         augment_level=config.student_augment if student else config.teacher_augment,
@@ -160,6 +161,13 @@ def _model_job(ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
         seed=derive_seed(config.seed, "fold", fold, "round", round_),
         extra={"fold": fold, "round": round_, "kind": "student" if student else "teacher"},
     )
+
+
+def _initial_weights(ctx: RunContext, fold: int, round_: int) -> str:
+    """--weights, or for students with --student-init teacher the previous round's model.pt."""
+    if round_ > 0 and ctx.config.student_init == "teacher":
+        return str(layout.round_dir(ctx.run, fold, round_ - 1) / layout.MODEL)
+    return ctx.config.weights
 
 
 def _train_set(ctx: RunContext, fold: int, round_: int) -> TrainSet:
@@ -192,13 +200,14 @@ def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
         [fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
         ignore_index=True,
     )
-    model, _ = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device)
+    model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device)
     config = ctx.config
     ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
     probs = predict_probs(
         model, ctx.load_batch, ctx.rows(frame[PATH]), ctx.device, config.eval_batch_size, config.tta,
         amp_dtype(config.amp, ctx.device), channels_last=ctx.device.type == "cuda" and config.channels_last,
         on_progress=lambda done: ctx.progress.update("predict", completed=done),
+        normalization=models.input_normalization(payload["spec"]["arch"]),  # Lite0: (x - 127) / 128
     )
     ctx.progress.stop("predict")
     table = prediction_table(frame[[PATH, LABEL, PATIENT, layout.SPLIT]], probs, ctx.classes)
@@ -229,5 +238,5 @@ def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.Data
         balance=config.pseudo_balance, seed=derive_seed(config.seed, "pseudo", fold, round_),
     )
     if table.empty:
-        raise RuntimeError(f"No image of fold {fold} passed the pseudo-label threshold {config.pseudo_threshold}; lower --pseudo-threshold.")
+        raise ConfigError(f"No image of fold {fold} passed the pseudo-label threshold {config.pseudo_threshold}; start a new run (--out) with a lower --pseudo-threshold.")
     pseudo_labels.save_pseudo_labels(table, out)

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 VOTING_RULES = ("majority", "soft")
 ID_COLUMNS = [layout.MODEL_KIND, layout.FOLD_COLUMN, layout.ROUND, layout.EVAL_SPLIT, layout.VOTING]
 OOF = "oof"
+AGREEMENT = "agreement"  # fraction of the fold models whose vote equals pred
 ENSEMBLE = "ensemble"
 
 
@@ -114,16 +115,27 @@ def ensemble_table(fold_tables: list[pd.DataFrame], classes: list[str], rule: st
     """Combine per-fold prediction tables of the same images (same order) by ``rule``."""
     prob_columns = [layout.prob_column(c) for c in classes]
     stacked = np.stack([t[prob_columns].to_numpy(dtype=np.float64) for t in fold_tables])
-    result = vote(stacked, rule)
+    return vote_table(fold_tables[0][[PATH, LABEL, PATIENT]], stacked, classes, rule)
+
+
+def vote_table(images: pd.DataFrame, probs: np.ndarray, classes: list[str], rule: str) -> pd.DataFrame:
+    """``images`` (one row per image) plus the ensemble's prob_<class>, pred, agreement and
+    each model's vote_fold<k>, from probabilities shaped (models, images, classes)."""
+    prob_columns = [layout.prob_column(c) for c in classes]
+    result = vote(probs, rule)
     names = np.asarray(classes, dtype=object)
-    table = fold_tables[0][[PATH, LABEL, PATIENT]].copy()
+    table = images.reset_index(drop=True).copy()
     for i, column in enumerate(prob_columns):
         table[column] = result.probs[:, i]
     table[layout.PRED] = names[result.pred]
-    table["agreement"] = result.agreement
+    table[AGREEMENT] = result.agreement
     for k, votes in enumerate(result.votes):
-        table[f"vote_fold{k}"] = names[votes]
+        table[vote_column(k)] = names[votes]
     return table
+
+
+def vote_column(fold: int) -> str:
+    return f"vote_fold{fold}"
 
 
 def _row(kind, fold, round_, split, voting, table, classes, positive) -> dict:

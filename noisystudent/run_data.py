@@ -10,7 +10,11 @@ import pandas as pd
 
 from . import demo_data, readers
 from .config import RunConfig
-from .manifest import LABEL, SUBSET, SUBSET_TEST, SUBSET_TRAIN, check_manifest, class_names, make_manifest
+from .errors import DataError
+from .evaluation import positive_index_of
+from .manifest import (
+    LABEL, PATH, SUBSET, SUBSET_TEST, SUBSET_TRAIN, SUBSET_UNLABELLED, check_manifest, class_names, make_manifest,
+)
 from .metrics import apply_binary_mapping, parse_binary_mapping
 
 logger = logging.getLogger(__name__)
@@ -33,9 +37,11 @@ def load_run_data(config: RunConfig, run: Path) -> RunData:
     skipped = list(manifest.attrs.get("skipped", []))
     parts = [manifest]
     if config.test:
-        test, _ = readers.read_dataset(Path(config.test), "auto", config.patient_regex, config.skip_unreadable)
+        # not read_dataset: a test set may hold a single class (checked below against the training classes)
+        test, _ = readers.read_manifest(Path(config.test), "auto", config.patient_regex)
+        test = readers.drop_unreadable(test, config.skip_unreadable)
         skipped += list(test.attrs.get("skipped", []))
-        parts.append(test[test[SUBSET] == SUBSET_TRAIN].assign(**{SUBSET: SUBSET_TEST}))
+        parts.append(test[test[SUBSET] != SUBSET_UNLABELLED].assign(**{SUBSET: SUBSET_TEST}))
     if config.unlabelled:
         parts.append(readers.read_unlabelled(Path(config.unlabelled)))
     combined = make_manifest(pd.concat(parts, ignore_index=True))
@@ -44,5 +50,19 @@ def load_run_data(config: RunConfig, run: Path) -> RunData:
         combined[LABEL] = [apply_binary_mapping([lab], mapping)[0] if lab else "" for lab in combined[LABEL]]
     check_manifest(combined)
     classes = class_names(combined[combined[SUBSET] == SUBSET_TRAIN])
+    _check_labels(combined, classes)
+    if len(classes) == 2:  # fail now rather than after the first epoch
+        positive_index_of(classes, "positive" if config.binary else config.positive)
     logger.info("data: %d images (%s format), classes %s", len(combined), data_format, ", ".join(classes))
     return RunData(combined, classes, data_format, skipped)
+
+
+def _check_labels(manifest: pd.DataFrame, classes: list[str]) -> None:
+    """Every labelled image (test set included) must carry one of the training classes."""
+    unknown = manifest[(manifest[LABEL] != "") & ~manifest[LABEL].isin(classes)]
+    if not unknown.empty:
+        row = unknown.iloc[0]
+        raise DataError(
+            f"The {row[SUBSET]} image {row[PATH]} has the label {row[LABEL]!r}, which no training image has "
+            f"(training classes: {', '.join(classes)})."
+        )

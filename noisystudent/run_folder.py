@@ -1,26 +1,45 @@
-"""Creating, refusing and resuming run folders.
+"""Creating, refusing, locking and resuming run folders.
 
 A run folder belongs to exactly one configuration. Starting a run into a
 folder that already holds one is refused unless ``--resume`` is given, and a
 resume with different result-affecting settings is refused too, naming them.
+A folder that a session left before writing config.json (killed while reading
+the data, or stopped by a data error) holds nothing worth keeping and may be
+started again, with or without ``--resume``.
+
+One session at a time works on a run folder: ``lock_run_folder`` holds an
+advisory lock on ``RUN/.lock`` (released by the kernel even after ``kill -9``)
+and then removes the temporary files of writes that an earlier, killed
+session left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import __version__, atomic
 from . import run_layout as layout
 from .config import RunConfig, differing_result_keys, load_config_json
 from .errors import ConfigError, RunFolderError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, one session at a time is up to the user
+    fcntl = None
+
 logger = logging.getLogger(__name__)
 
 # config.json holds every RunConfig field at top level, plus these.
 META_KEYS = ("version", "created_with", "data_fingerprint")
+LOCK = ".lock"
+DEMO_FOLDER = "demo-data"  # run_data.DEMO_FOLDER: the demo data is generated before config.json
+# What a session may have written before config.json; such a folder can be started again.
+BEFORE_CONFIG = {layout.LOG, DEMO_FOLDER, LOCK, ".gitkeep"}
 
 
 def saved_config(run: Path) -> dict[str, Any] | None:
@@ -31,12 +50,17 @@ def saved_config(run: Path) -> dict[str, Any] | None:
 def check_run_folder(run: Path, config: RunConfig, resume: bool) -> None:
     """Refuse a new run into a used folder, a resume of nothing, or a changed configuration."""
     run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise RunFolderError(f"The run folder {run} is a file; choose a folder with --out.")
     saved = saved_config(run)
     if saved is None:
-        if resume:
-            raise RunFolderError(f"There is no run to resume in {run} (no {layout.CONFIG}); drop --resume to start one.")
-        if run.exists() and any(p.name != ".gitkeep" for p in run.iterdir()):
+        entries = [p for p in run.iterdir() if p.name != ".gitkeep"] if run.is_dir() else []
+        if any(p.name not in BEFORE_CONFIG and not atomic.is_temp(p) for p in entries):
             raise RunFolderError(f"The folder {run} is not empty and holds no run; choose another --out.")
+        if resume and not (run / layout.LOG).exists():
+            raise RunFolderError(f"There is no run to resume in {run} (no {layout.CONFIG}); drop --resume to start one.")
+        if entries:
+            logger.info("The session before stopped before saving %s; the run starts from the beginning.", layout.CONFIG)
         return
     if not resume:
         raise RunFolderError(f"The folder {run} already holds a run; pass --resume to continue it or --out to start a new one.")
@@ -44,6 +68,32 @@ def check_run_folder(run: Path, config: RunConfig, resume: bool) -> None:
     if differing:
         details = ", ".join(f"{k} ({saved.get(k)!r} -> {getattr(config, k)!r})" for k in differing)
         raise ConfigError(f"The run in {run} was made with other settings; differing: {details}. Resume with the original settings or use a new --out.")
+
+
+@contextlib.contextmanager
+def lock_run_folder(run: Path) -> Iterator[None]:
+    """Hold RUN/.lock for this session (refusing a second one), and clear an earlier session's temp files."""
+    run = Path(run)
+    if fcntl is None:
+        yield
+        return
+    handle = open(run / LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunFolderError(
+                f"Another noisystudent process is working on {run}; wait for it to finish or stop it first."
+            ) from None
+        for temp in atomic.remove_stale_temps(run):
+            logger.info("Removed %s, left by an interrupted write.", temp)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def write_config(run: Path, config: RunConfig, data_fingerprint: str) -> None:

@@ -25,6 +25,7 @@ from .augment import create_augment
 from .config import RunConfig
 from .device import amp_dtype
 from .engine import TrainSet
+from .errors import CheckpointError
 from .evaluation import probabilities_loss, selection_score, validation_metrics
 from .progress import NULL_PROGRESS, Progress
 from .sampling import class_weights
@@ -98,15 +99,23 @@ def _resume(job: ModelJob, model, optimizer, scheduler, scaler) -> TrainState:
     if not path.exists():
         return TrainState()
     saved = checkpoint.load(path)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if scheduler is not None and saved.get("scheduler") is not None:
-        scheduler.load_state_dict(saved["scheduler"])
-    if scaler is not None and saved.get("scaler") is not None:
-        scaler.load_state_dict(saved["scaler"])
-    checkpoint.restore_rng_state(saved["rng"])
-    logger.info("%s: resuming at epoch %d from %s", job.name, saved["next_epoch"] + 1, path)
-    return TrainState(**saved["train_state"])
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler") is not None:
+            scaler.load_state_dict(saved["scaler"])
+        checkpoint.restore_rng_state(saved["rng"])
+        state = TrainState(**saved["train_state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"The checkpoint {path} does not fit this training stage ({type(error).__name__}: {reason}); "
+            "delete it to restart that stage from scratch."
+        ) from error
+    logger.info("%s: resuming at epoch %d from %s", job.name, state.next_epoch + 1, path)
+    return state
 
 
 def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress) -> None:
@@ -120,15 +129,21 @@ def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_ba
     progress.start("epoch", job.name, total=config.epochs)
     progress.update("epoch", completed=state.next_epoch)
     for epoch in range(state.next_epoch, config.epochs):
+        if _stopped_early(job, config, state):  # checked first: a resumed run stops where the original did
+            break
         row = _one_epoch(job, config, model, training_model, ctx, epoch, sizes[epoch], load_batch, progress)
         optim.step_scheduler(scheduler, row["score"])
         _record_epoch(state, model, row, epoch)
         _save_checkpoint(job, model, optimizer, scheduler, scaler, state)
         progress.update("epoch", completed=epoch + 1, loss=row[layout.TRAIN_LOSS], val=row[f"val_{config.select_metric}"])
-        if config.early_stopping and state.stale_epochs >= config.early_stopping:
-            logger.info("%s: early stop after epoch %d (%d epochs without improvement)", job.name, epoch + 1, state.stale_epochs)
-            break
     progress.stop("epoch")
+
+
+def _stopped_early(job: ModelJob, config: RunConfig, state: TrainState) -> bool:
+    if config.early_stopping and state.stale_epochs >= config.early_stopping:
+        logger.info("%s: early stop after epoch %d (%d epochs without improvement)", job.name, state.next_epoch, state.stale_epochs)
+        return True
+    return False
 
 
 def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch, progress) -> dict:
@@ -136,7 +151,8 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
     generator = make_generator(derive_seed(job.seed, "data", epoch))
     frozen = config.freeze == "backbone" or epoch < config.head_warmup_epochs
     _set_frozen(model, frozen)
-    augment = create_augment(job.augment_level, config.randaugment and job.augment_level == "strong", size)
+    mean, std = models.input_normalization(job.arch)  # what the arch's weights expect (Lite0: (x - 127) / 128)
+    augment = create_augment(job.augment_level, config.randaugment and job.augment_level == "strong", size, mean, std)
     progress.start("batch", f"epoch {epoch + 1}/{config.epochs}", total=len(job.train_set))
     started = time.perf_counter()
     stats = engine.train_one_epoch(
@@ -147,7 +163,7 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
     progress.stop("batch")
     probs = engine.predict_probs(
         model, load_batch, job.val_rows, ctx.device, config.eval_batch_size,
-        amp_dtype=ctx.amp_dtype, image_size=size, channels_last=ctx.channels_last,
+        amp_dtype=ctx.amp_dtype, image_size=size, channels_last=ctx.channels_last, normalization=(mean, std),
     )
     return _history_row(job, config, optim.current_lr(ctx.optimizer), stats, probs, epoch, size, started)
 

@@ -1,0 +1,182 @@
+"""Tiny generated data sets and CLI helpers shared by the end-to-end tests.
+
+Import from a test module with ``from helpers import ...`` (pytest puts the
+tests folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PATIENT_REGEX = r"^(p\d+)_"  # file names look like p03_1.png
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny, fast configuration of `noisystudent kfold` (one run takes seconds on a CPU).
+TINY_FLAGS = [
+    "--patient-regex", PATIENT_REGEX,
+    "--folds", "2", "--rounds", "1", "--epochs", "2",
+    "--image-size", "32", "--batch-size", "8", "--weights", "none",
+    "--arch", "resnet18", "--optimizer", "adamw", "--lr", "0.003", "--scheduler", "cosine",
+    "--positive", "malignant", "--device", "cpu", "--workers", "1", "--eval-batch-size", "64", "--quiet",
+]
+
+
+def write_class_folders(
+    root: Path,
+    classes: tuple[str, ...] = ("benign", "malignant"),
+    patients_per_class: int = 4,
+    images_per_patient: int = 4,
+    size: tuple[int, int] = (24, 24),
+    seed: int = 0,
+    extension: str = ".png",
+) -> Path:
+    """``root/<class>/p<NN>_<i><ext>``: random-texture images, a class-dependent tint.
+
+    Patient numbers are unique across classes, so ``PATIENT_REGEX`` gives each
+    patient one class. The output is byte-identical for the same arguments.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    patient = 0
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(patients_per_class):
+            patient += 1
+            for i in range(images_per_patient):
+                pixels = rng.integers(0, 160, (size[1], size[0], 3), dtype=np.uint8)
+                pixels[..., c % 3] += np.uint8(90)  # the class signal: one channel brighter
+                Image.fromarray(pixels).save(folder / f"p{patient:02d}_{i}{extension}")
+    return root
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    """A small CSV manifest (header from ``columns`` or the first row's keys)."""
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+    return path
+
+
+def cli_command(data: Path, out: Path, *extra: str) -> list[str]:
+    """argv of a real ``noisystudent kfold`` subprocess with the tiny settings."""
+    return [sys.executable, "-m", "noisystudent.cli", "kfold", str(data), "--out", str(out), *TINY_FLAGS, *extra]
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a CLI subprocess: the repository importable, one thread (exactly reproducible)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    return env
+
+
+def run_cli(data: Path, out: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``noisystudent kfold`` to completion in a subprocess."""
+    return subprocess.run(
+        cli_command(data, out, *extra), env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def run_files(run: Path, names: tuple[str, ...] = ("predictions.csv", "pseudo_labels.csv")) -> dict[str, bytes]:
+    """{relative path: bytes} of the named files in the fold folders, and of every results/*.csv."""
+    run = Path(run)
+    found = {str(p.relative_to(run)): p.read_bytes() for name in names for p in sorted(run.glob(f"fold-*/round-*/{name}"))}
+    found.update({str(p.relative_to(run)): p.read_bytes() for p in sorted(run.glob("results/*.csv"))})
+    return found
+
+
+class ForkingCli:
+    """Start many ``noisystudent kfold`` processes cheaply, and SIGKILL them.
+
+    Importing torch, torchvision and scikit-learn takes 5-15 s on a busy CPU,
+    so a server process imports noisystudent once (running no torch op, so
+    that no thread exists yet) and ``os.fork()``s one child per run. Each child
+    is a real, separate process running the real CLI entry point; the test
+    kills it with ``os.kill(pid, SIGKILL)`` and collects its exit code.
+    """
+
+    def __init__(self) -> None:
+        env = subprocess_env()
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env["PYTHONPATH"]])
+        self.server = subprocess.Popen(
+            [sys.executable, "-c", "import helpers; helpers.serve_forks()"],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def _ask(self, message: dict) -> str:
+        import json
+
+        self.server.stdin.write(json.dumps(message) + "\n")
+        self.server.stdin.flush()
+        answer = self.server.stdout.readline()
+        if not answer:
+            raise RuntimeError("The forking server died.")
+        return answer.strip()
+
+    def start(self, argv: list[str], log: Path) -> int:
+        """Fork a child running ``noisystudent <argv>`` with output to ``log``; return its pid."""
+        return int(self._ask({"argv": argv, "log": str(log)}))
+
+    def wait(self, pid: int) -> int:
+        """Exit code of the child (negative: killed by that signal)."""
+        return int(self._ask({"wait": pid}))
+
+    def poll(self, pid: int) -> int | None:
+        answer = self._ask({"poll": pid})
+        return None if answer == "running" else int(answer)
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=30)
+
+
+def serve_forks() -> None:
+    """The server loop of ForkingCli (runs in its own process)."""
+    import json
+
+    import noisystudent.cli
+    import noisystudent.pipeline  # noqa: F401  (the slow imports, done once)
+
+    for line in sys.stdin:
+        message = json.loads(line)
+        if "wait" in message or "poll" in message:
+            pid = message.get("wait", message.get("poll"))
+            done, status = os.waitpid(pid, 0 if "wait" in message else os.WNOHANG)
+            print("running" if done == 0 else os.waitstatus_to_exitcode(status), flush=True)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _run_child(message["argv"], message["log"])
+        print(pid, flush=True)
+
+
+def _run_child(argv: list[str], log: str) -> None:
+    import traceback
+
+    import noisystudent.cli
+
+    code = 1
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        noisystudent.cli.app(argv, prog_name="noisystudent")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
