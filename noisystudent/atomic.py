@@ -41,6 +41,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
         yield temp
         _fsync(temp)
         os.replace(temp, target)
+        _fsync_folder(target.parent)  # make the rename itself survive a power cut
     except OSError as error:
         if error.errno in NO_SPACE_ERRNOS:
             raise DiskFullError(no_space_message(target)) from error
@@ -98,3 +99,16 @@ def _umask() -> int:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: folders cannot be opened; the rename is still atomic
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass  # some file systems refuse fsync on folders
+    finally:
+        os.close(handle)

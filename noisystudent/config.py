@@ -94,6 +94,7 @@ class RunConfig:
     freeze: str = _opt("none", "none (fine-tune all) or backbone (train only the head).")
     head_warmup_epochs: int = _opt(0, "Epochs training only the head before fine-tuning all.")
     bn_momentum: float = _opt(0.1, "BatchNorm running-statistics momentum (efficientnet-pytorch's own 0.01 needs thousands of steps).")
+    precise_bn_batches: int = _opt(0, "After each epoch, recompute BatchNorm statistics on this many clean training batches (0: off).")
     hidden_units: int = _opt(0, "Add a hidden layer of this width to the classifier head (0: none).")
     progressive_resize: str | None = _opt(None, "Stages 'size:epochs,size:epochs'; overrides --image-size per epoch.")
     # --- images ---

@@ -174,6 +174,40 @@ def predict_probs(
     return torch.cat(outputs).cpu().numpy().astype(np.float32)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: torch.nn.Module,
+    load_batch: Callable[[torch.Tensor], torch.Tensor],
+    rows: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    generator: torch.Generator,
+    batch_size: int,
+    max_batches: int,
+    amp_dtype: torch.dtype | None = None,
+) -> None:
+    """Precise BatchNorm: recompute running statistics as a true average over clean training batches.
+
+    With few steps per epoch, exponential running averages lag far behind the
+    weights (or, with a large momentum, follow the last small batch), and an
+    eval-mode model predicts a single class. Recomputing them on ``max_batches``
+    batches of un-noised images (``prepare``) fixes that (Wu & Johnson 2021).
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if not norms or max_batches <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative average
+    device = next(model.parameters()).device
+    order = torch.randperm(len(rows), generator=generator)
+    for batch in sampling.batches(order, batch_size, drop_last_if_single=True)[:max_batches]:
+        with autocast(device, amp_dtype):
+            model(prepare(load_batch(rows[batch])))
+    for module, momentum in zip(norms, momenta):
+        module.momentum = momentum
+
+
 def resize_batch(images: torch.Tensor, size: int | None) -> torch.Tensor:
     """Resize a float batch to ``size`` (progressive resizing); a no-op when it already fits."""
     if size is None or images.shape[-1] == size:

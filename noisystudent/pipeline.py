@@ -210,6 +210,11 @@ def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
         normalization=models.input_normalization(payload["spec"]["arch"]),  # Lite0: (x - 127) / 128
     )
     ctx.progress.stop("predict")
+    if not np.isfinite(probs).all():  # a diverged model must not hand NaN pseudo-labels to the next round
+        raise ConfigError(
+            f"The model {layout.round_dir(ctx.run, fold, round_) / layout.MODEL} predicts non-finite probabilities: its "
+            "training diverged; start a new run (--out) with a lower --lr."
+        )
     table = prediction_table(frame[[PATH, LABEL, PATIENT, layout.SPLIT]], probs, ctx.classes)
     atomic.write_csv(out, table)
     return pd.read_csv(out, dtype={PATIENT: str, LABEL: str}, keep_default_na=False)  # exactly what a resume reads

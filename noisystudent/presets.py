@@ -17,7 +17,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "folds": 3, "rounds": 1, "epochs": 8, "image_size": 48, "batch_size": 16,
         "optimizer": "adamw", "lr": 3e-3, "scheduler": "cosine", "weights": "none",
         "test_fraction": 0.25, "student_dropout": 0.3, "eval_batch_size": 128,
-        "bn_momentum": 0.5,  # few steps per epoch: running BatchNorm statistics must follow fast
+        "bn_momentum": 0.5,  # ~5 steps per epoch: running BatchNorm statistics must follow the weights fast
     },
     # A smoke test of real data: does everything run? (not a meaningful model)
     "smoke": {"folds": 2, "rounds": 1, "epochs": 1, "image_size": 64, "batch_size": 16, "weights": "none"},

@@ -161,6 +161,11 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
         on_progress=lambda done, loss: progress.update("batch", completed=done, loss=loss),
     )
     progress.stop("batch")
+    if config.precise_bn_batches and not frozen:
+        engine.recalibrate_batchnorm(
+            model, load_batch, job.train_set.rows, lambda images: augment.normalize(images), generator,
+            config.batch_size, config.precise_bn_batches, ctx.amp_dtype,
+        )
     probs = engine.predict_probs(
         model, load_batch, job.val_rows, ctx.device, config.eval_batch_size,
         amp_dtype=ctx.amp_dtype, image_size=size, channels_last=ctx.channels_last, normalization=(mean, std),

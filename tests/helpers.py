@@ -6,6 +6,7 @@ tests folder on ``sys.path``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -180,3 +181,16 @@ def _run_child(argv: list[str], log: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int = 1):
+    """Run torch on ``count`` threads: on a busy CPU, two threads can be ten times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -129,3 +129,15 @@ def test_run_folder_holds_every_artifact(tiny_run):
     for column in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"):
         assert column in metrics.columns
     assert len(table) == len(metrics)
+
+
+def test_precise_batchnorm_sets_running_stats_to_the_mean_of_clean_batches():
+    images = _images(n=12, size=8)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    model.train()
+    engine.recalibrate_batchnorm(model, lambda rows: images[rows], torch.arange(12), normalize,
+                                 make_generator(0), batch_size=4, max_batches=3)
+    clean = normalize(images)
+    expected = clean.mean(dim=(0, 2, 3))  # three equal batches: the average of batch means is the mean
+    torch.testing.assert_close(model[0].running_mean, expected, rtol=1e-5, atol=1e-5)
+    assert model[0].momentum == 0.1  # restored after the cumulative average

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import TINY_FLAGS, ForkingCli, cli_command, run_files, subprocess_env, write_class_folders
+from helpers import torch_threads, TINY_FLAGS, ForkingCli, cli_command, run_files, subprocess_env, write_class_folders
 from noisystudent import pipeline
 from noisystudent import run_layout as layout
 from noisystudent.cli import app
@@ -34,6 +34,12 @@ EPOCHS = ["--epochs", "2", "--test-fraction", "0.25"]  # with an outer test set:
 POLL_S = 0.002
 T0 = time.monotonic()
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    with torch_threads(1):
+        yield
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
