@@ -239,24 +239,33 @@ def data_demo(
     out.print(f"Demo data written to {root}")
 
 
+# Options shared by the ensemble commands.
+RunArgument = Annotated[Path, typer.Argument(help="Run folder of a finished kfold run (only read).")]
+ModelsOption = Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")]
+TtaOption = Annotated[Optional[str], typer.Option(help="Test-time augmentation: none, flips, dihedral, five_crop, ten_crop (default: the run's).", show_default=False)]
+BatchSizeOption = Annotated[Optional[int], typer.Option(help="Images per forward pass (default: the run's --eval-batch-size).", show_default=False)]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+SkipUnreadableOption = Annotated[bool, typer.Option("--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")]
+
+
 @ensemble_app.command("predict")
 @user_errors
 def ensemble_predict(
-    run: Annotated[Path, typer.Argument(help="Run folder of a finished kfold run (only read).")],
+    run: RunArgument,
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or CSV manifests (path[, label][, patient]).", show_default=False)],
     voting: Annotated[Optional[str], typer.Option(help="majority or soft (default: the run's --voting).", show_default=False)] = None,
-    models: Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")] = "students",
+    models: ModelsOption = "students",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Per-image CSV; patients go to <stem>_patients.csv beside it.")] = Path("predictions.csv"),
-    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: none, flips, dihedral, five_crop, ten_crop (default: the run's).", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: the run's --eval-batch-size).", show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")] = False,
+    tta: TtaOption = None,
+    batch_size: BatchSizeOption = None,
+    device: DeviceOption = "auto",
+    skip_unreadable: SkipUnreadableOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Predict new images by a vote of the K fold models of RUN: one row per image, one per patient."""
-    from rich.table import Table
-
     from . import ensemble
+    from .cli_tables import print_prediction_summary
     from .inputs import resolve_inputs
 
     setup_logging(quiet)
@@ -267,38 +276,25 @@ def ensemble_predict(
         prediction = ensemble.predict(models_, images, voting, progress=progress, tta=tta, batch_size=batch_size,
                                       skip_unreadable=skip_unreadable)
     written = ensemble.write_prediction(prediction, out_path)
-    table = prediction.table
-    out.print(f"{len(table)} images predicted by {len(models_.members)} {models_.kind}s, {voting or models_.config.voting} voting:")
-    summary = Table()
-    for column in ("predicted", "images", "fraction"):
-        summary.add_column(column, justify="left" if column == "predicted" else "right")
-    for name in models_.classes:
-        count = int((table["pred"] == name).sum())
-        summary.add_row(name, str(count), f"{count / max(len(table), 1):.3f}")
-    out.print(summary)
-    out.print(f"Mean agreement of the fold models: {table['agreement'].mean():.3f}")
-    if not prediction.patients.empty:
-        out.print(f"Patients: {len(prediction.patients)}, called " + ", ".join(
-            f"{c} {n}" for c, n in prediction.patients["call"].value_counts().sort_index().items()))
-    out.print(f"Skipped unreadable images: {len(prediction.skipped)}")
+    print_prediction_summary(out, prediction, models_, voting)
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
 
 
 @ensemble_app.command("evaluate")
 @user_errors
 def ensemble_evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder of a finished kfold run (only read).")],
+    run: RunArgument,
     data: Annotated[Path, typer.Argument(help="Labelled data set: C-NMC folder, class folders, or CSV manifest.")],
     voting: Annotated[Optional[list[str]], typer.Option(help="majority and/or soft; repeat for both (default: both).", show_default=False)] = None,
-    models: Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")] = "students",
+    models: ModelsOption = "students",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Metrics CSV; per-image predictions go to <stem>_predictions.csv beside it.")] = Path("metrics.csv"),
     data_format: Annotated[str, typer.Option("--format", help="auto, cnmc, folders or csv.")] = "auto",
     patient_regex: Annotated[Optional[str], typer.Option(help="Regex with one group extracting the patient from file names (folders layout).", show_default=False)] = None,
-    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: none, flips, dihedral, five_crop, ten_crop (default: the run's).", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: the run's --eval-batch-size).", show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")] = False,
+    tta: TtaOption = None,
+    batch_size: BatchSizeOption = None,
+    device: DeviceOption = "auto",
+    skip_unreadable: SkipUnreadableOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Evaluate each fold model of RUN and their votes on a labelled data set."""
     from . import ensemble

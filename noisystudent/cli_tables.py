@@ -82,3 +82,21 @@ def frame_table(frame: pd.DataFrame, title: str, limit: int = 40) -> Table:
     if len(shown) > limit:
         table.caption = f"{len(shown) - limit} more rows not shown"
     return table
+
+
+def print_prediction_summary(console: Console, prediction, ensemble, voting: str | None) -> None:
+    """Counts per predicted class, agreement of the fold models, patient calls, skipped images."""
+    table = prediction.table
+    console.print(f"{len(table)} images predicted by {len(ensemble.members)} {ensemble.kind}s, {voting or ensemble.config.voting} voting:")
+    summary = Table()
+    for column in ("predicted", "images", "fraction"):
+        summary.add_column(column, justify="left" if column == "predicted" else "right")
+    for name in ensemble.classes:
+        count = int((table["pred"] == name).sum())
+        summary.add_row(name, str(count), f"{count / max(len(table), 1):.3f}")
+    console.print(summary)
+    console.print(f"Mean agreement of the fold models: {table['agreement'].mean():.3f}")
+    if not prediction.patients.empty:
+        calls = prediction.patients["call"].value_counts().sort_index()
+        console.print(f"Patients: {len(prediction.patients)}, called " + ", ".join(f"{c} {n}" for c, n in calls.items()))
+    console.print(f"Skipped unreadable images: {len(prediction.skipped)}")

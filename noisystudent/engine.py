@@ -19,11 +19,12 @@ import torch.nn.functional as F
 
 from . import sampling, tta
 from .augment import IMAGENET_MEAN, IMAGENET_STD, normalize
+from .errors import UserError
 from .losses import soft_cross_entropy
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss became NaN or infinite: a setting (usually the learning rate) the user must change."""
 
 
 @dataclass
@@ -128,7 +129,10 @@ def _train_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Ten
 def _checked_mean(loss_sum: torch.Tensor, count: int) -> float:
     value = float(loss_sum.item()) / count
     if not math.isfinite(value):
-        raise TrainingDiverged(f"The training loss became {value}; lower the learning rate or check the data.")
+        raise TrainingDiverged(
+            f"The training loss became {value}; lower the learning rate and start a new run with --out "
+            "(--resume keeps the old settings), or check the data."
+        )
     return value
 
 

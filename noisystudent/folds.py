@@ -14,14 +14,13 @@ before returning.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from . import atomic
 from .errors import ConfigError, DataError
 from .manifest import (
     FOLD,
@@ -122,17 +121,8 @@ def check_no_patient_leakage(folds: pd.DataFrame) -> None:
 
 
 def save_folds(folds: pd.DataFrame, path: Path) -> None:
-    """Write folds.csv atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            folds[FOLD_COLUMNS].to_csv(stream, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write folds.csv atomically."""
+    atomic.write_csv(Path(path), folds[FOLD_COLUMNS])
 
 
 def load_folds(path: Path) -> pd.DataFrame:

@@ -30,13 +30,12 @@ copies), following Xie et al. 2020, "Self-training with Noisy Student":
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import atomic
 from .config import PSEUDO_MODES
 from .errors import ConfigError, DataError
 from .manifest import PATH
@@ -174,17 +173,8 @@ def pseudo_label_columns(classes: list[str]) -> list[str]:
 
 
 def save_pseudo_labels(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write the table atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            frame.to_csv(stream, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write the table atomically."""
+    atomic.write_csv(Path(path), frame)
 
 
 def load_pseudo_labels(path: str | Path, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:

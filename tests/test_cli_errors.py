@@ -185,8 +185,6 @@ def _uncertain_predictions(ctx, fold, round_):
     return prediction_table(frame[["path", "label", "patient", layout.SPLIT]], np.full((len(frame), 2), 0.5), ctx.classes)
 
 
-@pytest.mark.xfail(not issubclass(engine.TrainingDiverged, UserError), strict=True,
-                   reason="engine.TrainingDiverged is not a UserError yet: a diverging run ends in a traceback")
 def test_a_diverging_training_ends_in_one_sentence(data, tmp_path):
     with torch_threads(1):
         result = CliRunner().invoke(app, ["kfold", str(data), "--out", str(tmp_path / "run"), *FLAGS, "--lr", "1e30",
