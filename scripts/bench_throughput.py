@@ -37,18 +37,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+# build_cache's decode workers (forkserver) re-import this file as __mp_main__: keep torch out of them.
+if __name__ != "__mp_main__":
+    if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+    import torch
 
-from noisystudent import engine, models
-from noisystudent.augment import create_augment
-from noisystudent.cache import build_cache
-from noisystudent.device import amp_dtype, resolve_device
-from noisystudent.engine import StepContext, TrainSet
-from noisystudent.preprocess import PreprocessSpec
+    from noisystudent import checkpoint, engine, models
+    from noisystudent.augment import create_augment
+    from noisystudent.cache import build_cache
+    from noisystudent.device import amp_dtype, resolve_device
+    from noisystudent.engine import StepContext, TrainSet
+    from noisystudent.preprocess import PreprocessSpec
 
 ARCH = "efficientnet-b0"
 NUM_CLASSES = 2
@@ -65,9 +67,10 @@ ROW_MODEL = "(a) model-only train step"
 ROW_FULL = "(b) full train step (cache -> augment -> step)"
 ROW_RATIO = "(b)/(a)"
 ROW_INFER = "(c) inference / pseudo-labelling"
+ROW_CHECKPOINT = "checkpoint.pt write per epoch"
 ROW_PROJECT = "protocol projection, student_data={}"
 STUDENT_DATA = ("both", "pseudo")
-ROWS = (ROW_GENERATE, ROW_DECODE, ROW_MODEL, ROW_FULL, ROW_RATIO, ROW_INFER,
+ROWS = (ROW_GENERATE, ROW_DECODE, ROW_MODEL, ROW_FULL, ROW_RATIO, ROW_INFER, ROW_CHECKPOINT,
         *(ROW_PROJECT.format(mode) for mode in STUDENT_DATA))
 
 
@@ -84,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"), help="autocast dtype on GPU; CPU is fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the training model, as --compile does")
     p.add_argument("--cudnn-benchmark", action="store_true", help="set torch.backends.cudnn.benchmark (the package does not)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--workers", type=int, default=0, help="threads writing BMPs and processes decoding (0: all cores)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -281,22 +285,37 @@ def bench_inference(model, cache, ctx: StepContext, args, eval_batch: int) -> di
     return {**out, "seconds": seconds, "images_per_s": len(rows) / seconds}
 
 
+def bench_checkpoint(model, ctx: StepContext, folder: Path, repeats: int = 3) -> float:
+    """Median seconds of the trainer's per-epoch checkpoint.save (model, optimizer, best weights, RNG; fsync'd)."""
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        checkpoint.save(folder / "checkpoint.pt", {
+            "model": model.state_dict(), "optimizer": ctx.optimizer.state_dict(), "rng": checkpoint.capture_rng_state(),
+            "train_state": {"best_state": best},
+        })
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
 # --- projection --------------------------------------------------------------------------------------
 
 PROJECTION_FORMULA = (
-    "T = N/decode + folds * sum over models m [ epochs * (f_train(m) * N / b + f_val * N / c) + f_pred * N / c ]; "
-    "f_train = {lab} teacher, {both} students (both) or {pseudo} (pseudo); f_val = {val}; f_pred = {pred} "
-    "(validation + unlabelled predicted after each model)"
+    "T = N/decode + folds * sum over models m [ epochs * (f_train(m) * N / b + f_val * N / c + k) + f_pred * N / c ]; "
+    "f_train = {lab:g} teacher, {both:g} students (both) or {pseudo:g} (pseudo); f_val = {val:g}; f_pred = {pred:g} "
+    "(validation + unlabelled predicted after each model); k = checkpoint write per epoch"
 ).format(lab=LABELLED, both=LABELLED + UNLABELLED, pseudo=UNLABELLED, val=VALIDATION, pred=VALIDATION + UNLABELLED)
 
 
-def project_protocol(train_ips: float, infer_ips: float, decode_ips: float, args, student_data: str) -> dict:
-    """Seconds of the whole k-fold protocol from measured rates (ignores checkpoint writes and start-up)."""
+def project_protocol(train_ips: float, infer_ips: float, decode_ips: float, checkpoint_s: float, args,
+                     student_data: str) -> dict:
+    """Seconds of the whole k-fold protocol from measured rates (ignores start-up and result tables)."""
     n, epochs = args.protocol_images, args.protocol_epochs
     student_fraction = LABELLED + UNLABELLED if student_data == "both" else UNLABELLED
     fractions = [LABELLED] + [student_fraction] * args.protocol_rounds
-    per_epoch_val = VALIDATION * n / infer_ips
-    per_model = [epochs * (f * n / train_ips + per_epoch_val) + (VALIDATION + UNLABELLED) * n / infer_ips for f in fractions]
+    per_epoch = VALIDATION * n / infer_ips + checkpoint_s
+    per_model = [epochs * (f * n / train_ips + per_epoch) + (VALIDATION + UNLABELLED) * n / infer_ips for f in fractions]
     seconds = n / decode_ips + args.protocol_folds * sum(per_model)
     return {"seconds": seconds, "minutes": seconds / 60, "student_data": student_data}
 
@@ -309,7 +328,7 @@ def _row(name: str, value: float | None, unit: str, seconds: float | None = None
     return {"phase": name, "value": value, "unit": unit, "seconds": seconds, "peak_gib": peak_gib, "note": note}
 
 
-def build_rows(gen_s, decode_s, n, model_only, full, infer, projections, notes) -> list[dict]:
+def build_rows(gen_s, decode_s, n, model_only, full, infer, checkpoint_s, projections, notes) -> list[dict]:
     rows = [
         _row(ROW_GENERATE, n / gen_s if gen_s else None, "img/s", gen_s, note="" if gen_s else "reused from --cache-dir"),
         _row(ROW_DECODE, n / decode_s, "img/s", decode_s, note=notes["cache"]),
@@ -317,6 +336,7 @@ def build_rows(gen_s, decode_s, n, model_only, full, infer, projections, notes) 
         _row(ROW_FULL, full["images_per_s"], "img/s", full["seconds"], full["peak_gib"], notes["full"]),
         _row(ROW_RATIO, full["images_per_s"] / model_only["images_per_s"], "ratio", note="target >= 0.85 on one H100"),
         _row(ROW_INFER, infer["images_per_s"], "img/s", infer["seconds"], infer["peak_gib"], notes["infer"]),
+        _row(ROW_CHECKPOINT, checkpoint_s, "s", checkpoint_s, note="model + optimizer + best weights, fsync'd"),
     ]
     for p in projections:
         rows.append(_row(ROW_PROJECT.format(p["student_data"]), p["minutes"], "min", p["seconds"], note="target <= 45 min"))
@@ -368,16 +388,17 @@ def settings(args, device: torch.device, eval_batch: int) -> dict:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores",
+        "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__, "arch": ARCH, "images": args.images, "source_size": args.source_size,
         "size": args.size, "batch": args.batch, "eval_batch": eval_batch, "steps": args.steps, "warmup": args.warmup,
-        "amp": str(amp_dtype(args.amp, device)), "channels_last": device.type == "cuda", "compile": args.compile,
+        "amp": str(amp_dtype(args.amp, device) or "fp32").removeprefix("torch."), "channels_last": device.type == "cuda", "compile": args.compile,
         "cudnn_benchmark": args.cudnn_benchmark, "augment": "strong", "optimizer": "SGD momentum (fused on CUDA)",
         "protocol": {"images": args.protocol_images, "epochs": args.protocol_epochs, "folds": args.protocol_folds,
                      "rounds": args.protocol_rounds, "formula": PROJECTION_FORMULA},
     }
 
 
-def run_phases(args, device: torch.device, cache, eval_batch: int) -> tuple[dict, dict, dict, str]:
+def run_phases(args, device: torch.device, cache, eval_batch: int, folder: Path) -> tuple[dict, dict, dict, float, str]:
     model = create_bench_model(device)
     note = swish_note(model)
     ctx = step_context(model, device, args.amp)
@@ -386,23 +407,25 @@ def run_phases(args, device: torch.device, cache, eval_batch: int) -> tuple[dict
     model_only = bench_model_only(training_model, ctx, args)
     full = bench_full_step(training_model, cache, ctx, args)
     infer = bench_inference(model, cache, ctx, args, eval_batch)
-    return model_only, full, infer, note
+    return model_only, full, infer, bench_checkpoint(model, ctx, folder), note
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    if args.threads:
+        torch.set_num_threads(args.threads)
     workers = args.workers or os.cpu_count() or 1
     eval_batch = args.eval_batch or (1024 if device.type == "cuda" else 128)
     with workspace(args.cache_dir) as (image_folder, cache_folder):
         paths, gen_s = synthetic_images(image_folder, args.images, args.source_size, workers)
         cache, decode_s = timed_cache(paths, args.size, cache_folder, workers)
         storage = cache.tensor(device)
-        model_only, full, infer, swish = run_phases(args, device, cache, eval_batch)
+        model_only, full, infer, checkpoint_s, swish = run_phases(args, device, cache, eval_batch, cache_folder)
         del cache, storage
-    projections = [project_protocol(full["images_per_s"], infer["images_per_s"], args.images / decode_s, args, mode)
-                   for mode in STUDENT_DATA]
+    rates = (full["images_per_s"], infer["images_per_s"], args.images / decode_s, checkpoint_s)
+    projections = [project_protocol(*rates, args, mode) for mode in STUDENT_DATA]
     syncs = full["host_syncs_per_step"]
     notes = {
         "cache": f"{args.source_size} px BMP -> {args.size} px uint8, {workers} worker(s)",
@@ -411,9 +434,11 @@ def main(argv: list[str] | None = None) -> dict:
         "infer": f"predict_probs, batch {eval_batch}, eval mode, uncompiled",
     }
     report = {"settings": settings(args, device, eval_batch),
-              "rows": build_rows(gen_s, decode_s, args.images, model_only, full, infer, projections, notes)}
+              "rows": build_rows(gen_s, decode_s, args.images, model_only, full, infer, checkpoint_s, projections, notes)}
     print_table(report["rows"], f"noisystudent throughput on {report['settings']['device_name']}")
-    print(f"Projection: {PROJECTION_FORMULA}; b = (b), c = (c), decode = 0. decode rate.")
+    print(f"Projection: {PROJECTION_FORMULA}; b = (b), c = (c), decode = 0. decode rate; "
+          f"N = {args.protocol_images}, epochs = {args.protocol_epochs}, folds = {args.protocol_folds}, "
+          f"{args.protocol_rounds} students; measured at batch {args.batch}.")
     if args.json:
         write_json(args.json, report)
     return report

@@ -1,0 +1,53 @@
+"""The throughput benchmark runs end to end on CPU at tiny sizes, so it cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_reports_every_phase(bench, tmp_path: Path, capsys) -> None:
+    threads = torch.get_num_threads()
+    argv = ["--device", "cpu", "--images", "12", "--source-size", "40", "--size", "32", "--batch", "4",
+            "--steps", "2", "--warmup", "1", "--threads", "1", "--workers", "1",
+            "--cache-dir", str(tmp_path / "bench"), "--json", str(tmp_path / "bench.json")]
+    try:
+        report = bench.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    rows = {row["phase"]: row for row in report["rows"]}
+    assert list(rows) == list(bench.ROWS)
+    assert all(math.isfinite(row["value"]) and row["value"] > 0 for row in rows.values())
+    assert "memory-efficient swish OFF" in rows[bench.ROW_MODEL]["note"]
+    assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(report))
+    assert "(b)/(a)" in capsys.readouterr().out
+    # The BMPs stay in --cache-dir and are reused; the decoded cache is always rebuilt (and deleted).
+    again = bench.main(argv[:-2])
+    assert again["rows"][0]["note"] == "reused from --cache-dir" and again["rows"][1]["value"] > 0
+    assert not list((tmp_path / "bench").glob("cache-*"))
+
+
+def test_projection_formula(bench) -> None:
+    args = bench.parse_args(["--protocol-images", "1000", "--protocol-epochs", "2", "--protocol-folds", "1",
+                             "--protocol-rounds", "1"])
+    # each model: 2 epochs * (400/100 train + 200/1000 validation + 0.5 checkpoint) + 600/1000 predictions;
+    # pseudo students train on 400 images like the teacher; plus 1000/500 s decoding
+    projected = bench.project_protocol(100.0, 1000.0, 500.0, 0.5, args, "pseudo")
+    assert projected["seconds"] == pytest.approx(2 + 2 * (2 * (4 + 0.2 + 0.5) + 0.6))
+    both = bench.project_protocol(100.0, 1000.0, 500.0, 0.5, args, "both")  # students: 800 images
+    assert both["seconds"] - projected["seconds"] == pytest.approx(2 * 4)
