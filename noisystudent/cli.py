@@ -6,7 +6,12 @@ import errno
 import functools
 import inspect
 import logging
+import os
 import sys
+
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made
+# the demo 4x slower (707 s vs 155 s, scripts/bench_demo.sh); set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Any, Optional

@@ -45,16 +45,16 @@ if __name__ != "__mp_main__":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
     import torch
 
-    from noisystudent import checkpoint, engine, models
+    from noisystudent import checkpoint, engine, models, optim
     from noisystudent.augment import create_augment
     from noisystudent.cache import build_cache
+    from noisystudent.config import RunConfig
     from noisystudent.device import amp_dtype, resolve_device
     from noisystudent.engine import StepContext, TrainSet
     from noisystudent.preprocess import PreprocessSpec
 
 ARCH = "efficientnet-b0"
 NUM_CLASSES = 2
-LR, MOMENTUM = 1e-3, 0.9  # the cnmc-study SGD settings; speed does not depend on them
 LOG_EVERY = 20  # RunConfig.log_every default: the loop's periodic host sync
 # C-NMC protocol (RunConfig defaults, split_ratio 2:2:1, no outer test set).
 LABELLED, UNLABELLED, VALIDATION = 0.4, 0.4, 0.2
@@ -242,14 +242,15 @@ def bench_full_step(model, cache, ctx: StepContext, args) -> dict:
         engine.train_one_epoch(model, load_batch, train_set, augment, ctx, generator, args.batch, log_every=LOG_EVERY)
 
     warm = max(args.warmup, 1)
-    out: dict = {"host_syncs_per_step": count_host_syncs(lambda: epoch(warm), ctx.device, warm)}
+    epoch(1)  # first use makes the augmentation's constants on the device (syncs once, not counted)
+    out: dict = {"warmup_steps": warm, "host_syncs": count_host_syncs(lambda: epoch(warm), ctx.device)}
     with peak_memory(ctx.device, out):
         seconds = timed(lambda: epoch(args.steps), ctx.device)
     return {**out, "seconds": seconds, "images_per_s": args.steps * args.batch / seconds}
 
 
-def count_host_syncs(fn, device: torch.device, steps: int) -> float | None:
-    """Run ``fn`` (the warm-up) with CUDA sync debugging on; syncs per step, or None on CPU."""
+def count_host_syncs(fn, device: torch.device) -> int | None:
+    """Run ``fn`` (the warm-up) with CUDA sync debugging on; the synchronisations seen, or None on CPU."""
     if device.type != "cuda":
         fn()
         return None
@@ -260,8 +261,7 @@ def count_host_syncs(fn, device: torch.device, steps: int) -> float | None:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
-    return syncs / max(steps, 1)
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
 # --- (c) inference -----------------------------------------------------------------------------------
@@ -352,7 +352,7 @@ def print_table(rows: list[dict], title: str) -> None:
         table.add_column(column, justify="right" if column in ("value", "seconds", "peak GiB") else "left")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
-        table.add_row(r["phase"], fmt(r["value"], ".3f" if r["unit"] == "ratio" else ",.1f"), r["unit"],
+        table.add_row(r["phase"], fmt(r["value"], {"ratio": ".3f", "s": ".2f"}.get(r["unit"], ",.1f")), r["unit"],
                       fmt(r["seconds"], ".2f"), fmt(r["peak_gib"], ".2f"), r["note"])
     Console(width=200).print(table)
 
@@ -379,7 +379,7 @@ def workspace(cache_dir: Path | None):
 
 
 def step_context(model, device: torch.device, amp: str) -> StepContext:
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, **({"fused": True} if device.type == "cuda" else {}))
+    optimizer = optim.create_optimizer(model.parameters(), RunConfig(), device)  # SGD, momentum 0.9, fused on CUDA
     return StepContext(optimizer=optimizer, device=device, amp_dtype=amp_dtype(amp, device),
                        channels_last=device.type == "cuda")
 
@@ -391,7 +391,8 @@ def settings(args, device: torch.device, eval_batch: int) -> dict:
         "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__, "arch": ARCH, "images": args.images, "source_size": args.source_size,
         "size": args.size, "batch": args.batch, "eval_batch": eval_batch, "steps": args.steps, "warmup": args.warmup,
-        "amp": str(amp_dtype(args.amp, device) or "fp32").removeprefix("torch."), "channels_last": device.type == "cuda", "compile": args.compile,
+        "amp": str(amp_dtype(args.amp, device) or "fp32").removeprefix("torch."),
+        "channels_last": device.type == "cuda", "compile": args.compile,
         "cudnn_benchmark": args.cudnn_benchmark, "augment": "strong", "optimizer": "SGD momentum (fused on CUDA)",
         "protocol": {"images": args.protocol_images, "epochs": args.protocol_epochs, "folds": args.protocol_folds,
                      "rounds": args.protocol_rounds, "formula": PROJECTION_FORMULA},
@@ -426,11 +427,11 @@ def main(argv: list[str] | None = None) -> dict:
         del cache, storage
     rates = (full["images_per_s"], infer["images_per_s"], args.images / decode_s, checkpoint_s)
     projections = [project_protocol(*rates, args, mode) for mode in STUDENT_DATA]
-    syncs = full["host_syncs_per_step"]
+    syncs, warm = full["host_syncs"], full["warmup_steps"]
     notes = {
         "cache": f"{args.source_size} px BMP -> {args.size} px uint8, {workers} worker(s)",
         "model": f"{ARCH}, batch {args.batch}, {swish}",
-        "full": "strong augment" + ("" if syncs is None else f", {syncs:.2f} host syncs/step (log_every={LOG_EVERY})"),
+        "full": "strong augment" + ("" if syncs is None else f", {syncs} host syncs in a {warm}-step epoch"),
         "infer": f"predict_probs, batch {eval_batch}, eval mode, uncompiled",
     }
     report = {"settings": settings(args, device, eval_batch),
