@@ -144,8 +144,18 @@ def _row(kind, fold, round_, split, voting, table, classes, positive) -> dict:
             layout.EVAL_SPLIT: split, layout.VOTING: voting, **values}
 
 
+SUMMARY_ORDER = ["mean", "variance", OOF, ENSEMBLE]  # after the numbered folds
+KIND_ORDER = {"teacher": 0, "student": 1}
+
+
 def _ordered(table: pd.DataFrame) -> pd.DataFrame:
-    order = {"teacher": 0, "student": 1}
-    fold_order = lambda v: (0, int(v)) if str(v).lstrip("-").isdigit() else (1, ["mean", "variance", OOF, ENSEMBLE].index(v) if v in ["mean", "variance", OOF, ENSEMBLE] else 9)  # noqa: E731
-    keys = table.apply(lambda r: (r[layout.EVAL_SPLIT] != "validation", order.get(r[layout.MODEL_KIND], 2), r[layout.ROUND], fold_order(r[layout.FOLD_COLUMN]), r[layout.VOTING]), axis=1)
-    return table.iloc[sorted(range(len(table)), key=lambda i: keys.iloc[i])].reset_index(drop=True)
+    """Validation before test; teacher, then students by round; folds, then summaries and ensembles."""
+    keys = [_sort_key(row) for _, row in table.iterrows()]
+    order = sorted(range(len(table)), key=keys.__getitem__)
+    return table.iloc[order].reset_index(drop=True)
+
+
+def _sort_key(row: pd.Series) -> tuple:
+    fold = str(row[layout.FOLD_COLUMN])
+    fold_key = (0, int(fold)) if fold.lstrip("-").isdigit() else (1, SUMMARY_ORDER.index(fold) if fold in SUMMARY_ORDER else 9)
+    return (row[layout.EVAL_SPLIT] != "validation", KIND_ORDER.get(row[layout.MODEL_KIND], 2), row[layout.ROUND], fold_key, row[layout.VOTING])
