@@ -116,14 +116,20 @@ def _panel(name: str) -> str:
 
 def build_config(data: Optional[Path], given: dict[str, Any]) -> RunConfig:
     """Preset defaults, then the flags the user gave; no data means the demo preset."""
-    given = {k: v for k, v in given.items() if v is not None}
+    given = _given_settings(given)
     preset = given.get("preset") or ("demo" if data is None else "cnmc-study")
     values = preset_settings(preset)
-    if "split_ratio" in given:
-        given["split_ratio"] = _parse_ratio(given["split_ratio"])
     values.update(given)
     values["data"] = str(data.resolve()) if data is not None else None
     return RunConfig(**values)
+
+
+def _given_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The flags the user actually gave (Typer passes None for the others), parsed."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    if "split_ratio" in given:
+        given["split_ratio"] = _parse_ratio(given["split_ratio"])
+    return given
 
 
 def _parse_ratio(text: str) -> tuple[float, float, float]:
@@ -178,9 +184,7 @@ def _resume_config(run: Path, data: Optional[Path], settings: dict[str, Any]) ->
     if saved is None:
         return build_config(data, settings)  # the pipeline says there is nothing to resume
     values = {k: v for k, v in saved.items() if k not in META_KEYS}
-    given = {k: v for k, v in settings.items() if v is not None}
-    if "split_ratio" in given:
-        given["split_ratio"] = _parse_ratio(given["split_ratio"])
+    given = _given_settings(settings)
     if data is not None:
         given["data"] = str(data.resolve())
     values.update(given)

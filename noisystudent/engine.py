@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import sampling, tta
 from .augment import IMAGENET_MEAN, IMAGENET_STD, normalize
@@ -168,7 +167,7 @@ def predict_probs(
     done = 0
     for start in range(0, len(rows), batch_size):
         batch_rows = rows[start : start + batch_size]
-        images = resize_batch(normalize(load_batch(batch_rows), mean=mean, std=std), image_size)
+        images = normalize(load_batch(batch_rows), image_size, mean, std)
         outputs.append(tta.predict_tta(forward, images, tta_mode))
         done += len(batch_rows)
         if on_progress:
@@ -210,10 +209,3 @@ def recalibrate_batchnorm(
             model(prepare(load_batch(rows[batch])))
     for module, momentum in zip(norms, momenta):
         module.momentum = momentum
-
-
-def resize_batch(images: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Resize a float batch to ``size`` (progressive resizing); a no-op when it already fits."""
-    if size is None or images.shape[-1] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

@@ -195,7 +195,7 @@ def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     """Probabilities of this round's model on validation, test, masked and pool images."""
     out = layout.round_dir(ctx.run, fold, round_) / layout.PREDICTIONS
     if out.exists():
-        return pd.read_csv(out, dtype={PATIENT: str, LABEL: str}, keep_default_na=False)
+        return results.read_predictions(out)
     frame = pd.concat(
         [fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
         ignore_index=True,
@@ -217,7 +217,7 @@ def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
         )
     table = prediction_table(frame[[PATH, LABEL, PATIENT, layout.SPLIT]], probs, ctx.classes)
     atomic.write_csv(out, table)
-    return pd.read_csv(out, dtype={PATIENT: str, LABEL: str}, keep_default_na=False)  # exactly what a resume reads
+    return results.read_predictions(out)  # exactly what a resume reads
 
 
 def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
