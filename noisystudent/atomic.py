@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from .errors import DiskFullError
+from noisystudent.errors import DiskFullError
 
 TEMP_SUFFIX = ".tmp"
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)

@@ -45,13 +45,16 @@ if __name__ != "__mp_main__":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
     import torch
 
-    from noisystudent import checkpoint, engine, models, optim
-    from noisystudent.augment import create_augment
-    from noisystudent.cache import build_cache
-    from noisystudent.config import RunConfig
-    from noisystudent.device import amp_dtype, resolve_device
-    from noisystudent.engine import StepContext, TrainSet
-    from noisystudent.preprocess import PreprocessSpec
+    from noisystudent.models import checkpoint
+    from noisystudent.training import engine
+    from noisystudent import models
+    from noisystudent.training import optim
+    from noisystudent.training.augment import create_augment
+    from noisystudent.data.cache import build_cache
+    from noisystudent.config.run_config import RunConfig
+    from noisystudent.training.device import amp_dtype, resolve_device
+    from noisystudent.training.engine import StepContext, TrainSet
+    from noisystudent.data.preprocess import PreprocessSpec
 
 ARCH = "efficientnet-b0"
 NUM_CLASSES = 2

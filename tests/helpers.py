@@ -68,7 +68,7 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
 
 def cli_command(data: Path, out: Path, *extra: str) -> list[str]:
     """argv of a real ``noisystudent kfold`` subprocess with the tiny settings."""
-    return [sys.executable, "-m", "noisystudent.cli", "kfold", str(data), "--out", str(out), *TINY_FLAGS, *extra]
+    return [sys.executable, "-m", "noisystudent.cli.main", "kfold", str(data), "--out", str(out), *TINY_FLAGS, *extra]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -143,8 +143,8 @@ def serve_forks() -> None:
     """The server loop of ForkingCli (runs in its own process)."""
     import json
 
-    import noisystudent.cli
-    import noisystudent.pipeline  # noqa: F401  (the slow imports, done once)
+    import noisystudent.cli.main
+    import noisystudent.run.pipeline  # noqa: F401  (the slow imports, done once)
 
     for line in sys.stdin:
         message = json.loads(line)
@@ -162,7 +162,7 @@ def serve_forks() -> None:
 def _run_child(argv: list[str], log: str) -> None:
     import traceback
 
-    import noisystudent.cli
+    import noisystudent.cli.main
 
     code = 1
     try:
@@ -171,7 +171,7 @@ def _run_child(argv: list[str], log: str) -> None:
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        noisystudent.cli.app(argv, prog_name="noisystudent")
+        noisystudent.cli.main.app(argv, prog_name="noisystudent")
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)

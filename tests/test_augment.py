@@ -1,15 +1,7 @@
 import pytest
 import torch
 
-from noisystudent.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RANDAUGMENT_OPS,
-    create_augment,
-    normalize,
-    rand_augment,
-    random_affine,
-)
+from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, RANDAUGMENT_OPS, create_augment, normalize, rand_augment, random_affine
 from noisystudent.errors import ConfigError
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from noisystudent import cache as cache_module
-from noisystudent import preprocess as preprocess_module
-from noisystudent.cache import ImageCache, build_cache, cache_fingerprint, fingerprint_files
+from noisystudent.data import cache as cache_module
+from noisystudent.data import preprocess as preprocess_module
+from noisystudent.data.cache import ImageCache, build_cache, cache_fingerprint, fingerprint_files
 from noisystudent.errors import DataError
-from noisystudent.images import load_rgb
-from noisystudent.preprocess import PreprocessSpec, preprocess
+from noisystudent.data.images import load_rgb
+from noisystudent.data.preprocess import PreprocessSpec, preprocess
 
 SPEC = PreprocessSpec(image_size=16, crop_black=True)
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from conftest import save_noise, truncate
 from helpers import PATIENT_REGEX, torch_threads, write_class_folders, write_csv
-from noisystudent import engine
-from noisystudent.cli import app
+from noisystudent.training import engine
+from noisystudent.cli.main import app
 from noisystudent.errors import UserError
 
 FLAGS = [
@@ -146,7 +146,7 @@ def test_an_unreadable_csv(data, tmp_path):
 
 
 def test_a_run_folder_of_another_configuration(data, tmp_path, monkeypatch):
-    from noisystudent import pipeline
+    from noisystudent.run import pipeline
 
     monkeypatch.setattr(pipeline, "run_fold", _interrupt)  # config, folds and cache written; no training
     assert kfold(data, tmp_path)[0].exit_code == 130
@@ -164,7 +164,7 @@ def _interrupt(ctx, fold):
 
 
 def test_no_pseudo_label_passing_the_threshold(tmp_path, monkeypatch):
-    from noisystudent import pipeline
+    from noisystudent.run import pipeline
 
     data = write_class_folders(tmp_path / "data", patients_per_class=4, images_per_patient=1)
     monkeypatch.setattr(pipeline, "train_model", lambda *args, **kwargs: None)  # no training: predictions are faked
@@ -176,8 +176,8 @@ def test_no_pseudo_label_passing_the_threshold(tmp_path, monkeypatch):
 def _uncertain_predictions(ctx, fold, round_):
     import numpy as np
 
-    from noisystudent.pipeline import SPLIT_OF_ROLE, fold_rows, prediction_table
-    from noisystudent import run_layout as layout
+    from noisystudent.run.pipeline import SPLIT_OF_ROLE, fold_rows, prediction_table
+    from noisystudent import layout
     import pandas as pd
 
     frame = pd.concat([fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
@@ -206,7 +206,7 @@ def test_a_model_predicting_nan_is_not_used_for_pseudo_labels(data, tmp_path):
 def test_a_full_disk_outside_the_atomic_writes_is_one_sentence(data, tmp_path, monkeypatch):
     import errno
 
-    from noisystudent import pipeline
+    from noisystudent.run import pipeline
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "folds.csv"))

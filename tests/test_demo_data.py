@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from noisystudent.demo_data import MARKER, generate_demo
+from noisystudent.data.demo import MARKER, generate_demo
 from noisystudent.errors import DataError
-from noisystudent.manifest import LABEL, PATH, PATIENT
-from noisystudent.readers import read_dataset
+from noisystudent.data.manifest import LABEL, PATH, PATIENT
+from noisystudent.data.readers import read_dataset
 
 
 def files_and_bytes(folder: Path) -> dict[str, bytes]:

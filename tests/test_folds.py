@@ -5,29 +5,8 @@ import pandas as pd
 import pytest
 
 from noisystudent.errors import ConfigError, DataError
-from noisystudent.folds import (
-    FOLD_COLUMNS,
-    assign_folds,
-    check_no_patient_leakage,
-    fold_frame,
-    fold_ids,
-    load_folds,
-    save_folds,
-)
-from noisystudent.manifest import (
-    FOLD,
-    LABEL,
-    PATH,
-    PATIENT,
-    ROLE,
-    ROLE_LABELLED,
-    ROLE_POOL,
-    ROLE_TEST,
-    ROLE_UNLABELLED,
-    ROLE_VALIDATION,
-    SHARED_FOLD,
-    make_manifest,
-)
+from noisystudent.data.folds import FOLD_COLUMNS, assign_folds, check_no_patient_leakage, fold_frame, fold_ids, load_folds, save_folds
+from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_LABELLED, ROLE_POOL, ROLE_TEST, ROLE_UNLABELLED, ROLE_VALIDATION, SHARED_FOLD, make_manifest
 
 CLASSES = ("all", "hem")
 SPLIT_ROLES = (ROLE_LABELLED, ROLE_UNLABELLED, ROLE_VALIDATION, ROLE_TEST)
@@ -88,7 +67,7 @@ def test_default_sizes_are_40_40_20_and_every_class_in_every_part():
 
 
 def test_other_ratio_keeps_validation_at_one_over_k(caplog):
-    with caplog.at_level(logging.WARNING, logger="noisystudent.folds"):
+    with caplog.at_level(logging.WARNING, logger="noisystudent.data.folds"):
         folds = assign_folds(manifest(), n_folds=5, split_ratio=(3, 1, 1))
     assert not caplog.records  # validation share 1/5 matches K
     part = fold_frame(folds, 0, ROLE_LABELLED)
@@ -97,7 +76,7 @@ def test_other_ratio_keeps_validation_at_one_over_k(caplog):
 
 
 def test_validation_share_far_from_one_over_k_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="noisystudent.folds"):
+    with caplog.at_level(logging.WARNING, logger="noisystudent.data.folds"):
         assign_folds(manifest(), n_folds=5, split_ratio=(1, 0, 1))
     assert len(caplog.records) == 1
     assert "1/5" in caplog.records[0].getMessage()
@@ -118,7 +97,7 @@ def test_deterministic_and_seed_changes_folds():
 
 
 def test_no_patient_ids_falls_back_per_image_with_one_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="noisystudent.folds"):
+    with caplog.at_level(logging.WARNING, logger="noisystudent.data.folds"):
         folds = assign_folds(manifest(with_patient=False), n_folds=5)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -133,7 +112,7 @@ def test_no_patient_ids_falls_back_per_image_with_one_warning(caplog):
 def test_partly_missing_patients_become_own_groups(caplog):
     frame = manifest()
     frame.loc[frame.index[:3], PATIENT] = ""
-    with caplog.at_level(logging.WARNING, logger="noisystudent.folds"):
+    with caplog.at_level(logging.WARNING, logger="noisystudent.data.folds"):
         folds = assign_folds(frame, n_folds=5)
     assert "3 training images have no patient id" in caplog.text
     assert_no_patient_crosses(folds)

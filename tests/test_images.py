@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from noisystudent.errors import DataError
-from noisystudent.images import find_unreadable, image_size, load_rgb, probe_image, probe_images
+from noisystudent.data.images import find_unreadable, image_size, load_rgb, probe_image, probe_images
 
 
 def pixels(path: Path) -> np.ndarray:

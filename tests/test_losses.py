@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from noisystudent.losses import soft_cross_entropy
+from noisystudent.training.losses import soft_cross_entropy
 
 torch.manual_seed(0)
 LOGITS = torch.randn(8, 3) * 2

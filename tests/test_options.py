@@ -19,18 +19,24 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from noisystudent import checkpoint, engine, models, optim, pipeline, sampling, trainer
-from noisystudent import run_layout as layout
-from noisystudent.augment import IMAGENET_MEAN, IMAGENET_STD, create_augment, normalize
-from noisystudent.cache import build_cache
-from noisystudent.config import RunConfig
-from noisystudent.engine import StepContext, TrainSet
+from noisystudent.models import checkpoint
+from noisystudent.training import engine
+from noisystudent import models
+from noisystudent.training import optim
+from noisystudent.run import pipeline
+from noisystudent.training import sampling
+from noisystudent.training import trainer
+from noisystudent import layout
+from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, create_augment, normalize
+from noisystudent.data.cache import build_cache
+from noisystudent.config.run_config import RunConfig
+from noisystudent.training.engine import StepContext, TrainSet
 from noisystudent.errors import ConfigError
-from noisystudent.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_VALIDATION
-from noisystudent.preprocess import PreprocessSpec, load_preprocessed
+from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_VALIDATION
+from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
 from noisystudent.progress import NULL_PROGRESS
-from noisystudent.seeding import make_generator
-from noisystudent.trainer import ModelJob, train_model
+from noisystudent.training.seeding import make_generator
+from noisystudent.training.trainer import ModelJob, train_model
 
 CPU = torch.device("cpu")
 CLASSES = ["all", "hem"]
@@ -250,7 +256,7 @@ def test_good_option_values_are_accepted():
 
 
 def test_every_technique_has_a_kfold_flag():
-    from noisystudent.cli import app
+    from noisystudent.cli.main import app
 
     result = CliRunner().invoke(app, ["kfold", "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"})
     assert result.exit_code == 0

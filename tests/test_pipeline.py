@@ -9,14 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from noisystudent import engine, pipeline, pseudo_labels
-from noisystudent import run_layout as layout
-from noisystudent.augment import create_augment, normalize
-from noisystudent.config import RunConfig
-from noisystudent.demo_data import generate_demo
-from noisystudent.engine import StepContext, TrainSet
-from noisystudent.manifest import PATH
-from noisystudent.seeding import make_generator
+from noisystudent.training import engine
+from noisystudent.run import pipeline
+from noisystudent.run import pseudo_labels
+from noisystudent import layout
+from noisystudent.training.augment import create_augment, normalize
+from noisystudent.config.run_config import RunConfig
+from noisystudent.data.demo import generate_demo
+from noisystudent.training.engine import StepContext, TrainSet
+from noisystudent.data.manifest import PATH
+from noisystudent.training.seeding import make_generator
 
 
 class Recorder(torch.nn.Module):

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from noisystudent.config import RunConfig
+from noisystudent.config.run_config import RunConfig
 from noisystudent.errors import ConfigError
-from noisystudent.preprocess import PreprocessSpec, content_box, equalize, preprocess
+from noisystudent.data.preprocess import PreprocessSpec, content_box, equalize, preprocess
 
 
 def _rgb(array: np.ndarray) -> Image.Image:

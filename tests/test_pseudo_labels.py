@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from noisystudent.errors import ConfigError, DataError
-from noisystudent.pseudo_labels import (
-    load_pseudo_labels,
-    make_pseudo_labels,
-    pseudo_label_columns,
-    pseudo_label_summary,
-    save_pseudo_labels,
-)
-from noisystudent.run_layout import CONFIDENCE, COPIES, PRED, target_column
+from noisystudent.run.pseudo_labels import load_pseudo_labels, make_pseudo_labels, pseudo_label_columns, pseudo_label_summary, save_pseudo_labels
+from noisystudent.layout import CONFIDENCE, COPIES, PRED, target_column
 
 CLASSES = ["all", "hem"]
 
@@ -57,7 +51,7 @@ def test_hard_targets_are_one_hot_of_argmax():
 def test_threshold_drops_exactly_the_unconfident_rows(caplog):
     # log-odds chosen so confidences are sigmoid(d): 0.5, 0.73, 0.88, 0.95, 0.6 (hem)
     logits = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [0.0, 0.405]])
-    with caplog.at_level(logging.INFO, logger="noisystudent.pseudo_labels"):
+    with caplog.at_level(logging.INFO, logger="noisystudent.run.pseudo_labels"):
         frame = make_pseudo_labels(_paths(5), logits, CLASSES, threshold=0.7)
     assert frame["path"].tolist() == ["/data/img1.png", "/data/img2.png", "/data/img3.png"]
     assert "dropped 2 of 5" in caplog.text
@@ -98,7 +92,7 @@ def test_balance_breaks_confidence_ties_by_seed_not_file_order():
 
 def test_class_without_images_warns(caplog):
     logits = np.array([[2.0, 0.0], [3.0, 0.0]])
-    with caplog.at_level(logging.WARNING, logger="noisystudent.pseudo_labels"):
+    with caplog.at_level(logging.WARNING, logger="noisystudent.run.pseudo_labels"):
         frame = make_pseudo_labels(_paths(2), logits, CLASSES, balance=True)
     assert "'hem'" in caplog.text
     assert frame[COPIES].tolist() == [1, 1]

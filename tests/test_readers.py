@@ -4,16 +4,8 @@ from pathlib import Path
 import pytest
 
 from noisystudent.errors import ConfigError, DataError
-from noisystudent.manifest import LABEL, MANIFEST_COLUMNS, PATH, PATIENT, SUBSET
-from noisystudent.readers import (
-    SKIPPED,
-    detect_format,
-    read_cnmc,
-    read_csv_manifest,
-    read_dataset,
-    read_folders,
-    read_unlabelled,
-)
+from noisystudent.data.manifest import LABEL, MANIFEST_COLUMNS, PATH, PATIENT, SUBSET
+from noisystudent.data.readers import SKIPPED, detect_format, read_cnmc, read_csv_manifest, read_dataset, read_folders, read_unlabelled
 
 TRAIN = "C-NMC_Leukemia/training_data"
 
@@ -112,7 +104,7 @@ def test_folders_reads_classes_and_warns_about_other_files(class_folders, make_i
     make_image(class_folders / "benign" / "mixed.TiFf")
     (class_folders / "benign" / "README.txt").write_text("notes")
     (class_folders / "benign" / ".DS_Store").write_text("junk")
-    with caplog.at_level(logging.WARNING, logger="noisystudent.readers"):
+    with caplog.at_level(logging.WARNING, logger="noisystudent.data.readers"):
         manifest = read_folders(class_folders)
     assert manifest[LABEL].value_counts().to_dict() == {"benign": 6, "malignant": 4}
     names = {Path(p).name for p in manifest[PATH]}
@@ -238,7 +230,7 @@ def test_missing_data_path(tmp_path):
 
 
 def test_read_dataset_logs_the_detected_format(small_cnmc, caplog):
-    with caplog.at_level(logging.INFO, logger="noisystudent.readers"):
+    with caplog.at_level(logging.INFO, logger="noisystudent.data.readers"):
         manifest, data_format = read_dataset(small_cnmc.parent)
     assert data_format == "cnmc" and len(manifest) == 6
     assert "cnmc layout (detected)" in caplog.text
@@ -261,7 +253,7 @@ def test_unreadable_images_stop_or_are_skipped_and_reported(class_folders, make_
         read_dataset(class_folders)
     assert str(caught.value) == f"The image {cut} cannot be read: it is truncated."
 
-    with caplog.at_level(logging.WARNING, logger="noisystudent.readers"):
+    with caplog.at_level(logging.WARNING, logger="noisystudent.data.readers"):
         manifest, _ = read_dataset(class_folders, skip_unreadable=True)
     assert len(manifest) == 8 and str(cut) not in set(manifest[PATH])
     assert [path for path, _ in manifest.attrs[SKIPPED]] == [str(cut), str(text)]
@@ -307,7 +299,7 @@ def test_real_cnmc_sample(cnmc_sample):
 
 
 def test_inspect_collects_every_problem_without_stopping(class_folders, make_image, make_noise, make_truncated):
-    from noisystudent.inspect_data import inspect_dataset
+    from noisystudent.data.inspection import inspect_dataset
 
     cut = make_truncated(make_noise(class_folders / "benign" / "p1b_9.png", size=64))
     text = class_folders / "malignant" / "p1m_9.png"
@@ -328,7 +320,7 @@ def test_inspect_collects_every_problem_without_stopping(class_folders, make_ima
 
 
 def test_inspect_reports_single_class_leakage_and_missing_patients(tmp_path, make_image):
-    from noisystudent.inspect_data import inspect_dataset
+    from noisystudent.data.inspection import inspect_dataset
 
     for name in ("a.png", "b.png", "c.png"):
         make_image(tmp_path / name)
@@ -345,7 +337,7 @@ def test_inspect_reports_single_class_leakage_and_missing_patients(tmp_path, mak
 
 
 def test_inspect_orders_patients_naturally(small_cnmc):
-    from noisystudent.inspect_data import inspect_dataset
+    from noisystudent.data.inspection import inspect_dataset
 
     report = inspect_dataset(small_cnmc)
     assert report.patient_counts.index.tolist() == ["3", "11", "H3", "H10"]

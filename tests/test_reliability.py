@@ -25,14 +25,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from helpers import torch_threads, PATIENT_REGEX, write_class_folders
-from noisystudent import atomic, checkpoint, trainer
-from noisystudent import run_layout as layout
-from noisystudent.cache import ImageCache
-from noisystudent.cli import app
-from noisystudent.config import RunConfig
-from noisystudent.engine import TrainSet
+from noisystudent import atomic
+from noisystudent.models import checkpoint
+from noisystudent.training import trainer
+from noisystudent import layout
+from noisystudent.data.cache import ImageCache
+from noisystudent.cli.main import app
+from noisystudent.config.run_config import RunConfig
+from noisystudent.training.engine import TrainSet
 from noisystudent.errors import CheckpointError, DiskFullError
-from noisystudent.trainer import ModelJob, train_model
+from noisystudent.training.trainer import ModelJob, train_model
 
 CPU = torch.device("cpu")
 TIMING = [layout.SECONDS, layout.IMAGES_PER_S]

@@ -11,20 +11,11 @@ import pytest
 from PIL import Image
 
 from noisystudent.errors import RunFolderError
-from noisystudent.metrics import COUNT_COLUMNS, METRIC_COLUMNS, metrics_from_predictions, summarise_folds
+from noisystudent.evaluation.metrics import COUNT_COLUMNS, METRIC_COLUMNS, metrics_from_predictions, summarise_folds
 from noisystudent.report import fold_table, headline, summary_table, write_report
-from noisystudent.report.inputs import load_run, read_metrics
+from noisystudent.report.run_reader import load_run, read_metrics
 from noisystudent.report.plots import plot_curves
-from noisystudent.run_layout import (
-    CONFIG,
-    HISTORY,
-    METRICS,
-    PREDICTIONS,
-    PSEUDO_LABELS,
-    REPORT,
-    results_dir,
-    round_dir,
-)
+from noisystudent.layout import CONFIG, HISTORY, METRICS, PREDICTIONS, PSEUDO_LABELS, REPORT, results_dir, round_dir
 
 CLASSES = ["all", "hem"]
 POSITIVE = "all"

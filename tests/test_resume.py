@@ -4,7 +4,7 @@ The kill test SIGKILLs real `noisystudent kfold` processes at random and at
 chosen moments (a checkpoint just written, a checkpoint being written, a
 prediction file just written, model.pt being written), resumes each time, and
 compares every prediction, pseudo-label and result file byte for byte with an
-uninterrupted run (a `python -m noisystudent.cli` subprocess) of the same seed.
+uninterrupted run (a `python -m noisystudent.cli.main` subprocess) of the same seed.
 The other tests check what --resume refuses, with one sentence and exit code 2.
 """
 
@@ -26,9 +26,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from helpers import torch_threads, TINY_FLAGS, ForkingCli, cli_command, run_files, subprocess_env, write_class_folders
-from noisystudent import pipeline
-from noisystudent import run_layout as layout
-from noisystudent.cli import app
+from noisystudent.run import pipeline
+from noisystudent import layout
+from noisystudent.cli.main import app
 
 EPOCHS = ["--epochs", "2", "--test-fraction", "0.25"]  # with an outer test set: ensembles too
 POLL_S = 0.002

@@ -4,7 +4,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from noisystudent.errors import ConfigError
-from noisystudent.sampling import batches, class_weights, epoch_indices
+from noisystudent.training.sampling import batches, class_weights, epoch_indices
 
 # 10 rows of class 0, 4 of class 1, 6 of class 2 (interleaved, as in a real table).
 LABELS = np.array([0] * 10 + [1] * 4 + [2] * 6)[np.random.default_rng(0).permutation(20)]

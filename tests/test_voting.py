@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from noisystudent.errors import ConfigError
-from noisystudent.voting import VoteResult, majority_vote, soft_vote, vote
+from noisystudent.evaluation.voting import VoteResult, majority_vote, soft_vote, vote
 
 
 def two_class(p_first):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from efficientnet_pytorch import EfficientNet
 from torch import nn
 
-from ..errors import ConfigError
+from noisystudent.errors import ConfigError
 
 EFFICIENTNETS = tuple(f"efficientnet-b{i}" for i in range(8))
 LITES = ("efficientnet-lite0",)

@@ -24,11 +24,11 @@ import torchvision
 from efficientnet_pytorch import EfficientNet
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
-from .architectures import LITES, RESNETS, check_arch, unwrap
-from .lite import build_lite0
-from .pretrained import load_imagenet
-from .weights import load_weights
+from noisystudent.errors import CheckpointError, ConfigError
+from noisystudent.models.architectures import LITES, RESNETS, check_arch, unwrap
+from noisystudent.models.lite import build_lite0
+from noisystudent.models.pretrained import load_imagenet
+from noisystudent.models.weights import load_weights
 
 log = logging.getLogger(__name__)
 

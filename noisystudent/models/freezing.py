@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from .architectures import is_efficientnet, unwrap
+from noisystudent.models.architectures import is_efficientnet, unwrap
 
 
 def classifier_name(model: nn.Module) -> str:

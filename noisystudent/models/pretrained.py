@@ -25,10 +25,10 @@ import torchvision
 from efficientnet_pytorch.utils import url_map
 from torch import nn
 
-from ..errors import CheckpointError
-from .architectures import EFFICIENTNETS, LITES, check_arch
-from .freezing import classifier_name, is_head_key
-from .weights import LoadReport, apply_state_dict, read_torch_file
+from noisystudent.errors import CheckpointError
+from noisystudent.models.architectures import EFFICIENTNETS, LITES, check_arch
+from noisystudent.models.freezing import classifier_name, is_head_key
+from noisystudent.models.weights import LoadReport, apply_state_dict, read_torch_file
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 import torch
 from efficientnet_pytorch.utils import get_model_params, round_filters, round_repeats
 
-from .architectures import EFFICIENTNETS
+from noisystudent.models.architectures import EFFICIENTNETS
 
 # (blocks in layer3, bottleneck blocks?) -> torchvision ResNet
 _RESNETS = {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50",

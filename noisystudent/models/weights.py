@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from .architectures import unwrap
-from .freezing import classifier_name, is_head_key
-from .signatures import guess_architecture
+from noisystudent.errors import CheckpointError
+from noisystudent.models.architectures import unwrap
+from noisystudent.models.freezing import classifier_name, is_head_key
+from noisystudent.models.signatures import guess_architecture
 
 log = logging.getLogger(__name__)
 

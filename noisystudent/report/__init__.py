@@ -4,7 +4,7 @@
 writes the page; ``summary_table`` and ``headline`` are reused by the CLI.
 """
 
-from .build import write_report
-from .tables import fold_table, headline, summary_table
+from noisystudent.report.build import write_report
+from noisystudent.report.tables import fold_table, headline, summary_table
 
 __all__ = ["write_report", "summary_table", "headline", "fold_table"]

@@ -14,26 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import write_text
-from ..errors import RunFolderError
-from ..manifest import LABEL
-from ..run_layout import EVAL_SPLIT, PRED, REPORT, SPLIT, prob_column
-from . import plots
-from .html import FigureEntry, TableEntry, render_page
-from .inputs import RunData, load_run
-from .tables import (
-    STUDENT,
-    TEACHER,
-    TEST,
-    VALIDATION,
-    evaluation_split,
-    fold_table,
-    headline,
-    metric_columns,
-    plural,
-    summary_rows,
-    summary_table,
-)
+from noisystudent.atomic import write_text
+from noisystudent.errors import RunFolderError
+from noisystudent.data.manifest import LABEL
+from noisystudent.layout import EVAL_SPLIT, PRED, REPORT, SPLIT, prob_column
+from noisystudent.report import plots
+from noisystudent.report.html import FigureEntry, TableEntry, render_page
+from noisystudent.report.run_reader import RunData, load_run
+from noisystudent.report.tables import STUDENT, TEACHER, TEST, VALIDATION, evaluation_split, fold_table, headline, metric_columns, plural, summary_rows, summary_table
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as area_under, confusion_matrix, roc_curve
 
-from ..atomic import atomic_write
-from ..run_layout import CONFIDENCE, EPOCH, PRED, TRAIN_LOSS, VAL_LOSS
-from .tables import ENSEMBLE_ROW, TEACHER, SummaryRow, display_name, plural
+from noisystudent.atomic import atomic_write
+from noisystudent.layout import CONFIDENCE, EPOCH, PRED, TRAIN_LOSS, VAL_LOSS
+from noisystudent.report.tables import ENSEMBLE_ROW, TEACHER, SummaryRow, display_name, plural
 
 DPI = 110
 VAL_ACCURACY = "val_accuracy"

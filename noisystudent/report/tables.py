@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..metrics import MEAN_ROW, METRIC_COLUMNS, VARIANCE_ROW
-from ..run_layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, ROUND, VOTING
+from noisystudent.evaluation.metrics import MEAN_ROW, METRIC_COLUMNS, VARIANCE_ROW
+from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, ROUND, VOTING
 
 TEACHER, STUDENT = "teacher", "student"
 ENSEMBLE_ROW = "ensemble"

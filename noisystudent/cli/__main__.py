@@ -1,0 +1,5 @@
+"""``python -m noisystudent.cli`` runs the command line."""
+
+from noisystudent.cli.main import main
+
+main()

@@ -1,0 +1,102 @@
+"""Rich tables printed by the CLI: the results of a run and a data set inspection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from noisystudent import layout
+
+SHOWN = {"accuracy": "acc", "sensitivity": "sens", "specificity": "spec", "ppv": "ppv", "npv": "npv", "f1": "f1", "auc": "auc"}
+FOLD_LABELS = {"majority": "ens maj", "soft": "ens soft"}
+HIDDEN_FOLDS = ("variance",)  # in metrics.csv; the table shows the mean only
+
+
+def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None = None) -> None:
+    console = console or Console()
+    if table.empty:
+        console.print("No finished models yet.")
+        return
+    for split, title in (("validation", "Validation parts (out-of-fold)"), ("test", "Outer test set")):
+        part = table[(table[layout.EVAL_SPLIT] == split) & ~table[layout.FOLD_COLUMN].astype(str).isin(HIDDEN_FOLDS)]
+        if not part.empty:
+            console.print(results_table(part, title))
+    console.print(f"All rows, with variances: {Path(run) / layout.RESULTS / layout.METRICS}")
+    console.print(f"Plots and tables: noisystudent report {run}")
+
+
+def results_table(part: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=True)
+    for column, width in (("model", 8), ("fold", 8), ("n", 4)):
+        table.add_column(column, justify="right" if column == "n" else "left", no_wrap=True, min_width=width)
+    for short in SHOWN.values():
+        table.add_column(short, justify="right", no_wrap=True, min_width=5)
+    previous = None
+    for _, row in part.iterrows():
+        name = model_name(row)
+        if previous is not None and name != previous:
+            table.add_section()
+        previous = name
+        fold = FOLD_LABELS.get(row[layout.VOTING], str(row[layout.FOLD_COLUMN]))
+        style = "bold" if row[layout.FOLD_COLUMN] in ("mean", "ensemble", "oof") else None
+        n = "" if pd.isna(row["n"]) else f"{row['n']:.0f}"
+        table.add_row(name, fold, n, *[_fmt(row[m]) for m in SHOWN], style=style)
+    return table
+
+
+def model_name(row) -> str:
+    return "teacher" if row[layout.MODEL_KIND] == "teacher" else f"student{row[layout.ROUND]}"
+
+
+def _fmt(value) -> str:
+    return "-" if pd.isna(value) else f"{value:.3f}"
+
+
+def print_inspection(console: Console, report) -> None:
+    console.print(f"[bold]Format:[/] {report.format}    [bold]Images:[/] {report.n_images}")
+    known = report.patient_counts.drop(index="(unknown)", errors="ignore")
+    patients = (known > 0).sum()
+    if len(known):
+        console.print("[bold]Patients per class:[/] " + ", ".join(f"{c} {n}" for c, n in patients.items()))
+    for title, frame in (("Images per subset and class", report.subset_counts), ("Images per patient and class", report.patient_counts), ("Image sizes (width x height)", report.size_counts), ("Colour modes", report.mode_counts)):
+        console.print(frame_table(frame, title))
+    if report.problems:
+        console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
+        for problem in report.problems:
+            console.print(f"  - {problem}", highlight=False)
+    else:
+        console.print("[green]No problems found.[/]")
+
+
+def frame_table(frame: pd.DataFrame, title: str, limit: int = 40) -> Table:
+    table = Table(title=title)
+    shown = frame if isinstance(frame.index, pd.RangeIndex) else frame.reset_index()
+    for column in shown.columns:
+        table.add_column(str(column))
+    for _, row in shown.head(limit).iterrows():
+        table.add_row(*[str(v) for v in row])
+    if len(shown) > limit:
+        table.caption = f"{len(shown) - limit} more rows not shown"
+    return table
+
+
+def print_prediction_summary(console: Console, prediction, ensemble, voting: str | None) -> None:
+    """Counts per predicted class, agreement of the fold models, patient calls, skipped images."""
+    table = prediction.table
+    console.print(f"{len(table)} images predicted by {len(ensemble.members)} {ensemble.kind}s, {voting or ensemble.config.voting} voting:")
+    summary = Table()
+    for column in ("predicted", "images", "fraction"):
+        summary.add_column(column, justify="left" if column == "predicted" else "right")
+    for name in ensemble.classes:
+        count = int((table["pred"] == name).sum())
+        summary.add_row(name, str(count), f"{count / max(len(table), 1):.3f}")
+    console.print(summary)
+    console.print(f"Mean agreement of the fold models: {table['agreement'].mean():.3f}")
+    if not prediction.patients.empty:
+        calls = prediction.patients["call"].value_counts().sort_index()
+        console.print(f"Patients: {len(prediction.patients)}, called " + ", ".join(f"{c} {n}" for c, n in calls.items()))
+    console.print(f"Skipped unreadable images: {len(prediction.skipped)}")

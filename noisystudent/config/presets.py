@@ -1,0 +1,37 @@
+"""Named bundles of settings. A preset fills in defaults; flags given on the command line win."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from noisystudent.errors import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The C-NMC student study's protocol: 5 folds, 2:2:1, SGD lr 1e-3, batch 15,
+    # x0.1 every 7 epochs, 50 epochs, 3 rounds, students on pseudo-labels only, majority vote.
+    "cnmc-study": {"student_data": "pseudo", "pseudo_mode": "hard", "voting": "majority"},
+    # Xie et al. 2020: students on labelled + soft pseudo-labels, balanced pseudo-labelled classes.
+    "noisy-student": {"student_data": "both", "pseudo_mode": "soft", "pseudo_balance": True},
+    # The built-in demo: synthetic cells, small and fast enough for a 2-core CPU in minutes.
+    "demo": {
+        "folds": 3, "rounds": 1, "epochs": 8, "image_size": 48, "batch_size": 16,
+        "optimizer": "adamw", "lr": 3e-3, "scheduler": "cosine", "weights": "none",
+        "test_fraction": 0.25, "student_dropout": 0.3, "eval_batch_size": 128,
+        "bn_momentum": 0.5,  # ~5 steps per epoch: running BatchNorm statistics must follow the weights fast
+    },
+    # A smoke test of real data: does everything run? (not a meaningful model)
+    "smoke": {"folds": 2, "rounds": 1, "epochs": 1, "image_size": 64, "batch_size": 16, "weights": "none"},
+}
+
+DESCRIPTIONS = {
+    "cnmc-study": "the C-NMC student study's protocol (5 folds, SGD, 50 epochs, 3 rounds, majority vote)",
+    "noisy-student": "Xie et al. 2020 style: labelled + soft balanced pseudo-labels",
+    "demo": "built-in synthetic demo: 3 folds, teacher + 1 student, 8 epochs at 48 px, CPU-sized",
+    "smoke": "smoke test: 2 folds, 1 round, 1 epoch at 64 px, no pretrained weights",
+}
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return {**PRESETS[name], "preset": name}

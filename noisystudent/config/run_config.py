@@ -1,0 +1,228 @@
+"""Run configuration: one flat dataclass whose field docs are the help text.
+
+Every setting of ``noisystudent kfold`` lives here. ``config.json`` in the run
+folder is ``asdict(config)`` plus the package version and data fingerprint.
+Fields marked ``affects_results=False`` may change between a run and its
+resume (where the output goes, how many workers decode images, ...); any
+other difference makes ``--resume`` refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from noisystudent.errors import ConfigError
+
+
+def _opt(default: Any, help: str, affects_results: bool = True, **kwargs: Any) -> Any:
+    metadata = {"help": help, "affects_results": affects_results}
+    if callable(default) and not isinstance(default, (int, float, str, bool)):
+        return field(default_factory=default, metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("step", "cosine", "plateau", "none")
+AUGMENTS = ("none", "light", "strong")
+PSEUDO_MODES = ("soft", "hard")
+STUDENT_DATA = ("both", "pseudo")
+STUDENT_INIT = ("weights", "teacher")
+SAMPLERS = ("none", "oversample", "undersample")
+CLASS_WEIGHTS = ("none", "balanced")
+EQUALIZE = ("none", "grey", "channels", "luminance")
+TTA = ("none", "flips", "dihedral", "five_crop", "ten_crop")
+FREEZE = ("none", "backbone")
+VOTING = ("majority", "soft")
+AMP = ("auto", "bf16", "fp16", "off")
+SELECT_METRICS = ("accuracy", "f1", "balanced_accuracy", "loss", "auc")
+
+
+@dataclass
+class RunConfig:
+    # --- data ---
+    data: str | None = _opt(None, "Data set folder or CSV; none generates the built-in demo data.")
+    data_format: str = _opt("auto", "Layout of DATA: auto, cnmc, folders or csv.")
+    patient_regex: str | None = _opt(None, "Regex with one group that extracts the patient id from a file name (folders layout).")
+    unlabelled: str | None = _opt(None, "Extra folder or CSV of unlabelled images to pseudo-label in every fold.")
+    test: str | None = _opt(None, "Labelled data set held out as the outer test set.")
+    test_fraction: float = _opt(0.0, "Fraction of patients held out as outer test set when no --test is given.")
+    positive: str = _opt("all", "Name of the positive class for sensitivity, PPV, F1 and AUC.")
+    binary: str | None = _opt(None, "Map classes to a binary task, e.g. 'Benign=negative,rest=positive'.")
+    skip_unreadable: bool = _opt(False, "Skip (and report) unreadable images instead of stopping.")
+    # --- folds ---
+    folds: int = _opt(5, "Number of patient-disjoint, class-stratified folds.")
+    split_ratio: tuple[float, float, float] = _opt((2.0, 2.0, 1.0), "labelled : unlabelled : validation inside each fold.")
+    seed: int = _opt(0, "Seed of folds, initialisation, sampling and augmentation.")
+    # --- method ---
+    rounds: int = _opt(3, "Noisy Student rounds after the teacher (round 0).")
+    arch: str = _opt("efficientnet-b0", "Teacher architecture.")
+    student_arch: str | None = _opt(None, "Student architecture (default: same as teacher).")
+    weights: str = _opt("imagenet", "Initial weights: imagenet, none, or a file.")
+    student_init: str = _opt("weights", "Students start from --weights (weights) or from their teacher's final weights (teacher).")
+    student_data: str = _opt("both", "Student trains on labelled + pseudo-labelled images (both) or pseudo-labelled only (pseudo).")
+    pseudo_mode: str = _opt("soft", "Pseudo-labels as probabilities (soft) or one-hot (hard).")
+    pseudo_temperature: float = _opt(1.0, "Temperature applied to teacher logits for soft pseudo-labels.")
+    pseudo_threshold: float = _opt(0.0, "Drop pseudo-labelled images whose top probability is below this.")
+    pseudo_balance: bool = _opt(False, "Balance pseudo-labelled classes: duplicate the rarer, cap the commoner.")
+    # --- noise ---
+    teacher_augment: str = _opt("light", "Augmentation when training the teacher: none, light or strong.")
+    student_augment: str = _opt("strong", "Augmentation (input noise) when training students.")
+    randaugment: bool = _opt(False, "Add RandAugment to the students' strong augmentation.")
+    teacher_dropout: float = _opt(0.2, "Dropout before the classifier of the teacher.")
+    student_dropout: float = _opt(0.5, "Dropout before the classifier of students (model noise).")
+    teacher_drop_connect: float = _opt(0.2, "Stochastic depth rate of the teacher.")
+    student_drop_connect: float = _opt(0.2, "Stochastic depth rate of students (model noise).")
+    # --- optimisation ---
+    epochs: int = _opt(50, "Epochs per model.")
+    batch_size: int = _opt(15, "Training batch size.")
+    lr: float = _opt(1e-3, "Learning rate.")
+    momentum: float = _opt(0.9, "SGD momentum.")
+    weight_decay: float = _opt(0.0, "Weight decay.")
+    optimizer: str = _opt("sgd", "sgd, adam or adamw.")
+    scheduler: str = _opt("step", "step, cosine, plateau or none.")
+    step_size: int = _opt(7, "Epochs between learning-rate decays (step schedule).")
+    gamma: float = _opt(0.1, "Learning-rate decay factor (step and plateau schedules).")
+    label_smoothing: float = _opt(0.0, "Label smoothing of the cross-entropy.")
+    class_weights: str = _opt("none", "Loss weights: none, balanced (inverse frequency), or comma-separated numbers.")
+    sampler: str = _opt("none", "Class balancing of batches: none, oversample (minority) or undersample (majority).")
+    early_stopping: int = _opt(0, "Stop after this many epochs without improvement of the selection metric (0: never).")
+    select_metric: str = _opt("accuracy", "Validation metric that picks the best epoch.")
+    freeze: str = _opt("none", "none (fine-tune all) or backbone (train only the head).")
+    head_warmup_epochs: int = _opt(0, "Epochs training only the head before fine-tuning all.")
+    bn_momentum: float = _opt(0.1, "BatchNorm running-statistics momentum (efficientnet-pytorch's own 0.01 needs thousands of steps).")
+    precise_bn_batches: int = _opt(0, "After each epoch, recompute BatchNorm statistics on this many clean training batches (0: off).")
+    hidden_units: int = _opt(0, "Add a hidden layer of this width to the classifier head (0: none).")
+    progressive_resize: str | None = _opt(None, "Stages 'size:epochs,size:epochs'; overrides --image-size per epoch.")
+    # --- images ---
+    image_size: int = _opt(224, "Working resolution in pixels (square).")
+    crop_black: bool = _opt(False, "Crop all-black border rows and columns before resizing.")
+    crop_threshold: int = _opt(10, "Grey level below which a border pixel counts as black.")
+    equalize: str = _opt("none", "Histogram equalisation: none, grey, channels or luminance.")
+    center_crop: float = _opt(1.0, "Keep this central fraction of each side before resizing.")
+    tta: str = _opt("none", "Test-time augmentation for evaluation: none, flips, dihedral, five_crop, ten_crop.")
+    voting: str = _opt("majority", "Ensemble rule: majority or soft.")
+    # --- execution (do not change results) ---
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", affects_results=False)
+    amp: str = _opt("auto", "Mixed precision: auto (bf16 on GPU), bf16, fp16 or off.")
+    channels_last: bool = _opt(True, "Use channels_last memory format on GPU.", affects_results=False)
+    compile: bool = _opt(False, "torch.compile the training model.", affects_results=False)
+    eval_batch_size: int = _opt(256, "Batch size for evaluation and pseudo-labelling.", affects_results=False)
+    workers: int = _opt(0, "Processes decoding images into the cache (0: all cores).", affects_results=False)
+    cache_dir: str | None = _opt(None, "Folder of the decoded-image cache (default: RUN/cache).", affects_results=False)
+    log_every: int = _opt(20, "Steps between synchronising loss values for progress display.", affects_results=False)
+    preset: str = _opt("custom", "Name of the preset these settings came from.", affects_results=False)
+
+    def __post_init__(self) -> None:
+        self.split_ratio = tuple(float(x) for x in self.split_ratio)  # JSON gives lists
+        _check_arch("arch", self.arch)
+        if self.student_arch is not None:
+            _check_arch("student_arch", self.student_arch)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("scheduler", self.scheduler, SCHEDULERS)
+        _check_choice("teacher_augment", self.teacher_augment, AUGMENTS)
+        _check_choice("student_augment", self.student_augment, AUGMENTS)
+        _check_choice("pseudo_mode", self.pseudo_mode, PSEUDO_MODES)
+        _check_choice("student_data", self.student_data, STUDENT_DATA)
+        _check_choice("student_init", self.student_init, STUDENT_INIT)
+        if self.student_init == "teacher" and self.student_arch not in (None, self.arch):
+            raise ConfigError("student_init teacher needs students of the teacher's architecture; drop --student-arch or use --student-init weights.")
+        _check_choice("sampler", self.sampler, SAMPLERS)
+        _check_choice("equalize", self.equalize, EQUALIZE)
+        _check_choice("tta", self.tta, TTA)
+        _check_choice("freeze", self.freeze, FREEZE)
+        _check_choice("voting", self.voting, VOTING)
+        _check_choice("amp", self.amp, AMP)
+        _check_choice("select_metric", self.select_metric, SELECT_METRICS)
+        _check_range("folds", self.folds, 2, None)
+        _check_range("rounds", self.rounds, 0, None)
+        _check_range("epochs", self.epochs, 1, None)
+        _check_range("batch_size", self.batch_size, 1, None)
+        _check_range("image_size", self.image_size, 8, None)
+        _check_range("test_fraction", self.test_fraction, 0.0, 0.9)
+        _check_range("pseudo_threshold", self.pseudo_threshold, 0.0, 1.0)
+        _check_range("center_crop", self.center_crop, 0.1, 1.0)
+        if len(self.split_ratio) != 3 or min(self.split_ratio) < 0 or self.split_ratio[0] <= 0 or self.split_ratio[2] <= 0:
+            raise ConfigError(f"split_ratio must be three non-negative numbers labelled:unlabelled:validation with labelled and validation > 0, got {self.split_ratio}.")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}.")
+        if self.pseudo_temperature <= 0:
+            raise ConfigError(f"pseudo_temperature must be positive, got {self.pseudo_temperature}.")
+        _check_class_weights(self.class_weights)
+        if self.progressive_resize:
+            from noisystudent.training.optim import parse_progressive_resize  # imports torch: only when the option is used
+
+            parse_progressive_resize(self.progressive_resize, self.epochs, self.image_size)
+
+    @property
+    def student_architecture(self) -> str:
+        return self.student_arch or self.arch
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown setting {unknown[0]!r} in the configuration.")
+        return cls(**values)
+
+
+def result_keys() -> list[str]:
+    """Names of the settings whose change changes the results."""
+    return [f.name for f in fields(RunConfig) if f.metadata.get("affects_results", True)]
+
+
+def differing_result_keys(saved: dict[str, Any], current: RunConfig) -> list[str]:
+    """Result-affecting settings that differ between a saved config and this one."""
+    now = json.loads(json.dumps(current.to_dict()))  # same JSON normalisation as saved
+    return [key for key in result_keys() if saved.get(key) != now.get(key)]
+
+
+def help_of(name: str) -> str:
+    for f in fields(RunConfig):
+        if f.name == name:
+            return f.metadata["help"]
+    raise KeyError(name)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(f"{name} must be {bounds}; got {value}.")
+
+
+def _check_arch(name: str, value: str) -> None:
+    from noisystudent.models import ARCHITECTURES  # imported here: the models import torch, this module must not
+
+    if value not in ARCHITECTURES:
+        raise ConfigError(f"{name} must be one of {', '.join(ARCHITECTURES)}; got {value!r}.")
+
+
+def _check_class_weights(spec: str) -> None:
+    """none, balanced, or non-negative numbers, not all zero (their count is checked against the classes later)."""
+    if spec.strip() in CLASS_WEIGHTS:
+        return
+    try:
+        values = [float(part) for part in spec.split(",")]
+    except ValueError:
+        raise ConfigError(f"class_weights must be {', '.join(CLASS_WEIGHTS)} or comma-separated numbers; got {spec!r}.") from None
+    if any(not math.isfinite(v) or v < 0 for v in values) or not any(values):
+        raise ConfigError(f"class_weights must be non-negative numbers, not all zero; got {spec!r}.")
+
+
+def load_config_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"The run configuration {path} cannot be read ({error}).") from error

@@ -1,0 +1,283 @@
+"""Decode once: the whole data set as one uint8 array on disk.
+
+PIL decodes a 450x450 BMP at about 440 images/s per core, while the GPU trains
+at thousands per second, so images are decoded and preprocessed exactly once,
+in parallel, into ``cache_dir/images-<fingerprint>.npy`` (uint8, N x 3 x S x S)
+and read back through a memory map. Training then gathers batches by row index
+(on the GPU when the array fits there) and adds noise on the device.
+
+The fingerprint covers every file's path, size and modification time, the
+preprocessing settings and ``CACHE_VERSION``; changing any of them gives a new
+file. The .npy is written under a temporary name and renamed when complete,
+then a JSON sidecar (paths in row order, fingerprint, spec) is written the same
+way: a cache counts as complete only when both exist, so an interrupted build
+leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from noisystudent.data import preprocess as _preprocess
+from noisystudent.errors import DataError
+from noisystudent.data.preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SERIAL_BELOW = 64  # smaller sets are decoded in-process: starting workers costs more
+MAX_CHUNK = 256  # images per task sent to a worker process
+GPU_HEADROOM = 0.2  # fraction of free GPU memory left unused by a device-resident cache
+
+Progress = Callable[[int, int], None]
+
+
+def fingerprint_files(paths: Iterable[str]) -> str:
+    """sha256 of the sorted (path, size, mtime_ns) of every file."""
+    digest = hashlib.sha256()
+    for path in sorted(str(p) for p in paths):
+        try:
+            stat = os.stat(path)
+        except OSError as error:
+            raise DataError(f"The image {path} cannot be read ({error.strerror or error}).") from error
+        digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_fingerprint(paths: Iterable[str], spec: PreprocessSpec) -> str:
+    """Fingerprint of the cache of ``paths`` preprocessed with ``spec``."""
+    text = f"noisystudent-cache-v{CACHE_VERSION}\n{spec.key()}\n{fingerprint_files(paths)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ImageCache:
+    """A complete cache: ``array[i]`` is the preprocessed image ``paths[i]``."""
+
+    def __init__(self, npy_path: Path, paths: list[str], fingerprint: str) -> None:
+        self.npy_path = Path(npy_path)
+        self.paths = list(paths)
+        self.fingerprint = fingerprint
+        # Copy-on-write map: read-only on disk but writable for torch.from_numpy.
+        self.array: np.ndarray = np.load(self.npy_path, mmap_mode="c")
+        expected = (len(self.paths), 3)
+        if self.array.dtype != np.uint8 or self.array.ndim != 4 or self.array.shape[:2] != expected:
+            raise DataError(f"The image cache {self.npy_path} does not match its sidecar; delete it.")
+        self._rows = {path: row for row, path in enumerate(self.paths)}
+        self._storage: dict[torch.device, torch.Tensor] = {}
+
+    @classmethod
+    def open(cls, npy_path: Path) -> "ImageCache":
+        """Open a complete cache from its .npy path (the sidecar lies next to it)."""
+        sidecar = json.loads(_sidecar_path(Path(npy_path)).read_text())
+        if sidecar.get("version") != CACHE_VERSION:
+            raise DataError(f"The image cache {npy_path} was written by another version.")
+        return cls(Path(npy_path), sidecar["paths"], sidecar["fingerprint"])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.array.shape[-1])
+
+    def index_of(self, paths: Iterable[str]) -> np.ndarray:
+        """Rows of ``paths`` (int64); DataError naming the first unknown path."""
+        try:
+            return np.fromiter((self._rows[str(p)] for p in paths), dtype=np.int64)
+        except KeyError as error:
+            raise DataError(f"The image {error.args[0]} is not in the image cache.") from None
+
+    def tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The whole cache as a uint8 tensor, placed once per device.
+
+        CPU: the memory map itself (no copy). CUDA: a copy on the device when
+        it fits in free memory with ``GPU_HEADROOM`` to spare; otherwise the
+        memory map stays on the host and ``batch`` gathers each batch into
+        pinned memory and copies it asynchronously (pinning the whole array
+        would cost up to twice its size: PyTorch rounds pinned blocks up to a
+        power of two).
+        """
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device not in self._storage:
+            self._storage[device] = self._place(device)
+        return self._storage[device]
+
+    def batch(self, rows: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Images ``rows`` as uint8 (B, 3, S, S) on ``device``, without a host sync.
+
+        Pass ``rows`` on the device when the cache fits there, on the CPU
+        otherwise (moving CUDA rows to the CPU would synchronise).
+        """
+        device = torch.device(device)
+        storage = self.tensor(device)
+        if storage.device.type == device.type:
+            return storage.index_select(0, rows.to(storage.device, non_blocking=True))
+        # Pinned staging blocks come from PyTorch's caching host allocator,
+        # which keeps each one until its asynchronous copy has finished.
+        staged = torch.empty((rows.numel(), *storage.shape[1:]), dtype=torch.uint8, pin_memory=True)
+        torch.index_select(storage, 0, rows.cpu(), out=staged)
+        return staged.to(device, non_blocking=True)
+
+    def _place(self, device: torch.device) -> torch.Tensor:
+        host = torch.from_numpy(self.array)
+        if device.type == "cpu":
+            return host
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if host.nbytes <= (1 - GPU_HEADROOM) * free:
+                log.info("Image cache on %s (%.2f GiB).", device, host.nbytes / 2**30)
+                return host.to(device)
+            log.info("Image cache stays in host memory (%.2f GiB): too big for %s.", host.nbytes / 2**30, device)
+            return host
+        return host.to(device)
+
+
+def build_cache(
+    paths: Sequence[str],
+    spec: PreprocessSpec,
+    cache_dir: Path,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> ImageCache:
+    """Open the cache of ``paths`` under ``spec``, decoding it first if needed.
+
+    Rows follow ``paths`` when the cache is built; a cache found on disk keeps
+    the order it was built with, so always look rows up with ``index_of``.
+    ``workers`` = 0 uses every core. Unreadable images raise DataError.
+    """
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise DataError("There are no images to decode.")
+    if len(set(paths)) != len(paths):
+        raise DataError("The list of images to decode contains duplicates.")
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = cache_fingerprint(paths, spec)
+    npy_path = cache_dir / f"images-{fingerprint[:24]}.npy"
+    _remove_stale_temps(npy_path)
+    cache = _open_complete(npy_path, fingerprint)
+    if cache is None:
+        _decode_all(paths, spec, npy_path, workers, progress)
+        _write_sidecar(npy_path, paths, fingerprint, spec)
+        cache = ImageCache(npy_path, paths, fingerprint)
+    elif progress is not None:
+        progress(len(cache), len(cache))
+    return cache
+
+
+def _sidecar_path(npy_path: Path) -> Path:
+    return npy_path.with_suffix(".json")
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def _open_complete(npy_path: Path, fingerprint: str) -> ImageCache | None:
+    """The cache at ``npy_path`` if it is complete and matches, else None."""
+    if not (npy_path.exists() and _sidecar_path(npy_path).exists()):
+        return None
+    try:
+        cache = ImageCache.open(npy_path)
+    except (OSError, ValueError, KeyError, DataError) as error:
+        log.warning("Rebuilding the image cache %s: %s", npy_path, error)
+        return None
+    return cache if cache.fingerprint == fingerprint else None
+
+
+def _remove_stale_temps(npy_path: Path) -> None:
+    """Delete temporary files of this cache left by builds that died."""
+    for prefix in (npy_path.name, _sidecar_path(npy_path).name):
+        for temp in npy_path.parent.glob(f"{prefix}.tmp-*"):
+            pid = temp.name.rsplit("-", 1)[-1]
+            if not (pid.isdigit() and _process_alive(int(pid))) or int(pid) == os.getpid():
+                log.info("Removing %s left by an interrupted build.", temp)
+                temp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _decode_all(paths: list[str], spec: PreprocessSpec, npy_path: Path, workers: int, progress: Progress | None) -> None:
+    """Decode every image into a temporary .npy, then rename it into place."""
+    temp = _temp_path(npy_path)
+    shape = (len(paths), 3, spec.image_size, spec.image_size)
+    try:
+        array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
+        del array  # header written; workers open the file themselves
+        workers = workers or os.cpu_count() or 1
+        chunks = _chunks(len(paths), workers)
+        log.info("Decoding %d images into %s with %d process(es).", len(paths), npy_path.name, workers)
+        if workers == 1 or len(paths) < SERIAL_BELOW:
+            _decode_serial(paths, spec, temp, chunks, progress)
+        else:
+            _decode_parallel(paths, spec, temp, chunks, workers, progress)
+        os.replace(temp, npy_path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
+    """(start, stop) row ranges, about four per worker, at most MAX_CHUNK rows."""
+    size = max(1, min(MAX_CHUNK, math.ceil(count / (4 * workers))))
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _decode_serial(paths, spec, temp: Path, chunks, progress: Progress | None) -> None:
+    done = 0
+    for start, stop in chunks:
+        done += _preprocess.decode_into(temp, start, paths[start:stop], spec)
+        if progress is not None:
+            progress(done, len(paths))
+
+
+def _decode_parallel(paths, spec, temp: Path, chunks, workers: int, progress: Progress | None) -> None:
+    # forkserver/spawn: safe after CUDA or threads started, and the workers
+    # import only the preprocessing module (numpy + PIL), not torch.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    executor = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context)
+    try:
+        futures: list[Future] = [
+            executor.submit(_preprocess.decode_into, str(temp), start, paths[start:stop], spec)
+            for start, stop in chunks
+        ]
+        done = 0
+        for future in as_completed(futures):
+            done += future.result()  # re-raises a worker's DataError
+            if progress is not None:
+                progress(done, len(paths))
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_sidecar(npy_path: Path, paths: list[str], fingerprint: str, spec: PreprocessSpec) -> None:
+    sidecar = _sidecar_path(npy_path)
+    temp = _temp_path(sidecar)
+    record = {"version": CACHE_VERSION, "fingerprint": fingerprint, "spec": asdict(spec), "paths": paths}
+    try:
+        temp.write_text(json.dumps(record))
+        os.replace(temp, sidecar)
+    finally:
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,92 @@
+"""The images an ensemble predicts: files, folders and CSV manifests given on the command line.
+
+``resolve_inputs`` turns any mix of them into one table (path, label,
+patient), without decoding a pixel:
+
+- an image file (extension in ``manifest.IMAGE_EXTENSIONS``) is one row;
+- a folder is searched recursively for image files (hidden entries skipped);
+- a ``.csv`` file is a manifest (``readers.read_csv_manifest``): path, and
+  optionally label, patient and subset; rows without a label are allowed.
+
+Patient and label of a file named like C-NMC cells,
+``UID_<patient>_<image>_<cell>_<all|hem>.bmp``, come from its name; a CSV's own
+patient and label columns win over the name. Otherwise both are "".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from noisystudent.errors import DataError
+from noisystudent.data.manifest import IMAGE_EXTENSIONS, LABEL, PATH, PATIENT, normalise_patient
+from noisystudent.data.readers import read_csv_manifest
+
+logger = logging.getLogger(__name__)
+
+INPUT_COLUMNS = [PATH, LABEL, PATIENT]
+_CNMC_NAME = re.compile(r"^UID_([^_]+)_.*_(all|hem)$", re.IGNORECASE)
+
+
+def resolve_inputs(inputs: list[Path]) -> pd.DataFrame:
+    """One row per image (path, label, patient) in the order given; duplicates dropped."""
+    if not inputs:
+        raise DataError("No input was given: name image files, folders or CSV manifests.")
+    parts = [_one_input(Path(item)) for item in inputs]
+    table = pd.concat(parts, ignore_index=True)
+    repeated = table[PATH].duplicated()
+    if repeated.any():
+        logger.warning("%d images were given more than once and are predicted once, e.g. %s.",
+                       int(repeated.sum()), table.loc[repeated, PATH].iloc[0])
+        table = table[~repeated].reset_index(drop=True)
+    return table
+
+
+def name_fields(path: str | Path) -> tuple[str, str]:
+    """(patient, label) of a C-NMC style file name; ("", "") when the name does not match."""
+    match = _CNMC_NAME.match(Path(path).stem)
+    if match is None:
+        return "", ""
+    return normalise_patient(match.group(1)), match.group(2).lower()
+
+
+def _one_input(item: Path) -> pd.DataFrame:
+    if not item.exists():
+        raise DataError(f"The input {item} does not exist.")
+    if item.is_dir():
+        files = _image_files(item)
+        if not files:
+            raise DataError(f"The folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        return _from_names(files)
+    if item.suffix.lower() == ".csv":
+        return _from_csv(item)
+    if item.suffix.lower() in IMAGE_EXTENSIONS:
+        return _from_names([os.path.abspath(item)])
+    raise DataError(f"The input {item} is neither an image ({', '.join(IMAGE_EXTENSIONS)}), a folder nor a CSV manifest.")
+
+
+def _from_names(paths: list[str]) -> pd.DataFrame:
+    fields = [name_fields(p) for p in paths]
+    return pd.DataFrame({PATH: paths, LABEL: [f[1] for f in fields], PATIENT: [f[0] for f in fields]}, columns=INPUT_COLUMNS)
+
+
+def _from_csv(csv_path: Path) -> pd.DataFrame:
+    table = read_csv_manifest(csv_path, allow_unlabelled=True)[INPUT_COLUMNS].copy()
+    named = _from_names(table[PATH].tolist())
+    for column in (LABEL, PATIENT):  # the CSV's own value wins over the file name
+        table[column] = table[column].where(table[column] != "", named[column])
+    return table
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Absolute paths of the image files under ``folder``, sorted; hidden entries skipped."""
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.abspath(Path(parent, f)) for f in files
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found)

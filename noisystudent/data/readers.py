@@ -1,0 +1,412 @@
+"""Read a data set from disk into a manifest (columns in manifest.py).
+
+Three layouts are understood:
+
+* ``cnmc``: the C-NMC 2019 / Kaggle folders, ``C-NMC_Leukemia/training_data/
+  fold_*/{all,hem}/UID_<patient>_<image>_<cell>_<all|hem>.bmp`` plus, when
+  present, the labelled preliminary test set and the unlabelled final test set;
+* ``folders``: one folder per class, patients optionally parsed by a regex;
+* ``csv``: a CSV with columns path, label[, patient][, subset].
+
+``read_dataset`` picks the layout, checks that every image decodes and returns
+the manifest. Images that cannot be decoded either stop the read (first one
+named) or, with ``skip_unreadable``, are dropped and listed in
+``manifest.attrs["skipped"]`` as (path, one-sentence reason) pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from noisystudent.errors import ConfigError, DataError
+from noisystudent.data.images import find_unreadable
+from noisystudent.data.manifest import IMAGE_EXTENSIONS, LABEL, PATH, PATIENT, SUBSET, SUBSET_TEST, SUBSET_TRAIN, SUBSET_UNLABELLED, SUBSETS, check_manifest, make_manifest, normalise_patient
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("cnmc", "folders", "csv")
+CNMC_FOLDER = "C-NMC_Leukemia"
+CNMC_CLASSES = ("all", "hem")
+SKIPPED = "skipped"  # key of manifest.attrs listing (path, reason) of dropped images
+
+_UID_NAME = re.compile(r"^UID_([^_]+)_(\d+)_(\d+)_(all|hem)$", re.IGNORECASE)
+_PRELIM_IMAGES = Path("validation_data", "C-NMC_test_prelim_phase_data")
+_PRELIM_LABELS = Path("validation_data", "C-NMC_test_prelim_phase_data_labels.csv")
+_PRELIM_COLUMNS = ("Patient_ID", "new_names", "labels")
+_PRELIM_LABEL_NAMES = {"1": "all", "0": "hem"}
+_FINAL_IMAGES = Path("testing_data", "C-NMC_test_final_phase_data")
+_CSV_COLUMNS = (PATH, LABEL, PATIENT, SUBSET)
+_JUNK_NAMES = {"thumbs.db", "desktop.ini"}  # written by file browsers, never data
+
+
+# --- entry points ---------------------------------------------------------------
+
+
+def read_dataset(
+    path: str | Path,
+    data_format: str = "auto",
+    patient_regex: str | None = None,
+    skip_unreadable: bool = False,
+    workers: int | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """Manifest of a labelled data set, checked image by image, and its layout."""
+    manifest, data_format = read_manifest(path, data_format, patient_regex)
+    manifest = drop_unreadable(manifest, skip_unreadable, workers)
+    check_manifest(manifest)
+    return manifest, data_format
+
+
+def read_manifest(
+    path: str | Path, data_format: str = "auto", patient_regex: str | None = None
+) -> tuple[pd.DataFrame, str]:
+    """Manifest as the layout describes it, without decoding any image."""
+    path = Path(path)
+    _require_exists(path)
+    if data_format == "auto":
+        data_format = detect_format(path)
+        logger.info("The data at %s is read as the %s layout (detected).", path, data_format)
+    if data_format not in FORMATS:
+        raise ConfigError(f"data_format must be one of auto, {', '.join(FORMATS)}; got {data_format!r}.")
+    if patient_regex and data_format != "folders":
+        logger.warning("The patient regex is ignored: it applies to the folders layout only, not %s.", data_format)
+    if data_format == "cnmc":
+        return read_cnmc(path), data_format
+    if data_format == "folders":
+        return read_folders(path, patient_regex), data_format
+    return read_csv_manifest(path), data_format
+
+
+def detect_format(path: str | Path) -> str:
+    """'csv' for a CSV file, 'cnmc' for the C-NMC folders, else 'folders'."""
+    path = Path(path)
+    _require_exists(path)
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "csv"
+        raise DataError(f"The data path {path} is a file but not a CSV file.")
+    return "cnmc" if _cnmc_root(path) is not None else "folders"
+
+
+def read_unlabelled(
+    path: str | Path, skip_unreadable: bool = False, workers: int | None = None
+) -> pd.DataFrame:
+    """Manifest of an extra pool: a folder (searched recursively) or a CSV; labels dropped."""
+    path = Path(path)
+    _require_exists(path)
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"The unlabelled data {path} is a file but not a CSV file.")
+        manifest = read_csv_manifest(path, allow_unlabelled=True)
+    else:
+        files = _image_files(path, recursive=True)
+        if not files:
+            raise DataError(f"The folder {path} contains no images.")
+        manifest = _finish([_row(f, "", "", SUBSET_UNLABELLED) for f in files])
+    manifest[LABEL] = ""
+    manifest[SUBSET] = SUBSET_UNLABELLED
+    manifest = drop_unreadable(manifest, skip_unreadable, workers)
+    if manifest.empty:
+        raise DataError(f"The unlabelled data {path} contains no readable images.")
+    return manifest
+
+
+def drop_unreadable(manifest: pd.DataFrame, skip: bool, workers: int | None = None) -> pd.DataFrame:
+    """Decode every image; raise on the first bad one, or drop and list them when ``skip``."""
+    bad = find_unreadable(manifest[PATH].tolist(), workers)
+    if bad and not skip:
+        raise DataError(bad[0][1])
+    for _, reason in bad:
+        logger.warning("Skipped: %s", reason)
+    bad_paths = {path for path, _ in bad}
+    kept = manifest[~manifest[PATH].isin(bad_paths)].reset_index(drop=True)
+    kept.attrs[SKIPPED] = bad
+    return kept
+
+
+# --- C-NMC ----------------------------------------------------------------------
+
+
+def read_cnmc(root: str | Path) -> pd.DataFrame:
+    """C-NMC layout; ``root`` is the C-NMC_Leukemia folder or its parent."""
+    root = Path(root)
+    _require_exists(root)
+    cnmc = _cnmc_root(root)
+    if cnmc is None:
+        raise DataError(f"The folder {root} is not in the C-NMC layout: it has no training_data folder.")
+    rows = _cnmc_training(cnmc / "training_data") + _cnmc_prelim(cnmc) + _cnmc_final(cnmc)
+    return _finish(rows)
+
+
+def parse_cnmc_name(name: str) -> tuple[str, str]:
+    """(normalised patient, class) from a file name or path 'UID_<patient>_<image>_<cell>_<all|hem>.bmp'."""
+    match = _UID_NAME.match(Path(name).stem)
+    if match is None:
+        raise DataError(
+            f"The file name {name} does not follow the C-NMC pattern UID_<patient>_<image>_<cell>_<all|hem>.bmp."
+        )
+    return normalise_patient(match.group(1)), match.group(4).lower()
+
+
+def _cnmc_root(path: Path) -> Path | None:
+    for candidate in (path, path / CNMC_FOLDER):
+        if (candidate / "training_data").is_dir():
+            return candidate
+    return None
+
+
+def _cnmc_training(training: Path) -> list[dict]:
+    rows = []
+    for class_dir in sorted(d for d in training.glob("fold_*/*") if d.is_dir()):
+        label = class_dir.name.lower()
+        if label not in CNMC_CLASSES:
+            raise DataError(f"The C-NMC folder {class_dir} is neither an 'all' nor a 'hem' folder.")
+        for file in _image_files(class_dir):
+            patient, name_label = parse_cnmc_name(str(file))
+            if name_label != label:
+                raise DataError(f"The image {file} lies in the {label} folder but its name says {name_label}.")
+            rows.append(_row(file, label, patient, SUBSET_TRAIN))
+    if not rows:
+        raise DataError(f"The folder {training} contains no images in fold_*/all or fold_*/hem.")
+    return rows
+
+
+def _cnmc_prelim(cnmc: Path) -> list[dict]:
+    """Labelled preliminary-phase test images: subset test."""
+    folder, labels_csv = cnmc / _PRELIM_IMAGES, cnmc / _PRELIM_LABELS
+    if not folder.is_dir():
+        return []
+    if not labels_csv.is_file():
+        logger.warning("The preliminary test images in %s are skipped: %s is missing.", folder, labels_csv)
+        return []
+    table = _read_csv_table(labels_csv, lower_columns=False)
+    missing = [c for c in _PRELIM_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"The labels file {labels_csv} has no {missing[0]} column.")
+    rows = [_prelim_row(record, line, folder, labels_csv) for line, record in _numbered(table)]
+    _warn_unlisted(folder, {row[PATH] for row in rows}, labels_csv)
+    return rows
+
+
+def _prelim_row(record: dict, line: int, folder: Path, labels_csv: Path) -> dict:
+    file = folder / record["new_names"].strip()
+    if not file.is_file():
+        raise DataError(f"The image {file} listed on line {line} of {labels_csv} does not exist.")
+    label = _PRELIM_LABEL_NAMES.get(record["labels"].strip())
+    if label is None:
+        raise DataError(
+            f"Unknown label {record['labels']!r} on line {line} of {labels_csv}; expected 1 (all) or 0 (hem)."
+        )
+    return _row(file, label, _prelim_patient(record["Patient_ID"]), SUBSET_TEST)
+
+
+def _prelim_patient(patient_id: str) -> str:
+    """Patient_ID holds the original cell name ('UID_57_29_1_all.bmp') or a bare id."""
+    try:
+        return parse_cnmc_name(patient_id.strip())[0]
+    except DataError:
+        return normalise_patient(patient_id)
+
+
+def _warn_unlisted(folder: Path, listed: set[str], labels_csv: Path) -> None:
+    unlisted = [f for f in _image_files(folder) if _absolute(f) not in listed]
+    if unlisted:
+        logger.warning(
+            "%d images in %s are not in %s and are ignored, e.g. %s.", len(unlisted), folder, labels_csv, unlisted[0].name
+        )
+
+
+def _cnmc_final(cnmc: Path) -> list[dict]:
+    """Final-phase test images have no published labels: subset unlabelled."""
+    folder = cnmc / _FINAL_IMAGES
+    if not folder.is_dir():
+        return []
+    return [_row(f, "", "", SUBSET_UNLABELLED) for f in _image_files(folder)]
+
+
+# --- one folder per class ------------------------------------------------------------
+
+
+def read_folders(root: str | Path, patient_regex: str | None = None) -> pd.DataFrame:
+    """``root/<class>/<image>``; the class is the folder name, patients from ``patient_regex``."""
+    root = Path(root)
+    _require_exists(root)
+    pattern = compile_patient_regex(patient_regex)
+    class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not _is_hidden(d)]
+    if not class_dirs:
+        raise DataError(f"The folder {root} has no class sub-folders.")
+    loose = [f for f in root.iterdir() if f.is_file() and not _is_hidden(f)]
+    if loose:
+        logger.warning("%d files directly in %s are ignored, e.g. %s.", len(loose), root, sorted(loose)[0].name)
+    rows = []
+    for class_dir in class_dirs:
+        files = _image_files(class_dir)
+        if not files:
+            raise DataError(f"The class folder {class_dir} contains no images.")
+        rows += [_row(f, class_dir.name, patient_from_name(f, pattern), SUBSET_TRAIN) for f in files]
+    return _finish(rows)
+
+
+def compile_patient_regex(patient_regex: str | None) -> re.Pattern | None:
+    """The compiled regex, checked to have exactly one capturing group."""
+    if not patient_regex:
+        return None
+    try:
+        pattern = re.compile(patient_regex)
+    except re.error as error:
+        raise ConfigError(f"The patient regex {patient_regex!r} is invalid: {error}.") from error
+    if pattern.groups != 1:
+        raise ConfigError(
+            f"The patient regex {patient_regex!r} must have exactly one group (...) around the patient id; it has {pattern.groups}."
+        )
+    return pattern
+
+
+def patient_from_name(file: Path, pattern: re.Pattern | None) -> str:
+    """Patient id the regex finds in the file name; "" when there is no regex."""
+    if pattern is None:
+        return ""
+    match = pattern.search(file.name)
+    if match is None or not match.group(1):
+        raise DataError(f"The file name {file} does not match the patient regex {pattern.pattern!r}.")
+    return normalise_patient(match.group(1))
+
+
+# --- CSV ------------------------------------------------------------------------
+
+
+def read_csv_manifest(
+    csv_path: str | Path, classes: list[str] | None = None, allow_unlabelled: bool = False
+) -> pd.DataFrame:
+    """CSV with columns path, label[, patient][, subset]; relative paths start at the CSV's folder.
+
+    A row may lack a label only when its subset is 'unlabelled', or when
+    ``allow_unlabelled`` is set (such rows then become subset 'unlabelled').
+    """
+    csv_path = Path(csv_path)
+    _require_exists(csv_path)
+    table = _read_csv_table(csv_path, lower_columns=True)
+    _check_csv_columns(table, csv_path)
+    rows: list[dict] = []
+    first_line: dict[str, int] = {}
+    for line, record in _numbered(table):
+        row = _csv_row(record, line, csv_path, classes, allow_unlabelled)
+        if row[PATH] in first_line:
+            raise DataError(
+                f"The image {row[PATH]} is listed twice in {csv_path}, on lines {first_line[row[PATH]]} and {line}."
+            )
+        first_line[row[PATH]] = line
+        rows.append(row)
+    if not rows:
+        raise DataError(f"The CSV file {csv_path} lists no images.")
+    return _finish(rows)
+
+
+def _check_csv_columns(table: pd.DataFrame, csv_path: Path) -> None:
+    unknown = [c for c in table.columns if c not in _CSV_COLUMNS]
+    if unknown:
+        raise DataError(
+            f"The CSV file {csv_path} has unknown column(s) {', '.join(unknown)}; allowed are {', '.join(_CSV_COLUMNS)}."
+        )
+    if PATH not in table.columns:
+        raise DataError(f"The CSV file {csv_path} has no '{PATH}' column.")
+
+
+def _csv_row(record: dict, line: int, csv_path: Path, classes: list[str] | None, allow_unlabelled: bool) -> dict:
+    path = _csv_image_path(record[PATH], line, csv_path)
+    subset = record.get(SUBSET, "").strip().lower() or SUBSET_TRAIN
+    if subset not in SUBSETS:
+        raise DataError(f"Unknown subset {subset!r} on line {line} of {csv_path}; expected one of {', '.join(SUBSETS)}.")
+    label = record.get(LABEL, "").strip()
+    if not label and allow_unlabelled:
+        subset = SUBSET_UNLABELLED
+    if not label and subset != SUBSET_UNLABELLED:
+        raise DataError(f"The image on line {line} of {csv_path} has no label, but only 'unlabelled' rows may omit it.")
+    if label and classes is not None and label not in classes:
+        raise DataError(f"Unknown label {label!r} on line {line} of {csv_path}; expected one of {', '.join(classes)}.")
+    return {PATH: path, LABEL: label, PATIENT: normalise_patient(record.get(PATIENT, "")), SUBSET: subset}
+
+
+def _csv_image_path(raw: str, line: int, csv_path: Path) -> str:
+    raw = raw.strip()
+    if not raw:
+        raise DataError(f"Line {line} of {csv_path} has an empty path.")
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = csv_path.parent / path
+    if not path.is_file():
+        raise DataError(f"The image {path} listed on line {line} of {csv_path} does not exist.")
+    return _absolute(path)
+
+
+def _read_csv_table(csv_path: Path, lower_columns: bool) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as error:
+        reason = str(error).strip().splitlines()[0].rstrip(".")
+        raise DataError(f"The CSV file {csv_path} cannot be read: {reason}.") from error
+    names = [str(c).strip() for c in table.columns]
+    table.columns = [n.lower() for n in names] if lower_columns else names
+    return table
+
+
+def _numbered(table: pd.DataFrame) -> list[tuple[int, dict]]:
+    """Records with their line number in the file (line 1 is the header)."""
+    return list(enumerate(table.to_dict("records"), start=2))
+
+
+# --- shared helpers -------------------------------------------------------------
+
+
+def _require_exists(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"The data path {path} does not exist.")
+
+
+def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """Sorted image files of a folder; other entries are counted in one warning."""
+    images, others = [], []
+    for entry in _entries(folder, recursive):
+        if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(entry)
+        else:
+            others.append(entry)
+    if others:
+        logger.warning(
+            "%d entries in %s are not images and are ignored, e.g. %s.", len(others), folder, others[0].name
+        )
+    return images
+
+
+def _entries(folder: Path, recursive: bool) -> list[Path]:
+    """Entries of a folder, hidden ones (.DS_Store, .ipynb_checkpoints, ...) left out."""
+    if not recursive:
+        return sorted(e for e in folder.iterdir() if not _is_hidden(e))
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(parent, f) for f in files if not _is_hidden(Path(f))]
+    return sorted(found)
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".") or path.name.lower() in _JUNK_NAMES
+
+
+def _row(file: Path, label: str, patient: str, subset: str) -> dict:
+    return {PATH: _absolute(file), LABEL: label, PATIENT: patient, SUBSET: subset}
+
+
+def _absolute(path: Path) -> str:
+    # abspath, not resolve(): symlinked files (git-annex, DVC) keep the names that carry labels.
+    return os.path.abspath(path)
+
+
+def _finish(rows: list[dict]) -> pd.DataFrame:
+    """Manifest sorted by path, so that folds do not depend on directory listing order."""
+    manifest = make_manifest(rows)
+    return manifest.sort_values(PATH, kind="stable").reset_index(drop=True)

@@ -1,0 +1,67 @@
+"""Gathering every image a run uses into one manifest: training data, outer test set, unlabelled pool."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from noisystudent.data import demo
+from noisystudent.data import readers
+from noisystudent.config.run_config import RunConfig
+from noisystudent.errors import DataError
+from noisystudent.evaluation.scoring import positive_index_of
+from noisystudent.data.manifest import LABEL, PATH, SUBSET, SUBSET_TEST, SUBSET_TRAIN, SUBSET_UNLABELLED, check_manifest, class_names, make_manifest
+from noisystudent.evaluation.metrics import apply_binary_mapping, parse_binary_mapping
+
+logger = logging.getLogger(__name__)
+
+DEMO_FOLDER = "demo-data"
+
+
+@dataclass
+class RunData:
+    manifest: pd.DataFrame
+    classes: list[str]
+    data_format: str
+    skipped: list[str] = field(default_factory=list)
+
+
+def load_run_data(config: RunConfig, run: Path) -> RunData:
+    """Read DATA (or generate the demo data), add --test and --unlabelled, apply --binary."""
+    root = Path(config.data) if config.data else demo.generate_demo(Path(run) / DEMO_FOLDER)
+    manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
+    skipped = list(manifest.attrs.get("skipped", []))
+    parts = [manifest]
+    if config.test:
+        # not read_dataset: a test set may hold a single class (checked below against the training classes)
+        test, _ = readers.read_manifest(Path(config.test), "auto", config.patient_regex)
+        test = readers.drop_unreadable(test, config.skip_unreadable)
+        skipped += list(test.attrs.get("skipped", []))
+        parts.append(test[test[SUBSET] != SUBSET_UNLABELLED].assign(**{SUBSET: SUBSET_TEST}))
+    if config.unlabelled:
+        parts.append(readers.read_unlabelled(Path(config.unlabelled)))
+    combined = make_manifest(pd.concat(parts, ignore_index=True))
+    if config.binary:
+        mapping = parse_binary_mapping(config.binary, class_names(combined))
+        combined[LABEL] = [apply_binary_mapping([lab], mapping)[0] if lab else "" for lab in combined[LABEL]]
+    check_manifest(combined)
+    classes = class_names(combined[combined[SUBSET] == SUBSET_TRAIN])
+    _check_labels(combined, classes)
+    if len(classes) == 2:  # fail now rather than after the first epoch
+        positive_index_of(classes, "positive" if config.binary else config.positive)
+    logger.info("data: %d images (%s format), classes %s", len(combined), data_format, ", ".join(classes))
+    return RunData(combined, classes, data_format, skipped)
+
+
+def _check_labels(manifest: pd.DataFrame, classes: list[str]) -> None:
+    """Every labelled image (test set included) must carry one of the training classes."""
+    unknown = manifest[(manifest[LABEL] != "") & ~manifest[LABEL].isin(classes)]
+    if not unknown.empty:
+        row = unknown.iloc[0]
+        raise DataError(
+            f"The {row[SUBSET]} image {row[PATH]} has the label {row[LABEL]!r}, which no training image has "
+            f"(training classes: {', '.join(classes)})."
+        )

@@ -1,0 +1,454 @@
+"""The K fold models of a finished run as one classifier for new images.
+
+``load_ensemble`` loads the teachers (round 0) or the final students (round
+``config.rounds``) of every fold, checking that each belongs to the run and
+that all share classes and preprocessing. The run folder is only read.
+
+``predict_fold_probs`` streams the images in chunks: a thread pool decodes and
+preprocesses a chunk (PIL releases the GIL) into one uint8 tensor in memory
+(no disk cache: nothing is written), the next chunk is decoded while every
+fold model predicts the current one. ``predict`` votes (``results.vote_table``)
+and summarises per patient; ``evaluate`` does the same on a labelled data set
+and computes the metrics of every fold model and of each voting rule.
+
+Files (written atomically, never inside the run folder):
+
+- predict: one row per image: path, label (when any is known), patient,
+  prob_<class> (mean over the fold models), pred, agreement (fraction of the
+  models whose vote is pred), vote_fold<k>; and ``<stem>_patients.csv`` for
+  known patients: patient, n_cells, fraction_<positive>, mean_prob_<positive>,
+  call (positive when fraction >= 0.5), label (majority of known cell labels).
+- evaluate: the metrics CSV (model, fold, round, voting, metrics, counts) and
+  ``<stem>_predictions.csv`` with the same identifying columns and one row per
+  image and model, so that each metrics row is recomputed by
+  ``metrics.metrics_from_predictions(rows_of(predictions, fold, voting), ...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from noisystudent import atomic
+from noisystudent.evaluation import metrics
+from noisystudent.run import results
+from noisystudent import layout
+from noisystudent.config.run_config import TTA, VOTING, RunConfig
+from noisystudent.training.device import amp_dtype, resolve_device
+from noisystudent.training.engine import predict_probs
+from noisystudent.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from noisystudent.data.loose_files import name_fields
+from noisystudent.data.manifest import LABEL, PATH, PATIENT
+from noisystudent.models.model_file import load_model_file
+from noisystudent.models import input_normalization
+from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
+from noisystudent.progress import NULL_PROGRESS, Progress
+from noisystudent.data.readers import read_manifest
+from noisystudent.run.folder import load_run_config
+
+logger = logging.getLogger(__name__)
+
+MODEL_SETS = ("students", "teachers")
+CHUNK_SIZE = 512  # images decoded and held in memory at a time
+N_CELLS = "n_cells"
+CALL = "call"
+ENSEMBLE = results.ENSEMBLE
+# model (teacher/student), fold (0..K-1 or "ensemble"), round, voting ("" for a single fold model)
+EVAL_ID_COLUMNS = [layout.MODEL_KIND, layout.FOLD_COLUMN, layout.ROUND, layout.VOTING]
+
+
+@dataclass
+class FoldModel:
+    fold: int
+    path: Path
+    model: torch.nn.Module
+    normalization: tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) its arch expects
+
+
+@dataclass
+class Ensemble:
+    run: Path
+    config: RunConfig
+    round: int  # 0: teachers, config.rounds: final students
+    members: list[FoldModel]
+    classes: list[str]
+    spec: PreprocessSpec
+    device: torch.device
+
+    @property
+    def kind(self) -> str:
+        return results.model_kind(self.round)
+
+    @property
+    def positive(self) -> str | None:
+        """Positive class of metrics and patient calls; None for >2 classes without one."""
+        positive = results.evaluation_positive(self.config, self.classes)
+        if positive is None and self.config.positive in self.classes:
+            positive = self.config.positive
+        return positive
+
+
+@dataclass
+class FoldProbs:
+    images: pd.DataFrame  # path, label, patient of the images predicted (unreadable ones left out)
+    probs: np.ndarray  # (models, images, classes)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+@dataclass
+class Prediction:
+    table: pd.DataFrame  # one row per image
+    patients: pd.DataFrame  # one row per known patient (empty when none is known)
+    skipped: list[tuple[str, str]]
+
+
+@dataclass
+class Evaluation:
+    predictions: pd.DataFrame  # one row per image and model (fold models, then each voting rule)
+    metrics: pd.DataFrame  # one row per fold model and voting rule
+    skipped: list[tuple[str, str]]
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def load_ensemble(run: Path, models: str = "students", device: str | torch.device = "auto") -> Ensemble:
+    """The K fold models of ``run``: teachers (round 0) or students (the final round)."""
+    if models not in MODEL_SETS:
+        raise ConfigError(f"--models must be one of {', '.join(MODEL_SETS)}; got {models!r}.")
+    run = Path(run)
+    config = load_run_config(run)
+    round_ = 0 if models == "teachers" else config.rounds
+    device = resolve_device(device) if isinstance(device, str) else device
+    members, payloads = [], []
+    for fold in range(config.folds):
+        path = layout.round_dir(run, fold, round_) / layout.MODEL
+        if not path.is_file():
+            raise CheckpointError(_missing_message(run, fold, round_))
+        model, payload = load_model_file(path, device)
+        _check_arch(payload, path, config, round_)
+        members.append(FoldModel(fold, path, model, input_normalization(payload["spec"]["arch"])))
+        payloads.append(payload)
+    classes, spec = _shared_classes_and_spec(members, payloads, config)
+    logger.info("ensemble of %d %ss (round %d) from %s on %s", len(members), results.model_kind(round_), round_, run, device)
+    return Ensemble(run, config, round_, members, classes, spec, device)
+
+
+def _missing_message(run: Path, fold: int, round_: int) -> str:
+    kind = results.model_kind(round_)
+    where = Path(f"fold-{fold}", f"round-{round_}", layout.MODEL)
+    advice = "finish the run with kfold --resume" + (" or use --models teachers" if round_ > 0 else "")
+    return f"Fold {fold} of the run {run} has no finished {kind} ({where} is missing); {advice}."
+
+
+def _check_arch(payload: dict, path: Path, config: RunConfig, round_: int) -> None:
+    expected = config.student_architecture if round_ > 0 else config.arch
+    found = payload["spec"].get("arch")
+    if found != expected:
+        raise CheckpointError(
+            f"The model file {path} was built for the architecture {found}, but the {results.model_kind(round_)}s "
+            f"of this run are {expected}; it does not belong to this run."
+        )
+
+
+def _shared_classes_and_spec(members: list[FoldModel], payloads: list[dict], config: RunConfig):
+    """Classes and preprocessing of the first model, after checking that every other model has the same."""
+    found = [(_payload_classes(p, m.path), _payload_spec(p, m.path, config)) for m, p in zip(members, payloads)]
+    first_path = members[0].path
+    for member, (classes, spec) in zip(members[1:], found[1:]):
+        if classes != found[0][0]:
+            raise CheckpointError(f"The model file {member.path} predicts the classes {', '.join(classes)} but "
+                                  f"{first_path} predicts {', '.join(found[0][0])}; the fold models must share their classes.")
+        if spec != found[0][1]:
+            raise CheckpointError(f"The model file {member.path} expects images preprocessed as {spec.key()} but "
+                                  f"{first_path} expects {found[0][1].key()}; the fold models must share their preprocessing.")
+    return found[0]
+
+
+def _payload_classes(payload: dict, path: Path) -> list[str]:
+    classes = payload.get("classes")
+    if not classes or len(classes) != payload["spec"].get("num_classes"):
+        raise CheckpointError(f"The model file {path} does not name the classes of its outputs; it was not written by noisystudent kfold.")
+    return [str(c) for c in classes]
+
+
+def _payload_spec(payload: dict, path: Path, config: RunConfig) -> PreprocessSpec:
+    stored = payload.get("preprocess")
+    try:
+        if stored is None:  # older model files: the run's settings at the stored size
+            return PreprocessSpec.from_config(config, payload.get("image_size"))
+        return PreprocessSpec(**stored)
+    except (TypeError, ConfigError) as error:
+        raise CheckpointError(f"The model file {path} has unusable preprocessing settings ({error}).") from error
+
+
+# --- streaming prediction -------------------------------------------------------------
+
+
+def predict_fold_probs(
+    ensemble: Ensemble,
+    images: pd.DataFrame,
+    tta: str | None = None,
+    batch_size: int | None = None,
+    skip_unreadable: bool = False,
+    chunk_size: int = CHUNK_SIZE,
+    workers: int | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> FoldProbs:
+    """Every fold model's probabilities for ``images`` (a table with a path column).
+
+    ``tta`` and ``batch_size`` default to the run's settings. An unreadable
+    image stops with DataError naming it, or with ``skip_unreadable`` is
+    logged and left out (listed in ``skipped``).
+    """
+    tta = _checked_tta(tta or ensemble.config.tta)
+    batch_size = batch_size or ensemble.config.eval_batch_size
+    paths = images[PATH].tolist()
+    kept, parts, skipped = [], [], []
+    progress.start("predict", f"{len(ensemble.members)} {ensemble.kind}s predicting", total=len(paths))
+    pool = ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1))
+    try:
+        for start, decoded in _decoded_chunks(paths, ensemble.spec, pool, chunk_size):
+            rows, chunk, bad = _stack_chunk(paths, start, decoded, skip_unreadable)
+            kept += rows
+            skipped += bad
+            if rows:
+                report = lambda done, s=start: progress.update("predict", completed=s + done)  # noqa: E731
+                parts.append(_predict_chunk(ensemble, chunk, tta, batch_size, report))
+            progress.update("predict", completed=start + len(decoded))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress.stop("predict")
+    if not parts:
+        raise DataError(f"None of the {len(paths)} images could be read.")
+    return FoldProbs(images.iloc[kept].reset_index(drop=True), np.concatenate(parts, axis=1), skipped)
+
+
+def _checked_tta(mode: str) -> str:
+    if mode not in TTA:
+        raise ConfigError(f"--tta must be one of {', '.join(TTA)}; got {mode!r}.")
+    return mode
+
+
+def _decode(path: str, spec: PreprocessSpec) -> np.ndarray | str:
+    """The preprocessed uint8 (3, S, S) image, or the sentence saying why it cannot be read."""
+    try:
+        return load_preprocessed(path, spec)
+    except DataError as error:
+        return str(error)
+
+
+def _decoded_chunks(paths: list[str], spec: PreprocessSpec, pool: ThreadPoolExecutor, size: int) -> Iterator[tuple[int, list]]:
+    """(start, decoded images) per chunk; the next chunk decodes while the caller predicts this one."""
+
+    def submit(start: int) -> list[Future]:
+        return [pool.submit(_decode, p, spec) for p in paths[start : start + size]]
+
+    pending = submit(0)
+    for start in range(0, len(paths), size):
+        current, pending = pending, submit(start + size)
+        yield start, [future.result() for future in current]
+
+
+def _stack_chunk(paths: list[str], start: int, decoded: list, skip: bool) -> tuple[list[int], np.ndarray, list]:
+    """Row numbers and stacked pixels of the readable images of a chunk, and the unreadable ones."""
+    rows, arrays, bad = [], [], []
+    for offset, item in enumerate(decoded):
+        if isinstance(item, str):
+            if not skip:
+                raise DataError(item)
+            logger.warning("Skipped: %s", item)
+            bad.append((paths[start + offset], item))
+        else:
+            rows.append(start + offset)
+            arrays.append(item)
+    return rows, (np.stack(arrays) if arrays else np.zeros((0,), np.uint8)), bad
+
+
+def _predict_chunk(ensemble: Ensemble, chunk: np.ndarray, tta: str, batch_size: int, report) -> np.ndarray:
+    """(models, images, classes) for one chunk, moved to the device once for all models."""
+    device, config = ensemble.device, ensemble.config
+    pixels = torch.from_numpy(chunk).to(device)
+    rows = torch.arange(len(chunk))
+    load_batch = lambda batch: pixels.index_select(0, batch.to(device))  # noqa: E731
+    n_models = len(ensemble.members)
+    outputs = []
+    for m, member in enumerate(ensemble.members):
+        outputs.append(predict_probs(
+            member.model, load_batch, rows, device, batch_size, tta, amp_dtype(config.amp, device),
+            channels_last=device.type == "cuda" and config.channels_last, normalization=member.normalization,
+            on_progress=lambda done, m=m: report((m * len(chunk) + done) // n_models),
+        ))
+    return np.stack(outputs)
+
+
+# --- predict ----------------------------------------------------------------------------
+
+
+def predict(
+    ensemble: Ensemble, images: pd.DataFrame, rule: str | None = None, progress: Progress = NULL_PROGRESS, **options
+) -> Prediction:
+    """Ensemble predictions per image and per known patient; ``options`` go to predict_fold_probs."""
+    rule = _checked_rule(rule or ensemble.config.voting)
+    images = prepare_labels(ensemble, images, strict=False)
+    fold_probs = predict_fold_probs(ensemble, images, progress=progress, **options)
+    table = results.vote_table(fold_probs.images[[PATH, LABEL, PATIENT]], fold_probs.probs, ensemble.classes, rule)
+    patients = patient_table(table, ensemble.positive, ensemble.classes)
+    if ensemble.positive is None and (table[PATIENT] != "").any():
+        logger.warning("No patient table: the run's positive class %r is not one of its classes %s.",
+                       ensemble.config.positive, ", ".join(ensemble.classes))
+    if (table[LABEL] == "").all():
+        table = table.drop(columns=LABEL)
+    return Prediction(table, patients, fold_probs.skipped)
+
+
+def _checked_rule(rule: str) -> str:
+    if rule not in VOTING:
+        raise ConfigError(f"--voting must be one of {', '.join(VOTING)}; got {rule!r}.")
+    return rule
+
+
+def prepare_labels(ensemble: Ensemble, images: pd.DataFrame, strict: bool) -> pd.DataFrame:
+    """Apply the run's --binary mapping to known labels; with ``strict``, refuse labels the run does not know."""
+    images = images.copy()
+    if ensemble.config.binary and (images[LABEL] != "").any():
+        mapping = metrics.parse_binary_mapping(ensemble.config.binary, sorted(set(images[LABEL]) - {""}))
+        images[LABEL] = [mapping[label] if label else "" for label in images[LABEL]]
+    unknown = images[(images[LABEL] != "") & ~images[LABEL].isin(ensemble.classes)]
+    if strict and not unknown.empty:
+        row = unknown.iloc[0]
+        raise DataError(f"The image {row[PATH]} has the label {row[LABEL]!r}, which is not one of the run's classes "
+                        f"{', '.join(ensemble.classes)}.")
+    return images
+
+
+def patient_table(predictions: pd.DataFrame, positive: str | None, classes: list[str]) -> pd.DataFrame:
+    """Per patient: cells, fraction called ``positive``, its mean probability, the call, and the majority label."""
+    known = predictions[predictions[PATIENT] != ""]
+    if known.empty or positive is None:
+        return pd.DataFrame()
+    groups = known.groupby(PATIENT, sort=True)
+    others = [c for c in classes if c != positive]
+    negative = others[0] if len(others) == 1 else f"not_{positive}"
+    fraction = groups[layout.PRED].apply(lambda p: float((p == positive).mean()))
+    table = pd.DataFrame({
+        PATIENT: fraction.index.astype(str),
+        N_CELLS: groups.size().to_numpy(),
+        f"fraction_{positive}": fraction.to_numpy(),
+        f"mean_prob_{positive}": groups[layout.prob_column(positive)].mean().to_numpy(),
+    })
+    table[CALL] = np.where(table[f"fraction_{positive}"] >= 0.5, positive, negative)
+    if LABEL in known.columns and (known[LABEL] != "").any():
+        table[LABEL] = groups[LABEL].apply(_majority_label).to_numpy()
+    return table
+
+
+def _majority_label(labels: pd.Series) -> str:
+    """Most frequent known label (ties: the alphabetically first); "" when none is known."""
+    known = labels[labels != ""]
+    return "" if known.empty else str(known.value_counts().sort_index().idxmax())
+
+
+# --- evaluate ---------------------------------------------------------------------------
+
+
+def read_labelled(ensemble: Ensemble, data: Path, data_format: str = "auto", patient_regex: str | None = None) -> pd.DataFrame:
+    """path, label, patient of the labelled images of a data set (any layout readers understands)."""
+    manifest, _ = read_manifest(data, data_format, patient_regex)
+    labelled = manifest[manifest[LABEL] != ""]
+    if labelled.empty:
+        raise DataError(f"The data set {data} has no labelled images to evaluate on.")
+    if len(labelled) < len(manifest):
+        logger.info("%d unlabelled images of %s are not evaluated.", len(manifest) - len(labelled), data)
+    images = labelled[[PATH, LABEL, PATIENT]].reset_index(drop=True)
+    from_names = [name_fields(p)[0] for p in images[PATH]]
+    images[PATIENT] = images[PATIENT].where(images[PATIENT] != "", pd.Series(from_names, dtype=object))
+    return prepare_labels(ensemble, images, strict=True)
+
+
+def evaluate(
+    ensemble: Ensemble, images: pd.DataFrame, rules: tuple[str, ...] = results.VOTING_RULES,
+    progress: Progress = NULL_PROGRESS, **options,
+) -> Evaluation:
+    """Metrics of every fold model and of each voting rule on labelled ``images``."""
+    rules = tuple(_checked_rule(r) for r in rules)
+    fold_probs = predict_fold_probs(ensemble, images, progress=progress, **options)
+    base = fold_probs.images[[PATH, LABEL, PATIENT]]
+    tables = []
+    for m, member in enumerate(ensemble.members):
+        tables.append(_identified(ensemble, member.fold, "", _single_model_table(base, fold_probs.probs[m], ensemble.classes)))
+    for rule in rules:
+        tables.append(_identified(ensemble, ENSEMBLE, rule, results.vote_table(base, fold_probs.probs, ensemble.classes, rule)))
+    rows = [_metrics_row(t, ensemble) for t in tables]
+    columns = EVAL_ID_COLUMNS + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS
+    return Evaluation(pd.concat(tables, ignore_index=True), pd.DataFrame(rows, columns=columns), fold_probs.skipped)
+
+
+def _single_model_table(images: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One fold model's predictions: its probabilities and its most probable class."""
+    table = images.reset_index(drop=True).copy()
+    for i, name in enumerate(classes):
+        table[layout.prob_column(name)] = probs[:, i].astype(np.float64)
+    table[layout.PRED] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
+    return table
+
+
+def _identified(ensemble: Ensemble, fold: int | str, voting: str, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` preceded by the columns that identify its model, as in the metrics table."""
+    ids = pd.DataFrame({layout.MODEL_KIND: ensemble.kind, layout.FOLD_COLUMN: fold, layout.ROUND: ensemble.round,
+                        layout.VOTING: voting}, index=table.index, columns=EVAL_ID_COLUMNS).astype({layout.FOLD_COLUMN: object})
+    return pd.concat([ids, table], axis=1)
+
+
+def _metrics_row(table: pd.DataFrame, ensemble: Ensemble) -> dict:
+    values = metrics.metrics_from_predictions(table, ensemble.classes, results.evaluation_positive(ensemble.config, ensemble.classes))
+    return {**table.iloc[0][EVAL_ID_COLUMNS].to_dict(), **values}
+
+
+def rows_of(predictions: pd.DataFrame, fold, voting: str) -> pd.DataFrame:
+    """The rows of an evaluation predictions table that one metrics row was computed from."""
+    chosen = predictions[(predictions[layout.FOLD_COLUMN].astype(str) == str(fold)) & (predictions[layout.VOTING].fillna("") == voting)]
+    return chosen.reset_index(drop=True)
+
+
+# --- output files -----------------------------------------------------------------------
+
+
+def check_outside_run(out: Path, run: Path) -> None:
+    """Refuse an output path inside the run folder: ensemble commands never write there."""
+    if Path(out).resolve().is_relative_to(Path(run).resolve()):
+        raise RunFolderError(f"The output {out} lies inside the run folder {run}, which ensemble commands only read; "
+                             "choose an --out outside it.")
+
+
+def patients_path(out: Path) -> Path:
+    return Path(out).with_name(f"{Path(out).stem}_patients.csv")
+
+
+def predictions_path(metrics_out: Path) -> Path:
+    return Path(metrics_out).with_name(f"{Path(metrics_out).stem}_predictions.csv")
+
+
+def write_prediction(prediction: Prediction, out: Path) -> list[Path]:
+    """Write the per-image CSV and, when patients are known, ``<stem>_patients.csv``; return the paths."""
+    atomic.write_csv(Path(out), prediction.table)
+    written = [Path(out)]
+    if not prediction.patients.empty:
+        atomic.write_csv(patients_path(out), prediction.patients)
+        written.append(patients_path(out))
+    return written
+
+
+def write_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
+    """Write the metrics CSV and ``<stem>_predictions.csv`` beside it; return the paths."""
+    atomic.write_csv(predictions_path(out), evaluation.predictions)
+    atomic.write_csv(Path(out), evaluation.metrics)
+    return [Path(out), predictions_path(out)]

@@ -1,0 +1,295 @@
+"""Every evaluation number of the package, computed one way from labels and predictions.
+
+Training, evaluation, ensembling and the report all call these functions, and
+``metrics_from_predictions`` recomputes them from a saved predictions.csv, so
+a number in metrics.csv can always be reproduced from the prediction files.
+
+Degenerate cases: a metric whose denominator is zero is NaN, never a warning
+or a crash. Sensitivity, specificity, PPV and NPV are ratios of the confusion
+counts (NaN when their denominator is 0); F1 uses scikit-learn with
+``zero_division=nan`` (NaN only when TP + FP + FN = 0); MCC and kappa are NaN
+when their denominator is 0 (scikit-learn would report 0 for MCC); AUC is NaN
+when y_true has a single class or no probabilities are given. Balanced
+accuracy is scikit-learn's: the mean recall of the classes present in y_true.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import  accuracy_score, balanced_accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, matthews_corrcoef, roc_auc_score
+
+from noisystudent.errors import ConfigError, DataError
+from noisystudent.data.manifest import LABEL
+from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, PRED, ROUND, VOTING, prob_column
+
+METRIC_COLUMNS = [
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "f1",
+    "f1_weighted",
+    "balanced_accuracy",
+    "auc",
+    "kappa",
+    "mcc",
+]
+COUNT_COLUMNS = ["tp", "fp", "tn", "fn", "n"]
+CLASS_COLUMN = "class"  # per-class table of multiclass_metrics
+DEFAULT_POSITIVE = "all"  # ALL (leukaemic blast) is the positive class of C-NMC
+POSITIVE = "positive"  # class names produced by apply_binary_mapping
+NEGATIVE = "negative"
+REST = "rest"  # keyword of a binary mapping: every class not named
+MEAN_ROW = "mean"  # FOLD_COLUMN values added by summarise_folds
+VARIANCE_ROW = "variance"
+SUMMARY_KEYS = [MODEL_KIND, ROUND, EVAL_SPLIT, VOTING]  # rows are summarised per these (when present)
+
+
+def binary_metrics(
+    y_true: Sequence,
+    y_pred: Sequence,
+    prob_positive: Sequence[float] | None = None,
+    positive: str | int = DEFAULT_POSITIVE,
+) -> dict[str, float]:
+    """Metrics of ``positive`` versus every other class.
+
+    Labels may be class names or ints; they are compared as strings, so 1 and
+    "1" are the same class. ``prob_positive`` is the predicted probability of
+    the positive class (for AUC). Returns the METRIC_COLUMNS and COUNT_COLUMNS.
+    """
+    truth = _as_labels(y_true) == str(positive)
+    guess = _as_labels(y_pred) == str(positive)
+    if len(truth) != len(guess):
+        raise ValueError(f"y_true has {len(truth)} labels but y_pred has {len(guess)}.")
+    if len(truth) == 0:
+        return {**dict.fromkeys(METRIC_COLUMNS, float("nan")), **dict.fromkeys(COUNT_COLUMNS, 0)}
+    tn, fp, fn, tp = (int(x) for x in confusion_matrix(truth, guess, labels=[False, True]).ravel())
+    counts = {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": len(truth)}
+    with warnings.catch_warnings():  # degenerate cases are NaN by design, not warnings
+        warnings.simplefilter("ignore")
+        values = {
+            "accuracy": float(accuracy_score(truth, guess)),
+            "sensitivity": _ratio(tp, tp + fn),
+            "specificity": _ratio(tn, tn + fp),
+            "ppv": _ratio(tp, tp + fp),
+            "npv": _ratio(tn, tn + fn),
+            "f1": float(f1_score(truth, guess, pos_label=True, zero_division=np.nan)),
+            "f1_weighted": _weighted_f1(truth, guess),
+            "balanced_accuracy": float(balanced_accuracy_score(truth, guess)),
+            "auc": _auc(truth, prob_positive),
+            "kappa": _kappa(truth, guess),
+            "mcc": _mcc(truth, guess, tp, fp, tn, fn),
+        }
+    return {**values, **counts}
+
+
+def multiclass_metrics(
+    y_true: Sequence,
+    y_pred: Sequence,
+    probs: np.ndarray | None,
+    classes: Sequence[str],
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Per-class one-vs-rest metrics and their macro summary.
+
+    The per-class table has a CLASS_COLUMN plus binary_metrics of that class
+    against the rest (AUC from ``probs[:, i]``). The macro dict holds the
+    unweighted mean over classes (NaN classes skipped, as scikit-learn's
+    ``zero_division=nan``) of sensitivity, specificity, PPV, NPV, F1 and AUC;
+    accuracy, weighted F1, balanced accuracy, kappa and MCC are the true
+    multiclass values; n is the number of images.
+    """
+    truth, guess = _as_labels(y_true), _as_labels(y_pred)
+    names = [str(c) for c in classes]
+    if probs is not None and np.shape(probs) != (len(truth), len(names)):
+        raise ValueError(f"probs has shape {np.shape(probs)}, expected ({len(truth)}, {len(names)}).")
+    rows = []
+    for i, name in enumerate(names):
+        prob = None if probs is None else np.asarray(probs)[:, i]
+        rows.append({CLASS_COLUMN: name, **binary_metrics(truth, guess, prob, positive=name)})
+    per_class = pd.DataFrame(rows, columns=[CLASS_COLUMN, *METRIC_COLUMNS, *COUNT_COLUMNS])
+    macro = {m: _nanmean(per_class[m]) for m in METRIC_COLUMNS}
+    macro.update(_multiclass_overall(truth, guess, names))
+    macro["n"] = len(truth)
+    return per_class, macro
+
+
+def parse_binary_mapping(text: str, classes: Sequence[str]) -> dict[str, str]:
+    """Parse 'Benign=negative,rest=positive' into {class: 'positive' | 'negative'}.
+
+    Class names match case-insensitively; ``rest`` stands for every class not
+    named. Every class must end up mapped, with at least one on each side.
+    """
+    names = {str(c).lower(): str(c) for c in classes}
+    mapping: dict[str, str] = {}
+    rest_side = None
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name, side = _parse_mapping_item(item)
+        if name.lower() == REST:
+            rest_side = side
+            continue
+        if name.lower() not in names:
+            raise ConfigError(f"Unknown class {name!r} in the binary mapping {text!r}; the classes are {', '.join(map(str, classes))}.")
+        mapping[names[name.lower()]] = side
+    for name in names.values():
+        if name not in mapping:
+            if rest_side is None:
+                raise ConfigError(f"The binary mapping {text!r} does not map the class {name!r}; add it or 'rest=...'.")
+            mapping[name] = rest_side
+    if set(mapping.values()) != {POSITIVE, NEGATIVE}:
+        raise ConfigError(f"The binary mapping {text!r} must map at least one class to each of positive and negative.")
+    return mapping
+
+
+def apply_binary_mapping(labels: Sequence, mapping: dict[str, str]) -> np.ndarray:
+    """Replace class names by 'positive'/'negative'; empty labels stay empty."""
+    labels = _as_labels(labels)
+    unknown = sorted(set(labels) - set(mapping) - {""})
+    if unknown:
+        raise DataError(f"The label {unknown[0]!r} is not covered by the binary mapping.")
+    lookup = {**mapping, "": ""}
+    return np.array([lookup[label] for label in labels], dtype=object)
+
+
+def metrics_from_predictions(
+    predictions: pd.DataFrame,
+    classes: Sequence[str],
+    positive: str | None = DEFAULT_POSITIVE,
+) -> dict[str, float]:
+    """Metrics of a predictions.csv table (columns label, pred, prob_<class>).
+
+    Rows without a label (pool images) are skipped. With a ``positive`` class
+    these are binary_metrics of it against the rest (AUC from its prob column
+    when present); with ``positive=None`` the macro dict of multiclass_metrics.
+    """
+    for column in (LABEL, PRED):
+        if column not in predictions.columns:
+            raise DataError(f"The predictions table lacks the column {column!r}.")
+    labelled = predictions[_as_labels(predictions[LABEL]) != ""]
+    truth, guess = _as_labels(labelled[LABEL]), _as_labels(labelled[PRED])
+    prob_columns = [prob_column(str(c)) for c in classes]
+    has_probs = all(c in labelled.columns for c in prob_columns)
+    if positive is None:
+        probs = labelled[prob_columns].to_numpy(dtype=float) if has_probs else None
+        return multiclass_metrics(truth, guess, probs, classes)[1]
+    if str(positive) not in map(str, classes):
+        raise ConfigError(f"The positive class {positive!r} is not one of the classes {', '.join(map(str, classes))}.")
+    column = prob_column(str(positive))
+    prob = labelled[column].to_numpy(dtype=float) if column in labelled.columns else None
+    return binary_metrics(truth, guess, prob, positive)
+
+
+def summarise_folds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Append a 'mean' and a 'variance' row per model/round/split/voting group.
+
+    Per-fold rows are those whose FOLD_COLUMN is an integer; other rows
+    (e.g. 'ensemble') are kept as they are, and earlier 'mean'/'variance'
+    rows are replaced. Every numeric column is summarised over the folds of
+    the group, skipping NaN: the mean, and the sample variance (ddof=1, i.e.
+    ``numpy.var(x, ddof=1)``; NaN with a single fold).
+    """
+    is_fold = pd.to_numeric(rows[FOLD_COLUMN], errors="coerce").notna()
+    is_old_summary = rows[FOLD_COLUMN].astype(str).isin([MEAN_ROW, VARIANCE_ROW])
+    kept = rows[~is_old_summary]
+    per_fold = rows[is_fold]
+    keys = [k for k in SUMMARY_KEYS if k in rows.columns]
+    values = [c for c in per_fold.select_dtypes("number").columns if c not in keys and c != FOLD_COLUMN]
+    summaries = []
+    groups = per_fold.groupby(keys, sort=False, dropna=False) if keys else [((), per_fold)]
+    for key, group in groups:
+        ident = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        summaries.append({**ident, FOLD_COLUMN: MEAN_ROW, **group[values].mean().to_dict()})
+        summaries.append({**ident, FOLD_COLUMN: VARIANCE_ROW, **group[values].var(ddof=1).to_dict()})
+    if not summaries:
+        return kept.reset_index(drop=True)
+    table = pd.concat([kept.astype({FOLD_COLUMN: object}), pd.DataFrame(summaries)], ignore_index=True)
+    return table[list(rows.columns)]
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _as_labels(values: Sequence) -> np.ndarray:
+    """Labels as an array of strings: '' for missing, 1.0 (an int column read with gaps) as '1'."""
+    return np.array([_label_text(v) for v in np.asarray(values, dtype=object).ravel()], dtype=object)
+
+
+def _label_text(value: object) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def _weighted_f1(truth: np.ndarray, guess: np.ndarray) -> float:
+    """Support-weighted F1 of both classes (a class absent from y_true has weight 0)."""
+    labels = [label for label in (False, True) if label in set(truth)]
+    return float(f1_score(truth, guess, labels=labels, average="weighted", zero_division=np.nan))
+
+
+def _auc(truth: np.ndarray, prob_positive: Sequence[float] | None) -> float:
+    if prob_positive is None or len(set(truth)) < 2:
+        return float("nan")
+    prob = np.asarray(prob_positive, dtype=float)
+    if not np.isfinite(prob).all():
+        return float("nan")
+    return float(roc_auc_score(truth, prob))
+
+
+def _kappa(truth: np.ndarray, guess: np.ndarray) -> float:
+    """Cohen's kappa; NaN where chance agreement is 1 (true and predicted labels all one class)."""
+    if len(set(truth) | set(guess)) < 2:
+        return float("nan")
+    return float(cohen_kappa_score(truth, guess))
+
+
+def _mcc(truth: np.ndarray, guess: np.ndarray, tp: int, fp: int, tn: int, fn: int) -> float:
+    if 0 in (tp + fp, tp + fn, tn + fp, tn + fn):
+        return float("nan")  # scikit-learn returns 0 here; 0/0 is undefined
+    return float(matthews_corrcoef(truth, guess))
+
+
+def _nanmean(values: pd.Series) -> float:
+    finite = values.dropna()
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+def _multiclass_overall(truth: np.ndarray, guess: np.ndarray, names: list[str]) -> dict[str, float]:
+    if len(truth) == 0:
+        return dict.fromkeys(["accuracy", "f1_weighted", "balanced_accuracy", "kappa", "mcc"], float("nan"))
+    present = [c for c in names if c in set(truth)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "accuracy": float(accuracy_score(truth, guess)),
+            "f1_weighted": float(f1_score(truth, guess, labels=present, average="weighted", zero_division=np.nan)),
+            "balanced_accuracy": float(balanced_accuracy_score(truth, guess)),
+            "kappa": _kappa(truth, guess),
+            "mcc": _multiclass_mcc(truth, guess, names),
+        }
+
+
+def _multiclass_mcc(truth: np.ndarray, guess: np.ndarray, names: list[str]) -> float:
+    """MCC; NaN where its denominator is 0 (all true or all predicted labels one class)."""
+    if len(set(truth)) < 2 or len(set(guess)) < 2:
+        return float("nan")
+    return float(matthews_corrcoef(truth, guess))
+
+
+def _parse_mapping_item(item: str) -> tuple[str, str]:
+    name, sep, side = item.partition("=")
+    side = side.strip().lower()
+    if not sep or not name.strip():
+        raise ConfigError(f"The binary mapping item {item!r} is not of the form class=positive or class=negative.")
+    if side not in (POSITIVE, NEGATIVE):
+        raise ConfigError(f"The binary mapping item {item!r} must map to 'positive' or 'negative', not {side!r}.")
+    return name.strip(), side

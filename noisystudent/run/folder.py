@@ -1,0 +1,114 @@
+"""Creating, refusing, locking and resuming run folders.
+
+A run folder belongs to exactly one configuration. Starting a run into a
+folder that already holds one is refused unless ``--resume`` is given, and a
+resume with different result-affecting settings is refused too, naming them.
+A folder that a session left before writing config.json (killed while reading
+the data, or stopped by a data error) holds nothing worth keeping and may be
+started again, with or without ``--resume``.
+
+One session at a time works on a run folder: ``lock_run_folder`` holds an
+advisory lock on ``RUN/.lock`` (released by the kernel even after ``kill -9``)
+and then removes the temporary files of writes that an earlier, killed
+session left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from noisystudent import __version__
+from noisystudent import atomic
+from noisystudent import layout
+from noisystudent.config.run_config import RunConfig, differing_result_keys, load_config_json
+from noisystudent.errors import ConfigError, RunFolderError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, one session at a time is up to the user
+    fcntl = None
+
+logger = logging.getLogger(__name__)
+
+# config.json holds every RunConfig field at top level, plus these.
+META_KEYS = ("version", "created_with", "data_fingerprint")
+LOCK = ".lock"
+DEMO_FOLDER = "demo-data"  # run_data.DEMO_FOLDER: the demo data is generated before config.json
+# What a session may have written before config.json; such a folder can be started again.
+BEFORE_CONFIG = {layout.LOG, DEMO_FOLDER, LOCK, ".gitkeep"}
+
+
+def saved_config(run: Path) -> dict[str, Any] | None:
+    path = Path(run) / layout.CONFIG
+    return load_config_json(path) if path.exists() else None
+
+
+def check_run_folder(run: Path, config: RunConfig, resume: bool) -> None:
+    """Refuse a new run into a used folder, a resume of nothing, or a changed configuration."""
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise RunFolderError(f"The run folder {run} is a file; choose a folder with --out.")
+    saved = saved_config(run)
+    if saved is None:
+        entries = [p for p in run.iterdir() if p.name != ".gitkeep"] if run.is_dir() else []
+        if any(p.name not in BEFORE_CONFIG and not atomic.is_temp(p) for p in entries):
+            raise RunFolderError(f"The folder {run} is not empty and holds no run; choose another --out.")
+        if resume and not (run / layout.LOG).exists():
+            raise RunFolderError(f"There is no run to resume in {run} (no {layout.CONFIG}); drop --resume to start one.")
+        if entries:
+            logger.info("The session before stopped before saving %s; the run starts from the beginning.", layout.CONFIG)
+        return
+    if not resume:
+        raise RunFolderError(f"The folder {run} already holds a run; pass --resume to continue it or --out to start a new one.")
+    differing = differing_result_keys(saved, config)
+    if differing:
+        details = ", ".join(f"{k} ({saved.get(k)!r} -> {getattr(config, k)!r})" for k in differing)
+        raise ConfigError(f"The run in {run} was made with other settings; differing: {details}. Resume with the original settings or use a new --out.")
+
+
+@contextlib.contextmanager
+def lock_run_folder(run: Path) -> Iterator[None]:
+    """Hold RUN/.lock for this session (refusing a second one), and clear an earlier session's temp files."""
+    run = Path(run)
+    if fcntl is None:
+        yield
+        return
+    handle = open(run / LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunFolderError(
+                f"Another noisystudent process is working on {run}; wait for it to finish or stop it first."
+            ) from None
+        for temp in atomic.remove_stale_temps(run):
+            logger.info("Removed %s, left by an interrupted write.", temp)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def write_config(run: Path, config: RunConfig, data_fingerprint: str) -> None:
+    """Write config.json; on resume, refuse if the data changed since the run began."""
+    saved = saved_config(run)
+    if saved is not None and saved.get("data_fingerprint") not in (None, data_fingerprint):
+        raise ConfigError(f"The images of the run in {run} have changed since it began (data fingerprint differs); start a new run with --out.")
+    created_with = saved.get("created_with", __version__) if saved else __version__
+    document = {**config.to_dict(), "version": __version__, "created_with": created_with, "data_fingerprint": data_fingerprint}
+    atomic.write_text(Path(run) / layout.CONFIG, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def load_run_config(run: Path) -> RunConfig:
+    saved = saved_config(run)
+    if saved is None:
+        raise RunFolderError(f"The folder {run} holds no run ({layout.CONFIG} is missing).")
+    return RunConfig.from_dict({k: v for k, v in saved.items() if k not in META_KEYS})

@@ -1,0 +1,246 @@
+"""``noisystudent kfold``: the k-fold Noisy Student orchestrator.
+
+For each fold: train the teacher (round 0) on the labelled part, let it label
+the masked part and the unlabelled pool, train a noised student on labelled +
+pseudo-labelled images, and repeat with the student as the next teacher.
+Every stage writes its artifact into the run folder and is skipped on resume
+once that artifact exists:
+
+    folds.csv -> cache -> per fold and round: model.pt -> predictions.csv -> pseudo_labels.csv
+              -> results/metrics.csv
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from noisystudent.data import folds as folds_module
+from noisystudent import models
+from noisystudent.run import pseudo_labels
+from noisystudent.run import results
+from noisystudent import layout
+from noisystudent.data.cache import ImageCache, build_cache, fingerprint_files
+from noisystudent.config.run_config import RunConfig
+from noisystudent.training.device import amp_dtype, resolve_device
+from noisystudent.errors import ConfigError
+from noisystudent.training.engine import TrainSet, predict_probs
+from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_LABELLED, ROLE_POOL, ROLE_TEST, ROLE_UNLABELLED, ROLE_VALIDATION, SHARED_FOLD
+from noisystudent.models.model_file import load_model_file
+from noisystudent.data.preprocess import PreprocessSpec
+from noisystudent.progress import NULL_PROGRESS, Progress
+from noisystudent.data.run_images import load_run_data
+from noisystudent.run.folder import check_run_folder, lock_run_folder, write_config
+from noisystudent.training.seeding import derive_seed
+from noisystudent.training.trainer import ModelJob, train_model
+from noisystudent import atomic
+
+logger = logging.getLogger(__name__)
+
+# predictions.csv split names for each fold role
+SPLIT_OF_ROLE = {ROLE_VALIDATION: "validation", ROLE_TEST: "test", ROLE_UNLABELLED: "unlabelled", ROLE_POOL: "pool"}
+PSEUDO_SPLITS = ("unlabelled", "pool")
+
+
+@dataclass
+class RunContext:
+    run: Path
+    config: RunConfig
+    classes: list[str]
+    folds: pd.DataFrame
+    cache: ImageCache
+    device: torch.device
+    progress: Progress
+
+    def load_batch(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.cache.batch(rows, self.device)
+
+    def rows(self, paths) -> torch.Tensor:
+        return torch.as_tensor(self.cache.index_of(list(paths)), dtype=torch.long)
+
+
+def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Progress = NULL_PROGRESS) -> pd.DataFrame:
+    """Run (or resume) the whole protocol in ``run``; return the results table."""
+    run = Path(run)
+    check_run_folder(run, config, resume)
+    run.mkdir(parents=True, exist_ok=True)
+    with lock_run_folder(run), run_log(run):
+        logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
+        data = load_run_data(config, run)
+        write_config(run, config, fingerprint_files(data.manifest[PATH].tolist()))
+        fold_table = _load_or_make_folds(run, data.manifest, config)
+        cache = _build_cache(run, fold_table, config, progress)
+        ctx = RunContext(run, config, data.classes, fold_table, cache, resolve_device(config.device), progress)
+        progress.start("fold", "folds", total=config.folds)
+        for fold in range(config.folds):
+            run_fold(ctx, fold)
+            progress.update("fold", completed=fold + 1)
+        progress.stop("fold")
+        return results.write_results(run, config, data.classes)
+
+
+@contextmanager
+def run_log(run: Path):
+    """Append this session's log records (from the whole package) to RUN/run.log."""
+    handler = logging.FileHandler(run / layout.LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("noisystudent")
+    package_logger.addHandler(handler)
+    previous = package_logger.level
+    package_logger.setLevel(min(previous or logging.INFO, logging.INFO))
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous)
+        handler.close()
+
+
+def _load_or_make_folds(run: Path, manifest: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+    path = run / layout.FOLDS
+    if path.exists():
+        return folds_module.load_folds(path)
+    table = folds_module.assign_folds(manifest, config.folds, config.split_ratio, config.test_fraction, config.seed)
+    folds_module.save_folds(table, path)
+    return table
+
+
+def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress) -> ImageCache:
+    paths = sorted(fold_table[PATH].unique())
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run / layout.CACHE
+    progress.start("cache", "decoding images", total=len(paths))
+    cache = build_cache(
+        paths, PreprocessSpec.from_config(config), cache_dir, workers=config.workers,
+        progress=lambda done, total: progress.update("cache", completed=done),
+    )
+    progress.stop("cache")
+    return cache
+
+
+def run_fold(ctx: RunContext, fold: int) -> None:
+    """Teacher, then ``rounds`` students, each stage skipped when its artifact exists."""
+    for round_ in range(ctx.config.rounds + 1):
+        out = layout.round_dir(ctx.run, fold, round_)
+        out.mkdir(parents=True, exist_ok=True)
+        name = f"fold {fold} " + ("teacher" if round_ == 0 else f"student {round_}")
+        ctx.progress.update("fold", description=name)
+        train_model(_model_job(ctx, fold, round_, name), ctx.config, ctx.load_batch, ctx.device, ctx.progress)
+        predictions = _predictions(ctx, fold, round_)
+        if round_ < ctx.config.rounds:
+            _pseudo_labels(ctx, fold, round_, predictions)
+
+
+def fold_rows(folds: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:
+    """Rows of ``role`` in ``fold``; test and pool rows are shared by all folds."""
+    fold_value = SHARED_FOLD if role in (ROLE_TEST, ROLE_POOL) else fold
+    return folds[(folds[FOLD] == fold_value) & (folds[ROLE] == role)]
+
+
+def _model_job(ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
+    config, student = ctx.config, round_ > 0
+    validation = fold_rows(ctx.folds, fold, ROLE_VALIDATION)
+    return ModelJob(
+        name=name,
+        out_dir=layout.round_dir(ctx.run, fold, round_),
+        arch=config.student_architecture if student else config.arch,
+        weights=_initial_weights(ctx, fold, round_),
+        dropout=config.student_dropout if student else config.teacher_dropout,
+        drop_connect=config.student_drop_connect if student else config.teacher_drop_connect,
+        augment_level=config.student_augment if student else config.teacher_augment,
+        train_set=_train_set(ctx, fold, round_),
+        val_rows=ctx.rows(validation[PATH]),
+        val_labels=_label_indices(validation, ctx.classes),
+        classes=ctx.classes,
+        seed=derive_seed(config.seed, "fold", fold, "round", round_),
+        extra={"fold": fold, "round": round_, "kind": "student" if student else "teacher"},
+    )
+
+
+def _initial_weights(ctx: RunContext, fold: int, round_: int) -> str:
+    """--weights, or for students with --student-init teacher the previous round's model.pt."""
+    if round_ > 0 and ctx.config.student_init == "teacher":
+        return str(layout.round_dir(ctx.run, fold, round_ - 1) / layout.MODEL)
+    return ctx.config.weights
+
+
+def _train_set(ctx: RunContext, fold: int, round_: int) -> TrainSet:
+    """Round 0: the labelled part. Round r: pseudo-labels of round r-1 (+ labelled part)."""
+    labelled = fold_rows(ctx.folds, fold, ROLE_LABELLED)
+    one_hot = np.eye(len(ctx.classes), dtype=np.float32)[_label_indices(labelled, ctx.classes)]
+    if round_ == 0:
+        return TrainSet(ctx.rows(labelled[PATH]), torch.from_numpy(one_hot))
+    pseudo_path = layout.round_dir(ctx.run, fold, round_ - 1) / layout.PSEUDO_LABELS
+    paths, targets, copies = pseudo_labels.load_pseudo_labels(pseudo_path, ctx.classes)
+    if ctx.config.student_data == "pseudo":
+        return TrainSet(ctx.rows(paths), torch.from_numpy(targets), copies)
+    rows = torch.cat([ctx.rows(labelled[PATH]), ctx.rows(paths)])
+    all_targets = torch.from_numpy(np.concatenate([one_hot, targets]).astype(np.float32))
+    all_copies = np.concatenate([np.ones(len(labelled), dtype=np.int64), copies])
+    return TrainSet(rows, all_targets, all_copies)
+
+
+def _label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    lookup = {name: i for i, name in enumerate(classes)}
+    return np.array([lookup[label] for label in frame[LABEL]], dtype=np.int64)
+
+
+def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
+    """Probabilities of this round's model on validation, test, masked and pool images."""
+    out = layout.round_dir(ctx.run, fold, round_) / layout.PREDICTIONS
+    if out.exists():
+        return results.read_predictions(out)
+    frame = pd.concat(
+        [fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
+        ignore_index=True,
+    )
+    model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device)
+    config = ctx.config
+    ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
+    probs = predict_probs(
+        model, ctx.load_batch, ctx.rows(frame[PATH]), ctx.device, config.eval_batch_size, config.tta,
+        amp_dtype(config.amp, ctx.device), channels_last=ctx.device.type == "cuda" and config.channels_last,
+        on_progress=lambda done: ctx.progress.update("predict", completed=done),
+        normalization=models.input_normalization(payload["spec"]["arch"]),  # Lite0: (x - 127) / 128
+    )
+    ctx.progress.stop("predict")
+    if not np.isfinite(probs).all():  # a diverged model must not hand NaN pseudo-labels to the next round
+        raise ConfigError(
+            f"The model {layout.round_dir(ctx.run, fold, round_) / layout.MODEL} predicts non-finite probabilities: its "
+            "training diverged; start a new run (--out) with a lower --lr."
+        )
+    table = prediction_table(frame[[PATH, LABEL, PATIENT, layout.SPLIT]], probs, ctx.classes)
+    atomic.write_csv(out, table)
+    return results.read_predictions(out)  # exactly what a resume reads
+
+
+def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    table = frame.reset_index(drop=True).copy()
+    for i, name in enumerate(classes):
+        table[layout.prob_column(name)] = probs[:, i].astype(np.float64)
+    table[layout.PRED] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)] if len(probs) else []
+    return table
+
+
+def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:
+    out = layout.round_dir(ctx.run, fold, round_) / layout.PSEUDO_LABELS
+    if out.exists():
+        return
+    config = ctx.config
+    unlabelled = predictions[predictions[layout.SPLIT].isin(PSEUDO_SPLITS)]
+    probs = unlabelled[[layout.prob_column(c) for c in ctx.classes]].to_numpy(dtype=np.float64)
+    # log-probabilities are the teacher's logits up to a per-row constant, which softmax ignores
+    logits = np.log(np.clip(probs, 1e-30, 1.0))
+    table = pseudo_labels.make_pseudo_labels(
+        unlabelled[PATH].tolist(), logits, ctx.classes, mode=config.pseudo_mode,
+        temperature=config.pseudo_temperature, threshold=config.pseudo_threshold,
+        balance=config.pseudo_balance, seed=derive_seed(config.seed, "pseudo", fold, round_),
+    )
+    if table.empty:
+        raise ConfigError(f"No image of fold {fold} passed the pseudo-label threshold {config.pseudo_threshold}; start a new run (--out) with a lower --pseudo-threshold.")
+    pseudo_labels.save_pseudo_labels(table, out)

@@ -1,0 +1,162 @@
+"""results/metrics.csv: every fold model, fold summaries, and the ensembles.
+
+Everything here is recomputed from the saved ``predictions.csv`` files, so the
+table can be rebuilt at any time (and is, at the end of every ``kfold`` run):
+
+- one row per fold model (teacher = round 0, students = rounds >= 1) and split;
+- ``mean`` and ``variance`` across folds of each (model, round, split);
+- ``oof``: all validation parts pooled (each image predicted by the one fold
+  model that did not train on it);
+- ``ensemble``: the K fold models voting on the outer test set, by majority
+  and by soft voting, for the teachers and for the final students.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from noisystudent import atomic
+from noisystudent.evaluation import metrics
+from noisystudent import layout
+from noisystudent.config.run_config import RunConfig
+from noisystudent.data.manifest import LABEL, PATH, PATIENT
+from noisystudent.evaluation.voting import vote
+
+logger = logging.getLogger(__name__)
+
+VOTING_RULES = ("majority", "soft")
+ID_COLUMNS = [layout.MODEL_KIND, layout.FOLD_COLUMN, layout.ROUND, layout.EVAL_SPLIT, layout.VOTING]
+OOF = "oof"
+AGREEMENT = "agreement"  # fraction of the fold models whose vote equals pred
+ENSEMBLE = "ensemble"
+
+
+def model_kind(round_: int) -> str:
+    return "teacher" if round_ == 0 else "student"
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={PATIENT: str, LABEL: str, PATH: str}, keep_default_na=False)
+
+
+def collect_predictions(run: Path, config: RunConfig) -> dict[tuple[int, int], pd.DataFrame]:
+    """{(fold, round): predictions} for every stage that has finished."""
+    found = {}
+    for fold in range(config.folds):
+        for round_ in range(config.rounds + 1):
+            path = layout.round_dir(run, fold, round_) / layout.PREDICTIONS
+            if path.exists():
+                found[(fold, round_)] = read_predictions(path)
+    return found
+
+
+def evaluation_positive(config: RunConfig, classes: list[str]) -> str | None:
+    """The positive class for binary metrics; None (macro averages) for more than two classes."""
+    if len(classes) != 2:
+        return None
+    return "positive" if config.binary else config.positive
+
+
+def write_results(run: Path, config: RunConfig, classes: list[str]) -> pd.DataFrame:
+    """Compute and atomically write results/metrics.csv (and ensemble predictions)."""
+    run = Path(run)
+    predictions = collect_predictions(run, config)
+    positive = evaluation_positive(config, classes)
+    rows = per_model_rows(predictions, classes, positive)
+    rows += pooled_oof_rows(predictions, config, classes, positive)
+    rows += ensemble_rows(run, predictions, config, classes, positive)
+    table = pd.DataFrame(rows, columns=ID_COLUMNS + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS)
+    table = metrics.summarise_folds(table) if not table.empty else table
+    table = _ordered(table)
+    atomic.write_csv(layout.results_dir(run) / layout.METRICS, table)
+    return table
+
+
+def per_model_rows(predictions, classes, positive) -> list[dict]:
+    rows = []
+    for (fold, round_), table in sorted(predictions.items()):
+        for split in ("validation", "test"):
+            part = table[table[layout.SPLIT] == split]
+            if not part.empty:
+                rows.append(_row(model_kind(round_), fold, round_, split, "", part, classes, positive))
+    return rows
+
+
+def pooled_oof_rows(predictions, config, classes, positive) -> list[dict]:
+    rows = []
+    for round_ in range(config.rounds + 1):
+        parts = [t[t[layout.SPLIT] == "validation"] for (f, r), t in predictions.items() if r == round_]
+        if len(parts) == config.folds:  # only when every fold has finished
+            rows.append(_row(model_kind(round_), OOF, round_, "validation", "", pd.concat(parts), classes, positive))
+    return rows
+
+
+def ensemble_rows(run, predictions, config, classes, positive) -> list[dict]:
+    """Majority and soft votes of the K teachers and of the K final students on the test set."""
+    rows = []
+    for round_ in sorted({0, config.rounds}):
+        tables = [predictions.get((fold, round_)) for fold in range(config.folds)]
+        if any(t is None for t in tables):
+            continue
+        tests = [t[t[layout.SPLIT] == "test"].sort_values(PATH).reset_index(drop=True) for t in tables]
+        if tests[0].empty:
+            continue
+        for rule in VOTING_RULES:
+            table = ensemble_table(tests, classes, rule)
+            atomic.write_csv(layout.results_dir(run) / f"predictions_{model_kind(round_)}_{rule}.csv", table)
+            rows.append(_row(model_kind(round_), ENSEMBLE, round_, "test", rule, table, classes, positive))
+    return rows
+
+
+def ensemble_table(fold_tables: list[pd.DataFrame], classes: list[str], rule: str) -> pd.DataFrame:
+    """Combine per-fold prediction tables of the same images (same order) by ``rule``."""
+    prob_columns = [layout.prob_column(c) for c in classes]
+    stacked = np.stack([t[prob_columns].to_numpy(dtype=np.float64) for t in fold_tables])
+    return vote_table(fold_tables[0][[PATH, LABEL, PATIENT]], stacked, classes, rule)
+
+
+def vote_table(images: pd.DataFrame, probs: np.ndarray, classes: list[str], rule: str) -> pd.DataFrame:
+    """``images`` (one row per image) plus the ensemble's prob_<class>, pred, agreement and
+    each model's vote_fold<k>, from probabilities shaped (models, images, classes)."""
+    prob_columns = [layout.prob_column(c) for c in classes]
+    result = vote(probs, rule)
+    names = np.asarray(classes, dtype=object)
+    table = images.reset_index(drop=True).copy()
+    for i, column in enumerate(prob_columns):
+        table[column] = result.probs[:, i]
+    table[layout.PRED] = names[result.pred]
+    table[AGREEMENT] = result.agreement
+    for k, votes in enumerate(result.votes):
+        table[vote_column(k)] = names[votes]
+    return table
+
+
+def vote_column(fold: int) -> str:
+    return f"vote_fold{fold}"
+
+
+def _row(kind, fold, round_, split, voting, table, classes, positive) -> dict:
+    values = metrics.metrics_from_predictions(table, classes, positive)
+    return {layout.MODEL_KIND: kind, layout.FOLD_COLUMN: fold, layout.ROUND: round_,
+            layout.EVAL_SPLIT: split, layout.VOTING: voting, **values}
+
+
+SUMMARY_ORDER = ["mean", "variance", OOF, ENSEMBLE]  # after the numbered folds
+KIND_ORDER = {"teacher": 0, "student": 1}
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Validation before test; teacher, then students by round; folds, then summaries and ensembles."""
+    keys = [_sort_key(row) for _, row in table.iterrows()]
+    order = sorted(range(len(table)), key=keys.__getitem__)
+    return table.iloc[order].reset_index(drop=True)
+
+
+def _sort_key(row: pd.Series) -> tuple:
+    fold = str(row[layout.FOLD_COLUMN])
+    fold_key = (0, int(fold)) if fold.lstrip("-").isdigit() else (1, SUMMARY_ORDER.index(fold) if fold in SUMMARY_ORDER else 9)
+    return (row[layout.EVAL_SPLIT] != "validation", KIND_ORDER.get(row[layout.MODEL_KIND], 2), row[layout.ROUND], fold_key, row[layout.VOTING])

@@ -1,0 +1,212 @@
+"""One training epoch and batched prediction. These touch no files and return values.
+
+Images come from the decoded uint8 cache by row index; noise (augmentation) is
+applied to whole batches on the device. The step loop never synchronises with
+the host except every ``log_every`` steps, to report the running loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from noisystudent.training import sampling
+from noisystudent.training import tta
+from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
+from noisystudent.errors import UserError
+from noisystudent.training.losses import soft_cross_entropy
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss became NaN or infinite: a setting (usually the learning rate) the user must change."""
+
+
+@dataclass
+class TrainSet:
+    """The images of one training stage, as rows of the cache plus soft targets."""
+
+    rows: torch.Tensor  # (N,) int64 cache rows
+    targets: torch.Tensor  # (N, C) float32, each row sums to 1
+    copies: np.ndarray | None = None  # (N,) times each row appears per epoch
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.targets.argmax(dim=1).numpy()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class StepContext:
+    """What a training step needs besides the model and the batch."""
+
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    class_weights: torch.Tensor | None = None
+    label_smoothing: float = 0.0
+    channels_last: bool = False
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    load_batch: Callable[[torch.Tensor], torch.Tensor],
+    train_set: TrainSet,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    ctx: StepContext,
+    generator: torch.Generator,
+    batch_size: int,
+    sampler_mode: str = "none",
+    log_every: int = 20,
+    on_progress: Callable[[int, float | None], None] | None = None,
+) -> dict[str, float]:
+    """Train for one epoch; return mean loss, image count, seconds and images/s.
+
+    ``load_batch(rows)`` returns uint8 images (B,3,H,W) on the device;
+    ``augment(images, generator)`` returns normalised, noised float images.
+    ``on_progress(images_done, running_loss_or_None)`` is called after every step.
+    """
+    order = sampling.epoch_indices(train_set.labels, train_set.copies, sampler_mode, generator)
+    loss_sum = torch.zeros((), device=ctx.device)
+    seen, started = 0, time.perf_counter()
+    targets_on_device = train_set.targets.to(ctx.device)
+    for step, batch in enumerate(sampling.batches(order, batch_size, drop_last_if_single=True)):
+        images = augment(load_batch(train_set.rows[batch]), _augment_generator(generator, ctx.device))
+        loss = _train_step(model, images, targets_on_device[batch.to(ctx.device)], ctx)
+        loss_sum += loss.detach() * len(batch)
+        seen += len(batch)
+        running = None
+        if log_every and (step + 1) % log_every == 0:
+            running = _checked_mean(loss_sum, seen)  # the only host sync in the loop
+        if on_progress:
+            on_progress(seen, running)
+    seconds = time.perf_counter() - started
+    mean_loss = _checked_mean(loss_sum, max(seen, 1))
+    return {"train_loss": mean_loss, "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+
+
+def _augment_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """Per-batch augmentation generator on the device, seeded from the epoch's CPU generator."""
+    if device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())  # CPU generator: no device sync
+    sub = torch.Generator(device=device)
+    sub.manual_seed(seed)
+    return sub
+
+
+def _train_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    if ctx.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(ctx.device, ctx.amp_dtype):
+        logits = model(images)
+    loss = soft_cross_entropy(logits, targets, ctx.class_weights, ctx.label_smoothing)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.scaler is not None:
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        loss.backward()
+        ctx.optimizer.step()
+    return loss
+
+
+def _checked_mean(loss_sum: torch.Tensor, count: int) -> float:
+    value = float(loss_sum.item()) / count
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"The training loss became {value}; lower the learning rate and start a new run with --out "
+            "(--resume keeps the old settings), or check the data."
+        )
+    return value
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module,
+    load_batch: Callable[[torch.Tensor], torch.Tensor],
+    rows: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    tta_mode: str = "none",
+    amp_dtype: torch.dtype | None = None,
+    image_size: int | None = None,
+    channels_last: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> np.ndarray:
+    """Class probabilities (N, C) of an un-noised model (eval mode) for cache rows.
+
+    ``normalization`` is the (mean, std) the model expects
+    (``models.input_normalization(arch)``); None means ImageNet's.
+    """
+    model.eval()
+    outputs = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            return model(x).float()
+
+    mean, std = normalization or (IMAGENET_MEAN, IMAGENET_STD)
+    done = 0
+    for start in range(0, len(rows), batch_size):
+        batch_rows = rows[start : start + batch_size]
+        images = normalize(load_batch(batch_rows), image_size, mean, std)
+        outputs.append(tta.predict_tta(forward, images, tta_mode))
+        done += len(batch_rows)
+        if on_progress:
+            on_progress(done)
+    if not outputs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(outputs).cpu().numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: torch.nn.Module,
+    load_batch: Callable[[torch.Tensor], torch.Tensor],
+    rows: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    generator: torch.Generator,
+    batch_size: int,
+    max_batches: int,
+    amp_dtype: torch.dtype | None = None,
+) -> None:
+    """Precise BatchNorm: recompute running statistics as a true average over clean training batches.
+
+    With few steps per epoch, exponential running averages lag far behind the
+    weights (or, with a large momentum, follow the last small batch), and an
+    eval-mode model predicts a single class. Recomputing them on ``max_batches``
+    batches of un-noised images (``prepare``) fixes that (Wu & Johnson 2021).
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if not norms or max_batches <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative average
+    device = next(model.parameters()).device
+    order = torch.randperm(len(rows), generator=generator)
+    for batch in sampling.batches(order, batch_size, drop_last_if_single=True)[:max_batches]:
+        with autocast(device, amp_dtype):
+            model(prepare(load_batch(rows[batch])))
+    for module, momentum in zip(norms, momenta):
+        module.momentum = momentum

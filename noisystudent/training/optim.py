@@ -1,0 +1,61 @@
+"""Optimizers and learning-rate schedules, created from the run configuration."""
+
+from __future__ import annotations
+
+import torch
+
+from noisystudent.config.run_config import RunConfig
+
+
+def create_optimizer(parameters, config: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    # fused kernels exist on CUDA only; on CPU the default (foreach/for-loop) path is exact
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **fused)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, **fused)
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **fused)
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, epochs: int):
+    """A per-epoch scheduler, or None. ``plateau`` steps on the validation selection metric."""
+    if config.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if config.scheduler == "plateau":
+        mode = "min" if config.select_metric == "loss" else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=config.gamma, patience=2)
+    return None
+
+
+def step_scheduler(scheduler, metric: float) -> None:
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(metric)
+    else:
+        scheduler.step()
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def parse_progressive_resize(spec: str | None, epochs: int, image_size: int) -> list[int]:
+    """Image size of every epoch: 'size:epochs,size:epochs' stages, the last stage extended to the end."""
+    from noisystudent.errors import ConfigError
+
+    if not spec:
+        return [image_size] * epochs
+    sizes: list[int] = []
+    for stage in spec.split(","):
+        try:
+            size, count = (int(part) for part in stage.split(":"))
+        except ValueError:
+            raise ConfigError(f"progressive_resize stage {stage!r} is not 'size:epochs'.") from None
+        if size > image_size or size < 8 or count < 1:
+            raise ConfigError(f"progressive_resize stage {stage!r} needs 8 <= size <= image_size ({image_size}) and epochs >= 1.")
+        sizes += [size] * count
+    sizes = sizes[:epochs]
+    return sizes + [sizes[-1]] * (epochs - len(sizes))

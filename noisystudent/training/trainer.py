@@ -1,0 +1,245 @@
+"""Train one model (a teacher or a student) to completion, resumably.
+
+``train_model`` is one stage of the run: it is skipped when its ``model.pt``
+exists, continues from ``checkpoint.pt`` after an interruption, and writes
+``history.csv`` after every epoch. Seeds for data order, augmentation and
+dropout are derived from (job seed, epoch), so an epoch replayed after a crash
+is the same epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from noisystudent import atomic
+from noisystudent.models import checkpoint
+from noisystudent.training import engine
+from noisystudent import models
+from noisystudent.training import optim
+from noisystudent import layout
+from noisystudent.training.augment import create_augment
+from noisystudent.config.run_config import RunConfig
+from noisystudent.training.device import amp_dtype
+from noisystudent.training.engine import TrainSet
+from noisystudent.errors import CheckpointError
+from noisystudent.evaluation.scoring import probabilities_loss, selection_score, validation_metrics
+from noisystudent.progress import NULL_PROGRESS, Progress
+from noisystudent.training.sampling import class_weights
+from noisystudent.training.seeding import derive_seed, make_generator, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelJob:
+    """Everything that defines one model's training."""
+
+    name: str  # for logs and progress, e.g. "fold 2 student 1"
+    out_dir: Path
+    arch: str
+    weights: str
+    dropout: float
+    drop_connect: float
+    augment_level: str
+    train_set: TrainSet
+    val_rows: torch.Tensor
+    val_labels: np.ndarray  # class indices
+    classes: list[str]
+    seed: int
+    extra: dict = field(default_factory=dict)  # stored in model.pt (fold, round, ...)
+
+
+@dataclass
+class TrainState:
+    next_epoch: int = 0
+    best_score: float = -float("inf")
+    best_epoch: int = -1
+    best_state: dict | None = None
+    stale_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.device, progress: Progress = NULL_PROGRESS) -> Path:
+    """Train ``job`` unless its model.pt exists; return the path of model.pt."""
+    model_path = job.out_dir / layout.MODEL
+    if model_path.exists():
+        logger.info("%s: %s exists, skipping training", job.name, model_path)
+        return model_path
+    seed_everything(derive_seed(job.seed, "init"))
+    model = _build_model(job, config, device)
+    optimizer = optim.create_optimizer(model.parameters(), config, device)
+    scheduler = optim.create_scheduler(optimizer, config, config.epochs)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype(config.amp, device) == torch.float16 else None
+    state = _resume(job, model, optimizer, scheduler, scaler)
+    _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress)
+    _save_model(job, config, state, model_path)
+    return model_path
+
+
+def _build_model(job: ModelJob, config: RunConfig, device: torch.device) -> torch.nn.Module:
+    model = models.create_model(
+        job.arch, len(job.classes), weights=job.weights, dropout=job.dropout,
+        drop_connect=job.drop_connect, hidden_units=config.hidden_units,
+    )
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = config.bn_momentum
+    model = model.to(device)
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _resume(job: ModelJob, model, optimizer, scheduler, scaler) -> TrainState:
+    path = job.out_dir / layout.CHECKPOINT
+    if not path.exists():
+        return TrainState()
+    saved = checkpoint.load(path)
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler") is not None:
+            scaler.load_state_dict(saved["scaler"])
+        checkpoint.restore_rng_state(saved["rng"])
+        state = TrainState(**saved["train_state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"The checkpoint {path} does not fit this training stage ({type(error).__name__}: {reason}); "
+            "delete it to restart that stage from scratch."
+        ) from error
+    logger.info("%s: resuming at epoch %d from %s", job.name, state.next_epoch + 1, path)
+    return state
+
+
+def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress) -> None:
+    sizes = optim.parse_progressive_resize(config.progressive_resize, config.epochs, config.image_size)
+    ctx = engine.StepContext(
+        optimizer=optimizer, device=device, amp_dtype=amp_dtype(config.amp, device), scaler=scaler,
+        class_weights=_class_weights(job, config, device), label_smoothing=config.label_smoothing,
+        channels_last=device.type == "cuda" and config.channels_last,
+    )
+    training_model = torch.compile(model) if config.compile else model
+    progress.start("epoch", job.name, total=config.epochs)
+    progress.update("epoch", completed=state.next_epoch)
+    for epoch in range(state.next_epoch, config.epochs):
+        if _stopped_early(job, config, state):  # checked first: a resumed run stops where the original did
+            break
+        row = _one_epoch(job, config, model, training_model, ctx, epoch, sizes[epoch], load_batch, progress)
+        optim.step_scheduler(scheduler, row["score"])
+        _record_epoch(state, model, row, epoch)
+        _save_checkpoint(job, model, optimizer, scheduler, scaler, state)
+        progress.update("epoch", completed=epoch + 1, loss=row[layout.TRAIN_LOSS], val=row[f"val_{config.select_metric}"])
+    progress.stop("epoch")
+
+
+def _stopped_early(job: ModelJob, config: RunConfig, state: TrainState) -> bool:
+    if config.early_stopping and state.stale_epochs >= config.early_stopping:
+        logger.info("%s: early stop after epoch %d (%d epochs without improvement)", job.name, state.next_epoch, state.stale_epochs)
+        return True
+    return False
+
+
+def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch, progress) -> dict:
+    seed_everything(derive_seed(job.seed, "epoch", epoch))  # dropout and drop-connect draws
+    generator = make_generator(derive_seed(job.seed, "data", epoch))
+    frozen = config.freeze == "backbone" or epoch < config.head_warmup_epochs
+    _set_frozen(model, frozen)
+    mean, std = models.input_normalization(job.arch)  # what the arch's weights expect (Lite0: (x - 127) / 128)
+    augment = create_augment(job.augment_level, config.randaugment and job.augment_level == "strong", size, mean, std)
+    progress.start("batch", f"epoch {epoch + 1}/{config.epochs}", total=len(job.train_set))
+    started = time.perf_counter()
+    stats = engine.train_one_epoch(
+        training_model, load_batch, job.train_set, augment, ctx, generator, config.batch_size,
+        config.sampler, config.log_every,
+        on_progress=lambda done, loss: progress.update("batch", completed=done, loss=loss),
+    )
+    progress.stop("batch")
+    if config.precise_bn_batches and not frozen:
+        engine.recalibrate_batchnorm(
+            model, load_batch, job.train_set.rows, lambda images: augment.normalize(images), generator,
+            config.batch_size, config.precise_bn_batches, ctx.amp_dtype,
+        )
+    probs = engine.predict_probs(
+        model, load_batch, job.val_rows, ctx.device, config.eval_batch_size,
+        amp_dtype=ctx.amp_dtype, image_size=size, channels_last=ctx.channels_last, normalization=(mean, std),
+    )
+    return _history_row(job, config, optim.current_lr(ctx.optimizer), stats, probs, epoch, size, started)
+
+
+def _set_frozen(model, frozen: bool) -> None:
+    """Freeze the backbone (feature extraction, head warm-up) or train everything; then train mode."""
+    if frozen:
+        models.freeze_backbone(model)
+    else:
+        models.unfreeze_all(model)
+    models.set_train_mode(model, frozen)
+
+
+def _history_row(job, config, lr, stats, probs, epoch, size, started) -> dict:
+    val = validation_metrics(job.val_labels, probs, job.classes, config.positive)
+    val["loss"] = probabilities_loss(job.val_labels, probs)
+    row = {
+        layout.EPOCH: epoch + 1, layout.LR: lr, layout.TRAIN_LOSS: stats["train_loss"],
+        layout.VAL_LOSS: val["loss"], **{f"val_{k}": v for k, v in val.items() if k != "loss"},
+        layout.SECONDS: time.perf_counter() - started, layout.IMAGES_PER_S: stats["images_per_s"],
+        layout.IMAGE_SIZE: size,
+    }
+    row["score"] = selection_score(val, config.select_metric)
+    return row
+
+
+def _record_epoch(state: TrainState, model, row: dict, epoch: int) -> None:
+    score = row.pop("score")
+    state.history.append(row)
+    state.next_epoch = epoch + 1
+    if score > state.best_score:
+        state.best_score, state.best_epoch, state.stale_epochs = score, epoch + 1, 0
+        state.best_state = copy.deepcopy(model.state_dict())
+    else:
+        state.stale_epochs += 1
+
+
+def _save_checkpoint(job, model, optimizer, scheduler, scaler, state: TrainState) -> None:
+    train_state = {k: getattr(state, k) for k in ("next_epoch", "best_score", "best_epoch", "best_state", "stale_epochs", "history")}
+    checkpoint.save(job.out_dir / layout.CHECKPOINT, {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "next_epoch": state.next_epoch,
+        "rng": checkpoint.capture_rng_state(),
+        "train_state": train_state,
+    })
+    # history.csv after the checkpoint: it never lists an epoch the checkpoint lacks
+    atomic.write_csv(job.out_dir / layout.HISTORY, pd.DataFrame(state.history))
+
+
+def _class_weights(job: ModelJob, config: RunConfig, device: torch.device):
+    weights = class_weights(job.train_set.labels, len(job.classes), config.class_weights)
+    return None if weights is None else weights.to(device)
+
+
+def _save_model(job: ModelJob, config: RunConfig, state: TrainState, path: Path) -> None:
+    spec = models.model_spec(job.arch, len(job.classes), job.dropout, job.drop_connect, config.hidden_units)
+    checkpoint.save(path, {
+        "spec": spec,
+        "model": state.best_state,
+        "classes": job.classes,
+        "positive": config.positive,
+        "image_size": config.image_size,
+        "preprocess": {k: getattr(config, k) for k in ("image_size", "crop_black", "crop_threshold", "equalize", "center_crop")},
+        "selection": {"metric": config.select_metric, "score": state.best_score, "epoch": state.best_epoch},
+        **job.extra,
+    })
+    logger.info("%s: best epoch %d (%s %.4f), saved %s", job.name, state.best_epoch, config.select_metric, state.best_score, path)
