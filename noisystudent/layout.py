@@ -8,6 +8,7 @@ here atomically, and a stage whose artifact exists is never recomputed.
       folds.csv              path, label, patient, subset, fold, role
       run.log                log of every session that worked on this run
       cache/                 decoded images (uint8), keyed by fingerprint
+      demo-data/             the built-in synthetic images (demo runs only)
       fold-<k>/round-<r>/    r = 0 is the teacher, r >= 1 the students
         checkpoint.pt        resume state, rewritten every epoch
         history.csv          one row per epoch
@@ -35,6 +36,7 @@ PSEUDO_LABELS = "pseudo_labels.csv"
 RESULTS = "results"
 METRICS = "metrics.csv"
 REPORT = "report"
+DEMO_DATA = "demo-data"  # the built-in synthetic images, generated into the run folder
 
 # history.csv columns (validation metrics are prefixed "val_").
 EPOCH = "epoch"
@@ -54,6 +56,21 @@ PROB_PREFIX = "prob_"
 TARGET_PREFIX = "target_"
 CONFIDENCE = "confidence"
 COPIES = "copies"  # times the image appears in the student's epoch (balancing)
+
+# Round 0 is the teacher trained on labelled images; rounds >= 1 are students.
+TEACHER = "teacher"
+STUDENT = "student"
+
+
+def model_kind(round_: int) -> str:
+    """'teacher' for round 0, 'student' for every later round."""
+    return TEACHER if int(round_) == 0 else STUDENT
+
+
+def model_label(round_: int) -> str:
+    """A reader's name for the model of a round: 'teacher' or 'student (round r)'."""
+    return TEACHER if int(round_) == 0 else f"{STUDENT} (round {int(round_)})"
+
 
 # results/metrics.csv identifying columns.
 MODEL_KIND = "model"  # teacher or student

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-import os
-
 import torch
+from PIL import Image
 
 # The real sample lies in ../shared/data beside the checkout (CI clones next to shared/ too).
 _SAMPLE_CANDIDATES = [

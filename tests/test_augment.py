@@ -1,8 +1,16 @@
 import pytest
 import torch
 
-from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, RANDAUGMENT_OPS, create_augment, normalize, rand_augment, random_affine
 from noisystudent.errors import ConfigError
+from noisystudent.training.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RANDAUGMENT_OPS,
+    create_augment,
+    normalize,
+    rand_augment,
+    random_affine,
+)
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

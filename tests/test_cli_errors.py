@@ -9,13 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import save_noise, truncate
 from helpers import PATIENT_REGEX, torch_threads, write_class_folders, write_csv
-from noisystudent.training import engine
+from typer.testing import CliRunner
+
 from noisystudent.cli.main import app
-from noisystudent.errors import UserError
 
 FLAGS = [
     "--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--rounds", "1", "--epochs", "1",
@@ -175,10 +173,10 @@ def test_no_pseudo_label_passing_the_threshold(tmp_path, monkeypatch):
 
 def _uncertain_predictions(ctx, fold, round_):
     import numpy as np
-
-    from noisystudent.run.pipeline import SPLIT_OF_ROLE, fold_rows, prediction_table
-    from noisystudent import layout
     import pandas as pd
+
+    from noisystudent import layout
+    from noisystudent.run.pipeline import SPLIT_OF_ROLE, fold_rows, prediction_table
 
     frame = pd.concat([fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
                       ignore_index=True)

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from noisystudent.data.demo import MARKER, generate_demo
-from noisystudent.errors import DataError
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
 from noisystudent.data.readers import read_dataset
+from noisystudent.errors import DataError
 
 
 def files_and_bytes(folder: Path) -> dict[str, bytes]:

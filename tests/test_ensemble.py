@@ -18,18 +18,17 @@ from PIL import Image
 from sklearn.metrics import accuracy_score
 from typer.testing import CliRunner
 
-from noisystudent.models import checkpoint
-from noisystudent.ensemble import classifier as ensemble
-from noisystudent import models
-from noisystudent import layout
+from noisystudent import layout, models
 from noisystudent.cli.main import app
 from noisystudent.config.run_config import RunConfig
-from noisystudent.errors import DataError
 from noisystudent.data.loose_files import name_fields, resolve_inputs
+from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
+from noisystudent.ensemble import classifier as ensemble
+from noisystudent.errors import DataError
+from noisystudent.evaluation.voting import vote
+from noisystudent.models import checkpoint
 from noisystudent.models.model_file import load_model_file
 from noisystudent.run.pipeline import run_kfold
-from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
-from noisystudent.evaluation.voting import vote
 
 CPU = torch.device("cpu")
 CLASSES = ["all", "hem"]

@@ -4,9 +4,30 @@ from itertools import combinations
 import pandas as pd
 import pytest
 
+from noisystudent.data.folds import (
+    FOLD_COLUMNS,
+    assign_folds,
+    check_no_patient_leakage,
+    fold_frame,
+    fold_ids,
+    load_folds,
+    save_folds,
+)
+from noisystudent.data.manifest import (
+    FOLD,
+    LABEL,
+    PATH,
+    PATIENT,
+    ROLE,
+    ROLE_LABELLED,
+    ROLE_POOL,
+    ROLE_TEST,
+    ROLE_UNLABELLED,
+    ROLE_VALIDATION,
+    SHARED_FOLD,
+    make_manifest,
+)
 from noisystudent.errors import ConfigError, DataError
-from noisystudent.data.folds import FOLD_COLUMNS, assign_folds, check_no_patient_leakage, fold_frame, fold_ids, load_folds, save_folds
-from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_LABELLED, ROLE_POOL, ROLE_TEST, ROLE_UNLABELLED, ROLE_VALIDATION, SHARED_FOLD, make_manifest
 
 CLASSES = ("all", "hem")
 SPLIT_ROLES = (ROLE_LABELLED, ROLE_UNLABELLED, ROLE_VALIDATION, ROLE_TEST)

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from noisystudent.data.images import (
+    find_unreadable,
+    image_size,
+    load_rgb,
+    probe_image,
+    probe_images,
+)
 from noisystudent.errors import DataError
-from noisystudent.data.images import find_unreadable, image_size, load_rgb, probe_image, probe_images
 
 
 def pixels(path: Path) -> np.ndarray:

@@ -4,10 +4,25 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import  balanced_accuracy_score, classification_report, cohen_kappa_score, f1_score, matthews_corrcoef, roc_auc_score
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    classification_report,
+    cohen_kappa_score,
+    f1_score,
+    matthews_corrcoef,
+    roc_auc_score,
+)
 
+from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping
 from noisystudent.errors import ConfigError, DataError
-from noisystudent.evaluation.metrics import CLASS_COLUMN, METRIC_COLUMNS, apply_binary_mapping, binary_metrics, metrics_from_predictions, multiclass_metrics, parse_binary_mapping, summarise_folds
+from noisystudent.evaluation.metrics import (
+    CLASS_COLUMN,
+    METRIC_COLUMNS,
+    binary_metrics,
+    metrics_from_predictions,
+    multiclass_metrics,
+    summarise_folds,
+)
 from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, PRED, prob_column
 
 # 10 images: TP=4, FN=1, TN=3, FP=2 with "all" positive.

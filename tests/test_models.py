@@ -13,8 +13,21 @@ from efficientnet_pytorch.utils import MemoryEfficientSwish
 from torch import nn
 
 from noisystudent.errors import CheckpointError, ConfigError
-from noisystudent.models import ARCHITECTURES, backbone_parameters, build_from_spec, classifier_name, create_model, describe_model, freeze_backbone, head_parameters, load_weights, model_spec, set_train_mode, unfreeze_all
-from noisystudent.models import pretrained
+from noisystudent.models import (
+    ARCHITECTURES,
+    backbone_parameters,
+    build_from_spec,
+    classifier_name,
+    create_model,
+    describe_model,
+    freeze_backbone,
+    head_parameters,
+    load_weights,
+    model_spec,
+    pretrained,
+    set_train_mode,
+    unfreeze_all,
+)
 
 
 def images(size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -19,22 +19,23 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from noisystudent.models import checkpoint
-from noisystudent.training import engine
-from noisystudent import models
-from noisystudent.training import optim
-from noisystudent.run import pipeline
-from noisystudent.training import sampling
-from noisystudent.training import trainer
-from noisystudent import layout
-from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, create_augment, normalize
-from noisystudent.data.cache import build_cache
+from noisystudent import layout, models
 from noisystudent.config.run_config import RunConfig
-from noisystudent.training.engine import StepContext, TrainSet
-from noisystudent.errors import ConfigError
+from noisystudent.data.cache import build_cache
 from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_VALIDATION
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
+from noisystudent.errors import ConfigError
+from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS
+from noisystudent.run import pipeline
+from noisystudent.training import engine, optim, sampling, trainer
+from noisystudent.training.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    create_augment,
+    normalize,
+)
+from noisystudent.training.engine import StepContext, TrainSet
 from noisystudent.training.seeding import make_generator
 from noisystudent.training.trainer import ModelJob, train_model
 

@@ -9,15 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from noisystudent.training import engine
-from noisystudent.run import pipeline
-from noisystudent.run import pseudo_labels
 from noisystudent import layout
-from noisystudent.training.augment import create_augment, normalize
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.demo import generate_demo
-from noisystudent.training.engine import StepContext, TrainSet
 from noisystudent.data.manifest import PATH
+from noisystudent.run import pipeline, pseudo_labels
+from noisystudent.training import engine
+from noisystudent.training.augment import create_augment, normalize
+from noisystudent.training.engine import StepContext, TrainSet
 from noisystudent.training.seeding import make_generator
 
 

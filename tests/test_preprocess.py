@@ -3,8 +3,13 @@ import pytest
 from PIL import Image
 
 from noisystudent.config.run_config import RunConfig
+from noisystudent.data.preprocess import (
+    PreprocessSpec,
+    content_box,
+    equalize,
+    preprocess,
+)
 from noisystudent.errors import ConfigError
-from noisystudent.data.preprocess import PreprocessSpec, content_box, equalize, preprocess
 
 
 def _rgb(array: np.ndarray) -> Image.Image:

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from noisystudent.errors import ConfigError, DataError
-from noisystudent.run.pseudo_labels import load_pseudo_labels, make_pseudo_labels, pseudo_label_columns, pseudo_label_summary, save_pseudo_labels
 from noisystudent.layout import CONFIDENCE, COPIES, PRED, target_column
+from noisystudent.run.pseudo_labels import (
+    load_pseudo_labels,
+    make_pseudo_labels,
+    pseudo_label_columns,
+    pseudo_label_summary,
+    save_pseudo_labels,
+)
 
 CLASSES = ["all", "hem"]
 

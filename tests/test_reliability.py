@@ -15,25 +15,23 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import PATIENT_REGEX, torch_threads, write_class_folders
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import torch_threads, PATIENT_REGEX, write_class_folders
-from noisystudent import atomic
-from noisystudent.models import checkpoint
-from noisystudent.training import trainer
-from noisystudent import layout
-from noisystudent.data.cache import ImageCache
+from noisystudent import atomic, layout
 from noisystudent.cli.main import app
 from noisystudent.config.run_config import RunConfig
-from noisystudent.training.engine import TrainSet
+from noisystudent.data.cache import ImageCache
 from noisystudent.errors import CheckpointError, DiskFullError
+from noisystudent.models import checkpoint
+from noisystudent.training import trainer
+from noisystudent.training.engine import TrainSet
 from noisystudent.training.trainer import ModelJob, train_model
 
 CPU = torch.device("cpu")

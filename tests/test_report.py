@@ -11,11 +11,25 @@ import pytest
 from PIL import Image
 
 from noisystudent.errors import RunFolderError
-from noisystudent.evaluation.metrics import COUNT_COLUMNS, METRIC_COLUMNS, metrics_from_predictions, summarise_folds
+from noisystudent.evaluation.metrics import (
+    COUNT_COLUMNS,
+    METRIC_COLUMNS,
+    metrics_from_predictions,
+    summarise_folds,
+)
+from noisystudent.layout import (
+    CONFIG,
+    HISTORY,
+    METRICS,
+    PREDICTIONS,
+    PSEUDO_LABELS,
+    REPORT,
+    results_dir,
+    round_dir,
+)
 from noisystudent.report import fold_table, headline, summary_table, write_report
-from noisystudent.report.run_reader import load_run, read_metrics
 from noisystudent.report.plots import plot_curves
-from noisystudent.layout import CONFIG, HISTORY, METRICS, PREDICTIONS, PSEUDO_LABELS, REPORT, results_dir, round_dir
+from noisystudent.report.run_reader import load_run, read_metrics
 
 CLASSES = ["all", "hem"]
 POSITIVE = "all"
@@ -172,8 +186,8 @@ def test_full_report_tables_list_every_fold(full_run):
     metrics = read_metrics(results_dir(full_run) / METRICS)
     table_a = fold_table(metrics)
     assert sorted(set(table_a.index.get_level_values("Fold"))) == [0, 1]
-    assert list(table_a.index.get_level_values("Model")[:3]) == ["teacher", "student r1", "student r2"]
-    assert table_a.loc[(1, "student r2"), "accuracy"] == _row(metrics, model="student", fold="1", round=2, split="test")["accuracy"]
+    assert list(table_a.index.get_level_values("Model")[:3]) == ["teacher", "student (round 1)", "student (round 2)"]
+    assert table_a.loc[(1, "student (round 2)"), "accuracy"] == _row(metrics, model="student", fold="1", round=2, split="test")["accuracy"]
     table_b = summary_table(metrics)
     mean, variance = (_row(metrics, model="teacher", fold=f, split="test", voting="") for f in ("mean", "variance"))
     assert table_b.iloc[0]["accuracy"] == f"{mean['accuracy']:.3f} ± {np.sqrt(variance['accuracy']):.3f}"

@@ -22,13 +22,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import (
+    TINY_FLAGS,
+    ForkingCli,
+    cli_command,
+    run_files,
+    subprocess_env,
+    torch_threads,
+    write_class_folders,
+)
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import torch_threads, TINY_FLAGS, ForkingCli, cli_command, run_files, subprocess_env, write_class_folders
-from noisystudent.run import pipeline
 from noisystudent import layout
 from noisystudent.cli.main import app
+from noisystudent.run import pipeline
 
 EPOCHS = ["--epochs", "2", "--test-fraction", "0.25"]  # with an outer test set: ensembles too
 POLL_S = 0.002

@@ -21,10 +21,11 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from noisystudent import __version__
-from noisystudent.config.run_config import RunConfig
-from noisystudent.errors import UserError
-from noisystudent.config.presets import DESCRIPTIONS, preset_settings
 from noisystudent.cli.progress import RichProgress
+from noisystudent.config.presets import DESCRIPTIONS
+from noisystudent.config.run_config import RunConfig
+from noisystudent.config.settings import default_run_folder, make_config, resume_config
+from noisystudent.errors import UserError
 
 console = Console(stderr=True)
 out = Console()
@@ -114,41 +115,6 @@ def _panel(name: str) -> str:
     return "Options"
 
 
-def build_config(data: Optional[Path], given: dict[str, Any]) -> RunConfig:
-    """Preset defaults, then the flags the user gave; no data means the demo preset."""
-    given = _given_settings(given)
-    preset = given.get("preset") or ("demo" if data is None else "cnmc-study")
-    values = preset_settings(preset)
-    values.update(given)
-    values["data"] = str(data.resolve()) if data is not None else None
-    return RunConfig(**values)
-
-
-def _given_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The flags the user actually gave (Typer passes None for the others), parsed."""
-    given = {k: v for k, v in settings.items() if v is not None}
-    if "split_ratio" in given:
-        given["split_ratio"] = _parse_ratio(given["split_ratio"])
-    return given
-
-
-def _parse_ratio(text: str) -> tuple[float, float, float]:
-    from noisystudent.errors import ConfigError
-
-    try:
-        parts = tuple(float(x) for x in text.replace(",", ":").split(":"))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise ConfigError(f"--split-ratio must look like 2:2:1 (labelled:unlabelled:validation); got {text!r}.")
-    return parts
-
-
-def default_run_folder(config: RunConfig) -> Path:
-    name = "demo" if config.data is None else Path(config.data).stem or "run"
-    return Path("runs") / name
-
-
 @user_errors
 def kfold(
     data: Optional[Path] = None,
@@ -161,34 +127,21 @@ def kfold(
 
     Without DATA, generates the built-in synthetic demo data and runs the demo preset.
     """
-    from noisystudent.run.pipeline import run_kfold
     from noisystudent.cli.tables import print_results
+    from noisystudent.run.folder import saved_config
+    from noisystudent.run.pipeline import run_kfold
 
     setup_logging(quiet)
-    if resume and out is not None:
-        config = _resume_config(out, data, settings)
-    else:
-        config = build_config(data, settings)
+    saved = saved_config(out) if resume and out is not None else None
+    if saved is not None:
+        config = resume_config(saved, data, **settings)
+    else:  # a new run (or nothing to resume: the run folder check says so)
+        config = make_config(data, **settings)
     run = out or default_run_folder(config)
     console.print(f"[bold]noisystudent kfold[/] -> {run}  (preset {config.preset}: {DESCRIPTIONS.get(config.preset, 'custom settings')})", highlight=False)
     with RichProgress(console) as progress:
         table = run_kfold(config, run, resume=resume, progress=progress)
     print_results(out, table, run)
-
-
-def _resume_config(run: Path, data: Optional[Path], settings: dict[str, Any]) -> RunConfig:
-    """On --resume, start from the saved settings; flags given now override (and are checked)."""
-    from noisystudent.run.folder import META_KEYS, saved_config
-
-    saved = saved_config(run)
-    if saved is None:
-        return build_config(data, settings)  # the pipeline says there is nothing to resume
-    values = {k: v for k, v in saved.items() if k not in META_KEYS}
-    given = _given_settings(settings)
-    if data is not None:
-        given["data"] = str(data.resolve())
-    values.update(given)
-    return RunConfig(**values)
 
 
 def _kfold_signature() -> inspect.Signature:
@@ -228,8 +181,8 @@ def data_inspect(
     patient_regex: Annotated[Optional[str], typer.Option(help="Regex with one group extracting the patient from file names.")] = None,
 ) -> None:
     """Print the detected format, counts per class and per patient, image sizes, and problems found."""
-    from noisystudent.data.inspection import inspect_dataset
     from noisystudent.cli.tables import print_inspection
+    from noisystudent.data.inspection import inspect_dataset
 
     setup_logging(quiet=True)
     print_inspection(out, inspect_dataset(path, data_format, patient_regex))
@@ -273,9 +226,9 @@ def ensemble_predict(
     quiet: QuietOption = False,
 ) -> None:
     """Predict new images by a vote of the K fold models of RUN: one row per image, one per patient."""
-    from noisystudent.ensemble import classifier as ensemble
     from noisystudent.cli.tables import print_prediction_summary
     from noisystudent.data.loose_files import resolve_inputs
+    from noisystudent.ensemble import classifier as ensemble
 
     setup_logging(quiet)
     ensemble.check_outside_run(out_path, run)
@@ -306,8 +259,8 @@ def ensemble_evaluate(
     quiet: QuietOption = False,
 ) -> None:
     """Evaluate each fold model of RUN and their votes on a labelled data set."""
-    from noisystudent.ensemble import classifier as ensemble
     from noisystudent.cli.tables import results_table
+    from noisystudent.ensemble import classifier as ensemble
     from noisystudent.run.results import VOTING_RULES
 
     setup_logging(quiet)

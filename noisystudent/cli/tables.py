@@ -49,7 +49,7 @@ def results_table(part: pd.DataFrame, title: str) -> Table:
 
 
 def model_name(row) -> str:
-    return "teacher" if row[layout.MODEL_KIND] == "teacher" else f"student{row[layout.ROUND]}"
+    return layout.model_label(row[layout.ROUND])
 
 
 def _fmt(value) -> str:

@@ -1,5 +1,7 @@
 """Run configuration: one flat dataclass whose field docs are the help text.
 
+Its defaults are the C-NMC student study's protocol (the ``cnmc-study`` preset).
+
 Every setting of ``noisystudent kfold`` lives here. ``config.json`` in the run
 folder is ``asdict(config)`` plus the package version and data fingerprint.
 Fields marked ``affects_results=False`` may change between a run and its
@@ -15,6 +17,24 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from noisystudent.config.choices import (
+    AMP,
+    ARCHITECTURES,
+    AUGMENTS,
+    CLASS_WEIGHTS,
+    EQUALIZE,
+    FREEZE,
+    OPTIMIZERS,
+    PSEUDO_MODES,
+    SAMPLERS,
+    SCHEDULERS,
+    SELECT_METRICS,
+    STUDENT_DATA,
+    STUDENT_INIT,
+    TTA,
+    VOTING,
+)
+from noisystudent.config.parsing import parse_progressive_resize
 from noisystudent.errors import ConfigError
 
 
@@ -25,20 +45,6 @@ def _opt(default: Any, help: str, affects_results: bool = True, **kwargs: Any) -
     return field(default=default, metadata=metadata, **kwargs)
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("step", "cosine", "plateau", "none")
-AUGMENTS = ("none", "light", "strong")
-PSEUDO_MODES = ("soft", "hard")
-STUDENT_DATA = ("both", "pseudo")
-STUDENT_INIT = ("weights", "teacher")
-SAMPLERS = ("none", "oversample", "undersample")
-CLASS_WEIGHTS = ("none", "balanced")
-EQUALIZE = ("none", "grey", "channels", "luminance")
-TTA = ("none", "flips", "dihedral", "five_crop", "ten_crop")
-FREEZE = ("none", "backbone")
-VOTING = ("majority", "soft")
-AMP = ("auto", "bf16", "fp16", "off")
-SELECT_METRICS = ("accuracy", "f1", "balanced_accuracy", "loss", "auc")
 
 
 @dataclass
@@ -63,8 +69,8 @@ class RunConfig:
     student_arch: str | None = _opt(None, "Student architecture (default: same as teacher).")
     weights: str = _opt("imagenet", "Initial weights: imagenet, none, or a file.")
     student_init: str = _opt("weights", "Students start from --weights (weights) or from their teacher's final weights (teacher).")
-    student_data: str = _opt("both", "Student trains on labelled + pseudo-labelled images (both) or pseudo-labelled only (pseudo).")
-    pseudo_mode: str = _opt("soft", "Pseudo-labels as probabilities (soft) or one-hot (hard).")
+    student_data: str = _opt("pseudo", "Student trains on labelled + pseudo-labelled images (both) or pseudo-labelled only (pseudo).")
+    pseudo_mode: str = _opt("hard", "Pseudo-labels as probabilities (soft) or one-hot (hard).")
     pseudo_temperature: float = _opt(1.0, "Temperature applied to teacher logits for soft pseudo-labels.")
     pseudo_threshold: float = _opt(0.0, "Drop pseudo-labelled images whose top probability is below this.")
     pseudo_balance: bool = _opt(False, "Balance pseudo-labelled classes: duplicate the rarer, cap the commoner.")
@@ -114,7 +120,7 @@ class RunConfig:
     workers: int = _opt(0, "Processes decoding images into the cache (0: all cores).", affects_results=False)
     cache_dir: str | None = _opt(None, "Folder of the decoded-image cache (default: RUN/cache).", affects_results=False)
     log_every: int = _opt(20, "Steps between synchronising loss values for progress display.", affects_results=False)
-    preset: str = _opt("custom", "Name of the preset these settings came from.", affects_results=False)
+    preset: str = _opt("cnmc-study", "Name of the preset these settings came from.", affects_results=False)
 
     def __post_init__(self) -> None:
         self.split_ratio = tuple(float(x) for x in self.split_ratio)  # JSON gives lists
@@ -153,8 +159,6 @@ class RunConfig:
             raise ConfigError(f"pseudo_temperature must be positive, got {self.pseudo_temperature}.")
         _check_class_weights(self.class_weights)
         if self.progressive_resize:
-            from noisystudent.training.optim import parse_progressive_resize  # imports torch: only when the option is used
-
             parse_progressive_resize(self.progressive_resize, self.epochs, self.image_size)
 
     @property
@@ -203,8 +207,6 @@ def _check_range(name: str, value: float, low: float | None, high: float | None)
 
 
 def _check_arch(name: str, value: str) -> None:
-    from noisystudent.models import ARCHITECTURES  # imported here: the models import torch, this module must not
-
     if value not in ARCHITECTURES:
         raise ConfigError(f"{name} must be one of {', '.join(ARCHITECTURES)}; got {value!r}.")
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from noisystudent.data import preprocess as _preprocess
-from noisystudent.errors import DataError
 from noisystudent.data.preprocess import PreprocessSpec
+from noisystudent.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,25 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from noisystudent import atomic
+from noisystudent.data.manifest import (
+    FOLD,
+    LABEL,
+    PATH,
+    PATIENT,
+    ROLE,
+    ROLE_LABELLED,
+    ROLE_POOL,
+    ROLE_TEST,
+    ROLE_UNLABELLED,
+    ROLE_VALIDATION,
+    ROLES,
+    SHARED_FOLD,
+    SUBSET,
+    SUBSET_TEST,
+    SUBSET_TRAIN,
+    SUBSET_UNLABELLED,
+)
 from noisystudent.errors import ConfigError, DataError
-from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_LABELLED, ROLE_POOL, ROLE_TEST, ROLE_UNLABELLED, ROLE_VALIDATION, ROLES, SHARED_FOLD, SUBSET, SUBSET_TEST, SUBSET_TRAIN, SUBSET_UNLABELLED
 
 log = logging.getLogger(__name__)
 

@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
 
+from noisystudent.data.manifest import (
+    IMAGE_EXTENSIONS,
+    LABEL,
+    PATH,
+    PATIENT,
+)
+from noisystudent.data.readers import cnmc_name_fields, image_files, read_csv_manifest
 from noisystudent.errors import DataError
-from noisystudent.data.manifest import IMAGE_EXTENSIONS, LABEL, PATH, PATIENT, normalise_patient
-from noisystudent.data.readers import read_csv_manifest
 
 logger = logging.getLogger(__name__)
 
 INPUT_COLUMNS = [PATH, LABEL, PATIENT]
-_CNMC_NAME = re.compile(r"^UID_([^_]+)_.*_(all|hem)$", re.IGNORECASE)
 
 
 def resolve_inputs(inputs: list[Path]) -> pd.DataFrame:
@@ -48,17 +51,14 @@ def resolve_inputs(inputs: list[Path]) -> pd.DataFrame:
 
 def name_fields(path: str | Path) -> tuple[str, str]:
     """(patient, label) of a C-NMC style file name; ("", "") when the name does not match."""
-    match = _CNMC_NAME.match(Path(path).stem)
-    if match is None:
-        return "", ""
-    return normalise_patient(match.group(1)), match.group(2).lower()
+    return cnmc_name_fields(path) or ("", "")
 
 
 def _one_input(item: Path) -> pd.DataFrame:
     if not item.exists():
         raise DataError(f"The input {item} does not exist.")
     if item.is_dir():
-        files = _image_files(item)
+        files = image_files(item)
         if not files:
             raise DataError(f"The folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)}).")
         return _from_names(files)
@@ -80,13 +80,3 @@ def _from_csv(csv_path: Path) -> pd.DataFrame:
     for column in (LABEL, PATIENT):  # the CSV's own value wins over the file name
         table[column] = table[column].where(table[column] != "", named[column])
     return table
-
-
-def _image_files(folder: Path) -> list[str]:
-    """Absolute paths of the image files under ``folder``, sorted; hidden entries skipped."""
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.abspath(Path(parent, f)) for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found)

@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from noisystudent.config.run_config import EQUALIZE
-from noisystudent.errors import ConfigError
 from noisystudent.data.images import load_rgb
+from noisystudent.errors import ConfigError
 
 
 @dataclass(frozen=True)

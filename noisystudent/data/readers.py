@@ -23,9 +23,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from noisystudent.errors import ConfigError, DataError
 from noisystudent.data.images import find_unreadable
-from noisystudent.data.manifest import IMAGE_EXTENSIONS, LABEL, PATH, PATIENT, SUBSET, SUBSET_TEST, SUBSET_TRAIN, SUBSET_UNLABELLED, SUBSETS, check_manifest, make_manifest, normalise_patient
+from noisystudent.data.manifest import (
+    IMAGE_EXTENSIONS,
+    LABEL,
+    PATH,
+    PATIENT,
+    SUBSET,
+    SUBSET_TEST,
+    SUBSET_TRAIN,
+    SUBSET_UNLABELLED,
+    SUBSETS,
+    check_manifest,
+    make_manifest,
+    normalise_patient,
+)
+from noisystudent.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +157,18 @@ def read_cnmc(root: str | Path) -> pd.DataFrame:
 
 def parse_cnmc_name(name: str) -> tuple[str, str]:
     """(normalised patient, class) from a file name or path 'UID_<patient>_<image>_<cell>_<all|hem>.bmp'."""
-    match = _UID_NAME.match(Path(name).stem)
-    if match is None:
+    fields = cnmc_name_fields(name)
+    if fields is None:
         raise DataError(
             f"The file name {name} does not follow the C-NMC pattern UID_<patient>_<image>_<cell>_<all|hem>.bmp."
         )
-    return normalise_patient(match.group(1)), match.group(4).lower()
+    return fields
+
+
+def cnmc_name_fields(name: str | Path) -> tuple[str, str] | None:
+    """(normalised patient, class) of a C-NMC file name, or None when the name does not follow the pattern."""
+    match = _UID_NAME.match(Path(name).stem)
+    return None if match is None else (normalise_patient(match.group(1)), match.group(4).lower())
 
 
 def _cnmc_root(path: Path) -> Path | None:
@@ -370,7 +389,7 @@ def _require_exists(path: Path) -> None:
 def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
     """Sorted image files of a folder; other entries are counted in one warning."""
     images, others = [], []
-    for entry in _entries(folder, recursive):
+    for entry in list_entries(folder, recursive):
         if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(entry)
         else:
@@ -382,14 +401,20 @@ def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
     return images
 
 
-def _entries(folder: Path, recursive: bool) -> list[Path]:
-    """Entries of a folder, hidden ones (.DS_Store, .ipynb_checkpoints, ...) left out."""
+def list_entries(folder: Path, recursive: bool) -> list[Path]:
+    """Entries of a folder, sorted, hidden ones (.DS_Store, .ipynb_checkpoints, ...) left out."""
     if not recursive:
         return sorted(e for e in folder.iterdir() if not _is_hidden(e))
     found = []
     for parent, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(parent, f) for f in files if not _is_hidden(Path(f))]
+    return sorted(found)
+
+
+def image_files(folder: Path) -> list[str]:
+    """Absolute paths of the image files anywhere under ``folder``, sorted, hidden ones left out."""
+    found = [_absolute(path) for path in list_entries(folder, recursive=True) if path.suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(found)
 
 

@@ -8,30 +8,40 @@ from pathlib import Path
 
 import pandas as pd
 
-from noisystudent.data import demo
-from noisystudent.data import readers
+from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
+from noisystudent.data import demo, readers
+from noisystudent.data.labels import (
+    apply_binary_mapping,
+    parse_binary_mapping,
+    positive_index_of,
+)
+from noisystudent.data.manifest import (
+    LABEL,
+    PATH,
+    SUBSET,
+    SUBSET_TEST,
+    SUBSET_TRAIN,
+    SUBSET_UNLABELLED,
+    check_manifest,
+    class_names,
+    make_manifest,
+)
 from noisystudent.errors import DataError
-from noisystudent.evaluation.scoring import positive_index_of
-from noisystudent.data.manifest import LABEL, PATH, SUBSET, SUBSET_TEST, SUBSET_TRAIN, SUBSET_UNLABELLED, check_manifest, class_names, make_manifest
-from noisystudent.evaluation.metrics import apply_binary_mapping, parse_binary_mapping
 
 logger = logging.getLogger(__name__)
 
-DEMO_FOLDER = "demo-data"
-
-
 @dataclass
-class RunData:
+class RunImages:
     manifest: pd.DataFrame
     classes: list[str]
     data_format: str
     skipped: list[str] = field(default_factory=list)
 
 
-def load_run_data(config: RunConfig, run: Path) -> RunData:
+def load_run_images(config: RunConfig, run: Path) -> RunImages:
     """Read DATA (or generate the demo data), add --test and --unlabelled, apply --binary."""
-    root = Path(config.data) if config.data else demo.generate_demo(Path(run) / DEMO_FOLDER)
+    root = Path(config.data) if config.data else demo.generate_demo(Path(run) / layout.DEMO_DATA)
     manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
     skipped = list(manifest.attrs.get("skipped", []))
     parts = [manifest]
@@ -53,7 +63,7 @@ def load_run_data(config: RunConfig, run: Path) -> RunData:
     if len(classes) == 2:  # fail now rather than after the first epoch
         positive_index_of(classes, "positive" if config.binary else config.positive)
     logger.info("data: %d images (%s format), classes %s", len(combined), data_format, ", ".join(classes))
-    return RunData(combined, classes, data_format, skipped)
+    return RunImages(combined, classes, data_format, skipped)
 
 
 def _check_labels(manifest: pd.DataFrame, classes: list[str]) -> None:

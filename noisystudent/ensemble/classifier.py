@@ -37,22 +37,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from noisystudent import atomic
-from noisystudent.evaluation import metrics
-from noisystudent.run import results
-from noisystudent import layout
+from noisystudent import atomic, layout
 from noisystudent.config.run_config import TTA, VOTING, RunConfig
-from noisystudent.training.device import amp_dtype, resolve_device
-from noisystudent.training.engine import predict_probs
-from noisystudent.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from noisystudent.data.labels import parse_binary_mapping
 from noisystudent.data.loose_files import name_fields
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
-from noisystudent.models.model_file import load_model_file
-from noisystudent.models import input_normalization
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
-from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.data.readers import read_manifest
+from noisystudent.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from noisystudent.evaluation import metrics
+from noisystudent.models import input_normalization
+from noisystudent.models.model_file import load_model_file
+from noisystudent.progress import NULL_PROGRESS, Progress
+from noisystudent.run import results
 from noisystudent.run.folder import load_run_config
+from noisystudent.training.device import amp_dtype, resolve_device
+from noisystudent.training.engine import predict_probs
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Ensemble:
 
     @property
     def kind(self) -> str:
-        return results.model_kind(self.round)
+        return layout.model_kind(self.round)
 
     @property
     def positive(self) -> str | None:
@@ -138,12 +138,12 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
         members.append(FoldModel(fold, path, model, input_normalization(payload["spec"]["arch"])))
         payloads.append(payload)
     classes, spec = _shared_classes_and_spec(members, payloads, config)
-    logger.info("ensemble of %d %ss (round %d) from %s on %s", len(members), results.model_kind(round_), round_, run, device)
+    logger.info("ensemble of %d %ss (round %d) from %s on %s", len(members), layout.model_kind(round_), round_, run, device)
     return Ensemble(run, config, round_, members, classes, spec, device)
 
 
 def _missing_message(run: Path, fold: int, round_: int) -> str:
-    kind = results.model_kind(round_)
+    kind = layout.model_kind(round_)
     where = Path(f"fold-{fold}", f"round-{round_}", layout.MODEL)
     advice = "finish the run with kfold --resume" + (" or use --models teachers" if round_ > 0 else "")
     return f"Fold {fold} of the run {run} has no finished {kind} ({where} is missing); {advice}."
@@ -154,7 +154,7 @@ def _check_arch(payload: dict, path: Path, config: RunConfig, round_: int) -> No
     found = payload["spec"].get("arch")
     if found != expected:
         raise CheckpointError(
-            f"The model file {path} was built for the architecture {found}, but the {results.model_kind(round_)}s "
+            f"The model file {path} was built for the architecture {found}, but the {layout.model_kind(round_)}s "
             f"of this run are {expected}; it does not belong to this run."
         )
 
@@ -320,7 +320,7 @@ def prepare_labels(ensemble: Ensemble, images: pd.DataFrame, strict: bool) -> pd
     """Apply the run's --binary mapping to known labels; with ``strict``, refuse labels the run does not know."""
     images = images.copy()
     if ensemble.config.binary and (images[LABEL] != "").any():
-        mapping = metrics.parse_binary_mapping(ensemble.config.binary, sorted(set(images[LABEL]) - {""}))
+        mapping = parse_binary_mapping(ensemble.config.binary, sorted(set(images[LABEL]) - {""}))
         images[LABEL] = [mapping[label] if label else "" for label in images[LABEL]]
     unknown = images[(images[LABEL] != "") & ~images[LABEL].isin(ensemble.classes)]
     if strict and not unknown.empty:

@@ -20,11 +20,28 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import  accuracy_score, balanced_accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, matthews_corrcoef, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+    roc_auc_score,
+)
 
-from noisystudent.errors import ConfigError, DataError
+from noisystudent.data.labels import as_labels
 from noisystudent.data.manifest import LABEL
-from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, PRED, ROUND, VOTING, prob_column
+from noisystudent.errors import ConfigError, DataError
+from noisystudent.layout import (
+    EVAL_SPLIT,
+    FOLD_COLUMN,
+    MODEL_KIND,
+    PRED,
+    ROUND,
+    VOTING,
+    prob_column,
+)
 
 METRIC_COLUMNS = [
     "accuracy",
@@ -42,9 +59,6 @@ METRIC_COLUMNS = [
 COUNT_COLUMNS = ["tp", "fp", "tn", "fn", "n"]
 CLASS_COLUMN = "class"  # per-class table of multiclass_metrics
 DEFAULT_POSITIVE = "all"  # ALL (leukaemic blast) is the positive class of C-NMC
-POSITIVE = "positive"  # class names produced by apply_binary_mapping
-NEGATIVE = "negative"
-REST = "rest"  # keyword of a binary mapping: every class not named
 MEAN_ROW = "mean"  # FOLD_COLUMN values added by summarise_folds
 VARIANCE_ROW = "variance"
 SUMMARY_KEYS = [MODEL_KIND, ROUND, EVAL_SPLIT, VOTING]  # rows are summarised per these (when present)
@@ -62,8 +76,8 @@ def binary_metrics(
     "1" are the same class. ``prob_positive`` is the predicted probability of
     the positive class (for AUC). Returns the METRIC_COLUMNS and COUNT_COLUMNS.
     """
-    truth = _as_labels(y_true) == str(positive)
-    guess = _as_labels(y_pred) == str(positive)
+    truth = as_labels(y_true) == str(positive)
+    guess = as_labels(y_pred) == str(positive)
     if len(truth) != len(guess):
         raise ValueError(f"y_true has {len(truth)} labels but y_pred has {len(guess)}.")
     if len(truth) == 0:
@@ -103,7 +117,7 @@ def multiclass_metrics(
     accuracy, weighted F1, balanced accuracy, kappa and MCC are the true
     multiclass values; n is the number of images.
     """
-    truth, guess = _as_labels(y_true), _as_labels(y_pred)
+    truth, guess = as_labels(y_true), as_labels(y_pred)
     names = [str(c) for c in classes]
     if probs is not None and np.shape(probs) != (len(truth), len(names)):
         raise ValueError(f"probs has shape {np.shape(probs)}, expected ({len(truth)}, {len(names)}).")
@@ -116,43 +130,6 @@ def multiclass_metrics(
     macro.update(_multiclass_overall(truth, guess, names))
     macro["n"] = len(truth)
     return per_class, macro
-
-
-def parse_binary_mapping(text: str, classes: Sequence[str]) -> dict[str, str]:
-    """Parse 'Benign=negative,rest=positive' into {class: 'positive' | 'negative'}.
-
-    Class names match case-insensitively; ``rest`` stands for every class not
-    named. Every class must end up mapped, with at least one on each side.
-    """
-    names = {str(c).lower(): str(c) for c in classes}
-    mapping: dict[str, str] = {}
-    rest_side = None
-    for item in (part.strip() for part in text.split(",") if part.strip()):
-        name, side = _parse_mapping_item(item)
-        if name.lower() == REST:
-            rest_side = side
-            continue
-        if name.lower() not in names:
-            raise ConfigError(f"Unknown class {name!r} in the binary mapping {text!r}; the classes are {', '.join(map(str, classes))}.")
-        mapping[names[name.lower()]] = side
-    for name in names.values():
-        if name not in mapping:
-            if rest_side is None:
-                raise ConfigError(f"The binary mapping {text!r} does not map the class {name!r}; add it or 'rest=...'.")
-            mapping[name] = rest_side
-    if set(mapping.values()) != {POSITIVE, NEGATIVE}:
-        raise ConfigError(f"The binary mapping {text!r} must map at least one class to each of positive and negative.")
-    return mapping
-
-
-def apply_binary_mapping(labels: Sequence, mapping: dict[str, str]) -> np.ndarray:
-    """Replace class names by 'positive'/'negative'; empty labels stay empty."""
-    labels = _as_labels(labels)
-    unknown = sorted(set(labels) - set(mapping) - {""})
-    if unknown:
-        raise DataError(f"The label {unknown[0]!r} is not covered by the binary mapping.")
-    lookup = {**mapping, "": ""}
-    return np.array([lookup[label] for label in labels], dtype=object)
 
 
 def metrics_from_predictions(
@@ -169,8 +146,8 @@ def metrics_from_predictions(
     for column in (LABEL, PRED):
         if column not in predictions.columns:
             raise DataError(f"The predictions table lacks the column {column!r}.")
-    labelled = predictions[_as_labels(predictions[LABEL]) != ""]
-    truth, guess = _as_labels(labelled[LABEL]), _as_labels(labelled[PRED])
+    labelled = predictions[as_labels(predictions[LABEL]) != ""]
+    truth, guess = as_labels(labelled[LABEL]), as_labels(labelled[PRED])
     prob_columns = [prob_column(str(c)) for c in classes]
     has_probs = all(c in labelled.columns for c in prob_columns)
     if positive is None:
@@ -211,19 +188,6 @@ def summarise_folds(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- helpers -----------------------------------------------------------------
-
-
-def _as_labels(values: Sequence) -> np.ndarray:
-    """Labels as an array of strings: '' for missing, 1.0 (an int column read with gaps) as '1'."""
-    return np.array([_label_text(v) for v in np.asarray(values, dtype=object).ravel()], dtype=object)
-
-
-def _label_text(value: object) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -283,13 +247,3 @@ def _multiclass_mcc(truth: np.ndarray, guess: np.ndarray, names: list[str]) -> f
     if len(set(truth)) < 2 or len(set(guess)) < 2:
         return float("nan")
     return float(matthews_corrcoef(truth, guess))
-
-
-def _parse_mapping_item(item: str) -> tuple[str, str]:
-    name, sep, side = item.partition("=")
-    side = side.strip().lower()
-    if not sep or not name.strip():
-        raise ConfigError(f"The binary mapping item {item!r} is not of the form class=positive or class=negative.")
-    if side not in (POSITIVE, NEGATIVE):
-        raise ConfigError(f"The binary mapping item {item!r} must map to 'positive' or 'negative', not {side!r}.")
-    return name.strip(), side

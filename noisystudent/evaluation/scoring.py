@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
+from noisystudent.data.labels import positive_index_of
 from noisystudent.evaluation import metrics
-from noisystudent.errors import ConfigError
 
 
 def validation_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], positive: str) -> dict[str, float]:
@@ -25,12 +25,6 @@ def validation_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str]
         return metrics.binary_metrics(y_true, y_pred, probs[:, positive_index], positive)
     _, macro = metrics.multiclass_metrics(y_true, y_pred, probs, classes)
     return macro
-
-
-def positive_index_of(classes: list[str], positive: str) -> int:
-    if positive not in classes:
-        raise ConfigError(f"The positive class {positive!r} is not one of the classes {', '.join(classes)}; pass --positive.")
-    return classes.index(positive)
 
 
 def probabilities_loss(labels: np.ndarray, probs: np.ndarray) -> float:

@@ -6,8 +6,22 @@ shape; ``load_weights`` loads a file and reports what did not fit.
 """
 
 from noisystudent.models.architectures import ARCHITECTURES, check_arch
-from noisystudent.models.factory import build_from_spec, create_model, describe_model, input_normalization, model_spec
-from noisystudent.models.freezing import backbone_parameters, classifier_name, freeze_backbone, head_parameters, is_backbone_frozen, set_train_mode, unfreeze_all
+from noisystudent.models.factory import (
+    build_from_spec,
+    create_model,
+    describe_model,
+    input_normalization,
+    model_spec,
+)
+from noisystudent.models.freezing import (
+    backbone_parameters,
+    classifier_name,
+    freeze_backbone,
+    head_parameters,
+    is_backbone_frozen,
+    set_train_mode,
+    unfreeze_all,
+)
 from noisystudent.models.pretrained import load_imagenet
 from noisystudent.models.weights import LoadReport, load_weights, read_torch_file
 

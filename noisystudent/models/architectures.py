@@ -5,12 +5,10 @@ from __future__ import annotations
 from efficientnet_pytorch import EfficientNet
 from torch import nn
 
-from noisystudent.errors import ConfigError
+from noisystudent.config.choices import ARCHITECTURES, EFFICIENTNETS, LITES, RESNETS
 
-EFFICIENTNETS = tuple(f"efficientnet-b{i}" for i in range(8))
-LITES = ("efficientnet-lite0",)
-RESNETS = ("resnet18", "resnet50", "resnet152")
-ARCHITECTURES = EFFICIENTNETS + LITES + RESNETS
+__all__ = ["ARCHITECTURES", "EFFICIENTNETS", "LITES", "RESNETS", "check_arch", "is_efficientnet", "unwrap"]
+from noisystudent.errors import ConfigError
 
 
 def check_arch(arch: str) -> None:

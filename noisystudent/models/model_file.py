@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from noisystudent.models import checkpoint
 from noisystudent import models
 from noisystudent.errors import CheckpointError
+from noisystudent.models import checkpoint
 
 
 def load_model_file(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:

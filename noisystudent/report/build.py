@@ -15,13 +15,31 @@ import numpy as np
 import pandas as pd
 
 from noisystudent.atomic import write_text
-from noisystudent.errors import RunFolderError
 from noisystudent.data.manifest import LABEL
-from noisystudent.layout import EVAL_SPLIT, PRED, REPORT, SPLIT, prob_column
+from noisystudent.errors import RunFolderError
+from noisystudent.layout import (
+    EVAL_SPLIT,
+    PRED,
+    REPORT,
+    SPLIT,
+    STUDENT,
+    TEACHER,
+    prob_column,
+)
 from noisystudent.report import plots
 from noisystudent.report.html import FigureEntry, TableEntry, render_page
-from noisystudent.report.run_reader import RunData, load_run
-from noisystudent.report.tables import STUDENT, TEACHER, TEST, VALIDATION, evaluation_split, fold_table, headline, metric_columns, plural, summary_rows, summary_table
+from noisystudent.report.run_reader import RunContents, load_run
+from noisystudent.report.tables import (
+    TEST,
+    VALIDATION,
+    evaluation_split,
+    fold_table,
+    headline,
+    metric_columns,
+    plural,
+    summary_rows,
+    summary_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +69,7 @@ def write_report(run: Path) -> Path:
     return folder / PAGE
 
 
-def report_tables(data: RunData) -> list[TableEntry]:
+def report_tables(data: RunContents) -> list[TableEntry]:
     """Table A per evaluated split (the headline split first), then Table B."""
     if data.metrics is None or data.metrics.empty:
         return []
@@ -72,7 +90,7 @@ def report_tables(data: RunData) -> list[TableEntry]:
 # --- figure steps --------------------------------------------------------------
 
 
-def curve_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+def curve_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     entries = []
     for fold in data.folds:
         histories = {r: h for (f, r), h in data.histories.items() if f == fold}
@@ -87,7 +105,7 @@ def curve_figures(data: RunData, folder: Path) -> list[FigureEntry]:
     return entries
 
 
-def confusion_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+def confusion_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     classes, final = data.classes, data.final_round
     if not classes:
         return []
@@ -108,7 +126,7 @@ def confusion_figures(data: RunData, folder: Path) -> list[FigureEntry]:
     return entries
 
 
-def roc_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+def roc_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     positive = data.positive
     if not data.classes:
         return []  # nothing has been predicted yet; the missing models are already noted
@@ -135,7 +153,7 @@ def roc_figures(data: RunData, folder: Path) -> list[FigureEntry]:
     return [FigureEntry("roc.png", "ROC curves", caption)]
 
 
-def pseudo_label_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+def pseudo_label_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     if not data.pseudo_labels:
         return []
     by_round: dict[int, list[pd.DataFrame]] = {}
@@ -149,7 +167,7 @@ def pseudo_label_figures(data: RunData, folder: Path) -> list[FigureEntry]:
                         "students, all folds pooled, stacked by predicted class; before balancing copies.")]
 
 
-def helped_figures(data: RunData, folder: Path) -> list[FigureEntry]:
+def helped_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     if data.metrics is None or data.metrics.empty:
         return []
     split = evaluation_split(data.metrics)
@@ -181,7 +199,7 @@ def ensemble_name(models: str, voting: str) -> str:
     return f"{kind} ensemble{detail}, {voting} vote"
 
 
-def _main_confusion_panels(data: RunData, final: int) -> tuple[list, str]:
+def _main_confusion_panels(data: RunContents, final: int) -> tuple[list, str]:
     """Ensembles on the test set when present, otherwise pooled out-of-fold validation."""
     if data.ensembles:
         panels = [(ensemble_name(m, v), *_truth_and_guess(t, None)) for (m, v), t in _teachers_first(data.ensembles)]
@@ -199,7 +217,7 @@ def _teachers_first(ensembles: dict[tuple[str, str], pd.DataFrame]) -> list[tupl
     return sorted(ensembles.items(), key=lambda item: (ensemble_kind(item[0][0]) != TEACHER, item[0]))
 
 
-def _fold_panel(data: RunData, fold: int, round_: int, split: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+def _fold_panel(data: RunContents, fold: int, round_: int, split: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
     """A per-fold confusion panel; (title, None, None) draws a 'not available' placeholder."""
     title = f"fold {fold}, {plots.round_name(round_)}"
     table = data.predictions.get((fold, round_))
@@ -219,7 +237,7 @@ def _positive_scores(table: pd.DataFrame, positive: str, split: str | None = Non
     return (rows[LABEL] == positive).to_numpy(), rows[prob_column(positive)].to_numpy(float)
 
 
-def _fold_rocs(data: RunData, round_: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _fold_rocs(data: RunContents, round_: int) -> list[tuple[np.ndarray, np.ndarray]]:
     curves = []
     for (fold, r), table in sorted(data.predictions.items()):
         if r == round_:
@@ -229,5 +247,5 @@ def _fold_rocs(data: RunData, round_: int) -> list[tuple[np.ndarray, np.ndarray]
     return curves
 
 
-def _has_split(data: RunData, split: str) -> bool:
+def _has_split(data: RunContents, split: str) -> bool:
     return any(SPLIT in table and (table[SPLIT] == split).any() for table in data.predictions.values())

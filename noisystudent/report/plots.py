@@ -16,11 +16,21 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import auc as area_under, confusion_matrix, roc_curve
+from sklearn.metrics import auc as area_under
+from sklearn.metrics import confusion_matrix, roc_curve
 
 from noisystudent.atomic import atomic_write
-from noisystudent.layout import CONFIDENCE, EPOCH, PRED, TRAIN_LOSS, VAL_LOSS
-from noisystudent.report.tables import ENSEMBLE_ROW, TEACHER, SummaryRow, display_name, plural
+from noisystudent.layout import (
+    CONFIDENCE,
+    EPOCH,
+    PRED,
+    STUDENT,
+    TEACHER,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    model_label,
+)
+from noisystudent.report.tables import ENSEMBLE_ROW, SummaryRow, display_name, plural
 
 DPI = 110
 VAL_ACCURACY = "val_accuracy"
@@ -45,7 +55,7 @@ def round_style(round_: int) -> str:
 
 
 def round_name(round_: int) -> str:
-    return "teacher (round 0)" if round_ == 0 else f"student round {round_}"
+    return model_label(round_)
 
 
 # --- 1. training curves ------------------------------------------------------
@@ -137,9 +147,9 @@ def plot_roc(fold_curves: dict[str, list[tuple[np.ndarray, np.ndarray]]],
         _roc_axes(axes, "Out-of-fold validation (mean of folds)")
     if ensemble_curves:
         axes = next(axes_iter)
-        seen = {TEACHER: 0, "student": 0}
+        seen = {TEACHER: 0, STUDENT: 0}
         for name, (truth, score) in ensemble_curves.items():
-            kind = TEACHER if TEACHER in name.lower() else "student"
+            kind = TEACHER if TEACHER in name.lower() else STUDENT
             styles, colour = (("--", "-."), TEACHER_COLOUR) if kind == TEACHER else (("-", ":"), STUDENT_COLOUR)
             fpr, tpr, _ = roc_curve(truth, score)
             axes.plot(fpr, tpr, linewidth=2.4 if seen[kind] == 0 else 1.6, color=colour,
@@ -246,7 +256,7 @@ def _teacher_student_pairs(rows: Sequence[SummaryRow]) -> list[tuple[str, Summar
     for kind, voting in dict.fromkeys((row.kind, row.voting) for row in rows):
         matched = {row.model: row for row in rows if (row.kind, row.voting) == (kind, voting)}
         if len(matched) == 2:
-            pairs.append(("fold mean" if kind != ENSEMBLE_ROW else f"{voting} vote", matched[TEACHER], matched["student"]))
+            pairs.append(("fold mean" if kind != ENSEMBLE_ROW else f"{voting} vote", matched[TEACHER], matched[STUDENT]))
     return pairs
 
 

@@ -2,12 +2,11 @@
 
 Every table is optional: a fold or round that has not been trained yet, a run
 without a test set, or a run without pseudo-labels simply yields fewer entries,
-and ``RunData.notes`` says, in one sentence each, what was missing.
+and ``RunContents.notes`` says, in one sentence each, what was missing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -16,12 +15,28 @@ from typing import Any
 
 import pandas as pd
 
-from noisystudent.data.manifest import LABEL, PATH, PATIENT
-from noisystudent.layout import CONFIG, EVAL_SPLIT, FOLD_COLUMN, HISTORY, METRICS, MODEL_KIND, PREDICTIONS, PRED, PROB_PREFIX, PSEUDO_LABELS, ROUND, SPLIT, VOTING, results_dir, round_dir
+from noisystudent.errors import ConfigError
+from noisystudent.layout import (
+    EVAL_SPLIT,
+    FOLD_COLUMN,
+    HISTORY,
+    METRICS,
+    MODEL_KIND,
+    PREDICTIONS,
+    PROB_PREFIX,
+    PSEUDO_LABELS,
+    ROUND,
+    SPLIT,
+    VOTING,
+    model_label,
+    results_dir,
+    round_dir,
+)
+from noisystudent.run.folder import saved_config
+from noisystudent.run.tables import read_table
 
 log = logging.getLogger(__name__)
 
-TEXT_COLUMNS = (PATH, LABEL, PATIENT, SPLIT, PRED)
 METRIC_TEXT_COLUMNS = (MODEL_KIND, FOLD_COLUMN, EVAL_SPLIT, VOTING)
 ENSEMBLE_PATTERN = re.compile(r"^predictions_(?P<models>.+)_(?P<voting>[^_]+)\.csv$")
 TEST = "test"  # value of SPLIT for the outer test set
@@ -31,7 +46,7 @@ Key = tuple[int, int]  # (fold, round)
 
 
 @dataclass
-class RunData:
+class RunContents:
     run: Path
     config: dict[str, Any]
     histories: dict[Key, pd.DataFrame] = field(default_factory=dict)
@@ -72,10 +87,10 @@ class RunData:
         return set(self.histories) | set(self.predictions) | set(self.pseudo_labels)
 
 
-def load_run(run: Path) -> RunData:
+def load_run(run: Path) -> RunContents:
     """Read config, per-model tables and results of ``run``; note what is absent."""
     run = Path(run)
-    data = RunData(run=run, config=_read_config(run))
+    data = RunContents(run=run, config=_read_config(run))
     unreadable: list[str] = []
     for fold, round_ in _round_folders(run):
         folder = round_dir(run, fold, round_)
@@ -93,18 +108,9 @@ def load_run(run: Path) -> RunData:
     return data
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV whose text columns (label is "" for pool images) stay strings."""
-    frame = pd.read_csv(path)
-    for column in TEXT_COLUMNS:
-        if column in frame.columns:
-            frame[column] = frame[column].fillna("").astype(str)
-    return frame
-
-
 def read_metrics(path: Path) -> pd.DataFrame:
     """results/metrics.csv with fold and voting as text and round as an integer."""
-    frame = pd.read_csv(path, dtype={column: str for column in METRIC_TEXT_COLUMNS})
+    frame = read_table(path)
     missing = [c for c in (*METRIC_TEXT_COLUMNS, ROUND) if c not in frame.columns]
     if missing:
         raise ValueError(f"it lacks the column {missing[0]!r}")
@@ -123,9 +129,9 @@ def normalise_metrics(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _read_config(run: Path) -> dict[str, Any]:
     try:
-        return json.loads((run / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        log.warning("cannot read %s (%s); the report leaves out the settings", run / CONFIG, error)
+        return saved_config(run) or {}
+    except ConfigError as error:
+        log.warning("%s The report leaves out the settings.", error)
         return {}
 
 
@@ -150,13 +156,12 @@ def _try_read(path: Path, reader, unreadable: list[str]) -> pd.DataFrame | None:
         return None
 
 
-def _missing_notes(data: RunData) -> list[str]:
+def _missing_notes(data: RunContents) -> list[str]:
     notes = []
     for fold in data.folds:
         for round_ in data.rounds:
             if (fold, round_) not in data.predictions:
-                model = "teacher" if round_ == 0 else f"student of round {round_}"
-                notes.append(f"fold-{fold}/round-{round_}: no predictions yet (the {model} of fold {fold} is left out).")
+                notes.append(f"fold-{fold}/round-{round_}: no predictions yet (the {model_label(round_)} of fold {fold} is left out).")
     if not data.pseudo_labels:
         notes.append("No pseudo_labels.csv found: the pseudo-label confidence histograms are left out.")
     if data.metrics is None:

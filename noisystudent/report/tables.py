@@ -14,13 +14,22 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from noisystudent.config.choices import VOTING as VOTING_RULES
 from noisystudent.evaluation.metrics import MEAN_ROW, METRIC_COLUMNS, VARIANCE_ROW
-from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, ROUND, VOTING
+from noisystudent.layout import (
+    EVAL_SPLIT,
+    FOLD_COLUMN,
+    MODEL_KIND,
+    ROUND,
+    STUDENT,
+    TEACHER,
+    VOTING,
+    model_label,
+)
 
-TEACHER, STUDENT = "teacher", "student"
 ENSEMBLE_ROW = "ensemble"
 TEST, VALIDATION = "test", "validation"
-VOTING_ORDER = ("majority", "soft")  # preferred ensemble for the headline
+VOTING_ORDER = VOTING_RULES  # preferred ensemble for the headline: majority, then soft
 HEADLINE_METRICS = ("accuracy", "f1", "auc")
 DECIDING_METRICS = ("accuracy", "f1")  # "helped" means better on both
 DISPLAY_NAMES = {"f1": "F1", "f1_weighted": "weighted F1", "auc": "AUC", "ppv": "PPV", "npv": "NPV",
@@ -56,10 +65,6 @@ def evaluation_split(metrics: pd.DataFrame) -> str:
 def final_student_round(metrics: pd.DataFrame) -> int | None:
     rounds = metrics.loc[metrics[MODEL_KIND] == STUDENT, ROUND]
     return int(rounds.max()) if len(rounds) else None
-
-
-def model_label(round_: int) -> str:
-    return "teacher" if round_ == 0 else f"student r{round_}"
 
 
 def fold_table(metrics: pd.DataFrame, split: str | None = None) -> pd.DataFrame:

@@ -22,10 +22,13 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from noisystudent import __version__
-from noisystudent import atomic
-from noisystudent import layout
-from noisystudent.config.run_config import RunConfig, differing_result_keys, load_config_json
+from noisystudent import __version__, atomic, layout
+from noisystudent.config.run_config import (
+    RunConfig,
+    differing_result_keys,
+    load_config_json,
+)
+from noisystudent.config.settings import META_KEYS
 from noisystudent.errors import ConfigError, RunFolderError
 
 try:
@@ -35,12 +38,9 @@ except ImportError:  # Windows: no advisory locks, one session at a time is up t
 
 logger = logging.getLogger(__name__)
 
-# config.json holds every RunConfig field at top level, plus these.
-META_KEYS = ("version", "created_with", "data_fingerprint")
 LOCK = ".lock"
-DEMO_FOLDER = "demo-data"  # run_data.DEMO_FOLDER: the demo data is generated before config.json
 # What a session may have written before config.json; such a folder can be started again.
-BEFORE_CONFIG = {layout.LOG, DEMO_FOLDER, LOCK, ".gitkeep"}
+BEFORE_CONFIG = {layout.LOG, layout.DEMO_DATA, LOCK, ".gitkeep"}
 
 
 def saved_config(run: Path) -> dict[str, Any] | None:

@@ -21,25 +21,34 @@ import numpy as np
 import pandas as pd
 import torch
 
-from noisystudent.data import folds as folds_module
-from noisystudent import models
-from noisystudent.run import pseudo_labels
-from noisystudent.run import results
-from noisystudent import layout
-from noisystudent.data.cache import ImageCache, build_cache, fingerprint_files
+from noisystudent import atomic, layout, models
 from noisystudent.config.run_config import RunConfig
-from noisystudent.training.device import amp_dtype, resolve_device
-from noisystudent.errors import ConfigError
-from noisystudent.training.engine import TrainSet, predict_probs
-from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_LABELLED, ROLE_POOL, ROLE_TEST, ROLE_UNLABELLED, ROLE_VALIDATION, SHARED_FOLD
-from noisystudent.models.model_file import load_model_file
+from noisystudent.data import folds as folds_module
+from noisystudent.data.cache import ImageCache, build_cache, fingerprint_files
+from noisystudent.data.manifest import (
+    FOLD,
+    LABEL,
+    PATH,
+    PATIENT,
+    ROLE,
+    ROLE_LABELLED,
+    ROLE_POOL,
+    ROLE_TEST,
+    ROLE_UNLABELLED,
+    ROLE_VALIDATION,
+    SHARED_FOLD,
+)
 from noisystudent.data.preprocess import PreprocessSpec
+from noisystudent.data.run_images import load_run_images
+from noisystudent.errors import ConfigError
+from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.data.run_images import load_run_data
+from noisystudent.run import pseudo_labels, results
 from noisystudent.run.folder import check_run_folder, lock_run_folder, write_config
+from noisystudent.training.device import amp_dtype, resolve_device
+from noisystudent.training.engine import TrainSet, predict_probs
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
-from noisystudent import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +81,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     run.mkdir(parents=True, exist_ok=True)
     with lock_run_folder(run), run_log(run):
         logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
-        data = load_run_data(config, run)
+        data = load_run_images(config, run)
         write_config(run, config, fingerprint_files(data.manifest[PATH].tolist()))
         fold_table = _load_or_make_folds(run, data.manifest, config)
         cache = _build_cache(run, fold_table, config, progress)

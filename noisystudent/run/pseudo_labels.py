@@ -37,9 +37,10 @@ import pandas as pd
 
 from noisystudent import atomic
 from noisystudent.config.run_config import PSEUDO_MODES
-from noisystudent.errors import ConfigError, DataError
 from noisystudent.data.manifest import PATH
+from noisystudent.errors import ConfigError, DataError
 from noisystudent.layout import CONFIDENCE, COPIES, PRED, target_column
+from noisystudent.run.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def load_pseudo_labels(path: str | Path, classes: list[str]) -> tuple[list[str],
 
 def _read_table(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, dtype={PATH: str, PRED: str}, keep_default_na=False)
+        return read_table(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DataError(f"The pseudo-label file {path} cannot be read ({error}).") from error
 

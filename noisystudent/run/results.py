@@ -19,28 +19,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from noisystudent import atomic
-from noisystudent.evaluation import metrics
-from noisystudent import layout
+from noisystudent import atomic, layout
+from noisystudent.config.choices import VOTING
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
+from noisystudent.evaluation import metrics
 from noisystudent.evaluation.voting import vote
+from noisystudent.run.tables import read_table
 
 logger = logging.getLogger(__name__)
 
-VOTING_RULES = ("majority", "soft")
+VOTING_RULES = VOTING  # every rule, for the ensemble rows
 ID_COLUMNS = [layout.MODEL_KIND, layout.FOLD_COLUMN, layout.ROUND, layout.EVAL_SPLIT, layout.VOTING]
 OOF = "oof"
 AGREEMENT = "agreement"  # fraction of the fold models whose vote equals pred
 ENSEMBLE = "ensemble"
 
 
-def model_kind(round_: int) -> str:
-    return "teacher" if round_ == 0 else "student"
-
-
 def read_predictions(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={PATIENT: str, LABEL: str, PATH: str}, keep_default_na=False)
+    return read_table(path)
 
 
 def collect_predictions(run: Path, config: RunConfig) -> dict[tuple[int, int], pd.DataFrame]:
@@ -82,7 +79,7 @@ def per_model_rows(predictions, classes, positive) -> list[dict]:
         for split in ("validation", "test"):
             part = table[table[layout.SPLIT] == split]
             if not part.empty:
-                rows.append(_row(model_kind(round_), fold, round_, split, "", part, classes, positive))
+                rows.append(_row(layout.model_kind(round_), fold, round_, split, "", part, classes, positive))
     return rows
 
 
@@ -91,7 +88,7 @@ def pooled_oof_rows(predictions, config, classes, positive) -> list[dict]:
     for round_ in range(config.rounds + 1):
         parts = [t[t[layout.SPLIT] == "validation"] for (f, r), t in predictions.items() if r == round_]
         if len(parts) == config.folds:  # only when every fold has finished
-            rows.append(_row(model_kind(round_), OOF, round_, "validation", "", pd.concat(parts), classes, positive))
+            rows.append(_row(layout.model_kind(round_), OOF, round_, "validation", "", pd.concat(parts), classes, positive))
     return rows
 
 
@@ -107,8 +104,8 @@ def ensemble_rows(run, predictions, config, classes, positive) -> list[dict]:
             continue
         for rule in VOTING_RULES:
             table = ensemble_table(tests, classes, rule)
-            atomic.write_csv(layout.results_dir(run) / f"predictions_{model_kind(round_)}_{rule}.csv", table)
-            rows.append(_row(model_kind(round_), ENSEMBLE, round_, "test", rule, table, classes, positive))
+            atomic.write_csv(layout.results_dir(run) / f"predictions_{layout.model_kind(round_)}_{rule}.csv", table)
+            rows.append(_row(layout.model_kind(round_), ENSEMBLE, round_, "test", rule, table, classes, positive))
     return rows
 
 

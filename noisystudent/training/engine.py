@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from noisystudent.training import sampling
-from noisystudent.training import tta
-from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from noisystudent.errors import UserError
+from noisystudent.training import sampling, tta
+from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from noisystudent.training.losses import soft_cross_entropy
 
 

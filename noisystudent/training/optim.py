@@ -40,22 +40,3 @@ def step_scheduler(scheduler, metric: float) -> None:
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
-
-
-def parse_progressive_resize(spec: str | None, epochs: int, image_size: int) -> list[int]:
-    """Image size of every epoch: 'size:epochs,size:epochs' stages, the last stage extended to the end."""
-    from noisystudent.errors import ConfigError
-
-    if not spec:
-        return [image_size] * epochs
-    sizes: list[int] = []
-    for stage in spec.split(","):
-        try:
-            size, count = (int(part) for part in stage.split(":"))
-        except ValueError:
-            raise ConfigError(f"progressive_resize stage {stage!r} is not 'size:epochs'.") from None
-        if size > image_size or size < 8 or count < 1:
-            raise ConfigError(f"progressive_resize stage {stage!r} needs 8 <= size <= image_size ({image_size}) and epochs >= 1.")
-        sizes += [size] * count
-    sizes = sizes[:epochs]
-    return sizes + [sizes[-1]] * (epochs - len(sizes))

@@ -19,19 +19,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from noisystudent import atomic
-from noisystudent.models import checkpoint
-from noisystudent.training import engine
-from noisystudent import models
-from noisystudent.training import optim
-from noisystudent import layout
-from noisystudent.training.augment import create_augment
+from noisystudent import atomic, layout, models
+from noisystudent.config.parsing import parse_progressive_resize
 from noisystudent.config.run_config import RunConfig
+from noisystudent.errors import CheckpointError
+from noisystudent.evaluation.scoring import (
+    probabilities_loss,
+    selection_score,
+    validation_metrics,
+)
+from noisystudent.models import checkpoint
+from noisystudent.progress import NULL_PROGRESS, Progress
+from noisystudent.training import engine, optim
+from noisystudent.training.augment import create_augment
 from noisystudent.training.device import amp_dtype
 from noisystudent.training.engine import TrainSet
-from noisystudent.errors import CheckpointError
-from noisystudent.evaluation.scoring import probabilities_loss, selection_score, validation_metrics
-from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.training.sampling import class_weights
 from noisystudent.training.seeding import derive_seed, make_generator, seed_everything
 
@@ -123,7 +125,7 @@ def _resume(job: ModelJob, model, optimizer, scheduler, scaler) -> TrainState:
 
 
 def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress) -> None:
-    sizes = optim.parse_progressive_resize(config.progressive_resize, config.epochs, config.image_size)
+    sizes = parse_progressive_resize(config.progressive_resize, config.epochs, config.image_size)
     ctx = engine.StepContext(
         optimizer=optimizer, device=device, amp_dtype=amp_dtype(config.amp, device), scaler=scaler,
         class_weights=_class_weights(job, config, device), label_smoothing=config.label_smoothing,

@@ -1,0 +1,25 @@
+"""The allowed values of every setting that is a choice, in one place.
+
+Plain tuples of strings, importable without torch, so that the configuration,
+the command line and the library check one list each.
+"""
+
+EFFICIENTNETS = tuple(f"efficientnet-b{i}" for i in range(8))
+LITES = ("efficientnet-lite0",)
+RESNETS = ("resnet18", "resnet50", "resnet152")
+ARCHITECTURES = EFFICIENTNETS + LITES + RESNETS
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("step", "cosine", "plateau", "none")
+AUGMENTS = ("none", "light", "strong")
+PSEUDO_MODES = ("soft", "hard")
+STUDENT_DATA = ("both", "pseudo")
+STUDENT_INIT = ("weights", "teacher")
+SAMPLERS = ("none", "oversample", "undersample")
+CLASS_WEIGHTS = ("none", "balanced")
+EQUALIZE = ("none", "grey", "channels", "luminance")
+TTA = ("none", "flips", "dihedral", "five_crop", "ten_crop")
+FREEZE = ("none", "backbone")
+VOTING = ("majority", "soft")
+AMP = ("auto", "bf16", "fp16", "off")
+SELECT_METRICS = ("accuracy", "f1", "balanced_accuracy", "loss", "auc")
