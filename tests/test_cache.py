@@ -8,12 +8,7 @@ from PIL import Image
 
 from noisystudent.data import cache as cache_module
 from noisystudent.data import preprocess as preprocess_module
-from noisystudent.data.cache import (
-    ImageCache,
-    build_cache,
-    cache_fingerprint,
-    fingerprint_files,
-)
+from noisystudent.data.cache import ImageCache, build_cache, cache_fingerprint, fingerprint_files
 from noisystudent.data.images import load_rgb
 from noisystudent.data.preprocess import PreprocessSpec, preprocess
 from noisystudent.errors import DataError

@@ -4,15 +4,7 @@ from itertools import combinations
 import pandas as pd
 import pytest
 
-from noisystudent.data.folds import (
-    FOLD_COLUMNS,
-    assign_folds,
-    check_no_patient_leakage,
-    fold_frame,
-    fold_ids,
-    load_folds,
-    save_folds,
-)
+from noisystudent.data.folds import FOLD_COLUMNS, assign_folds, check_no_patient_leakage, fold_frame, fold_ids, load_folds, save_folds
 from noisystudent.data.manifest import (
     FOLD,
     LABEL,

@@ -4,13 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from noisystudent.data.images import (
-    find_unreadable,
-    image_size,
-    load_rgb,
-    probe_image,
-    probe_images,
-)
+from noisystudent.data.images import find_unreadable, image_size, load_rgb, probe_image, probe_images
 from noisystudent.errors import DataError
 
 

@@ -4,14 +4,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import (
-    balanced_accuracy_score,
-    classification_report,
-    cohen_kappa_score,
-    f1_score,
-    matthews_corrcoef,
-    roc_auc_score,
-)
+from sklearn.metrics import balanced_accuracy_score, classification_report, cohen_kappa_score, f1_score, matthews_corrcoef, roc_auc_score
 
 from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping
 from noisystudent.errors import ConfigError, DataError

@@ -29,12 +29,7 @@ from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS
 from noisystudent.run import pipeline
 from noisystudent.training import engine, optim, sampling, trainer
-from noisystudent.training.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    create_augment,
-    normalize,
-)
+from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, create_augment, normalize
 from noisystudent.training.engine import StepContext, TrainSet
 from noisystudent.training.seeding import make_generator
 from noisystudent.training.trainer import ModelJob, train_model

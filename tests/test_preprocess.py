@@ -3,12 +3,7 @@ import pytest
 from PIL import Image
 
 from noisystudent.config.run_config import RunConfig
-from noisystudent.data.preprocess import (
-    PreprocessSpec,
-    content_box,
-    equalize,
-    preprocess,
-)
+from noisystudent.data.preprocess import PreprocessSpec, content_box, equalize, preprocess
 from noisystudent.errors import ConfigError
 
 

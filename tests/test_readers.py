@@ -4,15 +4,7 @@ from pathlib import Path
 import pytest
 
 from noisystudent.data.manifest import LABEL, MANIFEST_COLUMNS, PATH, PATIENT, SUBSET
-from noisystudent.data.readers import (
-    SKIPPED,
-    detect_format,
-    read_cnmc,
-    read_csv_manifest,
-    read_dataset,
-    read_folders,
-    read_unlabelled,
-)
+from noisystudent.data.readers import SKIPPED, detect_format, read_cnmc, read_csv_manifest, read_dataset, read_folders, read_unlabelled
 from noisystudent.errors import ConfigError, DataError
 
 TRAIN = "C-NMC_Leukemia/training_data"

@@ -11,22 +11,8 @@ import pytest
 from PIL import Image
 
 from noisystudent.errors import RunFolderError
-from noisystudent.evaluation.metrics import (
-    COUNT_COLUMNS,
-    METRIC_COLUMNS,
-    metrics_from_predictions,
-    summarise_folds,
-)
-from noisystudent.layout import (
-    CONFIG,
-    HISTORY,
-    METRICS,
-    PREDICTIONS,
-    PSEUDO_LABELS,
-    REPORT,
-    results_dir,
-    round_dir,
-)
+from noisystudent.evaluation.metrics import COUNT_COLUMNS, METRIC_COLUMNS, metrics_from_predictions, summarise_folds
+from noisystudent.layout import CONFIG, HISTORY, METRICS, PREDICTIONS, PSEUDO_LABELS, REPORT, results_dir, round_dir
 from noisystudent.report import fold_table, headline, summary_table, write_report
 from noisystudent.report.plots import plot_curves
 from noisystudent.report.run_reader import load_run, read_metrics

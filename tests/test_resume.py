@@ -22,15 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import (
-    TINY_FLAGS,
-    ForkingCli,
-    cli_command,
-    run_files,
-    subprocess_env,
-    torch_threads,
-    write_class_folders,
-)
+from helpers import TINY_FLAGS, ForkingCli, cli_command, run_files, subprocess_env, torch_threads, write_class_folders
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -12,7 +12,7 @@ import sys
 # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made
 # the demo 4x slower (707 s vs 155 s, scripts/bench_demo.sh); set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -201,75 +201,104 @@ def data_demo(
     out.print(f"Demo data written to {root}")
 
 
-# Options shared by the ensemble commands.
+# --- ensemble: predict and evaluate share their options and setup ---
+
 RunArgument = Annotated[Path, typer.Argument(help="Run folder of a finished kfold run (only read).")]
-ModelsOption = Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")]
-TtaOption = Annotated[Optional[str], typer.Option(help="Test-time augmentation: none, flips, dihedral, five_crop, ten_crop (default: the run's).", show_default=False)]
-BatchSizeOption = Annotated[Optional[int], typer.Option(help="Images per forward pass (default: the run's --eval-batch-size).", show_default=False)]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-SkipUnreadableOption = Annotated[bool, typer.Option("--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")]
 
 
-@ensemble_app.command("predict")
-@user_errors
+@dataclass
+class EnsembleOptions:
+    """What every ensemble command takes besides its own arguments."""
+
+    models: str
+    tta: Optional[str]
+    batch_size: Optional[int]
+    device: str
+    skip_unreadable: bool
+
+
+def _keyword(name: str, default: Any, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+ENSEMBLE_OPTIONS = [
+    _keyword("models", "students", Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")]),
+    _keyword("tta", None, Annotated[Optional[str], typer.Option(
+        help="Test-time augmentation: none, flips, dihedral, five_crop, ten_crop (default: the run's).", show_default=False)]),
+    _keyword("batch_size", None, Annotated[Optional[int], typer.Option(
+        help="Images per forward pass (default: the run's --eval-batch-size).", show_default=False)]),
+    _keyword("device", "auto", Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]),
+    _keyword("skip_unreadable", False, Annotated[bool, typer.Option(
+        "--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")]),
+    _keyword("quiet", False, Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")]),
+]
+
+
+def ensemble_command(name: str):
+    """Register ``command(run, ..., options: EnsembleOptions)`` as ``noisystudent ensemble NAME`` with the shared options."""
+
+    def register(command):
+        @functools.wraps(command)
+        def wrapper(*args: Any, models: str, tta: Optional[str], batch_size: Optional[int], device: str,
+                    skip_unreadable: bool, quiet: bool, **kwargs: Any) -> None:
+            setup_logging(quiet)
+            return command(*args, options=EnsembleOptions(models, tta, batch_size, device, skip_unreadable), **kwargs)
+
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
+        wrapper.__signature__ = inspect.Signature(own + ENSEMBLE_OPTIONS)
+        wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+        return ensemble_app.command(name)(user_errors(wrapper))
+
+    return register
+
+
+@ensemble_command("predict")
 def ensemble_predict(
     run: RunArgument,
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or CSV manifests (path[, label][, patient]).", show_default=False)],
     voting: Annotated[Optional[str], typer.Option(help="majority or soft (default: the run's --voting).", show_default=False)] = None,
-    models: ModelsOption = "students",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Per-image CSV; patients go to <stem>_patients.csv beside it.")] = Path("predictions.csv"),
-    tta: TtaOption = None,
-    batch_size: BatchSizeOption = None,
-    device: DeviceOption = "auto",
-    skip_unreadable: SkipUnreadableOption = False,
-    quiet: QuietOption = False,
+    *,
+    options: EnsembleOptions,
 ) -> None:
     """Predict new images by a vote of the K fold models of RUN: one row per image, one per patient."""
     from noisystudent.cli.tables import print_prediction_summary
     from noisystudent.data.loose_files import resolve_inputs
     from noisystudent.ensemble import classifier as ensemble
 
-    setup_logging(quiet)
     ensemble.check_outside_run(out_path, run)
     images = resolve_inputs(inputs)
-    models_ = ensemble.load_ensemble(run, models, device)
+    models = ensemble.load_ensemble(run, options.models, options.device)
     with RichProgress(console) as progress:
-        prediction = ensemble.predict(models_, images, voting, progress=progress, tta=tta, batch_size=batch_size,
-                                      skip_unreadable=skip_unreadable)
+        prediction = ensemble.predict(models, images, voting, progress=progress, tta=options.tta, batch_size=options.batch_size,
+                                      skip_unreadable=options.skip_unreadable)
     written = ensemble.write_prediction(prediction, out_path)
-    print_prediction_summary(out, prediction, models_, voting)
+    print_prediction_summary(out, prediction, models, voting)
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
 
 
-@ensemble_app.command("evaluate")
-@user_errors
+@ensemble_command("evaluate")
 def ensemble_evaluate(
     run: RunArgument,
     data: Annotated[Path, typer.Argument(help="Labelled data set: C-NMC folder, class folders, or CSV manifest.")],
     voting: Annotated[Optional[list[str]], typer.Option(help="majority and/or soft; repeat for both (default: both).", show_default=False)] = None,
-    models: ModelsOption = "students",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Metrics CSV; per-image predictions go to <stem>_predictions.csv beside it.")] = Path("metrics.csv"),
     data_format: Annotated[str, typer.Option("--format", help="auto, cnmc, folders or csv.")] = "auto",
     patient_regex: Annotated[Optional[str], typer.Option(help="Regex with one group extracting the patient from file names (folders layout).", show_default=False)] = None,
-    tta: TtaOption = None,
-    batch_size: BatchSizeOption = None,
-    device: DeviceOption = "auto",
-    skip_unreadable: SkipUnreadableOption = False,
-    quiet: QuietOption = False,
+    *,
+    options: EnsembleOptions,
 ) -> None:
     """Evaluate each fold model of RUN and their votes on a labelled data set."""
     from noisystudent.cli.tables import results_table
     from noisystudent.ensemble import classifier as ensemble
     from noisystudent.run.results import VOTING_RULES
 
-    setup_logging(quiet)
     ensemble.check_outside_run(out_path, run)
-    models_ = ensemble.load_ensemble(run, models, device)
-    images = ensemble.read_labelled(models_, data, data_format, patient_regex)
+    models = ensemble.load_ensemble(run, options.models, options.device)
+    images = ensemble.read_labelled(models, data, data_format, patient_regex)
     with RichProgress(console) as progress:
-        evaluation = ensemble.evaluate(models_, images, tuple(voting or VOTING_RULES), progress=progress, tta=tta,
-                                       batch_size=batch_size, skip_unreadable=skip_unreadable)
+        evaluation = ensemble.evaluate(models, images, tuple(voting or VOTING_RULES), progress=progress, tta=options.tta,
+                                       batch_size=options.batch_size, skip_unreadable=options.skip_unreadable)
     written = ensemble.write_evaluation(evaluation, out_path)
     out.print(results_table(evaluation.metrics, f"{data} ({len(images) - len(evaluation.skipped)} images)"))
     out.print(f"Skipped unreadable images: {len(evaluation.skipped)}")

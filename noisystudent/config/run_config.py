@@ -47,6 +47,14 @@ def _opt(default: Any, help: str, affects_results: bool = True, **kwargs: Any) -
 
 
 
+# The settings that take one of a fixed set of values.
+CHOICES = {
+    "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
+    "pseudo_mode": PSEUDO_MODES, "student_data": STUDENT_DATA, "student_init": STUDENT_INIT, "sampler": SAMPLERS,
+    "equalize": EQUALIZE, "tta": TTA, "freeze": FREEZE, "voting": VOTING, "amp": AMP, "select_metric": SELECT_METRICS,
+}
+
+
 @dataclass
 class RunConfig:
     # --- data ---
@@ -127,22 +135,10 @@ class RunConfig:
         _check_arch("arch", self.arch)
         if self.student_arch is not None:
             _check_arch("student_arch", self.student_arch)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("scheduler", self.scheduler, SCHEDULERS)
-        _check_choice("teacher_augment", self.teacher_augment, AUGMENTS)
-        _check_choice("student_augment", self.student_augment, AUGMENTS)
-        _check_choice("pseudo_mode", self.pseudo_mode, PSEUDO_MODES)
-        _check_choice("student_data", self.student_data, STUDENT_DATA)
-        _check_choice("student_init", self.student_init, STUDENT_INIT)
+        for name, choices in CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
         if self.student_init == "teacher" and self.student_arch not in (None, self.arch):
             raise ConfigError("student_init teacher needs students of the teacher's architecture; drop --student-arch or use --student-init weights.")
-        _check_choice("sampler", self.sampler, SAMPLERS)
-        _check_choice("equalize", self.equalize, EQUALIZE)
-        _check_choice("tta", self.tta, TTA)
-        _check_choice("freeze", self.freeze, FREEZE)
-        _check_choice("voting", self.voting, VOTING)
-        _check_choice("amp", self.amp, AMP)
-        _check_choice("select_metric", self.select_metric, SELECT_METRICS)
         _check_range("folds", self.folds, 2, None)
         _check_range("rounds", self.rounds, 0, None)
         _check_range("epochs", self.epochs, 1, None)

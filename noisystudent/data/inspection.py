@@ -16,15 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from noisystudent.data.images import ImageInfo, probe_images
-from noisystudent.data.manifest import (
-    LABEL,
-    PATH,
-    PATIENT,
-    SUBSET,
-    SUBSET_TEST,
-    SUBSET_TRAIN,
-    check_manifest,
-)
+from noisystudent.data.manifest import LABEL, PATH, PATIENT, SUBSET, SUBSET_TEST, SUBSET_TRAIN, check_manifest
 from noisystudent.data.readers import read_manifest
 from noisystudent.errors import DataError
 

@@ -21,12 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from noisystudent.data.manifest import (
-    IMAGE_EXTENSIONS,
-    LABEL,
-    PATH,
-    PATIENT,
-)
+from noisystudent.data.manifest import IMAGE_EXTENSIONS, LABEL, PATH, PATIENT
 from noisystudent.data.readers import cnmc_name_fields, image_files, read_csv_manifest
 from noisystudent.errors import DataError
 

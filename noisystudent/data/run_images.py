@@ -11,11 +11,7 @@ import pandas as pd
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import demo, readers
-from noisystudent.data.labels import (
-    apply_binary_mapping,
-    parse_binary_mapping,
-    positive_index_of,
-)
+from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping, positive_index_of
 from noisystudent.data.manifest import (
     LABEL,
     PATH,

@@ -33,15 +33,7 @@ from sklearn.metrics import (
 from noisystudent.data.labels import as_labels
 from noisystudent.data.manifest import LABEL
 from noisystudent.errors import ConfigError, DataError
-from noisystudent.layout import (
-    EVAL_SPLIT,
-    FOLD_COLUMN,
-    MODEL_KIND,
-    PRED,
-    ROUND,
-    VOTING,
-    prob_column,
-)
+from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, PRED, ROUND, VOTING, prob_column
 
 METRIC_COLUMNS = [
     "accuracy",

@@ -6,13 +6,7 @@ shape; ``load_weights`` loads a file and reports what did not fit.
 """
 
 from noisystudent.models.architectures import ARCHITECTURES, check_arch
-from noisystudent.models.factory import (
-    build_from_spec,
-    create_model,
-    describe_model,
-    input_normalization,
-    model_spec,
-)
+from noisystudent.models.factory import build_from_spec, create_model, describe_model, input_normalization, model_spec
 from noisystudent.models.freezing import (
     backbone_parameters,
     classifier_name,

@@ -17,15 +17,7 @@ import pandas as pd
 from noisystudent.atomic import write_text
 from noisystudent.data.manifest import LABEL
 from noisystudent.errors import RunFolderError
-from noisystudent.layout import (
-    EVAL_SPLIT,
-    PRED,
-    REPORT,
-    SPLIT,
-    STUDENT,
-    TEACHER,
-    prob_column,
-)
+from noisystudent.layout import EVAL_SPLIT, PRED, REPORT, SPLIT, STUDENT, TEACHER, prob_column
 from noisystudent.report import plots
 from noisystudent.report.html import FigureEntry, TableEntry, render_page
 from noisystudent.report.run_reader import RunContents, load_run

@@ -20,16 +20,7 @@ from sklearn.metrics import auc as area_under
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from noisystudent.atomic import atomic_write
-from noisystudent.layout import (
-    CONFIDENCE,
-    EPOCH,
-    PRED,
-    STUDENT,
-    TEACHER,
-    TRAIN_LOSS,
-    VAL_LOSS,
-    model_label,
-)
+from noisystudent.layout import CONFIDENCE, EPOCH, PRED, STUDENT, TEACHER, TRAIN_LOSS, VAL_LOSS, model_label
 from noisystudent.report.tables import ENSEMBLE_ROW, SummaryRow, display_name, plural
 
 DPI = 110

@@ -16,16 +16,7 @@ import pandas as pd
 
 from noisystudent.config.choices import VOTING as VOTING_RULES
 from noisystudent.evaluation.metrics import MEAN_ROW, METRIC_COLUMNS, VARIANCE_ROW
-from noisystudent.layout import (
-    EVAL_SPLIT,
-    FOLD_COLUMN,
-    MODEL_KIND,
-    ROUND,
-    STUDENT,
-    TEACHER,
-    VOTING,
-    model_label,
-)
+from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, ROUND, STUDENT, TEACHER, VOTING, model_label
 
 ENSEMBLE_ROW = "ensemble"
 TEST, VALIDATION = "test", "validation"

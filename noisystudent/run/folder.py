@@ -23,11 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from noisystudent import __version__, atomic, layout
-from noisystudent.config.run_config import (
-    RunConfig,
-    differing_result_keys,
-    load_config_json,
-)
+from noisystudent.config.run_config import RunConfig, differing_result_keys, load_config_json
 from noisystudent.config.settings import META_KEYS
 from noisystudent.errors import ConfigError, RunFolderError
 

@@ -24,20 +24,8 @@ import torch
 from noisystudent import atomic, layout, models
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import folds as folds_module
+from noisystudent.data import manifest
 from noisystudent.data.cache import ImageCache, build_cache, fingerprint_files
-from noisystudent.data.manifest import (
-    FOLD,
-    LABEL,
-    PATH,
-    PATIENT,
-    ROLE,
-    ROLE_LABELLED,
-    ROLE_POOL,
-    ROLE_TEST,
-    ROLE_UNLABELLED,
-    ROLE_VALIDATION,
-    SHARED_FOLD,
-)
 from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.run_images import load_run_images
 from noisystudent.errors import ConfigError
@@ -53,7 +41,7 @@ from noisystudent.training.trainer import ModelJob, train_model
 logger = logging.getLogger(__name__)
 
 # predictions.csv split names for each fold role
-SPLIT_OF_ROLE = {ROLE_VALIDATION: "validation", ROLE_TEST: "test", ROLE_UNLABELLED: "unlabelled", ROLE_POOL: "pool"}
+SPLIT_OF_ROLE = {manifest.ROLE_VALIDATION: "validation", manifest.ROLE_TEST: "test", manifest.ROLE_UNLABELLED: "unlabelled", manifest.ROLE_POOL: "pool"}
 PSEUDO_SPLITS = ("unlabelled", "pool")
 
 
@@ -82,7 +70,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     with lock_run_folder(run), run_log(run):
         logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
         data = load_run_images(config, run)
-        write_config(run, config, fingerprint_files(data.manifest[PATH].tolist()))
+        write_config(run, config, fingerprint_files(data.manifest[manifest.PATH].tolist()))
         fold_table = _load_or_make_folds(run, data.manifest, config)
         cache = _build_cache(run, fold_table, config, progress)
         ctx = RunContext(run, config, data.classes, fold_table, cache, resolve_device(config.device), progress)
@@ -111,17 +99,17 @@ def run_log(run: Path):
         handler.close()
 
 
-def _load_or_make_folds(run: Path, manifest: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+def _load_or_make_folds(run: Path, images: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
     path = run / layout.FOLDS
     if path.exists():
         return folds_module.load_folds(path)
-    table = folds_module.assign_folds(manifest, config.folds, config.split_ratio, config.test_fraction, config.seed)
+    table = folds_module.assign_folds(images, config.folds, config.split_ratio, config.test_fraction, config.seed)
     folds_module.save_folds(table, path)
     return table
 
 
 def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress) -> ImageCache:
-    paths = sorted(fold_table[PATH].unique())
+    paths = sorted(fold_table[manifest.PATH].unique())
     cache_dir = Path(config.cache_dir) if config.cache_dir else run / layout.CACHE
     progress.start("cache", "decoding images", total=len(paths))
     cache = build_cache(
@@ -147,13 +135,13 @@ def run_fold(ctx: RunContext, fold: int) -> None:
 
 def fold_rows(folds: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:
     """Rows of ``role`` in ``fold``; test and pool rows are shared by all folds."""
-    fold_value = SHARED_FOLD if role in (ROLE_TEST, ROLE_POOL) else fold
-    return folds[(folds[FOLD] == fold_value) & (folds[ROLE] == role)]
+    fold_value = manifest.SHARED_FOLD if role in (manifest.ROLE_TEST, manifest.ROLE_POOL) else fold
+    return folds[(folds[manifest.FOLD] == fold_value) & (folds[manifest.ROLE] == role)]
 
 
 def _model_job(ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
     config, student = ctx.config, round_ > 0
-    validation = fold_rows(ctx.folds, fold, ROLE_VALIDATION)
+    validation = fold_rows(ctx.folds, fold, manifest.ROLE_VALIDATION)
     return ModelJob(
         name=name,
         out_dir=layout.round_dir(ctx.run, fold, round_),
@@ -163,7 +151,7 @@ def _model_job(ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
         drop_connect=config.student_drop_connect if student else config.teacher_drop_connect,
         augment_level=config.student_augment if student else config.teacher_augment,
         train_set=_train_set(ctx, fold, round_),
-        val_rows=ctx.rows(validation[PATH]),
+        val_rows=ctx.rows(validation[manifest.PATH]),
         val_labels=_label_indices(validation, ctx.classes),
         classes=ctx.classes,
         seed=derive_seed(config.seed, "fold", fold, "round", round_),
@@ -180,15 +168,15 @@ def _initial_weights(ctx: RunContext, fold: int, round_: int) -> str:
 
 def _train_set(ctx: RunContext, fold: int, round_: int) -> TrainSet:
     """Round 0: the labelled part. Round r: pseudo-labels of round r-1 (+ labelled part)."""
-    labelled = fold_rows(ctx.folds, fold, ROLE_LABELLED)
+    labelled = fold_rows(ctx.folds, fold, manifest.ROLE_LABELLED)
     one_hot = np.eye(len(ctx.classes), dtype=np.float32)[_label_indices(labelled, ctx.classes)]
     if round_ == 0:
-        return TrainSet(ctx.rows(labelled[PATH]), torch.from_numpy(one_hot))
+        return TrainSet(ctx.rows(labelled[manifest.PATH]), torch.from_numpy(one_hot))
     pseudo_path = layout.round_dir(ctx.run, fold, round_ - 1) / layout.PSEUDO_LABELS
     paths, targets, copies = pseudo_labels.load_pseudo_labels(pseudo_path, ctx.classes)
     if ctx.config.student_data == "pseudo":
         return TrainSet(ctx.rows(paths), torch.from_numpy(targets), copies)
-    rows = torch.cat([ctx.rows(labelled[PATH]), ctx.rows(paths)])
+    rows = torch.cat([ctx.rows(labelled[manifest.PATH]), ctx.rows(paths)])
     all_targets = torch.from_numpy(np.concatenate([one_hot, targets]).astype(np.float32))
     all_copies = np.concatenate([np.ones(len(labelled), dtype=np.int64), copies])
     return TrainSet(rows, all_targets, all_copies)
@@ -196,7 +184,7 @@ def _train_set(ctx: RunContext, fold: int, round_: int) -> TrainSet:
 
 def _label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
     lookup = {name: i for i, name in enumerate(classes)}
-    return np.array([lookup[label] for label in frame[LABEL]], dtype=np.int64)
+    return np.array([lookup[label] for label in frame[manifest.LABEL]], dtype=np.int64)
 
 
 def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
@@ -212,7 +200,7 @@ def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     config = ctx.config
     ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
     probs = predict_probs(
-        model, ctx.load_batch, ctx.rows(frame[PATH]), ctx.device, config.eval_batch_size, config.tta,
+        model, ctx.load_batch, ctx.rows(frame[manifest.PATH]), ctx.device, config.eval_batch_size, config.tta,
         amp_dtype(config.amp, ctx.device), channels_last=ctx.device.type == "cuda" and config.channels_last,
         on_progress=lambda done: ctx.progress.update("predict", completed=done),
         normalization=models.input_normalization(payload["spec"]["arch"]),  # Lite0: (x - 127) / 128
@@ -223,7 +211,7 @@ def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
             f"The model {layout.round_dir(ctx.run, fold, round_) / layout.MODEL} predicts non-finite probabilities: its "
             "training diverged; start a new run (--out) with a lower --lr."
         )
-    table = prediction_table(frame[[PATH, LABEL, PATIENT, layout.SPLIT]], probs, ctx.classes)
+    table = prediction_table(frame[[manifest.PATH, manifest.LABEL, manifest.PATIENT, layout.SPLIT]], probs, ctx.classes)
     atomic.write_csv(out, table)
     return results.read_predictions(out)  # exactly what a resume reads
 
@@ -246,7 +234,7 @@ def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.Data
     # log-probabilities are the teacher's logits up to a per-row constant, which softmax ignores
     logits = np.log(np.clip(probs, 1e-30, 1.0))
     table = pseudo_labels.make_pseudo_labels(
-        unlabelled[PATH].tolist(), logits, ctx.classes, mode=config.pseudo_mode,
+        unlabelled[manifest.PATH].tolist(), logits, ctx.classes, mode=config.pseudo_mode,
         temperature=config.pseudo_temperature, threshold=config.pseudo_threshold,
         balance=config.pseudo_balance, seed=derive_seed(config.seed, "pseudo", fold, round_),
     )

@@ -23,11 +23,7 @@ from noisystudent import atomic, layout, models
 from noisystudent.config.parsing import parse_progressive_resize
 from noisystudent.config.run_config import RunConfig
 from noisystudent.errors import CheckpointError
-from noisystudent.evaluation.scoring import (
-    probabilities_loss,
-    selection_score,
-    validation_metrics,
-)
+from noisystudent.evaluation.scoring import probabilities_loss, selection_score, validation_metrics
 from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.training import engine, optim
