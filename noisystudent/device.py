@@ -22,4 +22,21 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
         return None
     if mode == "fp16":
         return torch.float16
-    return torch.bfloat16  # auto and bf16: bf16 needs no loss scaling
+    if mode == "auto" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.float16  # pre-Ampere GPUs only emulate bf16 (slowly); fp16 runs with loss scaling
+    return torch.bfloat16  # bf16 needs no loss scaling
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device`` without making the host wait for the GPU.
+
+    A copy from ordinary (pageable) host memory to a GPU is synchronous: the
+    host waits until the GPU's queue has drained, every step. A copy from
+    pinned memory with ``non_blocking`` is queued like a kernel. PyTorch's
+    caching host allocator keeps the pinned block until its copy has finished.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        if not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

@@ -200,7 +200,7 @@ def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
         [fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
         ignore_index=True,
     )
-    model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device)
+    model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device, ctx.config.channels_last)
     config = ctx.config
     ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
     probs = predict_probs(
