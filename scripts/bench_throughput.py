@@ -45,16 +45,15 @@ if __name__ != "__mp_main__":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
     import torch
 
-    from noisystudent.models import checkpoint
-    from noisystudent.training import engine
     from noisystudent import models
-    from noisystudent.training import optim
-    from noisystudent.training.augment import create_augment
-    from noisystudent.data.cache import build_cache
     from noisystudent.config.run_config import RunConfig
-    from noisystudent.training.device import amp_dtype, resolve_device
-    from noisystudent.training.engine import StepContext, TrainSet
+    from noisystudent.data.cache import build_cache
     from noisystudent.data.preprocess import PreprocessSpec
+    from noisystudent.device import amp_dtype, resolve_device
+    from noisystudent.models import checkpoint
+    from noisystudent.training import engine, optim
+    from noisystudent.training.augment import create_augment
+    from noisystudent.training.engine import StepContext, TrainSet
 
 ARCH = "efficientnet-b0"
 NUM_CLASSES = 2

@@ -121,7 +121,7 @@ class RunConfig:
     voting: str = _opt("majority", "Ensemble rule: majority or soft.")
     # --- execution (do not change results) ---
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", affects_results=False)
-    amp: str = _opt("auto", "Mixed precision: auto (bf16 on GPU), bf16, fp16 or off.")
+    amp: str = _opt("auto", "Mixed precision: auto (bf16 on GPUs with native bf16, else fp16), bf16, fp16 or off.")
     channels_last: bool = _opt(True, "Use channels_last memory format on GPU.", affects_results=False)
     compile: bool = _opt(False, "torch.compile the training model.", affects_results=False)
     eval_batch_size: int = _opt(256, "Batch size for evaluation and pseudo-labelling.", affects_results=False)

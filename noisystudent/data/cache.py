@@ -32,6 +32,7 @@ import torch
 
 from noisystudent.data import preprocess as _preprocess
 from noisystudent.data.preprocess import PreprocessSpec
+from noisystudent.device import to_device
 from noisystudent.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,15 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 SERIAL_BELOW = 64  # smaller sets are decoded in-process: starting workers costs more
 MAX_CHUNK = 256  # images per task sent to a worker process
-GPU_HEADROOM = 0.2  # fraction of free GPU memory left unused by a device-resident cache
+# A device-resident cache may use the GPU memory that is free when it is placed
+# (at the first batch: the model and optimizer already sit there) minus
+# GPU_WORKING_SET for what training and prediction still allocate (activations
+# for backward, cuDNN/compile workspaces, the eval batch, the allocator's
+# fragmentation), and then only (1 - GPU_HEADROOM) of what is left. 16 GiB is
+# an estimate with room to spare for EfficientNet-B0 at 224 px and batch 128 in
+# bf16 (not yet measured on a GPU: scripts/gpu_check.sh prints the peaks).
+GPU_WORKING_SET = 16 * 2**30  # bytes
+GPU_HEADROOM = 0.1  # fraction of the free memory beyond the working set left unused
 
 Progress = Callable[[int, int], None]
 
@@ -103,7 +112,8 @@ class ImageCache:
         """The whole cache as a uint8 tensor, placed once per device.
 
         CPU: the memory map itself (no copy). CUDA: a copy on the device when
-        it fits in free memory with ``GPU_HEADROOM`` to spare; otherwise the
+        it fits in ``device_cache_budget`` (free memory less the training
+        working set ``GPU_WORKING_SET`` and ``GPU_HEADROOM``); otherwise the
         memory map stays on the host and ``batch`` gathers each batch into
         pinned memory and copies it asynchronously (pinning the whole array
         would cost up to twice its size: PyTorch rounds pinned blocks up to a
@@ -125,7 +135,7 @@ class ImageCache:
         device = torch.device(device)
         storage = self.tensor(device)
         if storage.device.type == device.type:
-            return storage.index_select(0, rows.to(storage.device, non_blocking=True))
+            return storage.index_select(0, to_device(rows, storage.device))
         # Pinned staging blocks come from PyTorch's caching host allocator,
         # which keeps each one until its asynchronous copy has finished.
         staged = torch.empty((rows.numel(), *storage.shape[1:]), dtype=torch.uint8, pin_memory=True)
@@ -138,12 +148,22 @@ class ImageCache:
             return host
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
-            if host.nbytes <= (1 - GPU_HEADROOM) * free:
+            budget = device_cache_budget(free)
+            if host.nbytes <= budget:
                 log.info("Image cache on %s (%.2f GiB).", device, host.nbytes / 2**30)
                 return host.to(device)
-            log.info("Image cache stays in host memory (%.2f GiB): too big for %s.", host.nbytes / 2**30, device)
+            log.info("Image cache stays in host memory (%.2f GiB): more than the %.2f GiB %s can spare "
+                     "beside a %.0f GiB training working set.", host.nbytes / 2**30, budget / 2**30, device,
+                     GPU_WORKING_SET / 2**30)
             return host
         return host.to(device)
+
+
+def device_cache_budget(free_bytes: int, working_set: int | None = None, headroom: float | None = None) -> float:
+    """Bytes of GPU memory a device-resident cache may take when ``free_bytes`` are free."""
+    working_set = GPU_WORKING_SET if working_set is None else working_set
+    headroom = GPU_HEADROOM if headroom is None else headroom
+    return max(0.0, free_bytes - working_set) * (1 - headroom)
 
 
 def build_cache(

@@ -44,6 +44,7 @@ from noisystudent.data.loose_files import name_fields
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
 from noisystudent.data.readers import read_manifest
+from noisystudent.device import amp_dtype, resolve_device, to_device
 from noisystudent.errors import CheckpointError, ConfigError, DataError, RunFolderError
 from noisystudent.evaluation import metrics
 from noisystudent.models import input_normalization
@@ -51,7 +52,6 @@ from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import results
 from noisystudent.run.folder import load_run_config
-from noisystudent.training.device import amp_dtype, resolve_device
 from noisystudent.training.engine import predict_probs
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
         path = layout.round_dir(run, fold, round_) / layout.MODEL
         if not path.is_file():
             raise CheckpointError(_missing_message(run, fold, round_))
-        model, payload = load_model_file(path, device)
+        model, payload = load_model_file(path, device, config.channels_last)
         _check_arch(payload, path, config, round_)
         members.append(FoldModel(fold, path, model, input_normalization(payload["spec"]["arch"])))
         payloads.append(payload)
@@ -276,9 +276,9 @@ def _stack_chunk(paths: list[str], start: int, decoded: list, skip: bool) -> tup
 def _predict_chunk(ensemble: Ensemble, chunk: np.ndarray, tta: str, batch_size: int, report) -> np.ndarray:
     """(models, images, classes) for one chunk, moved to the device once for all models."""
     device, config = ensemble.device, ensemble.config
-    pixels = torch.from_numpy(chunk).to(device)
-    rows = torch.arange(len(chunk))
-    load_batch = lambda batch: pixels.index_select(0, batch.to(device))  # noqa: E731
+    pixels = to_device(torch.from_numpy(chunk), device)
+    rows = torch.arange(len(chunk), device=device)  # batches of rows are slices on the device: no copy per batch
+    load_batch = lambda batch: pixels.index_select(0, batch)  # noqa: E731
     n_models = len(ensemble.members)
     outputs = []
     for m, member in enumerate(ensemble.members):

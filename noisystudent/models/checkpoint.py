@@ -7,6 +7,7 @@ next epoch, the best metric and weights so far, and every RNG state.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import random
 import zipfile
@@ -18,6 +19,8 @@ import torch
 
 from noisystudent import atomic
 from noisystudent.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 
@@ -79,7 +82,34 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        restore_cuda_rng_state(state["cuda"], torch.cuda.current_device())
+
+
+def restore_cuda_rng_state(states, device_index: int, set_state=None) -> bool:
+    """Restore the saved CUDA RNG state of the device this run trains on; True if restored.
+
+    ``states`` holds one state per GPU that was visible when the checkpoint was
+    saved (``get_rng_state_all``). Training uses one device, so only its state
+    matters; restoring all of them (``set_rng_state_all``) raises IndexError
+    when fewer GPUs are visible now. A missing or unusable state is logged and
+    left as it is: the device RNG then differs from the uninterrupted run,
+    which changes random draws but nothing else.
+    """
+    set_state = set_state or torch.cuda.set_rng_state
+    try:
+        state = states[device_index]
+    except (IndexError, KeyError, TypeError):
+        count = len(states) if hasattr(states, "__len__") else "no"
+        log.warning("The checkpoint has %s CUDA RNG state(s), none for cuda:%d; its RNG is not restored.",
+                    count, device_index)
+        return False
+    try:
+        set_state(state, device_index)
+    except (RuntimeError, TypeError, ValueError) as error:
+        log.warning("The checkpoint's CUDA RNG state for cuda:%d is unusable (%s); not restored.",
+                    device_index, _first_line(error))
+        return False
+    return True
 
 
 def _first_line(error: BaseException) -> str:

@@ -12,8 +12,13 @@ from noisystudent.errors import CheckpointError
 from noisystudent.models import checkpoint
 
 
-def load_model_file(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model described in ``path`` and load its weights; eval mode, on ``device``."""
+def load_model_file(path: Path, device: torch.device, channels_last: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model described in ``path`` and load its weights; eval mode, on ``device``.
+
+    On a GPU with ``channels_last`` (RunConfig.channels_last) the weights are
+    converted to channels_last, like the inputs ``predict_probs`` gives them:
+    mixed layouts make cuDNN convert every activation.
+    """
     payload = checkpoint.load(path)
     if "spec" not in payload or "model" not in payload:
         raise CheckpointError(f"The file {path} is not a noisystudent model.pt (no model spec or weights).")
@@ -24,4 +29,7 @@ def load_model_file(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
         raise CheckpointError(
             f"The weights in {path} do not fit the architecture {payload['spec'].get('arch')!r} it names ({str(error).splitlines()[0]})."
         ) from error
-    return model.to(device).eval(), payload
+    model = model.to(device)
+    if torch.device(device).type == "cuda" and channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval(), payload

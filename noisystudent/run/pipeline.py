@@ -28,12 +28,12 @@ from noisystudent.data import manifest
 from noisystudent.data.cache import ImageCache, build_cache, fingerprint_files
 from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.run_images import load_run_images
+from noisystudent.device import amp_dtype, resolve_device
 from noisystudent.errors import ConfigError
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import pseudo_labels, results
 from noisystudent.run.folder import check_run_folder, lock_run_folder, write_config
-from noisystudent.training.device import amp_dtype, resolve_device
 from noisystudent.training.engine import TrainSet, predict_probs
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
@@ -196,7 +196,7 @@ def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
         [fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
         ignore_index=True,
     )
-    model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device)
+    model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device, ctx.config.channels_last)
     config = ctx.config
     ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
     probs = predict_probs(

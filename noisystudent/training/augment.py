@@ -125,7 +125,9 @@ def random_dihedral(x: torch.Tensor, generator: torch.Generator | None) -> torch
     if x.shape[-1] == x.shape[-2]:
         x = torch.where(_per_sample(bits[:, 0]), x.transpose(-1, -2), x)
     x = torch.where(_per_sample(bits[:, 1]), x.flip(-2), x)
-    return torch.where(_per_sample(bits[:, 2]), x.flip(-1), x)
+    # torch.where may give the strides of the transposed input; a compiled model
+    # would compile another version for that layout.
+    return torch.where(_per_sample(bits[:, 2]), x.flip(-1), x).contiguous()
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -250,7 +252,7 @@ class BatchAugment:
             x = colour_jitter(random_affine(x, generator), generator)
         if self.randaugment:
             x = rand_augment(x, generator)
-        return standardize(x, self.mean, self.std)
+        return standardize(x, self.mean, self.std).contiguous()  # one memory layout for every level
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluation input: no noise, same size and normalisation."""

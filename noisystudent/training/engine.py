@@ -2,7 +2,9 @@
 
 Images come from the decoded uint8 cache by row index; noise (augmentation) is
 applied to whole batches on the device. The step loop never synchronises with
-the host except every ``log_every`` steps, to report the running loss.
+the host except every ``log_every`` steps, to report the running loss: index
+copies to the device go through pinned memory with ``non_blocking``
+(``device.to_device``), and nothing reads a device value back.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from noisystudent.device import to_device
 from noisystudent.errors import UserError
 from noisystudent.training import sampling, tta
 from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
@@ -72,20 +75,25 @@ def train_one_epoch(
     sampler_mode: str = "none",
     log_every: int = 20,
     on_progress: Callable[[int, float | None], None] | None = None,
+    partial_batch_model: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; return mean loss, image count, seconds and images/s.
 
     ``load_batch(rows)`` returns uint8 images (B,3,H,W) on the device;
     ``augment(images, generator)`` returns normalised, noised float images.
     ``on_progress(images_done, running_loss_or_None)`` is called after every step.
+    ``partial_batch_model`` (the uncompiled module of a compiled ``model``)
+    trains the batches smaller than ``batch_size``, so that the last batch of
+    an epoch does not compile another version of the model.
     """
     order = sampling.epoch_indices(train_set.labels, train_set.copies, sampler_mode, generator)
     loss_sum = torch.zeros((), device=ctx.device)
     seen, started = 0, time.perf_counter()
-    targets_on_device = train_set.targets.to(ctx.device)
+    targets_on_device = to_device(train_set.targets, ctx.device)
     for step, batch in enumerate(sampling.batches(order, batch_size, drop_last_if_single=True)):
         images = augment(load_batch(train_set.rows[batch]), _augment_generator(generator, ctx.device))
-        loss = _train_step(model, images, targets_on_device[batch.to(ctx.device)], ctx)
+        step_model = model if len(batch) == batch_size or partial_batch_model is None else partial_batch_model
+        loss = _train_step(step_model, images, targets_on_device[to_device(batch, ctx.device)], ctx)
         loss_sum += loss.detach() * len(batch)
         seen += len(batch)
         running = None
@@ -187,6 +195,7 @@ def recalibrate_batchnorm(
     batch_size: int,
     max_batches: int,
     amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> None:
     """Precise BatchNorm: recompute running statistics as a true average over clean training batches.
 
@@ -205,7 +214,10 @@ def recalibrate_batchnorm(
     device = next(model.parameters()).device
     order = torch.randperm(len(rows), generator=generator)
     for batch in sampling.batches(order, batch_size, drop_last_if_single=True)[:max_batches]:
+        images = prepare(load_batch(rows[batch]))
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            model(prepare(load_batch(rows[batch])))
+            model(images)
     for module, momentum in zip(norms, momenta):
         module.momentum = momentum

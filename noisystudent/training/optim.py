@@ -17,6 +17,32 @@ def create_optimizer(parameters, config: RunConfig, device: torch.device) -> tor
     return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **fused)
 
 
+# Optimizer settings that say how the update runs on this device, not what it computes.
+DEVICE_FLAGS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict(saved)``, keeping the freshly built optimizer's device flags.
+
+    ``load_state_dict`` replaces every param_group wholesale, ``fused`` and
+    ``foreach`` included, so a checkpoint written on another device would switch
+    the implementation: a CPU checkpoint (``fused=None``) turns a CUDA optimizer
+    built with ``fused=True`` back to the plain path, and GradScaler, which
+    decided at construction that this optimizer unscales inside its fused
+    kernel, then passes ``grad_scale``/``found_inf`` to a step that refuses them.
+    The flags are put back before loading so that torch also places the state
+    (e.g. Adam's ``step``) where the current implementation expects it.
+    """
+    groups = [dict(group) for group in saved["param_groups"]]
+    for group, current in zip(groups, optimizer.param_groups):
+        for flag in DEVICE_FLAGS:
+            if flag in current:
+                group[flag] = current[flag]
+            else:
+                group.pop(flag, None)
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+
+
 def create_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, epochs: int):
     """A per-epoch scheduler, or None. ``plateau`` steps on the validation selection metric."""
     if config.scheduler == "step":

@@ -22,18 +22,21 @@ import torch
 from noisystudent import atomic, layout, models
 from noisystudent.config.parsing import parse_progressive_resize
 from noisystudent.config.run_config import RunConfig
+from noisystudent.device import amp_dtype
 from noisystudent.errors import CheckpointError
 from noisystudent.evaluation.scoring import probabilities_loss, selection_score, validation_metrics
 from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.training import engine, optim
 from noisystudent.training.augment import create_augment
-from noisystudent.training.device import amp_dtype
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.sampling import class_weights
 from noisystudent.training.seeding import derive_seed, make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
+
+# torch.compile options of the training model (tests use the "eager" backend: same guards, no codegen).
+COMPILE_OPTIONS: dict = {}
 
 
 @dataclass
@@ -75,7 +78,7 @@ def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.devi
     model = _build_model(job, config, device)
     optimizer = optim.create_optimizer(model.parameters(), config, device)
     scheduler = optim.create_scheduler(optimizer, config, config.epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype(config.amp, device) == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype(config.amp, device) == torch.float16 else None
     state = _resume(job, model, optimizer, scheduler, scaler)
     _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress)
     _save_model(job, config, state, model_path)
@@ -103,7 +106,7 @@ def _resume(job: ModelJob, model, optimizer, scheduler, scaler) -> TrainState:
     saved = checkpoint.load(path)
     try:
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        optim.load_optimizer_state(optimizer, saved["optimizer"])  # keeps this device's fused/foreach
         if scheduler is not None and saved.get("scheduler") is not None:
             scheduler.load_state_dict(saved["scheduler"])
         if scaler is not None and saved.get("scaler") is not None:
@@ -127,7 +130,7 @@ def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_ba
         class_weights=_class_weights(job, config, device), label_smoothing=config.label_smoothing,
         channels_last=device.type == "cuda" and config.channels_last,
     )
-    training_model = torch.compile(model) if config.compile else model
+    training_model = torch.compile(model, **COMPILE_OPTIONS) if config.compile else model  # once per model build
     progress.start("epoch", job.name, total=config.epochs)
     progress.update("epoch", completed=state.next_epoch)
     for epoch in range(state.next_epoch, config.epochs):
@@ -153,6 +156,10 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
     generator = make_generator(derive_seed(job.seed, "data", epoch))
     frozen = config.freeze == "backbone" or epoch < config.head_warmup_epochs
     _set_frozen(model, frozen)
+    if frozen and config.freeze != "backbone":
+        # Head warm-up runs uncompiled: frozen parameters and eval-mode BatchNorm
+        # would compile a second version of the model for a few epochs.
+        training_model = model
     mean, std = models.input_normalization(job.arch)  # what the arch's weights expect (Lite0: (x - 127) / 128)
     augment = create_augment(job.augment_level, config.randaugment and job.augment_level == "strong", size, mean, std)
     progress.start("batch", f"epoch {epoch + 1}/{config.epochs}", total=len(job.train_set))
@@ -161,12 +168,13 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
         training_model, load_batch, job.train_set, augment, ctx, generator, config.batch_size,
         config.sampler, config.log_every,
         on_progress=lambda done, loss: progress.update("batch", completed=done, loss=loss),
+        partial_batch_model=model if training_model is not model else None,  # no recompile for the last batch
     )
     progress.stop("batch")
     if config.precise_bn_batches and not frozen:
         engine.recalibrate_batchnorm(
             model, load_batch, job.train_set.rows, lambda images: augment.normalize(images), generator,
-            config.batch_size, config.precise_bn_batches, ctx.amp_dtype,
+            config.batch_size, config.precise_bn_batches, ctx.amp_dtype, ctx.channels_last,
         )
     probs = engine.predict_probs(
         model, load_batch, job.val_rows, ctx.device, config.eval_batch_size,
