@@ -151,18 +151,23 @@ DATA="$WORK/data"
 step 02-kfold-fp16 120 30 "${NS[@]}" kfold "$DATA" --out "$WORK/kf-fp16" "${DEMO[@]}" "${KF_SIZE[@]}" --device "$DEV" --amp fp16 --quiet
 step 03-resume-cpu-to-$DEV 150 40 cross_device_resume
 step 04-kfold-auto-amp 120 30 "${NS[@]}" kfold "$DATA" --out "$WORK/kf-auto" "${DEMO[@]}" "${KF_SIZE[@]}" --device "$DEV" --quiet
+if [ -n "${GPU_CHECK_CNMC:-}" ] && [ -f "$GPU_CHECK_CNMC" ]; then  # the real C-NMC sample, cnmc-study code path at 224 px
+  mkdir -p "$WORK/cnmc" && tar -xzf "$GPU_CHECK_CNMC" -C "$WORK/cnmc"
+  step 04b-kfold-cnmc-224 120 30 "${NS[@]}" kfold "$WORK/cnmc" --out "$WORK/kf-cnmc" --preset cnmc-study --weights none \
+    --folds 2 --rounds 1 --epochs 2 --device "$DEV" --quiet
+fi
 BENCH_CAP=90
 bench 05-bench-b128 --batch 128
 bench 06-bench-b15 --batch 15
+step 10-gpu-tests 90 30 gpu_tests
 if [ "$MODE" = gpu ] || [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
-  BENCH_CAP=180
+  step 09-kfold-compile-recompiles 150 60 recompile_kfold
+  BENCH_CAP=150
   bench 07-bench-b128-compile --batch 128 --compile
   bench 08-bench-b15-compile --batch 15 --compile
-  step 09-kfold-compile-recompiles 150 60 recompile_kfold
 else
   echo "== 07-09 (--compile) skipped in the CPU dry run (GPU_CHECK_COMPILE=1 runs them)"
 fi
-step 10-gpu-tests 90 30 gpu_tests
 
 # --- summary -------------------------------------------------------------------------------------
 "$PY" - "$OUT" "$(elapsed)" > "$SUMMARY" <<'EOF'
@@ -193,7 +198,7 @@ resume = log("03-resume")
 print("cross-device resume:", "resumed:" if "resuming at epoch" in resume else "NO 'resuming at epoch' line;",
       next((l.strip() for l in resume.splitlines() if "resuming at epoch" in l), ""))
 print("  saved checkpoint:", next((l.strip() for l in resume.splitlines() if "saved fused" in l), "?"))
-for name in ("02-kfold-fp16", "03-resume", "04-kfold-auto-amp", "09-kfold-compile"):
+for name in ("02-kfold-fp16", "03-resume", "04-kfold-auto-amp", "04b-kfold-cnmc", "09-kfold-compile"):
     text = log(name)
     errors = [l for l in text.splitlines() if re.search(r"Error|Traceback|error:", l)]
     if errors:

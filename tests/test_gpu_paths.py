@@ -362,3 +362,25 @@ def test_loaded_model_is_channels_last_on_cuda(monkeypatch, tmp_path):
     model_io.load_model_file(tmp_path / "model.pt", torch.device("cuda"), channels_last=False)
     model_io.load_model_file(tmp_path / "model.pt", torch.device("cpu"))
     assert formats == []
+
+
+def test_resumed_optimizer_state_takes_the_parameters_memory_layout():
+    """A contiguous (CPU) checkpoint loaded into a channels_last model: exp_avg gets the weights' strides,
+    as the fused kernels require (an H200 resume failed on exactly this)."""
+    from noisystudent.training.optim import load_optimizer_state
+
+    source = torch.nn.Conv2d(3, 4, 3)
+    saved_opt = torch.optim.Adam(source.parameters(), lr=0.1)
+    source(torch.randn(2, 3, 8, 8)).sum().backward()
+    saved_opt.step()
+    saved = saved_opt.state_dict()
+
+    target = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(target.parameters(), lr=0.1)
+    load_optimizer_state(optimizer, saved)
+    weight = target.weight
+    assert weight.stride() != source.weight.stride()  # the layouts really differ
+    for key in ("exp_avg", "exp_avg_sq"):
+        state = optimizer.state[weight][key]
+        assert state.stride() == weight.stride()
+        torch.testing.assert_close(state, saved_opt.state[source.weight][key])

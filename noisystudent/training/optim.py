@@ -41,6 +41,25 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
             else:
                 group.pop(flag, None)
     optimizer.load_state_dict({**saved, "param_groups": groups})
+    _match_parameter_layout(optimizer)
+
+
+def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's memory layout.
+
+    ``load_state_dict`` moves state to the parameter's device and dtype but keeps
+    the saved strides: a checkpoint written from a contiguous (CPU) model and
+    loaded into a channels_last CUDA model leaves exp_avg contiguous while the
+    weights are not, and the fused Adam/AdamW kernels refuse mixed layouts
+    (seen on an H200: "params, grads, exp_avgs, and exp_avg_sqs must have same
+    dtype, device, and layout").
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, epochs: int):
