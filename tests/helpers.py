@@ -1,7 +1,7 @@
-"""Tiny generated data sets and CLI helpers shared by the end-to-end tests.
+"""Everything the tests share: tiny generated data, the tiny `kfold` flags, CLI runners.
 
 Import from a test module with ``from helpers import ...`` (pytest puts the
-tests folder on ``sys.path``).
+tests folder on ``sys.path``); conftest.py only wraps these in fixtures.
 """
 
 from __future__ import annotations
@@ -18,14 +18,70 @@ from PIL import Image
 PATIENT_REGEX = r"^(p\d+)_"  # file names look like p03_1.png
 REPO = Path(__file__).resolve().parents[1]
 
-# A tiny, fast configuration of `noisystudent kfold` (one run takes seconds on a CPU).
-TINY_FLAGS = [
-    "--patient-regex", PATIENT_REGEX,
-    "--folds", "2", "--rounds", "1", "--epochs", "2",
-    "--image-size", "32", "--batch-size", "8", "--weights", "none",
-    "--arch", "resnet18", "--optimizer", "adamw", "--lr", "0.003", "--scheduler", "cosine",
-    "--positive", "malignant", "--device", "cpu", "--workers", "1", "--eval-batch-size", "64", "--quiet",
-]
+# The real C-NMC sample: $NOISYSTUDENT_CNMC_SAMPLE, else ../shared/data/ beside the checkout.
+CNMC_SAMPLE_VARIABLE = "NOISYSTUDENT_CNMC_SAMPLE"
+CNMC_SAMPLE_BESIDE_CHECKOUT = REPO.parent / "shared" / "data" / "cnmc-sample.tar.gz"
+
+
+def cnmc_sample_archive() -> Path:
+    """Where the real C-NMC sample archive should be (it may be absent: check ``is_file()``)."""
+    given = os.environ.get(CNMC_SAMPLE_VARIABLE, "")
+    return Path(given) if given else CNMC_SAMPLE_BESIDE_CHECKOUT
+
+
+# --- the tiny `noisystudent kfold` run (one run takes seconds on a CPU) -------------------------
+
+TINY_SETTINGS = {
+    "patient_regex": PATIENT_REGEX, "positive": "malignant",
+    "folds": 2, "rounds": 1, "epochs": 2, "image_size": 32, "batch_size": 8, "weights": "none",
+    "arch": "resnet18", "optimizer": "adamw", "lr": 0.003, "scheduler": "cosine",
+    "device": "cpu", "workers": 1, "eval_batch_size": 64,
+}
+
+
+def tiny_flags(quiet: bool = True, **changes) -> list[str]:
+    """The flags of a tiny ``noisystudent kfold`` run: ``TINY_SETTINGS`` updated by ``changes``.
+
+    ``tiny_flags(epochs=1, lr="1e30")`` -> [..., "--epochs", "1", ..., "--lr", "1e30", "--quiet"];
+    a change to None drops that flag (the library's default applies).
+    """
+    unknown = set(changes) - set(TINY_SETTINGS)
+    settings = {**TINY_SETTINGS, **changes}
+    flags = []
+    for name in [*TINY_SETTINGS, *sorted(unknown)]:
+        if settings[name] is not None:
+            flags += ["--" + name.replace("_", "-"), str(settings[name])]
+    return flags + (["--quiet"] if quiet else [])
+
+
+TINY_FLAGS = tiny_flags()
+
+
+# --- tiny images and data sets -------------------------------------------------------------------
+
+
+def save_image(path: Path, colour=(200, 40, 120), size=(8, 6), mode: str = "RGB") -> Path:
+    """Write a small single-colour image; the format follows the extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path)
+    return path
+
+
+def save_noise(path: Path, size: int = 32, seed: int = 0) -> Path:
+    """Write a random RGB image (incompressible, so truncating it cuts pixel data)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    """Cut a file to the fraction ``keep`` of its bytes."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
 
 
 def write_class_folders(

@@ -11,16 +11,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import save_noise, truncate
-from helpers import PATIENT_REGEX, torch_threads, write_class_folders, write_csv
+from helpers import save_noise, tiny_flags, torch_threads, truncate, write_class_folders, write_csv
 from noisystudent.training import engine
 from noisystudent.cli.main import app
 from noisystudent.errors import UserError
 
-FLAGS = [
-    "--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--rounds", "1", "--epochs", "1",
-    "--image-size", "32", "--batch-size", "8", "--weights", "none", "--device", "cpu", "--workers", "1", "--quiet",
-]
+FLAGS = tiny_flags(epochs=1)
 
 
 def kfold(data, tmp_path: Path, *extra):
@@ -168,7 +164,7 @@ def test_no_pseudo_label_passing_the_threshold(tmp_path, monkeypatch):
 
     data = write_class_folders(tmp_path / "data", patients_per_class=4, images_per_patient=1)
     monkeypatch.setattr(pipeline, "train_model", lambda *args, **kwargs: None)  # no training: predictions are faked
-    monkeypatch.setattr(pipeline, "_predictions", _uncertain_predictions)
+    monkeypatch.setattr(pipeline, "predict_round", _uncertain_predictions)
     assert_refused(*kfold(data, tmp_path, "--pseudo-threshold", "0.99"),
                    "No image of fold 0 passed the pseudo-label threshold 0.99")
 
@@ -206,11 +202,11 @@ def test_a_model_predicting_nan_is_not_used_for_pseudo_labels(data, tmp_path):
 def test_a_full_disk_outside_the_atomic_writes_is_one_sentence(data, tmp_path, monkeypatch):
     import errno
 
-    from noisystudent.run import pipeline
+    from noisystudent.data import folds
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "folds.csv"))
 
-    monkeypatch.setattr(pipeline, "_load_or_make_folds", full)
+    monkeypatch.setattr(folds, "save_folds", full)
     assert_refused(*kfold(data, tmp_path),
                    f"No space left on device while writing {tmp_path / 'run' / 'folds.csv'}; free some space and continue with --resume.")

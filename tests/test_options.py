@@ -7,7 +7,7 @@ linear head ``fc``); the freezing tests use a real EfficientNet-B0.
 
 from __future__ import annotations
 
-import copy
+import inspect
 import math
 from collections import Counter
 
@@ -34,7 +34,7 @@ from noisystudent.training.engine import StepContext, TrainSet
 from noisystudent.errors import ConfigError
 from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_VALIDATION
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
-from noisystudent.progress import NULL_PROGRESS
+from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.training.seeding import make_generator
 from noisystudent.training.trainer import ModelJob, train_model
 
@@ -89,7 +89,7 @@ def tiny_models(monkeypatch):
         built.append(Tiny())
         return built[-1]
 
-    monkeypatch.setattr(trainer, "_build_model", build)
+    monkeypatch.setattr(trainer, "build_model", build)
     return built
 
 
@@ -247,12 +247,18 @@ def test_bad_option_values_fail_at_construction(settings):
         RunConfig(**settings)
 
 
-def test_good_option_values_are_accepted():
+def test_good_option_values_are_accepted_and_kept():
     for arch in models.ARCHITECTURES:
-        RunConfig(arch=arch, student_arch=arch)
-    for spec in ("none", "balanced", "1,3", "0.5, 2"):
-        RunConfig(class_weights=spec)
-    RunConfig(progressive_resize="16:2,24:2", image_size=32)
+        config = RunConfig(arch=arch, student_arch=arch)
+        assert (config.arch, config.student_architecture) == (arch, arch)
+    labels = np.array([0, 0, 0, 1])
+    for spec, weights in (("none", None), ("balanced", [4 / 6, 2.0]), ("1,3", [1.0, 3.0]), ("0.5, 2", [0.5, 2.0])):
+        config = RunConfig(class_weights=spec)
+        assert config.class_weights == spec
+        got = sampling.class_weights(labels, 2, config.class_weights)
+        assert (got is None) if weights is None else got.tolist() == pytest.approx(weights)
+    config = RunConfig(progressive_resize="16:2,24:2", image_size=32)
+    assert optim.parse_progressive_resize(config.progressive_resize, 5, config.image_size) == [16, 16, 24, 24, 24]
 
 
 def test_every_technique_has_a_kfold_flag():
@@ -291,44 +297,39 @@ def _is_head(key: str) -> bool:
     return key.startswith("_fc.")
 
 
-def _spy_states(monkeypatch):
-    """Record the model's state at initialisation and after every epoch (when its checkpoint is saved)."""
-    states: dict[str, list] = {"initial": [], "epochs": []}
-    build, save = trainer._build_model, trainer._save_checkpoint
+class EpochStates(Progress):
+    """The model state of every epoch: read from checkpoint.pt when train_model reports the epoch done."""
 
-    def build_spy(job, config, device):
-        model = build(job, config, device)
-        states["initial"].append(copy.deepcopy(model.state_dict()))
-        return model
+    def __init__(self, job: ModelJob) -> None:
+        self.job, self.epochs = job, []
 
-    def save_spy(job, model, *args, **kwargs):
-        states["epochs"].append(copy.deepcopy(model.state_dict()))
-        return save(job, model, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "_build_model", build_spy)
-    monkeypatch.setattr(trainer, "_save_checkpoint", save_spy)
-    return states
+    def update(self, key, completed=None, description=None, **info):
+        if key == "epoch" and "loss" in info:  # the report after an epoch's checkpoint, not the one at the start
+            self.epochs.append(checkpoint.load(self.job.out_dir / layout.CHECKPOINT)["model"])
 
 
 def _changed(before: dict, after: dict, head: bool) -> list[str]:
     return [k for k in before if _is_head(k) == head and not torch.equal(before[k], after[k])]
 
 
-def test_frozen_backbone_trains_only_the_head(tmp_path, monkeypatch, b0_weights):
-    states = _spy_states(monkeypatch)
+def test_frozen_backbone_trains_only_the_head(tmp_path, b0_weights):
     job, load_batch = _job(tmp_path, n_train=4, n_val=4, weights=b0_weights)
-    train_model(job, _config(freeze="backbone", lr=0.05, batch_size=4, eval_batch_size=4), load_batch, CPU)
-    initial, final = states["initial"][0], checkpoint.load(job.out_dir / layout.CHECKPOINT)["model"]
+    config = _config(freeze="backbone", lr=0.05, batch_size=4, eval_batch_size=4)
+    initial = trainer.build_model(job, config, CPU).state_dict()  # the weights file: the same every time
+    train_model(job, config, load_batch, CPU)
+    final = checkpoint.load(job.out_dir / layout.CHECKPOINT)["model"]
     assert any("running_mean" in k for k in initial)
     assert _changed(initial, final, head=False) == []  # weights and BatchNorm statistics bit-identical
     assert _changed(initial, final, head=True) == ["_fc.weight", "_fc.bias"]
 
 
-def test_head_warmup_freezes_the_backbone_for_its_epochs_only(tmp_path, monkeypatch, b0_weights):
-    states = _spy_states(monkeypatch)
+def test_head_warmup_freezes_the_backbone_for_its_epochs_only(tmp_path, b0_weights):
     job, load_batch = _job(tmp_path, n_train=4, n_val=4, weights=b0_weights)
-    train_model(job, _config(epochs=2, head_warmup_epochs=1, lr=0.05, batch_size=4, eval_batch_size=4), load_batch, CPU)
-    initial, (after_1, after_2) = states["initial"][0], states["epochs"]
+    config = _config(epochs=2, head_warmup_epochs=1, lr=0.05, batch_size=4, eval_batch_size=4)
+    initial = trainer.build_model(job, config, CPU).state_dict()  # the weights file: the same every time
+    states = EpochStates(job)
+    train_model(job, config, load_batch, CPU, states)
+    after_1, after_2 = states.epochs
     assert _changed(initial, after_1, head=False) == []
     assert _changed(initial, after_1, head=True)
     changed = _changed(after_1, after_2, head=False)
@@ -372,7 +373,11 @@ def test_optimizer_option_picks_the_optimizer(name, cls):
     created = optim.create_optimizer(Tiny().parameters(), config, CPU)
     assert type(created) is cls
     group = created.param_groups[0]
-    assert group["lr"] == 0.02 and group["weight_decay"] == 0.01 and group.get("momentum", 0.8) == 0.8
+    assert group["lr"] == 0.02 and group["weight_decay"] == 0.01
+    if name == "sgd":
+        assert group["momentum"] == 0.8
+    else:  # --momentum is SGD's; Adam and AdamW keep their default betas
+        assert "momentum" not in group and group["betas"] == (0.9, 0.999)
 
 
 # --- progressive resizing ---
@@ -448,8 +453,9 @@ def test_pipeline_predicts_with_the_model_arch_normalisation_and_tta(tmp_path, m
         return original(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "predict_probs", spy)
-    table = pipeline._predictions(ctx, 0, 0)
+    table = pipeline.predict_round(ctx, 0, 0)
     args, kwargs = calls[0]
-    assert kwargs["normalization"] == models.input_normalization(LITE)
-    assert "flips" in args or kwargs.get("tta_mode") == "flips"
+    passed = inspect.signature(original).bind(*args, **kwargs).arguments
+    assert passed["normalization"] == models.input_normalization(LITE)
+    assert passed["tta_mode"] == "flips"
     assert len(table) == 2
