@@ -1,4 +1,4 @@
-"""Fixtures over tests/helpers.py: tiny images written into tmp_path, and the real C-NMC sample."""
+"""Fixtures over tests/helpers.py (tiny images in tmp_path, the real C-NMC sample) and the check of the slow marker."""
 
 from __future__ import annotations
 
@@ -12,6 +12,24 @@ import helpers
 
 # Tiny tensors run faster on one thread, and a busy 2-core machine stops thrashing.
 torch.set_num_threads(1)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    """Set-up (module fixtures too) may train only for a test marked slow."""
+    before = helpers.optimizer_steps()
+    result = yield
+    helpers.check_slow_marker(item, before)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test that trains a model must be marked slow, so that ``-m "not slow"`` trains none."""
+    before = helpers.optimizer_steps()
+    result = yield
+    helpers.check_slow_marker(item, before)
+    return result
 
 
 @pytest.fixture

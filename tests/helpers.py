@@ -239,6 +239,33 @@ def _run_child(argv: list[str], log: str) -> None:
         os._exit(code)
 
 
+# --- the `slow` marker: every test that trains a model carries it ----------------------------------
+
+_OPTIMIZER_STEPS = []  # one entry per optimizer step in this process, once counting has begun
+
+
+def optimizer_steps() -> int:
+    """Optimizer steps taken in this process so far (counting begins at the first call)."""
+    if not hasattr(optimizer_steps, "hook"):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        optimizer_steps.hook = register_optimizer_step_post_hook(lambda *args: _OPTIMIZER_STEPS.append(1))
+    return len(_OPTIMIZER_STEPS)
+
+
+def check_slow_marker(item, steps_before: int) -> None:
+    """Fail ``item`` if it (or a fixture it set up) took an optimizer step but is not marked slow.
+
+    Training in a subprocess is not seen; tests that run the CLI in one are marked by hand.
+    """
+    steps = optimizer_steps() - steps_before
+    if steps and item.get_closest_marker("slow") is None:
+        import pytest
+
+        pytest.fail(f"{item.nodeid} trains a model ({steps} optimizer steps) but is not marked @pytest.mark.slow",
+                    pytrace=False)
+
+
 @contextlib.contextmanager
 def torch_threads(count: int = 1):
     """Run torch on ``count`` threads: on a busy CPU, two threads can be ten times slower than one."""

@@ -181,6 +181,7 @@ def _uncertain_predictions(ctx, fold, round_):
     return prediction_table(frame[["path", "label", "patient", layout.SPLIT]], np.full((len(frame), 2), 0.5), ctx.classes)
 
 
+@pytest.mark.slow
 def test_a_diverging_training_ends_in_one_sentence(data, tmp_path):
     with torch_threads(1):
         result = CliRunner().invoke(app, ["kfold", str(data), "--out", str(tmp_path / "run"), *FLAGS, "--lr", "1e30",
@@ -190,6 +191,7 @@ def test_a_diverging_training_ends_in_one_sentence(data, tmp_path):
     assert "The training loss became" in line and "lower the learning rate" in line
 
 
+@pytest.mark.slow
 def test_a_model_predicting_nan_is_not_used_for_pseudo_labels(data, tmp_path):
     """One step per epoch: the loss of the only step is finite, the weights after it are not."""
     with torch_threads(1):

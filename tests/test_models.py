@@ -249,6 +249,7 @@ def calibrate_batchnorm(model: nn.Module) -> None:
         model.train()(images(seed=1))
 
 
+@pytest.mark.slow
 def test_frozen_backbone_is_unchanged_by_a_step_while_the_head_learns():
     torch.manual_seed(0)
     model = create_model("efficientnet-b0", num_classes=2)

@@ -126,6 +126,7 @@ def _epoch_spy(monkeypatch, sampler: str, labels: list[int], batch_size: int = 6
 IMBALANCED = [0] * 12 + [1] * 4  # 12 ALL, 4 HEM
 
 
+@pytest.mark.slow
 def test_oversampling_balances_the_batches_the_model_sees(monkeypatch):
     batches, rows = _epoch_spy(monkeypatch, "oversample", IMBALANCED)
     assert Counter(label for batch in batches for label in batch) == {0: 12, 1: 12}
@@ -135,18 +136,21 @@ def test_oversampling_balances_the_batches_the_model_sees(monkeypatch):
     assert all(counts[row] == 3 for row in range(12, 16))  # minority: each repeated, as evenly as possible
 
 
+@pytest.mark.slow
 def test_undersampling_cuts_the_majority(monkeypatch):
     batches, rows = _epoch_spy(monkeypatch, "undersample", IMBALANCED)
     assert Counter(label for batch in batches for label in batch) == {0: 4, 1: 4}
     assert len(set(rows)) == 8 and set(range(12, 16)) <= set(rows)
 
 
+@pytest.mark.slow
 def test_no_sampler_keeps_the_imbalance(monkeypatch):
     batches, rows = _epoch_spy(monkeypatch, "none", IMBALANCED)
     assert Counter(label for batch in batches for label in batch) == {0: 12, 1: 4}
     assert sorted(rows) == list(range(16))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["balanced", "1,3"])
 def test_class_weighted_loss_is_weighted_cross_entropy(spec):
     labels = torch.tensor(IMBALANCED)
@@ -163,6 +167,7 @@ def test_class_weighted_loss_is_weighted_cross_entropy(spec):
     assert stats["train_loss"] == pytest.approx(float(expected), rel=1e-5)  # one batch: the loss before the step
 
 
+@pytest.mark.slow
 def test_train_model_passes_optimizer_weights_smoothing_and_sampler_to_the_loop(tmp_path, tiny_models, monkeypatch):
     calls = []
     original = engine.train_one_epoch
@@ -312,6 +317,7 @@ def _changed(before: dict, after: dict, head: bool) -> list[str]:
     return [k for k in before if _is_head(k) == head and not torch.equal(before[k], after[k])]
 
 
+@pytest.mark.slow
 def test_frozen_backbone_trains_only_the_head(tmp_path, b0_weights):
     job, load_batch = _job(tmp_path, n_train=4, n_val=4, weights=b0_weights)
     config = _config(freeze="backbone", lr=0.05, batch_size=4, eval_batch_size=4)
@@ -323,6 +329,7 @@ def test_frozen_backbone_trains_only_the_head(tmp_path, b0_weights):
     assert _changed(initial, final, head=True) == ["_fc.weight", "_fc.bias"]
 
 
+@pytest.mark.slow
 def test_head_warmup_freezes_the_backbone_for_its_epochs_only(tmp_path, b0_weights):
     job, load_batch = _job(tmp_path, n_train=4, n_val=4, weights=b0_weights)
     config = _config(epochs=2, head_warmup_epochs=1, lr=0.05, batch_size=4, eval_batch_size=4)
@@ -338,12 +345,14 @@ def test_head_warmup_freezes_the_backbone_for_its_epochs_only(tmp_path, b0_weigh
 
 # --- schedules, optimisers, early stopping ---
 
+@pytest.mark.slow
 def test_step_schedule_in_history(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=8)
     train_model(job, _config(epochs=5, scheduler="step", lr=0.1, step_size=2, gamma=0.5), load_batch, CPU)
     np.testing.assert_allclose(_history(job)[layout.LR], [0.1, 0.1, 0.05, 0.05, 0.025])
 
 
+@pytest.mark.slow
 def test_cosine_schedule_in_history_decays_to_zero(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=8)
     train_model(job, _config(epochs=4, scheduler="cosine", lr=0.1), load_batch, CPU)
@@ -353,6 +362,7 @@ def test_cosine_schedule_in_history_decays_to_zero(tmp_path, tiny_models):
     assert final_lr == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_plateau_schedule_cuts_the_rate_when_the_metric_stalls(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=8)
     # lr so small the validation accuracy cannot change: no epoch after the first improves
@@ -360,6 +370,7 @@ def test_plateau_schedule_cuts_the_rate_when_the_metric_stalls(tmp_path, tiny_mo
     np.testing.assert_allclose(_history(job)[layout.LR], [1e-6] * 4 + [5e-7])  # patience 2
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_when_the_metric_does_not_improve(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=8)
     train_model(job, _config(epochs=6, lr=1e-9, early_stopping=1), load_batch, CPU)
@@ -382,6 +393,7 @@ def test_optimizer_option_picks_the_optimizer(name, cls):
 
 # --- progressive resizing ---
 
+@pytest.mark.slow
 def test_progressive_resize_stages_in_history_and_inputs(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=32)
     train_model(job, _config(epochs=3, progressive_resize="16:1,24:1"), load_batch, CPU)
@@ -404,6 +416,7 @@ def test_input_normalization_of_archs():
     torch.testing.assert_close(normalize(x, mean=mean, std=std)[0, 0, 0], torch.tensor([-127, 0, 128]) / 128)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [LITE, "efficientnet-b0"])
 def test_trainer_feeds_each_arch_its_normalisation(tmp_path, tiny_models, arch):
     job, load_batch = _job(tmp_path, arch=arch, size=8, images=GREY_127)

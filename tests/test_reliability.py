@@ -118,6 +118,7 @@ def disk_full_run(tmp_path_factory, mixed_data):
     return run, full, after_full, resumed
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_one_sentence_and_keeps_the_previous_one(disk_full_run):
     run, full, after_full, _ = disk_full_run
     target = layout.round_dir(run, 0, 0) / layout.CHECKPOINT
@@ -128,6 +129,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_sentence_and_keeps_the_pre
     assert after_full["next_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_the_run_resumes_after_the_disk_is_freed(disk_full_run):
     run, _, _, resumed = disk_full_run
     assert resumed.exit_code == 0, resumed.output
@@ -136,6 +138,7 @@ def test_the_run_resumes_after_the_disk_is_freed(disk_full_run):
     assert (layout.results_dir(run) / layout.METRICS).exists()
 
 
+@pytest.mark.slow
 def test_grey_rgba_palette_16_bit_and_odd_sized_images_all_train(disk_full_run, mixed_data):
     run, _, _, resumed = disk_full_run
     assert resumed.exit_code == 0, resumed.output
@@ -251,6 +254,7 @@ class EpochLog(Progress):
                 raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [
     dict(optimizer="sgd", scheduler="step", step_size=2, sampler="oversample"),
     dict(optimizer="adamw", scheduler="cosine", label_smoothing=0.1, class_weights="balanced"),
