@@ -57,7 +57,10 @@ def test_small_architectures_output_one_logit_per_class(arch):
     assert describe_model(model)["arch"] == arch
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a not in SMALL])
+LARGEST = ("efficientnet-b5", "efficientnet-b6", "efficientnet-b7", "resnet152")  # about a second each to build
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=[pytest.mark.slow] if a in LARGEST else []) for a in ARCHITECTURES if a not in SMALL])
 def test_large_architectures_build_with_the_right_output_shape(arch):
     # On the meta device: layers and shapes are checked without allocating or computing anything.
     with torch.device("meta"):
