@@ -102,15 +102,22 @@ def write_class_folders(
     rng = np.random.default_rng(seed)
     patient = 0
     for c, name in enumerate(classes):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
         for _ in range(patients_per_class):
             patient += 1
             for i in range(images_per_patient):
-                pixels = rng.integers(0, 160, (size[1], size[0], 3), dtype=np.uint8)
-                pixels[..., c % 3] += np.uint8(90)  # the class signal: one channel brighter
-                Image.fromarray(pixels).save(folder / f"p{patient:02d}_{i}{extension}")
+                save_cell(root / name / f"p{patient:02d}_{i}{extension}", c, rng, size)
     return root
+
+
+def save_cell(path: Path, class_index: int, seed: int | np.random.Generator = 0, size: tuple[int, int] = (24, 24)) -> Path:
+    """A random-texture cell whose class shows as one brighter channel (class 0 red, 1 green, 2 blue, ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)  # a Generator passes through unchanged
+    pixels = rng.integers(0, 160, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[..., class_index % 3] += np.uint8(90)  # the class signal
+    Image.fromarray(pixels).save(path)
+    return path
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from sklearn.metrics import accuracy_score
 from typer.testing import CliRunner
 
+from helpers import save_cell
 from noisystudent.models import checkpoint
 from noisystudent.ensemble import classifier as ensemble
 from noisystudent import models
@@ -38,14 +38,9 @@ OTHER_ARCH = "efficientnet-b0"
 runner = CliRunner()
 
 
-def _cell(path: Path, label: str, seed: int, size: int = 24) -> Path:
+def _cell(path: Path, label: str, seed: int) -> Path:
     """A random-texture cell whose class shows as a brighter red (all) or green (hem) channel."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 160, (size, size, 3), dtype=np.uint8)
-    pixels[..., CLASSES.index(label)] += np.uint8(90)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
+    return save_cell(path, CLASSES.index(label), seed)
 
 
 @pytest.fixture(scope="module")
