@@ -206,8 +206,8 @@ def serve_forks() -> None:
     """The server loop of ForkingCli (runs in its own process)."""
     import json
 
-    import noisystudent.cli.main
-    import noisystudent.run.pipeline  # noqa: F401  (the slow imports, done once)
+    import noisystudent.cli  # noqa: F401  (the slow imports, done once)
+    import noisystudent.run.pipeline  # noqa: F401
 
     for line in sys.stdin:
         message = json.loads(line)
@@ -225,7 +225,8 @@ def serve_forks() -> None:
 def _run_child(argv: list[str], log: str) -> None:
     import traceback
 
-    import noisystudent.cli.main
+    # the package's app (noisystudent.cli.main as an attribute is the main() function it re-exports)
+    from noisystudent.cli import app
 
     code = 1
     try:
@@ -234,7 +235,7 @@ def _run_child(argv: list[str], log: str) -> None:
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        noisystudent.cli.main.app(argv, prog_name="noisystudent")
+        app(argv, prog_name="noisystudent")
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
