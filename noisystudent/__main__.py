@@ -1,5 +1,5 @@
 """``python -m noisystudent`` (and ``torchrun -m noisystudent``) runs the command line."""
 
-from noisystudent.cli.main import main
+from noisystudent.cli.commands import main
 
 main()

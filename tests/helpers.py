@@ -1,7 +1,7 @@
-"""Tiny generated data sets and CLI helpers shared by the end-to-end tests.
+"""Everything the tests share: tiny generated data, the tiny `kfold` flags, CLI runners.
 
 Import from a test module with ``from helpers import ...`` (pytest puts the
-tests folder on ``sys.path``).
+tests folder on ``sys.path``); conftest.py only wraps these in fixtures.
 """
 
 from __future__ import annotations
@@ -18,14 +18,70 @@ from PIL import Image
 PATIENT_REGEX = r"^(p\d+)_"  # file names look like p03_1.png
 REPO = Path(__file__).resolve().parents[1]
 
-# A tiny, fast configuration of `noisystudent kfold` (one run takes seconds on a CPU).
-TINY_FLAGS = [
-    "--patient-regex", PATIENT_REGEX,
-    "--folds", "2", "--rounds", "1", "--epochs", "2",
-    "--image-size", "32", "--batch-size", "8", "--weights", "none",
-    "--arch", "resnet18", "--optimizer", "adamw", "--lr", "0.003", "--scheduler", "cosine",
-    "--positive", "malignant", "--device", "cpu", "--workers", "1", "--eval-batch-size", "64", "--quiet",
-]
+# The real C-NMC sample: $NOISYSTUDENT_CNMC_SAMPLE, else ../shared/data/ beside the checkout.
+CNMC_SAMPLE_VARIABLE = "NOISYSTUDENT_CNMC_SAMPLE"
+CNMC_SAMPLE_BESIDE_CHECKOUT = REPO.parent / "shared" / "data" / "cnmc-sample.tar.gz"
+
+
+def cnmc_sample_archive() -> Path:
+    """Where the real C-NMC sample archive should be (it may be absent: check ``is_file()``)."""
+    given = os.environ.get(CNMC_SAMPLE_VARIABLE, "")
+    return Path(given) if given else CNMC_SAMPLE_BESIDE_CHECKOUT
+
+
+# --- the tiny `noisystudent kfold` run (one run takes seconds on a CPU) -------------------------
+
+TINY_SETTINGS = {
+    "patient_regex": PATIENT_REGEX, "positive": "malignant",
+    "folds": 2, "rounds": 1, "epochs": 2, "image_size": 32, "batch_size": 8, "weights": "none",
+    "arch": "resnet18", "optimizer": "adamw", "lr": 0.003, "scheduler": "cosine",
+    "device": "cpu", "workers": 1, "eval_batch_size": 64,
+}
+
+
+def tiny_flags(quiet: bool = True, **changes) -> list[str]:
+    """The flags of a tiny ``noisystudent kfold`` run: ``TINY_SETTINGS`` updated by ``changes``.
+
+    ``tiny_flags(epochs=1, lr="1e30")`` -> [..., "--epochs", "1", ..., "--lr", "1e30", "--quiet"];
+    a change to None drops that flag (the library's default applies).
+    """
+    unknown = set(changes) - set(TINY_SETTINGS)
+    settings = {**TINY_SETTINGS, **changes}
+    flags = []
+    for name in [*TINY_SETTINGS, *sorted(unknown)]:
+        if settings[name] is not None:
+            flags += ["--" + name.replace("_", "-"), str(settings[name])]
+    return flags + (["--quiet"] if quiet else [])
+
+
+TINY_FLAGS = tiny_flags()
+
+
+# --- tiny images and data sets -------------------------------------------------------------------
+
+
+def save_image(path: Path, colour=(200, 40, 120), size=(8, 6), mode: str = "RGB") -> Path:
+    """Write a small single-colour image; the format follows the extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path)
+    return path
+
+
+def save_noise(path: Path, size: int = 32, seed: int = 0) -> Path:
+    """Write a random RGB image (incompressible, so truncating it cuts pixel data)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    """Cut a file to the fraction ``keep`` of its bytes."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
 
 
 def write_class_folders(
@@ -46,15 +102,22 @@ def write_class_folders(
     rng = np.random.default_rng(seed)
     patient = 0
     for c, name in enumerate(classes):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
         for _ in range(patients_per_class):
             patient += 1
             for i in range(images_per_patient):
-                pixels = rng.integers(0, 160, (size[1], size[0], 3), dtype=np.uint8)
-                pixels[..., c % 3] += np.uint8(90)  # the class signal: one channel brighter
-                Image.fromarray(pixels).save(folder / f"p{patient:02d}_{i}{extension}")
+                save_cell(root / name / f"p{patient:02d}_{i}{extension}", c, rng, size)
     return root
+
+
+def save_cell(path: Path, class_index: int, seed: int | np.random.Generator = 0, size: tuple[int, int] = (24, 24)) -> Path:
+    """A random-texture cell whose class shows as one brighter channel (class 0 red, 1 green, 2 blue, ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)  # a Generator passes through unchanged
+    pixels = rng.integers(0, 160, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[..., class_index % 3] += np.uint8(90)  # the class signal
+    Image.fromarray(pixels).save(path)
+    return path
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
@@ -68,7 +131,7 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
 
 def cli_command(data: Path, out: Path, *extra: str) -> list[str]:
     """argv of a real ``noisystudent kfold`` subprocess with the tiny settings."""
-    return [sys.executable, "-m", "noisystudent.cli.main", "kfold", str(data), "--out", str(out), *TINY_FLAGS, *extra]
+    return [sys.executable, "-m", "noisystudent.cli.commands", "kfold", str(data), "--out", str(out), *TINY_FLAGS, *extra]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -143,8 +206,8 @@ def serve_forks() -> None:
     """The server loop of ForkingCli (runs in its own process)."""
     import json
 
-    import noisystudent.cli.main
-    import noisystudent.run.pipeline  # noqa: F401  (the slow imports, done once)
+    import noisystudent.cli  # noqa: F401  (the slow imports, done once)
+    import noisystudent.run.pipeline  # noqa: F401
 
     for line in sys.stdin:
         message = json.loads(line)
@@ -162,7 +225,8 @@ def serve_forks() -> None:
 def _run_child(argv: list[str], log: str) -> None:
     import traceback
 
-    import noisystudent.cli.main
+    # the package's Typer app
+    from noisystudent.cli import app
 
     code = 1
     try:
@@ -171,7 +235,7 @@ def _run_child(argv: list[str], log: str) -> None:
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        noisystudent.cli.main.app(argv, prog_name="noisystudent")
+        app(argv, prog_name="noisystudent")
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
@@ -181,6 +245,33 @@ def _run_child(argv: list[str], log: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+# --- the `slow` marker: every test that trains a model carries it ----------------------------------
+
+_OPTIMIZER_STEPS = []  # one entry per optimizer step in this process, once counting has begun
+
+
+def optimizer_steps() -> int:
+    """Optimizer steps taken in this process so far (counting begins at the first call)."""
+    if not hasattr(optimizer_steps, "hook"):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        optimizer_steps.hook = register_optimizer_step_post_hook(lambda *args: _OPTIMIZER_STEPS.append(1))
+    return len(_OPTIMIZER_STEPS)
+
+
+def check_slow_marker(item, steps_before: int) -> None:
+    """Fail ``item`` if it (or a fixture it set up) took an optimizer step but is not marked slow.
+
+    Training in a subprocess is not seen; tests that run the CLI in one are marked by hand.
+    """
+    steps = optimizer_steps() - steps_before
+    if steps and item.get_closest_marker("slow") is None:
+        import pytest
+
+        pytest.fail(f"{item.nodeid} trains a model ({steps} optimizer steps) but is not marked @pytest.mark.slow",
+                    pytrace=False)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ def bench():
     return module
 
 
+@pytest.mark.slow
 def test_benchmark_reports_every_phase(bench, tmp_path: Path, capsys) -> None:
     threads = torch.get_num_threads()
     argv = ["--device", "cpu", "--images", "12", "--source-size", "40", "--size", "32", "--batch", "4",

@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 
 from noisystudent.data import cache as cache_module
-from noisystudent.data import preprocess as preprocess_module
 from noisystudent.data.cache import ImageCache, build_cache, cache_fingerprint, fingerprint_files
 from noisystudent.data.images import load_rgb
 from noisystudent.data.preprocess import PreprocessSpec, preprocess
@@ -46,16 +45,15 @@ def test_build_gives_the_pixels_of_preprocess(tmp_path):
     assert sidecar["paths"] == paths and sidecar["fingerprint"] == cache_fingerprint(paths, SPEC)
 
 
-def test_second_build_reuses_without_decoding(tmp_path, monkeypatch):
+def test_second_build_reuses_without_decoding(tmp_path):
     paths = _write_images(tmp_path / "data", 4)
     first = build_cache(paths, SPEC, tmp_path / "cache")
-
-    def fail(*args, **kwargs):
-        raise AssertionError("decoded again")
-
-    monkeypatch.setattr(preprocess_module, "load_preprocessed", fail)
+    files = {name: os.stat(tmp_path / "cache" / name) for name in _cache_files(tmp_path / "cache")}
     calls = []
     second = build_cache(list(reversed(paths)), SPEC, tmp_path / "cache", progress=lambda d, t: calls.append((d, t)))
+    again = {name: os.stat(tmp_path / "cache" / name) for name in _cache_files(tmp_path / "cache")}
+    # a decode would have written a new .npy and renamed it into place: another inode and mtime
+    assert {n: (s.st_ino, s.st_mtime_ns) for n, s in again.items()} == {n: (s.st_ino, s.st_mtime_ns) for n, s in files.items()}
     assert second.paths == paths  # order of the build; look rows up by path
     np.testing.assert_array_equal(second.array, first.array)
     np.testing.assert_array_equal(second.index_of(reversed(paths)), [3, 2, 1, 0])
@@ -88,25 +86,24 @@ def test_changed_file_rebuilds(tmp_path):
     assert len(_cache_files(tmp_path / "cache")) == 4  # old and new cache side by side
 
 
-def test_interrupted_build_leaves_nothing_complete_and_is_cleaned(tmp_path, monkeypatch):
+def test_interrupted_build_leaves_nothing_complete_and_is_cleaned(tmp_path):
     paths = _write_images(tmp_path / "data", 3)
     cache_dir = tmp_path / "cache"
-    real = preprocess_module.load_preprocessed
+    decoded = []
 
-    def die_on_third(path, spec):
-        if path == paths[2]:
+    def interrupt_after_two(done, total):  # one process decodes one image per chunk here
+        decoded.append(done)
+        if done == 2:
             raise KeyboardInterrupt
-        return real(path, spec)
 
-    monkeypatch.setattr(preprocess_module, "load_preprocessed", die_on_third)
     with pytest.raises(KeyboardInterrupt):
-        build_cache(paths, SPEC, cache_dir)
+        build_cache(paths, SPEC, cache_dir, workers=1, progress=interrupt_after_two)
+    assert decoded == [1, 2]  # stopped in the middle of the build
     assert _cache_files(cache_dir) == []
     # A temp file of a build killed outright (dead pid), and a final .npy without sidecar.
     stem = f"images-{cache_fingerprint(paths, SPEC)[:24]}"
     (cache_dir / f"{stem}.npy.tmp-999999999").write_bytes(b"partial")
     np.save(cache_dir / f"{stem}.npy", np.zeros((3, 3, 16, 16), np.uint8))
-    monkeypatch.setattr(preprocess_module, "load_preprocessed", real)
     cache = build_cache(paths, SPEC, cache_dir)
     assert _cache_files(cache_dir) == [f"{stem}.json", f"{stem}.npy"]
     np.testing.assert_array_equal(cache.array[0], preprocess(load_rgb(paths[0]), SPEC))

@@ -9,16 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import save_noise, truncate
-from helpers import PATIENT_REGEX, torch_threads, write_class_folders, write_csv
+from helpers import save_noise, tiny_flags, torch_threads, truncate, write_class_folders, write_csv
 from typer.testing import CliRunner
 
-from noisystudent.cli.main import app
+from noisystudent.cli.commands import app
 
-FLAGS = [
-    "--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--rounds", "1", "--epochs", "1",
-    "--image-size", "32", "--batch-size", "8", "--weights", "none", "--device", "cpu", "--workers", "1", "--quiet",
-]
+FLAGS = tiny_flags(epochs=1)
 
 
 def kfold(data, tmp_path: Path, *extra):
@@ -166,7 +162,7 @@ def test_no_pseudo_label_passing_the_threshold(tmp_path, monkeypatch):
 
     data = write_class_folders(tmp_path / "data", patients_per_class=4, images_per_patient=1)
     monkeypatch.setattr(pipeline, "train_model", lambda *args, **kwargs: None)  # no training: predictions are faked
-    monkeypatch.setattr(pipeline, "_predictions", _uncertain_predictions)
+    monkeypatch.setattr(pipeline, "predict_round", _uncertain_predictions)
     assert_refused(*kfold(data, tmp_path, "--pseudo-threshold", "0.99"),
                    "No image of fold 0 passed the pseudo-label threshold 0.99")
 
@@ -183,6 +179,7 @@ def _uncertain_predictions(ctx, fold, round_):
     return prediction_table(frame[["path", "label", "patient", layout.SPLIT]], np.full((len(frame), 2), 0.5), ctx.classes)
 
 
+@pytest.mark.slow
 def test_a_diverging_training_ends_in_one_sentence(data, tmp_path):
     with torch_threads(1):
         result = CliRunner().invoke(app, ["kfold", str(data), "--out", str(tmp_path / "run"), *FLAGS, "--lr", "1e30",
@@ -192,6 +189,7 @@ def test_a_diverging_training_ends_in_one_sentence(data, tmp_path):
     assert "The training loss became" in line and "lower the learning rate" in line
 
 
+@pytest.mark.slow
 def test_a_model_predicting_nan_is_not_used_for_pseudo_labels(data, tmp_path):
     """One step per epoch: the loss of the only step is finite, the weights after it are not."""
     with torch_threads(1):
@@ -204,11 +202,11 @@ def test_a_model_predicting_nan_is_not_used_for_pseudo_labels(data, tmp_path):
 def test_a_full_disk_outside_the_atomic_writes_is_one_sentence(data, tmp_path, monkeypatch):
     import errno
 
-    from noisystudent.run import pipeline
+    from noisystudent.data import folds
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "folds.csv"))
 
-    monkeypatch.setattr(pipeline, "_load_or_make_folds", full)
+    monkeypatch.setattr(folds, "save_folds", full)
     assert_refused(*kfold(data, tmp_path),
                    f"No space left on device while writing {tmp_path / 'run' / 'folds.csv'}; free some space and continue with --resume.")

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from helpers import save_cell
 from sklearn.metrics import accuracy_score
 from typer.testing import CliRunner
 
 from noisystudent import layout, models
-from noisystudent.cli.main import app
+from noisystudent.cli.commands import app
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.loose_files import name_fields, resolve_inputs
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
@@ -37,14 +37,9 @@ OTHER_ARCH = "efficientnet-b0"
 runner = CliRunner()
 
 
-def _cell(path: Path, label: str, seed: int, size: int = 24) -> Path:
+def _cell(path: Path, label: str, seed: int) -> Path:
     """A random-texture cell whose class shows as a brighter red (all) or green (hem) channel."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 160, (size, size, 3), dtype=np.uint8)
-    pixels[..., CLASSES.index(label)] += np.uint8(90)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
+    return save_cell(path, CLASSES.index(label), seed)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +123,7 @@ def predicted(trained_run, new_images, tmp_path_factory):
     return outputs, before, _listing(trained_run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["majority", "soft"])
 def test_predict_matches_independent_recomputation(trained_run, new_images, predicted, rule):
     table, _, output = predicted[0][rule]
@@ -150,12 +146,14 @@ def test_predict_matches_independent_recomputation(trained_run, new_images, pred
     assert "Skipped unreadable images: 0" in output
 
 
+@pytest.mark.slow
 def test_majority_and_soft_agree_with_two_folds(predicted):
     # two votes either agree, or tie and the tie goes to the higher mean probability: soft voting's answer
     majority, soft = predicted[0]["majority"][0], predicted[0]["soft"][0]
     pd.testing.assert_frame_equal(majority, soft)
 
 
+@pytest.mark.slow
 def test_predict_names_patients_and_labels_from_cnmc_names(predicted):
     table = predicted[0]["soft"][0].set_index("path")
     cell = table.loc[[p for p in table.index if p.endswith("UID_52_3_1_hem.bmp")][0]]
@@ -164,6 +162,7 @@ def test_predict_names_patients_and_labels_from_cnmc_names(predicted):
     assert (loose["patient"], loose["label"]) == ("", "")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["majority", "soft"])
 def test_patient_table_fractions(predicted, rule):
     table, patients, _ = predicted[0][rule]
@@ -178,11 +177,13 @@ def test_patient_table_fractions(predicted, rule):
         assert row["call"] == ("all" if row["fraction_all"] >= 0.5 else "hem")
 
 
+@pytest.mark.slow
 def test_predict_leaves_the_run_folder_untouched(predicted):
     _, before, after = predicted
     assert after == before
 
 
+@pytest.mark.slow
 def test_predict_defaults_to_predictions_csv_in_the_working_directory(trained_run, new_images, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = _invoke("ensemble", "predict", trained_run, new_images / "loose.png", "--models", "teachers", "--device", "cpu")
@@ -194,6 +195,7 @@ def test_predict_defaults_to_predictions_csv_in_the_working_directory(trained_ru
     np.testing.assert_allclose(table[["prob_all", "prob_hem"]].to_numpy(), probs.mean(axis=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_csv_manifest_patient_column(trained_run, new_images, tmp_path):
     manifest = tmp_path / "list.csv"
     pd.DataFrame({"path": [str(new_images / "loose.png")], "patient": ["x7"]}).to_csv(manifest, index=False)
@@ -201,6 +203,7 @@ def test_predict_csv_manifest_patient_column(trained_run, new_images, tmp_path):
     assert images.to_dict("records") == [{"path": str(new_images / "loose.png"), "label": "", "patient": "X7"}]
 
 
+@pytest.mark.slow
 def test_out_inside_the_run_is_refused(trained_run, new_images):
     before = _listing(trained_run)
     result = _invoke("ensemble", "predict", trained_run, new_images, "--out", trained_run / "results" / "mine.csv")
@@ -209,6 +212,7 @@ def test_out_inside_the_run_is_refused(trained_run, new_images):
     assert _listing(trained_run) == before
 
 
+@pytest.mark.slow
 def test_missing_input_is_named(trained_run, tmp_path):
     result = _invoke("ensemble", "predict", trained_run, tmp_path / "nowhere", "--out", tmp_path / "p.csv")
     assert result.exit_code == 2
@@ -222,6 +226,7 @@ def test_folder_without_images_is_an_error(tmp_path):
         resolve_inputs([tmp_path / "empty"])
 
 
+@pytest.mark.slow
 def test_unreadable_image_stops_or_is_skipped_and_reported(trained_run, new_images, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(new_images / "sub", images)
@@ -249,6 +254,7 @@ def _replace_model(run: Path, fold: int, payload_arch: str, weights_arch: str) -
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("payload_arch", "weights_arch", "message"), [
     (OTHER_ARCH, OTHER_ARCH, f"was built for the architecture {OTHER_ARCH}, but the students of this run are {ARCH}"),
     (ARCH, OTHER_ARCH, f"do not fit the architecture '{ARCH}'"),
@@ -262,6 +268,7 @@ def test_model_from_another_architecture_is_one_sentence(trained_run, new_images
     assert isinstance(result.exception, SystemExit)
 
 
+@pytest.mark.slow
 def test_missing_student_names_the_fold_and_the_way_out(trained_run, new_images, tmp_path):
     run = _copy_run(trained_run, tmp_path / "run")
     (layout.round_dir(run, 1, 1) / layout.MODEL).unlink()
@@ -275,6 +282,7 @@ def test_missing_student_names_the_fold_and_the_way_out(trained_run, new_images,
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_evaluate_metrics_recompute_from_written_predictions(trained_run, new_images, tmp_path):
     before = _listing(trained_run)
     data = tmp_path / "data.csv"

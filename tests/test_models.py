@@ -70,7 +70,10 @@ def test_small_architectures_output_one_logit_per_class(arch):
     assert describe_model(model)["arch"] == arch
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a not in SMALL])
+LARGEST = ("efficientnet-b5", "efficientnet-b6", "efficientnet-b7", "resnet152")  # about a second each to build
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=[pytest.mark.slow] if a in LARGEST else []) for a in ARCHITECTURES if a not in SMALL])
 def test_large_architectures_build_with_the_right_output_shape(arch):
     # On the meta device: layers and shapes are checked without allocating or computing anything.
     with torch.device("meta"):
@@ -262,6 +265,7 @@ def calibrate_batchnorm(model: nn.Module) -> None:
         model.train()(images(seed=1))
 
 
+@pytest.mark.slow
 def test_frozen_backbone_is_unchanged_by_a_step_while_the_head_learns():
     torch.manual_seed(0)
     model = create_model("efficientnet-b0", num_classes=2)

@@ -7,7 +7,7 @@ linear head ``fc``); the freezing tests use a real EfficientNet-B0.
 
 from __future__ import annotations
 
-import copy
+import inspect
 import math
 from collections import Counter
 
@@ -26,7 +26,7 @@ from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_VA
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
 from noisystudent.errors import ConfigError
 from noisystudent.models import checkpoint
-from noisystudent.progress import NULL_PROGRESS
+from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import pipeline
 from noisystudent.training import engine, optim, sampling, trainer
 from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, create_augment, normalize
@@ -85,7 +85,7 @@ def tiny_models(monkeypatch):
         built.append(Tiny())
         return built[-1]
 
-    monkeypatch.setattr(trainer, "_build_model", build)
+    monkeypatch.setattr(trainer, "build_model", build)
     return built
 
 
@@ -122,6 +122,7 @@ def _epoch_spy(monkeypatch, sampler: str, labels: list[int], batch_size: int = 6
 IMBALANCED = [0] * 12 + [1] * 4  # 12 ALL, 4 HEM
 
 
+@pytest.mark.slow
 def test_oversampling_balances_the_batches_the_model_sees(monkeypatch):
     batches, rows = _epoch_spy(monkeypatch, "oversample", IMBALANCED)
     assert Counter(label for batch in batches for label in batch) == {0: 12, 1: 12}
@@ -131,18 +132,21 @@ def test_oversampling_balances_the_batches_the_model_sees(monkeypatch):
     assert all(counts[row] == 3 for row in range(12, 16))  # minority: each repeated, as evenly as possible
 
 
+@pytest.mark.slow
 def test_undersampling_cuts_the_majority(monkeypatch):
     batches, rows = _epoch_spy(monkeypatch, "undersample", IMBALANCED)
     assert Counter(label for batch in batches for label in batch) == {0: 4, 1: 4}
     assert len(set(rows)) == 8 and set(range(12, 16)) <= set(rows)
 
 
+@pytest.mark.slow
 def test_no_sampler_keeps_the_imbalance(monkeypatch):
     batches, rows = _epoch_spy(monkeypatch, "none", IMBALANCED)
     assert Counter(label for batch in batches for label in batch) == {0: 12, 1: 4}
     assert sorted(rows) == list(range(16))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["balanced", "1,3"])
 def test_class_weighted_loss_is_weighted_cross_entropy(spec):
     labels = torch.tensor(IMBALANCED)
@@ -159,6 +163,7 @@ def test_class_weighted_loss_is_weighted_cross_entropy(spec):
     assert stats["train_loss"] == pytest.approx(float(expected), rel=1e-5)  # one batch: the loss before the step
 
 
+@pytest.mark.slow
 def test_train_model_passes_optimizer_weights_smoothing_and_sampler_to_the_loop(tmp_path, tiny_models, monkeypatch):
     calls = []
     original = engine.train_one_epoch
@@ -243,16 +248,22 @@ def test_bad_option_values_fail_at_construction(settings):
         RunConfig(**settings)
 
 
-def test_good_option_values_are_accepted():
+def test_good_option_values_are_accepted_and_kept():
     for arch in models.ARCHITECTURES:
-        RunConfig(arch=arch, student_arch=arch)
-    for spec in ("none", "balanced", "1,3", "0.5, 2"):
-        RunConfig(class_weights=spec)
-    RunConfig(progressive_resize="16:2,24:2", image_size=32)
+        config = RunConfig(arch=arch, student_arch=arch)
+        assert (config.arch, config.student_architecture) == (arch, arch)
+    labels = np.array([0, 0, 0, 1])
+    for spec, weights in (("none", None), ("balanced", [4 / 6, 2.0]), ("1,3", [1.0, 3.0]), ("0.5, 2", [0.5, 2.0])):
+        config = RunConfig(class_weights=spec)
+        assert config.class_weights == spec
+        got = sampling.class_weights(labels, 2, config.class_weights)
+        assert (got is None) if weights is None else got.tolist() == pytest.approx(weights)
+    config = RunConfig(progressive_resize="16:2,24:2", image_size=32)
+    assert optim.parse_progressive_resize(config.progressive_resize, 5, config.image_size) == [16, 16, 24, 24, 24]
 
 
 def test_every_technique_has_a_kfold_flag():
-    from noisystudent.cli.main import app
+    from noisystudent.cli.commands import app
 
     result = CliRunner().invoke(app, ["kfold", "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"})
     assert result.exit_code == 0
@@ -287,44 +298,41 @@ def _is_head(key: str) -> bool:
     return key.startswith("_fc.")
 
 
-def _spy_states(monkeypatch):
-    """Record the model's state at initialisation and after every epoch (when its checkpoint is saved)."""
-    states: dict[str, list] = {"initial": [], "epochs": []}
-    build, save = trainer._build_model, trainer._save_checkpoint
+class EpochStates(Progress):
+    """The model state of every epoch: read from checkpoint.pt when train_model reports the epoch done."""
 
-    def build_spy(job, config, device):
-        model = build(job, config, device)
-        states["initial"].append(copy.deepcopy(model.state_dict()))
-        return model
+    def __init__(self, job: ModelJob) -> None:
+        self.job, self.epochs = job, []
 
-    def save_spy(job, model, *args, **kwargs):
-        states["epochs"].append(copy.deepcopy(model.state_dict()))
-        return save(job, model, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "_build_model", build_spy)
-    monkeypatch.setattr(trainer, "_save_checkpoint", save_spy)
-    return states
+    def update(self, key, completed=None, description=None, **info):
+        if key == "epoch" and "loss" in info:  # the report after an epoch's checkpoint, not the one at the start
+            self.epochs.append(checkpoint.load(self.job.out_dir / layout.CHECKPOINT)["model"])
 
 
 def _changed(before: dict, after: dict, head: bool) -> list[str]:
     return [k for k in before if _is_head(k) == head and not torch.equal(before[k], after[k])]
 
 
-def test_frozen_backbone_trains_only_the_head(tmp_path, monkeypatch, b0_weights):
-    states = _spy_states(monkeypatch)
+@pytest.mark.slow
+def test_frozen_backbone_trains_only_the_head(tmp_path, b0_weights):
     job, load_batch = _job(tmp_path, n_train=4, n_val=4, weights=b0_weights)
-    train_model(job, _config(freeze="backbone", lr=0.05, batch_size=4, eval_batch_size=4), load_batch, CPU)
-    initial, final = states["initial"][0], checkpoint.load(job.out_dir / layout.CHECKPOINT)["model"]
+    config = _config(freeze="backbone", lr=0.05, batch_size=4, eval_batch_size=4)
+    initial = trainer.build_model(job, config, CPU).state_dict()  # the weights file: the same every time
+    train_model(job, config, load_batch, CPU)
+    final = checkpoint.load(job.out_dir / layout.CHECKPOINT)["model"]
     assert any("running_mean" in k for k in initial)
     assert _changed(initial, final, head=False) == []  # weights and BatchNorm statistics bit-identical
     assert _changed(initial, final, head=True) == ["_fc.weight", "_fc.bias"]
 
 
-def test_head_warmup_freezes_the_backbone_for_its_epochs_only(tmp_path, monkeypatch, b0_weights):
-    states = _spy_states(monkeypatch)
+@pytest.mark.slow
+def test_head_warmup_freezes_the_backbone_for_its_epochs_only(tmp_path, b0_weights):
     job, load_batch = _job(tmp_path, n_train=4, n_val=4, weights=b0_weights)
-    train_model(job, _config(epochs=2, head_warmup_epochs=1, lr=0.05, batch_size=4, eval_batch_size=4), load_batch, CPU)
-    initial, (after_1, after_2) = states["initial"][0], states["epochs"]
+    config = _config(epochs=2, head_warmup_epochs=1, lr=0.05, batch_size=4, eval_batch_size=4)
+    initial = trainer.build_model(job, config, CPU).state_dict()  # the weights file: the same every time
+    states = EpochStates(job)
+    train_model(job, config, load_batch, CPU, states)
+    after_1, after_2 = states.epochs
     assert _changed(initial, after_1, head=False) == []
     assert _changed(initial, after_1, head=True)
     changed = _changed(after_1, after_2, head=False)
@@ -333,12 +341,14 @@ def test_head_warmup_freezes_the_backbone_for_its_epochs_only(tmp_path, monkeypa
 
 # --- schedules, optimisers, early stopping ---
 
+@pytest.mark.slow
 def test_step_schedule_in_history(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=8)
     train_model(job, _config(epochs=5, scheduler="step", lr=0.1, step_size=2, gamma=0.5), load_batch, CPU)
     np.testing.assert_allclose(_history(job)[layout.LR], [0.1, 0.1, 0.05, 0.05, 0.025])
 
 
+@pytest.mark.slow
 def test_cosine_schedule_in_history_decays_to_zero(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=8)
     train_model(job, _config(epochs=4, scheduler="cosine", lr=0.1), load_batch, CPU)
@@ -348,6 +358,7 @@ def test_cosine_schedule_in_history_decays_to_zero(tmp_path, tiny_models):
     assert final_lr == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_plateau_schedule_cuts_the_rate_when_the_metric_stalls(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=8)
     # lr so small the validation accuracy cannot change: no epoch after the first improves
@@ -355,6 +366,7 @@ def test_plateau_schedule_cuts_the_rate_when_the_metric_stalls(tmp_path, tiny_mo
     np.testing.assert_allclose(_history(job)[layout.LR], [1e-6] * 4 + [5e-7])  # patience 2
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_when_the_metric_does_not_improve(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=8)
     train_model(job, _config(epochs=6, lr=1e-9, early_stopping=1), load_batch, CPU)
@@ -368,11 +380,16 @@ def test_optimizer_option_picks_the_optimizer(name, cls):
     created = optim.create_optimizer(Tiny().parameters(), config, CPU)
     assert type(created) is cls
     group = created.param_groups[0]
-    assert group["lr"] == 0.02 and group["weight_decay"] == 0.01 and group.get("momentum", 0.8) == 0.8
+    assert group["lr"] == 0.02 and group["weight_decay"] == 0.01
+    if name == "sgd":
+        assert group["momentum"] == 0.8
+    else:  # --momentum is SGD's; Adam and AdamW keep their default betas
+        assert "momentum" not in group and group["betas"] == (0.9, 0.999)
 
 
 # --- progressive resizing ---
 
+@pytest.mark.slow
 def test_progressive_resize_stages_in_history_and_inputs(tmp_path, tiny_models):
     job, load_batch = _job(tmp_path, size=32)
     train_model(job, _config(epochs=3, progressive_resize="16:1,24:1"), load_batch, CPU)
@@ -395,6 +412,7 @@ def test_input_normalization_of_archs():
     torch.testing.assert_close(normalize(x, mean=mean, std=std)[0, 0, 0], torch.tensor([-127, 0, 128]) / 128)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [LITE, "efficientnet-b0"])
 def test_trainer_feeds_each_arch_its_normalisation(tmp_path, tiny_models, arch):
     job, load_batch = _job(tmp_path, arch=arch, size=8, images=GREY_127)
@@ -444,8 +462,9 @@ def test_pipeline_predicts_with_the_model_arch_normalisation_and_tta(tmp_path, m
         return original(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "predict_probs", spy)
-    table = pipeline._predictions(ctx, 0, 0)
+    table = pipeline.predict_round(ctx, 0, 0)
     args, kwargs = calls[0]
-    assert kwargs["normalization"] == models.input_normalization(LITE)
-    assert "flips" in args or kwargs.get("tta_mode") == "flips"
+    passed = inspect.signature(original).bind(*args, **kwargs).arguments
+    assert passed["normalization"] == models.input_normalization(LITE)
+    assert passed["tta_mode"] == "flips"
     assert len(table) == 2

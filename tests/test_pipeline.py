@@ -39,6 +39,7 @@ def _images(n: int = 8, size: int = 16) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
 
 
+@pytest.mark.slow
 def test_student_batches_are_noised_and_teacher_predictions_are_not():
     images = _images()
     model = Recorder()
@@ -85,6 +86,7 @@ def tiny_run(tmp_path_factory):
     return root / "run", config, jobs, table
 
 
+@pytest.mark.slow
 def test_each_student_trains_on_the_previous_rounds_pseudo_labels(tiny_run):
     run, config, jobs, _ = tiny_run
     classes = ["all", "hem"]
@@ -103,6 +105,7 @@ def test_each_student_trains_on_the_previous_rounds_pseudo_labels(tiny_run):
         assert set(predictions[layout.SPLIT]) <= {"unlabelled", "pool"}
 
 
+@pytest.mark.slow
 def test_noise_settings_differ_between_teacher_and_students(tiny_run):
     _, config, jobs, _ = tiny_run
     teacher = next(job for job in jobs if job.extra["round"] == 0)
@@ -111,6 +114,7 @@ def test_noise_settings_differ_between_teacher_and_students(tiny_run):
     assert (student.augment_level, student.dropout, student.drop_connect) == ("strong", 0.5, 0.2)
 
 
+@pytest.mark.slow
 def test_run_folder_holds_every_artifact(tiny_run):
     run, config, _, table = tiny_run
     saved = json.loads((run / layout.CONFIG).read_text())

@@ -114,8 +114,8 @@ def test_folders_reads_classes_and_warns_about_other_files(class_folders, make_i
 
 
 def test_folders_patient_regex(class_folders):
-    manifest = read_folders(class_folders, patient_regex=r"^(p\d[bm])_")
-    assert sorted(manifest[PATIENT].unique()) == ["P1B", "P1M", "P2B", "P2M"]
+    manifest = read_folders(class_folders, patient_regex=r"^(p\d+)_")
+    assert sorted(manifest[PATIENT].unique()) == ["P01", "P02", "P03", "P04"]
 
 
 def test_folders_name_not_matching_regex_is_named(class_folders, make_image):
@@ -301,21 +301,21 @@ def test_real_cnmc_sample(cnmc_sample):
 def test_inspect_collects_every_problem_without_stopping(class_folders, make_image, make_noise, make_truncated):
     from noisystudent.data.inspection import inspect_dataset
 
-    cut = make_truncated(make_noise(class_folders / "benign" / "p1b_9.png", size=64))
-    text = class_folders / "malignant" / "p1m_9.png"
+    cut = make_truncated(make_noise(class_folders / "benign" / "p01_9.png", size=64))
+    text = class_folders / "malignant" / "p03_9.png"
     text.write_text("oops")
-    make_image(class_folders / "malignant" / "p1b_7.png", colour=90, size=(12, 10), mode="L")  # P1B in both classes
-    report = inspect_dataset(class_folders, patient_regex=r"^(p\d[bm])_")
+    make_image(class_folders / "malignant" / "p01_7.png", colour=90, size=(12, 10), mode="L")  # P01 in both classes
+    report = inspect_dataset(class_folders, patient_regex=r"^(p\d+)_")
     assert report.format == "folders" and report.n_images == 11
     assert report.subset_counts.loc["train"].to_dict() == {"benign": 5, "malignant": 6}
-    assert report.patient_counts.loc["P1B"].to_dict() == {"benign": 3, "malignant": 1}
+    assert report.patient_counts.loc["P01"].to_dict() == {"benign": 3, "malignant": 1}
     assert report.size_counts.values.tolist() == [[8, 6, 8], [12, 10, 1]]
     assert dict(report.mode_counts.values.tolist()) == {"RGB": 8, "L": 1}
     assert report.problems[:2] == [
         f"The image {cut} cannot be read: it is truncated.",
         f"The image {text} cannot be read: it is not an image file in a format that can be decoded.",
     ]
-    assert "Patient P1B has images of several classes (benign, malignant)." in report.problems
+    assert "Patient P01 has images of several classes (benign, malignant)." in report.problems
     assert any(p.startswith("The images have mixed colour modes (RGB: 8, L: 1)") for p in report.problems)
 
 

@@ -20,26 +20,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import PATIENT_REGEX, torch_threads, write_class_folders
+from helpers import TINY_FLAGS as RUN_FLAGS
+from helpers import torch_threads, write_class_folders
 from PIL import Image
 from typer.testing import CliRunner
 
 from noisystudent import atomic, layout
-from noisystudent.cli.main import app
+from noisystudent.cli.commands import app
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.cache import ImageCache
 from noisystudent.errors import CheckpointError, DiskFullError
 from noisystudent.models import checkpoint
+from noisystudent.progress import Progress
 from noisystudent.training import trainer
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.trainer import ModelJob, train_model
 
 CPU = torch.device("cpu")
 TIMING = [layout.SECONDS, layout.IMAGES_PER_S]
-RUN_FLAGS = [
-    "--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--rounds", "1", "--epochs", "2",
-    "--image-size", "32", "--batch-size", "8", "--weights", "none", "--device", "cpu", "--workers", "1", "--quiet",
-]
 
 
 def _invoke(*args):
@@ -119,6 +117,7 @@ def disk_full_run(tmp_path_factory, mixed_data):
     return run, full, after_full, resumed
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_one_sentence_and_keeps_the_previous_one(disk_full_run):
     run, full, after_full, _ = disk_full_run
     target = layout.round_dir(run, 0, 0) / layout.CHECKPOINT
@@ -129,6 +128,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_sentence_and_keeps_the_pre
     assert after_full["next_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_the_run_resumes_after_the_disk_is_freed(disk_full_run):
     run, _, _, resumed = disk_full_run
     assert resumed.exit_code == 0, resumed.output
@@ -137,6 +137,7 @@ def test_the_run_resumes_after_the_disk_is_freed(disk_full_run):
     assert (layout.results_dir(run) / layout.METRICS).exists()
 
 
+@pytest.mark.slow
 def test_grey_rgba_palette_16_bit_and_odd_sized_images_all_train(disk_full_run, mixed_data):
     run, _, _, resumed = disk_full_run
     assert resumed.exit_code == 0, resumed.output
@@ -221,7 +222,7 @@ class Tiny(torch.nn.Module):
 
 @pytest.fixture
 def tiny_models(monkeypatch):
-    monkeypatch.setattr(trainer, "_build_model", lambda job, config, device: Tiny())
+    monkeypatch.setattr(trainer, "build_model", lambda job, config, device: Tiny())
 
 
 def _job(out, n_train=12, n_val=6):
@@ -236,18 +237,23 @@ def _job(out, n_train=12, n_val=6):
     return job, lambda rows: images[rows]
 
 
-def _interrupt_after_epoch(monkeypatch, epoch: int) -> None:
-    """Raise KeyboardInterrupt right after the checkpoint of ``epoch`` (1-based) is saved."""
-    real = trainer._save_checkpoint
+class EpochLog(Progress):
+    """Records the epochs train_model finishes; raises KeyboardInterrupt after epoch ``stop_after`` (1-based).
 
-    def save_then_stop(job, model, optimizer, scheduler, scaler, state):
-        real(job, model, optimizer, scheduler, scaler, state)
-        if state.next_epoch == epoch:
-            raise KeyboardInterrupt
+    An epoch is reported finished right after its checkpoint is saved.
+    """
 
-    monkeypatch.setattr(trainer, "_save_checkpoint", save_then_stop)
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.stop_after, self.finished = stop_after, []
+
+    def update(self, key, completed=None, description=None, **info):
+        if key == "epoch" and "loss" in info:  # the report after an epoch, not the one at the (re)start
+            self.finished.append(completed)
+            if completed == self.stop_after:
+                raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [
     dict(optimizer="sgd", scheduler="step", step_size=2, sampler="oversample"),
     dict(optimizer="adamw", scheduler="cosine", label_smoothing=0.1, class_weights="balanced"),
@@ -255,22 +261,19 @@ def _interrupt_after_epoch(monkeypatch, epoch: int) -> None:
     dict(optimizer="sgd", scheduler="none", lr=1e-9, early_stopping=1),  # stops after epoch 2
 ], ids=["sgd-step", "adamw-cosine", "adam-plateau", "early-stop"])
 @pytest.mark.parametrize("stop_after", [1, 2])
-def test_a_stage_resumed_after_any_epoch_equals_an_uninterrupted_one(tmp_path, tiny_models, monkeypatch, settings, stop_after):
+def test_a_stage_resumed_after_any_epoch_equals_an_uninterrupted_one(tmp_path, tiny_models, settings, stop_after):
     config = RunConfig(**{"epochs": 4, "batch_size": 4, "image_size": 16, "weights": "none", "eval_batch_size": 8,
                           "lr": 0.05, **settings})
     whole, load_batch = _job(tmp_path / "whole")
     train_model(whole, config, load_batch, CPU)
 
     parted, load_batch = _job(tmp_path / "parted")
-    with monkeypatch.context() as patch:
-        _interrupt_after_epoch(patch, stop_after)
-        with pytest.raises(KeyboardInterrupt):
-            train_model(parted, config, load_batch, CPU)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(parted, config, load_batch, CPU, EpochLog(stop_after=stop_after))
     assert not (parted.out_dir / layout.MODEL).exists()
-    epochs_trained = []
-    real_epoch = trainer._one_epoch
-    monkeypatch.setattr(trainer, "_one_epoch", lambda *a: epochs_trained.append(a[5]) or real_epoch(*a))
-    train_model(parted, config, load_batch, CPU)
+    assert checkpoint.load(parted.out_dir / layout.CHECKPOINT)["next_epoch"] == stop_after
+    resumed = EpochLog()
+    train_model(parted, config, load_batch, CPU, resumed)
 
     expected = checkpoint.load(whole.out_dir / layout.MODEL)
     got = checkpoint.load(parted.out_dir / layout.MODEL)
@@ -279,7 +282,7 @@ def test_a_stage_resumed_after_any_epoch_equals_an_uninterrupted_one(tmp_path, t
     pd.testing.assert_frame_equal(pd.read_csv(parted.out_dir / layout.HISTORY).drop(columns=TIMING),
                                   pd.read_csv(whole.out_dir / layout.HISTORY).drop(columns=TIMING))
     n_epochs = len(pd.read_csv(whole.out_dir / layout.HISTORY))
-    assert epochs_trained == list(range(stop_after, n_epochs))  # no epoch trained twice, none past an early stop
+    assert resumed.finished == list(range(stop_after + 1, n_epochs + 1))  # no epoch trained twice, none past an early stop
 
 
 def test_a_checkpoint_of_another_stage_is_refused_with_its_name(tmp_path, tiny_models):

@@ -154,6 +154,7 @@ def full_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_full_report_has_headline_with_right_numbers(full_run):
     metrics = read_metrics(results_dir(full_run) / METRICS)
     teacher = _row(metrics, model="teacher", fold="ensemble", split="test", voting="majority")
@@ -168,6 +169,7 @@ def test_full_report_has_headline_with_right_numbers(full_run):
     assert _expected_comparison(teacher, student) in page
 
 
+@pytest.mark.slow
 def test_full_report_tables_list_every_fold(full_run):
     metrics = read_metrics(results_dir(full_run) / METRICS)
     table_a = fold_table(metrics)
@@ -186,6 +188,7 @@ def test_full_report_tables_list_every_fold(full_run):
         assert setting in page
 
 
+@pytest.mark.slow
 def test_full_report_figures_are_valid_pngs(full_run):
     page = (full_run / REPORT / "report.html").read_text()
     for name in FULL_RUN_PNGS:
@@ -194,6 +197,7 @@ def test_full_report_figures_are_valid_pngs(full_run):
     assert "<script" not in page and "http" not in page
 
 
+@pytest.mark.slow
 def test_partial_run_says_what_is_missing(tmp_path):
     run = make_run(tmp_path, test=False, pseudo=False, missing=((1, 1), (1, 2)))
     page = write_report(run).read_text()

@@ -4,7 +4,7 @@ The kill test SIGKILLs real `noisystudent kfold` processes at random and at
 chosen moments (a checkpoint just written, a checkpoint being written, a
 prediction file just written, model.pt being written), resumes each time, and
 compares every prediction, pseudo-label and result file byte for byte with an
-uninterrupted run (a `python -m noisystudent.cli.main` subprocess) of the same seed.
+uninterrupted run (a `python -m noisystudent.cli.commands` subprocess) of the same seed.
 The other tests check what --resume refuses, with one sentence and exit code 2.
 """
 
@@ -27,10 +27,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from noisystudent import layout
-from noisystudent.cli.main import app
+from noisystudent.cli.commands import app
 from noisystudent.run import pipeline
 
-EPOCHS = ["--epochs", "2", "--test-fraction", "0.25"]  # with an outer test set: ensembles too
+OUTER_TEST = ["--test-fraction", "0.25"]  # with an outer test set: ensembles too
 POLL_S = 0.002
 T0 = time.monotonic()
 
@@ -52,7 +52,7 @@ def reference_run(tmp_path_factory, data):
     """An uninterrupted run in a real subprocess; started at once, awaited by calling the fixture's value."""
     run = tmp_path_factory.mktemp("reference") / "run"
     process = subprocess.Popen(
-        cli_command(data, run, *EPOCHS), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cli_command(data, run, *OUTER_TEST), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     result: dict[str, str] = {}
 
@@ -139,7 +139,7 @@ def _history(run: Path) -> dict[str, pd.DataFrame]:
 @pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, data, reference_run):
     run = tmp_path / "run"
-    argv = ["kfold", str(data), "--out", str(run), *TINY_FLAGS, *EPOCHS]
+    argv = ["kfold", str(data), "--out", str(run), *TINY_FLAGS, *OUTER_TEST]
     server = ForkingCli()
     kills = []
     try:
@@ -216,7 +216,7 @@ def _link_copy(reference: Path, target: Path) -> Path:
 def test_a_new_run_into_a_used_folder_is_refused(data, reference_run):
     run = reference_run()
     before = (run / layout.CONFIG).read_bytes()
-    result = _invoke("kfold", data, "--out", run, *TINY_FLAGS, *EPOCHS)
+    result = _invoke("kfold", data, "--out", run, *TINY_FLAGS, *OUTER_TEST)
     assert result.exit_code == 2
     assert "--resume" in result.output and str(run) in _one_line(result.output)
     assert (run / layout.CONFIG).read_bytes() == before
@@ -226,7 +226,7 @@ def test_a_new_run_into_a_used_folder_is_refused(data, reference_run):
 def test_resume_with_a_changed_result_setting_is_refused_naming_it(data, reference_run):
     run = reference_run()
     before = (run / layout.CONFIG).read_bytes()
-    result = _invoke("kfold", data, "--out", run, *TINY_FLAGS, *EPOCHS, "--lr", "0.01", "--resume")
+    result = _invoke("kfold", data, "--out", run, *TINY_FLAGS, *OUTER_TEST, "--lr", "0.01", "--resume")
     assert result.exit_code == 2
     line = _one_line(result.output)
     assert "differing: lr (0.003 -> 0.01)" in line
@@ -261,7 +261,7 @@ def test_a_truncated_checkpoint_is_named_not_silently_restarted(tmp_path, data, 
     checkpoint.parent.mkdir(parents=True)
     whole = (layout.round_dir(reference_run(), 0, 0) / layout.CHECKPOINT).read_bytes()
     checkpoint.write_bytes(whole[: len(whole) // 2])
-    result = _invoke("kfold", data, "--out", run, *TINY_FLAGS, *EPOCHS, "--resume")
+    result = _invoke("kfold", data, "--out", run, *TINY_FLAGS, *OUTER_TEST, "--resume")
     assert result.exit_code == 2
     line = _one_line(result.output)
     assert f"The checkpoint {checkpoint} is truncated or corrupt" in line

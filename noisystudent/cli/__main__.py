@@ -1,5 +1,5 @@
 """``python -m noisystudent.cli`` runs the command line."""
 
-from noisystudent.cli.main import main
+from noisystudent.cli.commands import main
 
 main()

@@ -128,7 +128,7 @@ def run_fold(ctx: RunContext, fold: int) -> None:
         name = f"fold {fold} " + ("teacher" if round_ == 0 else f"student {round_}")
         ctx.progress.update("fold", description=name)
         train_model(_model_job(ctx, fold, round_, name), ctx.config, ctx.load_batch, ctx.device, ctx.progress)
-        predictions = _predictions(ctx, fold, round_)
+        predictions = predict_round(ctx, fold, round_)
         if round_ < ctx.config.rounds:
             _pseudo_labels(ctx, fold, round_, predictions)
 
@@ -187,7 +187,7 @@ def _label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return np.array([lookup[label] for label in frame[manifest.LABEL]], dtype=np.int64)
 
 
-def _predictions(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
+def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     """Probabilities of this round's model on validation, test, masked and pool images."""
     out = layout.round_dir(ctx.run, fold, round_) / layout.PREDICTIONS
     if out.exists():

@@ -75,7 +75,7 @@ def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.devi
         logger.info("%s: %s exists, skipping training", job.name, model_path)
         return model_path
     seed_everything(derive_seed(job.seed, "init"))
-    model = _build_model(job, config, device)
+    model = build_model(job, config, device)
     optimizer = optim.create_optimizer(model.parameters(), config, device)
     scheduler = optim.create_scheduler(optimizer, config, config.epochs)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype(config.amp, device) == torch.float16 else None
@@ -85,7 +85,8 @@ def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.devi
     return model_path
 
 
-def _build_model(job: ModelJob, config: RunConfig, device: torch.device) -> torch.nn.Module:
+def build_model(job: ModelJob, config: RunConfig, device: torch.device) -> torch.nn.Module:
+    """The untrained model of ``job`` on ``device`` (its weights, dropout, BatchNorm momentum, memory format)."""
     model = models.create_model(
         job.arch, len(job.classes), weights=job.weights, dropout=job.dropout,
         drop_connect=job.drop_connect, hidden_units=config.hidden_units,
