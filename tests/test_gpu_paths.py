@@ -57,6 +57,7 @@ def _scaled_steps(model, optimizer, scaler, steps: int = 2) -> None:
 # --- 1. cross-device resume ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("saved_fused, current_fused", [(None, True), (True, None)])
 def test_resume_keeps_the_current_devices_fused_flag_with_fp16_scaling(name, saved_fused, current_fused):
@@ -89,6 +90,7 @@ def test_plain_load_state_dict_is_what_crashed():
         _scaled_steps(model, optimizer, scaler, steps=1)
 
 
+@pytest.mark.slow
 def test_trainer_resume_of_a_cpu_checkpoint_into_a_fused_fp16_step(tmp_path):
     """trainer._resume as a GPU run with --amp fp16 does it, the checkpoint written by a CPU run."""
     from types import SimpleNamespace
@@ -197,6 +199,7 @@ def test_light_augmentation_output_is_contiguous():
     assert out.is_contiguous() and out.stride() == torch.empty(16, 3, 8, 8).stride()
 
 
+@pytest.mark.slow
 def test_partial_batches_train_on_the_uncompiled_model():
     seen = {"full": [], "partial": []}
 
@@ -255,6 +258,7 @@ class SyncCounter:
         return "blocking .to(device)" if to_device and not kwargs.get("non_blocking") else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_every", [0, 4])
 def test_training_loop_syncs_only_to_report_the_loss(monkeypatch, log_every):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
@@ -364,6 +368,7 @@ def test_loaded_model_is_channels_last_on_cuda(monkeypatch, tmp_path):
     assert formats == []
 
 
+@pytest.mark.slow
 def test_resumed_optimizer_state_takes_the_parameters_memory_layout():
     """A contiguous (CPU) checkpoint loaded into a channels_last model: exp_avg gets the weights' strides,
     as the fused kernels require (an H200 resume failed on exactly this)."""

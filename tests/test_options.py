@@ -20,6 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from noisystudent import layout, models
+from noisystudent.config.parsing import parse_progressive_resize
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.cache import build_cache
 from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_VALIDATION
@@ -259,7 +260,7 @@ def test_good_option_values_are_accepted_and_kept():
         got = sampling.class_weights(labels, 2, config.class_weights)
         assert (got is None) if weights is None else got.tolist() == pytest.approx(weights)
     config = RunConfig(progressive_resize="16:2,24:2", image_size=32)
-    assert optim.parse_progressive_resize(config.progressive_resize, 5, config.image_size) == [16, 16, 24, 24, 24]
+    assert parse_progressive_resize(config.progressive_resize, 5, config.image_size) == [16, 16, 24, 24, 24]
 
 
 def test_every_technique_has_a_kfold_flag():
