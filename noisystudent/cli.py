@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import inspect
 import logging
@@ -22,7 +21,7 @@ from rich.logging import RichHandler
 
 from . import __version__
 from .config import RunConfig
-from .errors import UserError
+from .errors import UserError, os_error_sentence
 from .presets import DESCRIPTIONS, preset_settings
 from .cli_progress import RichProgress
 
@@ -53,11 +52,10 @@ def user_errors(command):
             console.print("[yellow]Interrupted.[/] Completed stages are saved; continue with --resume.")
             raise typer.Exit(130) from None
         except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            sentence = os_error_sentence(error)
+            if sentence is None:
                 raise
-            where = f" while writing {error.filename}" if error.filename else ""
-            console.print(f"[bold red]Error:[/] No space left on device{where}; free some space and continue with --resume.",
-                          highlight=False, soft_wrap=True)
+            console.print(f"[bold red]Error:[/] {sentence}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -178,17 +176,19 @@ def kfold(
 
 def _resume_config(run: Path, data: Optional[Path], settings: dict[str, Any]) -> RunConfig:
     """On --resume, start from the saved settings; flags given now override (and are checked)."""
+    from .config import config_from_saved
     from .run_folder import META_KEYS, saved_config
+    from . import run_layout
 
     saved = saved_config(run)
     if saved is None:
         return build_config(data, settings)  # the pipeline says there is nothing to resume
     values = {k: v for k, v in saved.items() if k not in META_KEYS}
+    config_from_saved(run / run_layout.CONFIG, values)  # a hand-edited file is named in the error
     given = _given_settings(settings)
     if data is not None:
         given["data"] = str(data.resolve())
-    values.update(given)
-    return RunConfig(**values)
+    return RunConfig(**{**values, **given})
 
 
 def _kfold_signature() -> inspect.Signature:
@@ -278,8 +278,10 @@ def ensemble_predict(
     from .inputs import resolve_inputs
 
     setup_logging(quiet)
-    ensemble.check_outside_run(out_path, run)
+    ensemble.check_options(models, tta, batch_size, [voting] if voting else [], device)
+    ensemble.check_outputs(out_path, run, inputs, ensemble.patients_path(out_path))
     images = resolve_inputs(inputs)
+    ensemble.check_not_an_image(out_path, images)
     models_ = ensemble.load_ensemble(run, models, device)
     with RichProgress(console) as progress:
         prediction = ensemble.predict(models_, images, voting, progress=progress, tta=tta, batch_size=batch_size,
@@ -311,7 +313,8 @@ def ensemble_evaluate(
     from .results import VOTING_RULES
 
     setup_logging(quiet)
-    ensemble.check_outside_run(out_path, run)
+    ensemble.check_options(models, tta, batch_size, voting or [], device)
+    ensemble.check_outputs(out_path, run, [data], ensemble.predictions_path(out_path))
     models_ = ensemble.load_ensemble(run, models, device)
     images = ensemble.read_labelled(models_, data, data_format, patient_regex)
     with RichProgress(console) as progress:

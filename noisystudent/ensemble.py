@@ -42,7 +42,7 @@ from . import run_layout as layout
 from .config import TTA, VOTING, RunConfig
 from .device import amp_dtype, resolve_device
 from .engine import predict_probs
-from .errors import CheckpointError, ConfigError, DataError, RunFolderError
+from .errors import CheckpointError, ConfigError, DataError, OutputError, RunFolderError
 from .inputs import name_fields
 from .manifest import LABEL, PATH, PATIENT
 from .model_io import load_model_file
@@ -51,11 +51,13 @@ from .preprocess import PreprocessSpec, load_preprocessed
 from .progress import NULL_PROGRESS, Progress
 from .readers import read_manifest
 from .run_folder import load_run_config
+from .safe_paths import check_output_file
 
 logger = logging.getLogger(__name__)
 
 MODEL_SETS = ("students", "teachers")
 CHUNK_SIZE = 512  # images decoded and held in memory at a time
+MAX_BATCH_SIZE = CHUNK_SIZE * 64
 N_CELLS = "n_cells"
 CALL = "call"
 ENSEMBLE = results.ENSEMBLE
@@ -420,11 +422,40 @@ def rows_of(predictions: pd.DataFrame, fold, voting: str) -> pd.DataFrame:
 # --- output files -----------------------------------------------------------------------
 
 
+def check_options(models: str, tta: str | None, batch_size: int | None, rules: list[str], device: str) -> None:
+    """The options of predict / evaluate, checked before any file is read."""
+    if models not in MODEL_SETS:
+        raise ConfigError(f"--models must be one of {', '.join(MODEL_SETS)}; got {models!r}.")
+    if tta is not None:
+        _checked_tta(tta)
+    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ConfigError(f"--batch-size must be a whole number between 1 and {MAX_BATCH_SIZE}; got {batch_size}.")
+    for rule in rules:
+        _checked_rule(rule)
+    resolve_device(device)
+
+
 def check_outside_run(out: Path, run: Path) -> None:
     """Refuse an output path inside the run folder: ensemble commands never write there."""
     if Path(out).resolve().is_relative_to(Path(run).resolve()):
         raise RunFolderError(f"The output {out} lies inside the run folder {run}, which ensemble commands only read; "
                              "choose an --out outside it.")
+
+
+def check_outputs(out: Path, run: Path, inputs: list[Path], companion: Path) -> None:
+    """Before any work: ``out`` and its ``companion`` file must be regular files, no input, outside RUN and DATA."""
+    check_outside_run(out, run)
+    folders = [Path(run), *(p for p in inputs if Path(p).is_dir())]
+    files = [p for p in inputs if not Path(p).is_dir()]
+    for path in (Path(out), companion):
+        check_output_file(path, files, folders)
+
+
+def check_not_an_image(out: Path, images: pd.DataFrame) -> None:
+    """``out`` must not be one of the images to predict (e.g. listed in a CSV manifest)."""
+    resolved = str(Path(out).resolve())
+    if any(str(Path(p).resolve()) == resolved for p in images[PATH]):
+        raise OutputError(f"The output {out} is one of the images to predict; choose another --out.")
 
 
 def patients_path(out: Path) -> Path:

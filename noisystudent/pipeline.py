@@ -13,6 +13,7 @@ once that artifact exists:
 from __future__ import annotations
 
 import logging
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,14 @@ from . import run_layout as layout
 from .cache import ImageCache, build_cache, fingerprint_files
 from .config import RunConfig
 from .device import amp_dtype, resolve_device
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .engine import TrainSet, predict_probs
 from .manifest import (
     FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_LABELLED, ROLE_POOL, ROLE_TEST, ROLE_UNLABELLED,
     ROLE_VALIDATION, SHARED_FOLD,
 )
 from .model_io import load_model_file
+from .preflight import check_before_writing
 from .preprocess import PreprocessSpec
 from .progress import NULL_PROGRESS, Progress
 from .run_data import load_run_data
@@ -69,9 +71,9 @@ class RunContext:
 def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Progress = NULL_PROGRESS) -> pd.DataFrame:
     """Run (or resume) the whole protocol in ``run``; return the results table."""
     run = Path(run)
+    check_before_writing(config, run)  # a refused setting leaves no trace
     check_run_folder(run, config, resume)
-    run.mkdir(parents=True, exist_ok=True)
-    with lock_run_folder(run), run_log(run):
+    with new_run_folder(run), lock_run_folder(run), run_log(run):
         logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
         data = load_run_data(config, run)
         write_config(run, config, fingerprint_files(data.manifest[PATH].tolist()))
@@ -84,6 +86,23 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
             progress.update("fold", completed=fold + 1)
         progress.stop("fold")
         return results.write_results(run, config, data.classes)
+
+
+@contextmanager
+def new_run_folder(run: Path):
+    """Create ``run``; if this session created it and the data is refused before config.json, remove it again.
+
+    Before config.json the folder holds only what this session wrote (run.log, .lock,
+    the generated demo data), so a refused command leaves no trace.
+    """
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except UserError:
+        if created and not (run / layout.CONFIG).exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from . import __version__, atomic
 from . import run_layout as layout
-from .config import RunConfig, differing_result_keys, load_config_json
+from .config import RunConfig, config_from_saved, differing_result_keys, load_config_json
 from .errors import ConfigError, RunFolderError
 
 try:
@@ -44,6 +44,8 @@ BEFORE_CONFIG = {layout.LOG, DEMO_FOLDER, LOCK, ".gitkeep"}
 
 def saved_config(run: Path) -> dict[str, Any] | None:
     path = Path(run) / layout.CONFIG
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise RunFolderError(f"{path} is not a regular file; the folder {run} is not a usable run folder.")
     return load_config_json(path) if path.exists() else None
 
 
@@ -110,4 +112,4 @@ def load_run_config(run: Path) -> RunConfig:
     saved = saved_config(run)
     if saved is None:
         raise RunFolderError(f"The folder {run} holds no run ({layout.CONFIG} is missing).")
-    return RunConfig.from_dict({k: v for k, v in saved.items() if k not in META_KEYS})
+    return config_from_saved(Path(run) / layout.CONFIG, {k: v for k, v in saved.items() if k not in META_KEYS})
