@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import DataError
-from .images import ImageInfo, probe_images
+from .images import EXTREME_ASPECT, ImageInfo, probe_images
 from .manifest import LABEL, PATH, PATIENT, SUBSET, SUBSET_TEST, SUBSET_TRAIN, check_manifest
 from .readers import read_manifest
 
@@ -54,7 +54,7 @@ def inspect_dataset(
     infos = probe_images(manifest[PATH].tolist(), workers)
     readable = [info for info in infos if not info.error]
     problems = [info.error for info in infos if info.error]
-    problems += manifest_problems(manifest) + _mode_problems(readable)
+    problems += manifest_problems(manifest) + _mode_problems(readable) + _aspect_problems(readable)
     return InspectReport(
         format=data_format,
         n_images=len(manifest),
@@ -130,6 +130,16 @@ def _mode_problems(readable: list[ImageInfo]) -> list[str]:
         return []
     listing = ", ".join(f"{mode}: {count}" for mode, count in modes.most_common())
     return [f"The images have mixed colour modes ({listing}); all are converted to 8-bit RGB."]
+
+
+def _aspect_problems(readable: list[ImageInfo]) -> list[str]:
+    """Images so elongated that, padded to a square, they are almost all black."""
+    thin = [info for info in readable if max(info.width, info.height) > EXTREME_ASPECT * max(1, min(info.width, info.height))]
+    if not thin:
+        return []
+    first = thin[0]
+    return [f"{len(thin)} images are more than {EXTREME_ASPECT} times longer than wide, e.g. {first.path} "
+            f"({first.width} x {first.height}); padded to a square they become almost all black."]
 
 
 def _size_counts(readable: list[ImageInfo]) -> pd.DataFrame:
