@@ -236,3 +236,26 @@ def test_permission_and_folder_errors_become_one_sentence():
         "Permission denied for /ro/p.csv (Permission denied); fix its permissions or choose another path.")
     assert os_error_sentence(IsADirectoryError(errno.EISDIR, "Is a directory", "/x")).startswith("/x is a folder")
     assert os_error_sentence(OSError(errno.EIO, "I/O error", "/x")) is None  # not the user's to fix: a traceback
+
+
+# --- a hand-edited config.json -----------------------------------------------------------------
+
+
+def test_a_hand_edited_result_setting_is_refused_on_resume_naming_it(started_run):
+    path = started_run / "config.json"
+    document = json.loads(path.read_text())
+    document.update(lr=0.5, epochs=7)
+    path.write_text(json.dumps(document))
+    assert_one_sentence(*invoke("kfold", "--out", started_run, "--resume"),
+                        f"The settings epochs, lr in {path} were edited after the run began")
+
+
+def test_a_hand_edited_execution_setting_is_accepted_on_resume(started_run, monkeypatch):
+    from noisystudent import pipeline
+
+    path = started_run / "config.json"
+    document = json.loads(path.read_text())
+    document.update(workers=3, eval_batch_size=5)
+    path.write_text(json.dumps(document))
+    monkeypatch.setattr(pipeline, "run_fold", _interrupt)
+    assert invoke("kfold", "--out", started_run, "--resume")[0] == 130  # got past every check
