@@ -101,6 +101,7 @@ class RunConfig:
     test_fraction: float = _opt(0.0, "Fraction of patients held out as outer test set when no --test is given.")
     positive: str = _opt("all", "Name of the positive class for sensitivity, PPV, F1 and AUC.")
     binary: str | None = _opt(None, "Map classes to a binary task, e.g. 'Benign=negative,rest=positive'.")
+    label_map: str | None = _opt(None, "Rename labels first, e.g. 'ALL=all,Hem=hem' for class folders that differ only in case.")
     skip_unreadable: bool = _opt(False, "Skip (and report) unreadable images instead of stopping.")
     # --- folds ---
     folds: int = _opt(5, "Number of patient-disjoint, class-stratified folds.")
@@ -185,6 +186,10 @@ class RunConfig:
                 or self.split_ratio[0] <= 0 or self.split_ratio[2] <= 0):
             raise ConfigError(f"split_ratio must be three non-negative numbers labelled:unlabelled:validation with labelled and validation > 0, got {self.split_ratio}.")
         _check_class_weights(self.class_weights)
+        if self.label_map:
+            from .label_names import parse_label_map  # imports pandas: only when the option is used
+
+            parse_label_map(self.label_map)
         if self.progressive_resize:
             from .optim import parse_progressive_resize  # imports torch: only when the option is used
 

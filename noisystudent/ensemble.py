@@ -44,6 +44,7 @@ from .device import amp_dtype, resolve_device
 from .engine import predict_probs
 from .errors import CheckpointError, ConfigError, DataError, OutputError, RunFolderError
 from .inputs import name_fields
+from .label_names import apply_label_map
 from .manifest import LABEL, PATH, PATIENT
 from .model_io import load_model_file
 from .models import input_normalization
@@ -317,8 +318,8 @@ def _checked_rule(rule: str) -> str:
 
 
 def prepare_labels(ensemble: Ensemble, images: pd.DataFrame, strict: bool) -> pd.DataFrame:
-    """Apply the run's --binary mapping to known labels; with ``strict``, refuse labels the run does not know."""
-    images = images.copy()
+    """Apply the run's --label-map and --binary mapping to known labels; with ``strict``, refuse labels the run does not know."""
+    images = apply_label_map(images, ensemble.config.label_map, require_all=False).copy()
     if ensemble.config.binary and (images[LABEL] != "").any():
         mapping = metrics.parse_binary_mapping(ensemble.config.binary, sorted(set(images[LABEL]) - {""}))
         images[LABEL] = [mapping[label] if label else "" for label in images[LABEL]]

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .errors import DataError
 from .images import EXTREME_ASPECT, ImageInfo, probe_images
+from .label_names import similar_labels, similar_labels_sentence
 from .manifest import LABEL, PATH, PATIENT, SUBSET, SUBSET_TEST, SUBSET_TRAIN, check_manifest
 from .readers import read_manifest
 
@@ -88,6 +89,9 @@ def manifest_problems(manifest: pd.DataFrame) -> list[str]:
     except DataError as error:
         problems.append(str(error))
     labelled = manifest[(manifest[LABEL] != "") & (manifest[PATIENT] != "")]
+    groups = similar_labels(manifest[LABEL])
+    if groups:
+        problems.append(f"{similar_labels_sentence(groups)}; kfold refuses them unless --label-map merges them.")
     problems += _patients_in_both_classes(labelled)
     problems += _patients_in_train_and_test(labelled)
     problems += _classes_with_few_patients(labelled[labelled[SUBSET] == SUBSET_TRAIN])

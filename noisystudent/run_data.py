@@ -12,6 +12,7 @@ from . import demo_data, readers
 from .config import RunConfig
 from .errors import DataError
 from .evaluation import positive_index_of
+from .label_names import apply_label_map, check_distinct_labels
 from .manifest import (
     LABEL, PATH, SUBSET, SUBSET_TEST, SUBSET_TRAIN, SUBSET_UNLABELLED, check_manifest, class_names, make_manifest,
 )
@@ -44,7 +45,8 @@ def load_run_data(config: RunConfig, run: Path) -> RunData:
         parts.append(test[test[SUBSET] != SUBSET_UNLABELLED].assign(**{SUBSET: SUBSET_TEST}))
     if config.unlabelled:
         parts.append(readers.read_unlabelled(Path(config.unlabelled)))
-    combined = make_manifest(pd.concat(parts, ignore_index=True))
+    combined = apply_label_map(make_manifest(pd.concat(parts, ignore_index=True)), config.label_map)
+    check_distinct_labels(combined)
     if config.binary:
         mapping = parse_binary_mapping(config.binary, class_names(combined))
         combined[LABEL] = [apply_binary_mapping([lab], mapping)[0] if lab else "" for lab in combined[LABEL]]

@@ -259,3 +259,46 @@ def test_a_hand_edited_execution_setting_is_accepted_on_resume(started_run, monk
     path.write_text(json.dumps(document))
     monkeypatch.setattr(pipeline, "run_fold", _interrupt)
     assert invoke("kfold", "--out", started_run, "--resume")[0] == 130  # got past every check
+
+
+# --- labels that differ only in case -------------------------------------------------------------
+
+
+@pytest.fixture
+def case_data(tmp_path) -> Path:
+    """ALL/ all/ Hem/ hem/: two classes spelled two ways each, 2 patients per folder."""
+    root = write_class_folders(tmp_path / "cased", classes=("ALL", "all", "Hem", "hem"), patients_per_class=2,
+                               images_per_patient=2, size=(16, 16))
+    return root
+
+
+def test_labels_differing_only_in_case_are_reported_by_inspect(case_data):
+    code, line = invoke("data", "inspect", case_data, "--patient-regex", PATIENT_REGEX)
+    assert code == 0
+    assert "Some labels differ only in case or surrounding spaces ('ALL', 'all'; 'Hem', 'hem')" in line
+    assert "No problems found" not in line
+
+
+def test_labels_differing_only_in_case_are_refused_by_kfold(case_data, tmp_path):
+    flags = [f for f in FLAGS if f not in ("--positive", "malignant")]
+    assert_one_sentence(*invoke("kfold", case_data, "--out", tmp_path / "run", *flags, "--positive", "all"),
+                        "Some labels differ only in case", "--label-map 'ALL=all,Hem=hem'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_label_map_merges_them(case_data, tmp_path, monkeypatch):
+    from noisystudent import pipeline
+
+    monkeypatch.setattr(pipeline, "run_fold", _interrupt)
+    flags = [f for f in FLAGS if f not in ("--positive", "malignant")]
+    code, line = invoke("kfold", case_data, "--out", tmp_path / "run", *flags, "--positive", "all", "--label-map", "ALL=all,Hem=hem")
+    assert code == 130, line
+    folds = (tmp_path / "run" / "folds.csv").read_text()
+    assert ",ALL," not in folds and ",Hem," not in folds and ",all," in folds and ",hem," in folds
+
+
+def test_a_label_map_naming_an_unknown_label_is_refused(data, tmp_path):
+    assert_one_sentence(*invoke("kfold", data, "--out", tmp_path / "run", *FLAGS, "--label-map", "Benign=benign"),
+                        "--label-map renames 'Benign', which no image has as its label.")
+    assert_one_sentence(*invoke("kfold", data, "--out", tmp_path / "run", *FLAGS, "--label-map", "benign"),
+                        "label_map must look like 'ALL=all,Hem=hem'; got 'benign'.")
