@@ -17,7 +17,8 @@ import pandas as pd
 from ..atomic import write_text
 from ..errors import RunFolderError
 from ..manifest import LABEL
-from ..run_layout import EVAL_SPLIT, PRED, REPORT, SPLIT, prob_column
+from ..run_layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SPLIT, prob_column
+from ..safe_paths import check_output_file, check_output_folder
 from . import plots
 from .html import FigureEntry, TableEntry, render_page
 from .inputs import RunData, load_run
@@ -46,8 +47,12 @@ def write_report(run: Path) -> Path:
     run = Path(run)
     if not run.is_dir():
         raise RunFolderError(f"The run folder {run} does not exist.")
-    data = load_run(run)
+    if not (run / CONFIG).is_file():  # never write report/ into an arbitrary folder
+        raise RunFolderError(f"The folder {run} is not a run folder (it has no {CONFIG}); give the --out folder of a noisystudent kfold run.")
     folder = run / REPORT
+    check_output_folder(folder, flag="RUN")
+    check_output_file(folder / PAGE, flag="RUN")
+    data = load_run(run)
     folder.mkdir(exist_ok=True)
     figures = []
     for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, helped_figures):

@@ -139,10 +139,14 @@ def normalise_metrics(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _read_config(run: Path) -> dict[str, Any]:
     try:
-        return json.loads((run / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        config = json.loads((run / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         log.warning("cannot read %s (%s); the report leaves out the settings", run / CONFIG, error)
         return {}
+    if not isinstance(config, dict):
+        log.warning("%s is not a JSON object; the report leaves out the settings", run / CONFIG)
+        return {}
+    return config
 
 
 def _round_folders(run: Path) -> list[Key]:
