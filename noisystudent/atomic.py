@@ -50,9 +50,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
             raise type(error)(error.errno, error.strerror, str(target)) from error
         raise
     except RuntimeError as error:
-        # torch.save's C++ writer reports a full disk as RuntimeError("... file write failed"):
-        # ask the file system whether it is full rather than showing that.
-        if _disk_is_full(target.parent):
+        # torch.save's C++ writer turns our file object's OSError(ENOSPC) into
+        # RuntimeError("unexpected pos ...") (the OSError is only its __context__),
+        # and a path-based writer into "file write failed" with no errno at all.
+        if _caused_by_full_disk(error) or _disk_is_full(target.parent):
             raise DiskFullError(no_space_message(target)) from error
         raise
     finally:
@@ -97,6 +98,16 @@ def remove_stale_temps(folder: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def _caused_by_full_disk(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _disk_is_full(folder: Path) -> bool:
