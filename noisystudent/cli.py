@@ -243,7 +243,9 @@ def data_demo(
 ) -> None:
     """Write the built-in synthetic demo data set (C-NMC layout) to OUT_DIR."""
     from .demo_data import generate_demo
+    from .safe_paths import check_output_folder
 
+    check_output_folder(out_dir, flag="OUT_DIR")
     root = generate_demo(out_dir, seed=seed)
     out.print(f"Demo data written to {root}")
 

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .safe_paths import file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ def find_unreadable(paths: list[str], workers: int | None = None) -> list[tuple[
 
 def _open(path: str | Path) -> Image.Image:
     """Open the file (header only) and refuse it if it has more than MAX_PIXELS pixels."""
+    kind = file_kind(path)
+    if kind not in (None, "a folder"):  # a FIFO or device would block or never end
+        raise DataError(f"The image {path} cannot be read: it is {kind}, not a file.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one sentence

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import DataError
+from .safe_paths import file_kind
 from .manifest import IMAGE_EXTENSIONS, LABEL, PATH, PATIENT, normalise_patient
 from .readers import read_csv_manifest
 
@@ -57,6 +58,9 @@ def name_fields(path: str | Path) -> tuple[str, str]:
 def _one_input(item: Path) -> pd.DataFrame:
     if not item.exists():
         raise DataError(f"The input {item} does not exist.")
+    kind = file_kind(item)
+    if kind not in (None, "a folder"):  # reading a FIFO or device would wait forever
+        raise DataError(f"The input {item} is {kind}, not an image, folder or CSV file.")
     if item.is_dir():
         files = _image_files(item)
         if not files:

@@ -76,8 +76,10 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     with new_run_folder(run), lock_run_folder(run), run_log(run):
         logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
         data = load_run_data(config, run)
+        fold_table = _load_or_assign_folds(run, data.manifest, config)  # before config.json: may refuse the data
         write_config(run, config, fingerprint_files(data.manifest[PATH].tolist()))
-        fold_table = _load_or_make_folds(run, data.manifest, config)
+        if not (run / layout.FOLDS).exists():
+            folds_module.save_folds(fold_table, run / layout.FOLDS)
         cache = _build_cache(run, fold_table, config, progress)
         ctx = RunContext(run, config, data.classes, fold_table, cache, resolve_device(config.device), progress)
         progress.start("fold", "folds", total=config.folds)
@@ -122,13 +124,12 @@ def run_log(run: Path):
         handler.close()
 
 
-def _load_or_make_folds(run: Path, manifest: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+def _load_or_assign_folds(run: Path, manifest: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+    """The saved folds.csv, or new folds (saved by the caller once config.json is written)."""
     path = run / layout.FOLDS
     if path.exists():
         return folds_module.load_folds(path)
-    table = folds_module.assign_folds(manifest, config.folds, config.split_ratio, config.test_fraction, config.seed)
-    folds_module.save_folds(table, path)
-    return table
+    return folds_module.assign_folds(manifest, config.folds, config.split_ratio, config.test_fraction, config.seed)
 
 
 def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress) -> ImageCache:

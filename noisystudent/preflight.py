@@ -57,6 +57,9 @@ def _check_inputs(config: RunConfig) -> list[Path]:
         path = Path(value)
         if not path.exists():
             raise DataError(f"The {flag} {path} does not exist.")
+        kind = file_kind(path)
+        if kind not in (None, "a folder"):  # reading a FIFO would wait forever
+            raise DataError(f"The {flag} {path} is {kind}, not a file or folder.")
         inputs.append(path)
     return inputs
 

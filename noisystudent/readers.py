@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import ConfigError, DataError
+from .safe_paths import file_kind
 from .images import find_unreadable
 from .manifest import (
     IMAGE_EXTENSIONS,
@@ -378,6 +379,9 @@ def _numbered(table: pd.DataFrame) -> list[tuple[int, dict]]:
 def _require_exists(path: Path) -> None:
     if not path.exists():
         raise DataError(f"The data path {path} does not exist.")
+    kind = file_kind(path)
+    if kind not in (None, "a folder"):  # reading a FIFO would wait forever
+        raise DataError(f"The data path {path} is {kind}, not a file or folder.")
 
 
 def _image_files(folder: Path, recursive: bool = False) -> list[Path]:

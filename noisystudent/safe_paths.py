@@ -24,7 +24,7 @@ def file_kind(path: Path) -> str | None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        return None
+        return "a broken symbolic link" if os.path.islink(path) else None
     except NotADirectoryError:
         return "below a file"
     for test, kind in KINDS.items():

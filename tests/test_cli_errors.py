@@ -211,6 +211,6 @@ def test_a_full_disk_outside_the_atomic_writes_is_one_sentence(data, tmp_path, m
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "folds.csv"))
 
-    monkeypatch.setattr(pipeline, "_load_or_make_folds", full)
+    monkeypatch.setattr(pipeline, "_load_or_assign_folds", full)
     assert_refused(*kfold(data, tmp_path),
                    f"No space left on device while writing {tmp_path / 'run' / 'folds.csv'}; free some space and continue with --resume.")
