@@ -22,7 +22,7 @@ import torch
 
 from . import atomic
 from .errors import CheckpointError
-from .torch_files import load_tensors
+from .torch_files import UnreadableTorchFile, load_tensors
 
 CHECKPOINT_VERSION = 2
 
@@ -68,7 +68,12 @@ def plain(value: Any) -> Any:
 def load(path: Path) -> dict[str, Any]:
     """Load a checkpoint or model file onto the CPU; CheckpointError if it is unusable."""
     path = Path(path)
-    payload = load_tensors(path, "The checkpoint")
+    try:
+        payload = load_tensors(path, "The checkpoint")
+    except UnreadableTorchFile as error:
+        raise CheckpointError(
+            f"The checkpoint {path} is truncated or corrupt ({error.reason}); delete it to restart that stage from scratch."
+        ) from error
     if not isinstance(payload, dict) or "version" not in payload:
         raise CheckpointError(f"The file {path} is not a noisystudent checkpoint.")
     if not isinstance(payload["version"], int) or payload["version"] > CHECKPOINT_VERSION:

@@ -31,6 +31,14 @@ from .errors import CheckpointError
 CONVERT_HINT = "python -m noisystudent.convert"
 
 
+class UnreadableTorchFile(CheckpointError):
+    """A file torch cannot read at all (truncated, corrupt, not a torch file); ``reason`` in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def load_tensors(path: str | Path, what: str = "The file") -> Any:
     """``torch.load(weights_only=True)`` onto the CPU; CheckpointError for anything unusable.
 
@@ -64,8 +72,9 @@ def unsafe_global(error: BaseException) -> str | None:
     return match.group(1) if match else None
 
 
-def unreadable(path: Path, what: str, error: BaseException) -> CheckpointError:
-    return CheckpointError(f"{what} {path} is not a readable PyTorch file, maybe truncated or corrupt ({short(error)}).")
+def unreadable(path: Path, what: str, error: BaseException) -> UnreadableTorchFile:
+    reason = short(error)
+    return UnreadableTorchFile(f"{what} {path} is not a readable PyTorch file, maybe truncated or corrupt ({reason}).", reason)
 
 
 def short(error: BaseException) -> str:
