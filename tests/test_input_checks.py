@@ -302,3 +302,12 @@ def test_a_label_map_naming_an_unknown_label_is_refused(data, tmp_path):
                         "--label-map renames 'Benign', which no image has as its label.")
     assert_one_sentence(*invoke("kfold", data, "--out", tmp_path / "run", *FLAGS, "--label-map", "benign"),
                         "label_map must look like 'ALL=all,Hem=hem'; got 'benign'.")
+
+
+def test_every_numeric_setting_has_a_range():
+    from dataclasses import fields
+
+    from noisystudent.config import RANGES
+
+    numeric = {f.name for f in fields(RunConfig) if str(f.type) in ("int", "float")}
+    assert numeric == set(RANGES)
