@@ -25,6 +25,7 @@ from noisystudent.errors import DiskFullError
 
 TEMP_SUFFIX = ".tmp"
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+FULL_BELOW_BYTES = 1 << 20  # a write that failed with less than this free ran out of space
 
 
 @contextmanager
@@ -44,6 +45,15 @@ def atomic_path(target: Path) -> Iterator[Path]:
         _fsync_folder(target.parent)  # make the rename itself survive a power cut
     except OSError as error:
         if error.errno in NO_SPACE_ERRNOS:
+            raise DiskFullError(no_space_message(target)) from error
+        if error.errno is not None and error.filename != str(target):  # name the file the user knows, not our temporary one
+            raise type(error)(error.errno, error.strerror, str(target)) from error
+        raise
+    except RuntimeError as error:
+        # torch.save's C++ writer turns our file object's OSError(ENOSPC) into
+        # RuntimeError("unexpected pos ...") (the OSError is only its __context__),
+        # and a path-based writer into "file write failed" with no errno at all.
+        if _caused_by_full_disk(error) or _disk_is_full(target.parent):
             raise DiskFullError(no_space_message(target)) from error
         raise
     finally:
@@ -88,6 +98,24 @@ def remove_stale_temps(folder: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def _caused_by_full_disk(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _disk_is_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: Windows has no statvfs
+        return False
+    return stats.f_bavail * stats.f_frsize < FULL_BELOW_BYTES
 
 
 def _umask() -> int:

@@ -5,6 +5,8 @@ shows a traceback for these. Library code raises them with a message that names
 the offending file or value.
 """
 
+import errno
+
 
 class UserError(Exception):
     """Base class: something about the input or the settings is wrong."""
@@ -28,3 +30,24 @@ class RunFolderError(UserError):
 
 class DiskFullError(UserError):
     """The disk (or the user's quota) is full; the file being written was left as it was."""
+
+
+class OutputError(UserError):
+    """An output path is not a regular file, is an input, lies inside DATA or RUN, or cannot be written."""
+
+
+def os_error_sentence(error: OSError) -> str | None:
+    """One sentence for an OSError a user can fix (full disk, permissions, a folder where a file goes); else None."""
+    name = error.filename
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {name}" if name else ""
+        return f"No space left on device{where}; free some space and continue with --resume."
+    if name is None:
+        return None
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Permission denied for {name} ({error.strerror}); fix its permissions or choose another path."
+    if error.errno == errno.EISDIR:
+        return f"{name} is a folder where a file is needed; choose a file path."
+    if error.errno == errno.ENOTDIR:
+        return f"{name} lies below something that is not a folder; choose another path."
+    return None

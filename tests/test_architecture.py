@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "noisystudent"
 
 # Bottom to top. A module may import from its own stage and from stages below it, never above.
 STAGES = ["foundation", "config", "data", "models", "evaluation", "training", "run", "ensemble", "report", "cli"]
-FOUNDATION = {"errors", "atomic", "layout", "progress", "device"}
+FOUNDATION = {"errors", "atomic", "layout", "progress", "device", "safe_paths"}
 
 
 def module_name(path: Path) -> str:
@@ -19,8 +19,8 @@ def module_name(path: Path) -> str:
 
 def stage_of(module: str) -> str | None:
     parts = module.split(".")
-    if len(parts) < 2 or parts[1] in ("__main__",):
-        return None  # the package's lazy public face and entry point sit above everything
+    if len(parts) < 2 or parts[1] in ("__main__", "convert"):
+        return None  # the lazy public face and the entry points (python -m noisystudent[.convert]) sit above everything
     return "foundation" if parts[1] in FOUNDATION else parts[1]
 
 

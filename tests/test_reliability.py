@@ -315,8 +315,10 @@ def test_a_session_stopped_before_config_json_leaves_a_restartable_folder(tmp_pa
     run = tmp_path / "run"
     first = _invoke("kfold", data, "--out", run, *RUN_FLAGS)  # no class folders yet
     assert first.exit_code == 2 and "has no class sub-folders" in first.output
-    assert (run / layout.LOG).exists() and not (run / layout.CONFIG).exists()
-    (run / ".config.json.x1y2z3.tmp").write_text("{")  # as left by a kill while config.json was written
+    assert not run.exists()  # a refused session removes the folder it created
+    run.mkdir()  # what a session killed while it wrote config.json leaves behind:
+    (run / layout.LOG).write_text("2026-01-01 INFO noisystudent kfold into run (new run)\n")
+    (run / ".config.json.x1y2z3.tmp").write_text("{")
     for resume in ([], ["--resume"]):
         again = _invoke("kfold", data, "--out", run, *RUN_FLAGS, *resume)
         assert again.exit_code == 2 and "has no class sub-folders" in again.output, again.output  # not a folder error

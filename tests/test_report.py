@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
-from noisystudent.errors import RunFolderError
+from noisystudent.cli import app
+from noisystudent.errors import RunFolderError, UserError
 from noisystudent.evaluation.metrics import COUNT_COLUMNS, METRIC_COLUMNS, metrics_from_predictions, summarise_folds
 from noisystudent.layout import CONFIG, HISTORY, METRICS, PREDICTIONS, PSEUDO_LABELS, REPORT, results_dir, round_dir
 from noisystudent.report import fold_table, headline, summary_table, write_report
@@ -244,3 +246,22 @@ def test_unreadable_tables_are_noted_not_fatal(tmp_path):
     assert data.metrics is None
     assert any("metrics.csv cannot be read" in note for note in data.notes)
     _assert_valid_png(plot_curves({1: data.histories[(1, 1)]}, 1, tmp_path / "curves.png"))
+
+
+def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(tmp_path):
+    """`report DIR` on any folder used to write DIR/report/ and overwrite DIR/report/report.html."""
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.html").write_text("someone else's page")
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"The folder {tmp_path} is not a run folder (it has no config.json)" in " ".join(result.output.split())
+    assert (tmp_path / "report" / "report.html").read_text() == "someone else's page"
+
+
+def test_a_report_path_of_the_wrong_kind_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CONFIG).write_text(json.dumps({"folds": 2, "rounds": 1}))
+    (run / REPORT).write_text("a file where the report folder goes")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        write_report(run)

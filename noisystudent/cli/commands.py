@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import inspect
 import logging
@@ -25,7 +24,7 @@ from noisystudent.cli.progress import RichProgress
 from noisystudent.config.presets import DESCRIPTIONS
 from noisystudent.config.run_config import RunConfig
 from noisystudent.config.settings import default_run_folder, make_config, resume_config
-from noisystudent.errors import UserError
+from noisystudent.errors import UserError, os_error_sentence
 
 console = Console(stderr=True)
 out = Console()
@@ -54,11 +53,10 @@ def user_errors(command):
             console.print("[yellow]Interrupted.[/] Completed stages are saved; continue with --resume.")
             raise typer.Exit(130) from None
         except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            sentence = os_error_sentence(error)
+            if sentence is None:
                 raise
-            where = f" while writing {error.filename}" if error.filename else ""
-            console.print(f"[bold red]Error:[/] No space left on device{where}; free some space and continue with --resume.",
-                          highlight=False, soft_wrap=True)
+            console.print(f"[bold red]Error:[/] {sentence}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -134,7 +132,7 @@ def kfold(
     setup_logging(quiet)
     saved = saved_config(out) if resume and out is not None else None
     if saved is not None:
-        config = resume_config(saved, data, **settings)
+        config = resume_config(saved, data, source=out / "config.json", **settings)
     else:  # a new run (or nothing to resume: the run folder check says so)
         config = make_config(data, **settings)
     run = out or default_run_folder(config)
@@ -196,7 +194,9 @@ def data_demo(
 ) -> None:
     """Write the built-in synthetic demo data set (C-NMC layout) to OUT_DIR."""
     from noisystudent.data.demo import generate_demo
+    from noisystudent.safe_paths import check_output_folder
 
+    check_output_folder(out_dir, flag="OUT_DIR")
     root = generate_demo(out_dir, seed=seed)
     out.print(f"Demo data written to {root}")
 
@@ -266,8 +266,10 @@ def ensemble_predict(
     from noisystudent.data.loose_files import resolve_inputs
     from noisystudent.ensemble import classifier as ensemble
 
-    ensemble.check_outside_run(out_path, run)
+    ensemble.check_options(options.models, options.tta, options.batch_size, [voting] if voting else [], options.device)
+    ensemble.check_outputs(out_path, run, inputs, ensemble.patients_path(out_path))
     images = resolve_inputs(inputs)
+    ensemble.check_not_an_image(out_path, images)
     models = ensemble.load_ensemble(run, options.models, options.device)
     with RichProgress(console) as progress:
         prediction = ensemble.predict(models, images, voting, progress=progress, tta=options.tta, batch_size=options.batch_size,
@@ -293,7 +295,8 @@ def ensemble_evaluate(
     from noisystudent.ensemble import classifier as ensemble
     from noisystudent.run.results import VOTING_RULES
 
-    ensemble.check_outside_run(out_path, run)
+    ensemble.check_options(options.models, options.tta, options.batch_size, voting or [], options.device)
+    ensemble.check_outputs(out_path, run, [data], ensemble.predictions_path(out_path))
     models = ensemble.load_ensemble(run, options.models, options.device)
     images = ensemble.read_labelled(models, data, data_format, patient_regex)
     with RichProgress(console) as progress:

@@ -1,4 +1,4 @@
-"""Settings given as text: '2:2:1' split ratios and 'size:epochs' resize stages."""
+"""Settings given as text: '2:2:1' split ratios, 'size:epochs' resize stages, 'ALL=all' label maps."""
 
 from __future__ import annotations
 
@@ -31,3 +31,14 @@ def parse_progressive_resize(spec: str | None, epochs: int, image_size: int) -> 
         sizes += [size] * count
     sizes = sizes[:epochs]
     return sizes + [sizes[-1]] * (epochs - len(sizes))
+
+
+def parse_label_map(spec: str) -> dict[str, str]:
+    """'ALL=all, Hem=hem' -> {'ALL': 'all', 'Hem': 'hem'} (keys keep their spaces only inside)."""
+    mapping = {}
+    for part in spec.split(","):
+        source, equals, target = part.partition("=")
+        if not equals or not source.strip() or not target.strip():
+            raise ConfigError(f"label_map must look like 'ALL=all,Hem=hem'; got {spec!r}.")
+        mapping[source.strip()] = target.strip()
+    return mapping

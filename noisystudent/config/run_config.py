@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from noisystudent.config.choices import (
     TTA,
     VOTING,
 )
-from noisystudent.config.parsing import parse_progressive_resize
+from noisystudent.config.parsing import parse_label_map, parse_progressive_resize
 from noisystudent.errors import ConfigError
 
 
@@ -47,12 +48,54 @@ def _opt(default: Any, help: str, affects_results: bool = True, **kwargs: Any) -
 
 
 
-# The settings that take one of a fixed set of values.
-CHOICES = {
+MAX_IMAGE_SIZE = 1024  # the cache holds N x 3 x S x S bytes: 3 MB per image at 1024 px
+MAX_SEED = 2**32 - 1  # numpy and scikit-learn take seeds below 2**32
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Allowed values of a numeric setting: low <= x <= high, or < where open; always finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high}")
+        return " and ".join(parts)
+
+
+# Every numeric setting and its range, checked before anything is written.
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Bounds(0, None, low_open=True), Bounds(0), Bounds(1), Bounds(0, 1, high_open=True)
+RANGES: dict[str, Bounds] = {
+    "test_fraction": Bounds(0, 0.9), "folds": Bounds(2), "seed": Bounds(0, MAX_SEED), "rounds": NON_NEGATIVE,
+    "pseudo_temperature": POSITIVE, "pseudo_threshold": Bounds(0, 1),
+    "teacher_dropout": FRACTION, "student_dropout": FRACTION, "teacher_drop_connect": FRACTION, "student_drop_connect": FRACTION,
+    "epochs": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
+    "step_size": AT_LEAST_ONE, "gamma": Bounds(0, 1, low_open=True), "label_smoothing": FRACTION,
+    "early_stopping": NON_NEGATIVE, "head_warmup_epochs": NON_NEGATIVE, "bn_momentum": Bounds(0, 1),
+    "precise_bn_batches": NON_NEGATIVE, "hidden_units": Bounds(0, 65536), "image_size": Bounds(8, MAX_IMAGE_SIZE),
+    "crop_threshold": Bounds(0, 255), "center_crop": Bounds(0.1, 1), "eval_batch_size": AT_LEAST_ONE,
+    "workers": NON_NEGATIVE, "log_every": AT_LEAST_ONE,
+}
+CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
     "pseudo_mode": PSEUDO_MODES, "student_data": STUDENT_DATA, "student_init": STUDENT_INIT, "sampler": SAMPLERS,
     "equalize": EQUALIZE, "tta": TTA, "freeze": FREEZE, "voting": VOTING, "amp": AMP, "select_metric": SELECT_METRICS,
 }
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 
 
 @dataclass
@@ -66,6 +109,7 @@ class RunConfig:
     test_fraction: float = _opt(0.0, "Fraction of patients held out as outer test set when no --test is given.")
     positive: str = _opt("all", "Name of the positive class for sensitivity, PPV, F1 and AUC.")
     binary: str | None = _opt(None, "Map classes to a binary task, e.g. 'Benign=negative,rest=positive'.")
+    label_map: str | None = _opt(None, "Rename labels first, e.g. 'ALL=all,Hem=hem' for class folders that differ only in case.")
     skip_unreadable: bool = _opt(False, "Skip (and report) unreadable images instead of stopping.")
     # --- folds ---
     folds: int = _opt(5, "Number of patient-disjoint, class-stratified folds.")
@@ -131,7 +175,9 @@ class RunConfig:
     preset: str = _opt("cnmc-study", "Name of the preset these settings came from.", affects_results=False)
 
     def __post_init__(self) -> None:
-        self.split_ratio = tuple(float(x) for x in self.split_ratio)  # JSON gives lists
+        # Types first: a hand-edited config.json may hold "fast" for lr or 3.5 for epochs.
+        for config_field in fields(self):
+            setattr(self, config_field.name, _checked_type(config_field.name, getattr(self, config_field.name), str(config_field.type)))
         _check_arch("arch", self.arch)
         if self.student_arch is not None:
             _check_arch("student_arch", self.student_arch)
@@ -139,21 +185,17 @@ class RunConfig:
             _check_choice(name, getattr(self, name), choices)
         if self.student_init == "teacher" and self.student_arch not in (None, self.arch):
             raise ConfigError("student_init teacher needs students of the teacher's architecture; drop --student-arch or use --student-init weights.")
-        _check_range("folds", self.folds, 2, None)
-        _check_range("rounds", self.rounds, 0, None)
-        _check_range("epochs", self.epochs, 1, None)
-        _check_range("batch_size", self.batch_size, 1, None)
-        _check_range("image_size", self.image_size, 8, None)
-        _check_range("test_fraction", self.test_fraction, 0.0, 0.9)
-        _check_range("pseudo_threshold", self.pseudo_threshold, 0.0, 1.0)
-        _check_range("center_crop", self.center_crop, 0.1, 1.0)
-        if len(self.split_ratio) != 3 or min(self.split_ratio) < 0 or self.split_ratio[0] <= 0 or self.split_ratio[2] <= 0:
+        for name, bounds in RANGES.items():
+            _check_range(name, getattr(self, name), bounds)
+        if self.scheduler == "plateau" and self.gamma >= 1:
+            raise ConfigError(f"gamma must be < 1 with the plateau schedule; got {self.gamma}.")
+        _check_device(self.device)
+        if (len(self.split_ratio) != 3 or not all(map(math.isfinite, self.split_ratio)) or min(self.split_ratio) < 0
+                or self.split_ratio[0] <= 0 or self.split_ratio[2] <= 0):
             raise ConfigError(f"split_ratio must be three non-negative numbers labelled:unlabelled:validation with labelled and validation > 0, got {self.split_ratio}.")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}.")
-        if self.pseudo_temperature <= 0:
-            raise ConfigError(f"pseudo_temperature must be positive, got {self.pseudo_temperature}.")
         _check_class_weights(self.class_weights)
+        if self.label_map:
+            parse_label_map(self.label_map)
         if self.progressive_resize:
             parse_progressive_resize(self.progressive_resize, self.epochs, self.image_size)
 
@@ -196,10 +238,45 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
 
 
-def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"{name} must be {bounds}; got {value}.")
+def _check_range(name: str, value: float, bounds: Bounds) -> None:
+    if not bounds.holds(value):
+        kind = "a whole number" if isinstance(value, int) else "a finite number"
+        raise ConfigError(f"{name} must be {kind} {bounds.describe()}; got {_shown(value)}.")
+
+
+def _shown(value: Any) -> str:
+    """The value as the user gave it, a 400-digit number shortened."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def _check_device(name: str) -> None:
+    if not DEVICE_PATTERN.match(name):
+        raise ConfigError(f"device must be auto, cpu, mps, cuda or cuda:N (N a GPU number); got {name!r}.")
+
+
+def _checked_type(name: str, value: Any, annotation: str) -> Any:
+    """``value`` if it has the field's type (an int for a float field becomes a float); else ConfigError."""
+    kind, optional = annotation.split(" |")[0].strip(), annotation.endswith("| None")
+    if value is None and optional:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool" and isinstance(value, bool) or kind == "str" and isinstance(value, str):
+        return value
+    if kind == "int" and number and isinstance(value, int) and abs(value) < 2**63:  # torch and numpy take 64-bit ints
+        return value
+    if kind == "float" and number:
+        try:
+            return float(value)
+        except OverflowError:
+            pass
+    if kind.startswith("tuple") and isinstance(value, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        try:
+            return tuple(float(x) for x in value)  # JSON gives lists
+        except OverflowError:
+            pass
+    expected = {"bool": "true or false", "int": "a whole number of at most 18 digits", "float": "a number", "str": "text"}.get(kind, "three numbers")
+    raise ConfigError(f"{name} must be {expected}{' or empty' if optional else ''}; got {_shown(value)}.")
 
 
 def _check_arch(name: str, value: str) -> None:
@@ -221,6 +298,17 @@ def _check_class_weights(spec: str) -> None:
 
 def load_config_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        document = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"The run configuration {path} cannot be read ({error}).") from error
+    if not isinstance(document, dict):
+        raise ConfigError(f"The run configuration {path} is not a JSON object of settings.")
+    return document
+
+
+def config_from_saved(path: Path, values: dict[str, Any]) -> RunConfig:
+    """A RunConfig from settings read from ``path``; a bad value is named with the file."""
+    try:
+        return RunConfig.from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"The run configuration {path} holds an unusable setting: {error}") from None

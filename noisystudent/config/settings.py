@@ -12,10 +12,10 @@ from typing import Any
 
 from noisystudent.config.parsing import parse_split_ratio
 from noisystudent.config.presets import preset_settings
-from noisystudent.config.run_config import RunConfig
+from noisystudent.config.run_config import RunConfig, config_from_saved
 
 # Keys of config.json that are not settings (written by the run folder).
-META_KEYS = ("version", "created_with", "data_fingerprint")
+META_KEYS = ("version", "created_with", "data_fingerprint", "settings_digest")
 
 
 def make_config(data: str | Path | None = None, preset: str | None = None, **settings: Any) -> RunConfig:
@@ -31,9 +31,11 @@ def make_config(data: str | Path | None = None, preset: str | None = None, **set
     return RunConfig(**values)
 
 
-def resume_config(saved: dict[str, Any], data: str | Path | None = None, **settings: Any) -> RunConfig:
-    """A run's saved config.json with the settings given now on top."""
+def resume_config(saved: dict[str, Any], data: str | Path | None = None, source: Path | None = None, **settings: Any) -> RunConfig:
+    """A run's saved config.json (read from ``source``) with the settings given now on top."""
     values = {k: v for k, v in saved.items() if k not in META_KEYS}
+    if source is not None:
+        config_from_saved(source, values)  # a hand-edited file is named in the error, not blamed on the flags
     values.update(given_settings(settings))
     if data is not None:
         values["data"] = _data_path(data)

@@ -16,6 +16,7 @@ leaves nothing that looks complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -30,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from noisystudent.atomic import NO_SPACE_ERRNOS, no_space_message
 from noisystudent.data import preprocess as _preprocess
 from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.device import to_device
-from noisystudent.errors import DataError
+from noisystudent.errors import DataError, DiskFullError
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +193,13 @@ def build_cache(
     _remove_stale_temps(npy_path)
     cache = _open_complete(npy_path, fingerprint)
     if cache is None:
-        _decode_all(paths, spec, npy_path, workers, progress)
-        _write_sidecar(npy_path, paths, fingerprint, spec)
+        try:
+            _decode_all(paths, spec, npy_path, workers, progress)
+            _write_sidecar(npy_path, paths, fingerprint, spec)
+        except OSError as error:  # name the cache, not its temporary file
+            if error.errno in NO_SPACE_ERRNOS:
+                raise DiskFullError(no_space_message(npy_path)) from error
+            raise
         cache = ImageCache(npy_path, paths, fingerprint)
     elif progress is not None:
         progress(len(cache), len(cache))
@@ -246,6 +253,7 @@ def _decode_all(paths: list[str], spec: PreprocessSpec, npy_path: Path, workers:
     try:
         array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
         del array  # header written; workers open the file themselves
+        reserve_space(temp, npy_path)
         workers = workers or os.cpu_count() or 1
         chunks = _chunks(len(paths), workers)
         log.info("Decoding %d images into %s with %d process(es).", len(paths), npy_path.name, workers)
@@ -256,6 +264,35 @@ def _decode_all(paths: list[str], spec: PreprocessSpec, npy_path: Path, workers:
         os.replace(temp, npy_path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def reserve_space(temp: Path, target: Path) -> None:
+    """Allocate every block of the sparse .npy before any image is written into its memory map.
+
+    A store through a memory map into a sparse file on a full disk cannot fail
+    politely: the kernel kills the process with SIGBUS (exit 135, no message).
+    Allocating first turns a full disk into ENOSPC here, and one sentence.
+    """
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        _check_free_space(temp, target)
+        return
+    handle = os.open(temp, os.O_RDWR)
+    try:
+        os.posix_fallocate(handle, 0, os.fstat(handle).st_size)
+    except OSError as error:
+        if error.errno in NO_SPACE_ERRNOS:
+            raise DiskFullError(no_space_message(target)) from error
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        _check_free_space(temp, target)  # the file system cannot allocate ahead: compare with the free space
+    finally:
+        os.close(handle)
+
+
+def _check_free_space(temp: Path, target: Path) -> None:
+    stats = os.statvfs(temp.parent)
+    if stats.f_bavail * stats.f_frsize < os.path.getsize(temp):
+        raise DiskFullError(no_space_message(target))
 
 
 def _chunks(count: int, workers: int) -> list[tuple[int, int]]:

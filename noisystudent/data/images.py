@@ -3,12 +3,21 @@
 Every stage that touches pixels goes through ``load_rgb`` so that grey,
 palette, transparent, 16-bit and CMYK files all arrive in the same form.
 Failures become ``DataError`` with one sentence naming the file.
+
+Memory is bounded by the working resolution, not by the file: a file of more
+than ``MAX_PIXELS`` pixels is refused from its header, before decoding (a
+1 MB compressed 13000 x 13000 float TIFF decodes to 676 MB), and a decoded
+image is shrunk by an integer factor (``reduce_image``) to the resolution the
+caller needs before it is converted, cropped or padded to a square (padding a
+1 x 100000 PNG first would allocate a 100000 x 100000 square, 30 GB).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +26,20 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from noisystudent.errors import DataError
+from noisystudent.safe_paths import file_kind
 
 logger = logging.getLogger(__name__)
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_INDEXED_MODES = ("P", "PA", "1")  # palette indices and bits cannot be averaged
+
+MAX_PIXELS = 50_000_000
+"""Files with more pixels are refused unread: 50 M pixels decode to at most 200 MB (4 bytes each)."""
+PROBE_SIDE = 1024
+"""Checking a file decodes it whole, then converts it at most at this size."""
+EXTREME_ASPECT = 20
+"""Images this many times longer than wide become mostly black padding; ``data inspect`` lists them."""
 
 
 @dataclass(frozen=True)
@@ -35,10 +53,31 @@ class ImageInfo:
     error: str = ""
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode the whole file (so truncation shows) and return it as 8-bit RGB."""
+def load_rgb(path: str | Path, max_side: int | None = None) -> Image.Image:
+    """Decode the whole file (so truncation shows) and return it as 8-bit RGB.
+
+    With ``max_side``, an image whose longer side exceeds it is first shrunk by an
+    integer factor (box average) until it does not (see ``reduce_image``).
+    """
     with _open(path) as image:
-        return _decode(path, image)
+        return _decode(path, image, max_side)
+
+
+def reduce_image(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` shrunk by the smallest integer factor that brings its longer side to at most ``max_side``.
+
+    Box averaging in the file's own mode (16-bit as 32-bit integers, palettes and
+    bits as RGB first), so no full-size RGB copy is made of a large grey, float or
+    16-bit image. Images already small enough are returned as they are.
+    """
+    factor = math.ceil(max(image.size) / max_side)
+    if factor < 2:
+        return image
+    if image.mode in _INDEXED_MODES:
+        image = to_rgb(image)
+    elif image.mode in _SIXTEEN_BIT_MODES:
+        image = image.convert("I")
+    return image.reduce(factor)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -65,7 +104,7 @@ def probe_image(path: str | Path) -> ImageInfo:
     try:
         with _open(path) as image:
             size, mode = image.size, image.mode
-            _decode(path, image)
+            _decode(path, image, PROBE_SIDE)
     except DataError as error:
         return ImageInfo(str(path), error=str(error))
     return ImageInfo(str(path), size[0], size[1], mode)
@@ -89,18 +128,34 @@ def find_unreadable(paths: list[str], workers: int | None = None) -> list[tuple[
 
 
 def _open(path: str | Path) -> Image.Image:
+    """Open the file (header only) and refuse it if it has more than MAX_PIXELS pixels."""
+    kind = file_kind(path)
+    if kind not in (None, "a folder"):  # a FIFO or device would block or never end
+        raise DataError(f"The image {path} cannot be read: it is {kind}, not a file.")
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one sentence
+            image = Image.open(path)
     except FileNotFoundError as error:
         raise DataError(f"The image {path} does not exist.") from error
+    except Image.DecompressionBombError as error:
+        raise DataError(f"The image {path} cannot be read: {error}.") from error
     except Exception as error:  # unidentified format, permission, directory, ...
         raise DataError(_unreadable(path, error)) from error
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise DataError(
+            f"The image {path} cannot be read: it has {width} x {height} pixels, more than the {MAX_PIXELS:,} "
+            "noisystudent decodes; shrink it first."
+        )
+    return image
 
 
-def _decode(path: str | Path, image: Image.Image) -> Image.Image:
+def _decode(path: str | Path, image: Image.Image, max_side: int | None = None) -> Image.Image:
     try:
         image.load()  # lazy opening reads only the header; truncation shows here
-        return to_rgb(image)
+        return to_rgb(reduce_image(image, max_side) if max_side else image)
     except Exception as error:  # PIL raises many types for corrupt data
         raise DataError(_unreadable(path, error)) from error
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from noisystudent.data.images import ImageInfo, probe_images
+from noisystudent.data.images import EXTREME_ASPECT, ImageInfo, probe_images
+from noisystudent.data.label_names import similar_labels, similar_labels_sentence
 from noisystudent.data.manifest import LABEL, PATH, PATIENT, SUBSET, SUBSET_TEST, SUBSET_TRAIN, check_manifest
 from noisystudent.data.readers import read_manifest
 from noisystudent.errors import DataError
@@ -54,7 +55,7 @@ def inspect_dataset(
     infos = probe_images(manifest[PATH].tolist(), workers)
     readable = [info for info in infos if not info.error]
     problems = [info.error for info in infos if info.error]
-    problems += manifest_problems(manifest) + _mode_problems(readable)
+    problems += manifest_problems(manifest) + _mode_problems(readable) + _aspect_problems(readable)
     return InspectReport(
         format=data_format,
         n_images=len(manifest),
@@ -88,6 +89,9 @@ def manifest_problems(manifest: pd.DataFrame) -> list[str]:
     except DataError as error:
         problems.append(str(error))
     labelled = manifest[(manifest[LABEL] != "") & (manifest[PATIENT] != "")]
+    groups = similar_labels(manifest[LABEL])
+    if groups:
+        problems.append(f"{similar_labels_sentence(groups)}; kfold refuses them unless --label-map merges them.")
     problems += _patients_in_both_classes(labelled)
     problems += _patients_in_train_and_test(labelled)
     problems += _classes_with_few_patients(labelled[labelled[SUBSET] == SUBSET_TRAIN])
@@ -130,6 +134,16 @@ def _mode_problems(readable: list[ImageInfo]) -> list[str]:
         return []
     listing = ", ".join(f"{mode}: {count}" for mode, count in modes.most_common())
     return [f"The images have mixed colour modes ({listing}); all are converted to 8-bit RGB."]
+
+
+def _aspect_problems(readable: list[ImageInfo]) -> list[str]:
+    """Images so elongated that, padded to a square, they are almost all black."""
+    thin = [info for info in readable if max(info.width, info.height) > EXTREME_ASPECT * max(1, min(info.width, info.height))]
+    if not thin:
+        return []
+    first = thin[0]
+    return [f"{len(thin)} images are more than {EXTREME_ASPECT} times longer than wide, e.g. {first.path} "
+            f"({first.width} x {first.height}); padded to a square they become almost all black."]
 
 
 def _size_counts(readable: list[ImageInfo]) -> pd.DataFrame:

@@ -24,6 +24,7 @@ import pandas as pd
 from noisystudent.data.manifest import IMAGE_EXTENSIONS, LABEL, PATH, PATIENT
 from noisystudent.data.readers import cnmc_name_fields, image_files, read_csv_manifest
 from noisystudent.errors import DataError
+from noisystudent.safe_paths import file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ def name_fields(path: str | Path) -> tuple[str, str]:
 def _one_input(item: Path) -> pd.DataFrame:
     if not item.exists():
         raise DataError(f"The input {item} does not exist.")
+    kind = file_kind(item)
+    if kind not in (None, "a folder"):  # reading a FIFO or device would wait forever
+        raise DataError(f"The input {item} is {kind}, not an image, folder or CSV file.")
     if item.is_dir():
         files = image_files(item)
         if not files:

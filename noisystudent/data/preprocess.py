@@ -17,6 +17,12 @@ Everything here runs once per image when the decoded-image cache is built
    are not distorted, then resize to ``image_size`` x ``image_size`` with
    antialiased bilinear filtering. C-NMC images are already square.
 
+Before step 1, an image whose longer side exceeds ``REDUCE_ABOVE`` times
+``image_size`` is shrunk by an integer factor (``images.reduce_image``; when
+decoding, before the conversion to RGB): memory then depends on the working
+resolution, not on the file. Images up to that size are untouched, so their
+pixels are exactly as before.
+
 This module imports only numpy and PIL so that the worker processes decoding
 the cache start quickly.
 """
@@ -31,8 +37,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from noisystudent.config.run_config import EQUALIZE
-from noisystudent.data.images import load_rgb
+from noisystudent.data.images import load_rgb, reduce_image
 from noisystudent.errors import ConfigError
+
+REDUCE_ABOVE = 4  # sides up to 4 x image_size are kept: the final resize still antialiases from >= 2x
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,7 @@ def pad_to_square(image: Image.Image) -> Image.Image:
 
 def preprocess(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """Apply ``spec`` to one image; returns uint8 (3, S, S) with S = spec.image_size."""
+    image = reduce_image(image, REDUCE_ABOVE * spec.image_size)  # before padding: never a huge square
     image = image.convert("RGB") if image.mode != "RGB" else image
     if spec.crop_black:
         box = content_box(image, spec.crop_threshold)
@@ -138,7 +147,7 @@ def preprocess(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 def load_preprocessed(path: str, spec: PreprocessSpec) -> np.ndarray:
     """Decode one file and preprocess it; DataError if it cannot be read."""
-    return preprocess(load_rgb(path), spec)
+    return preprocess(load_rgb(path, max_side=REDUCE_ABOVE * spec.image_size), spec)
 
 
 def decode_into(npy_path: str | Path, start: int, paths: list[str], spec: PreprocessSpec) -> int:

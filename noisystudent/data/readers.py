@@ -39,6 +39,7 @@ from noisystudent.data.manifest import (
     normalise_patient,
 )
 from noisystudent.errors import ConfigError, DataError
+from noisystudent.safe_paths import file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -384,6 +385,9 @@ def _numbered(table: pd.DataFrame) -> list[tuple[int, dict]]:
 def _require_exists(path: Path) -> None:
     if not path.exists():
         raise DataError(f"The data path {path} does not exist.")
+    kind = file_kind(path)
+    if kind not in (None, "a folder"):  # reading a FIFO would wait forever
+        raise DataError(f"The data path {path} is {kind}, not a file or folder.")
 
 
 def _image_files(folder: Path, recursive: bool = False) -> list[Path]:

@@ -11,6 +11,7 @@ import pandas as pd
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import demo, readers
+from noisystudent.data.label_names import apply_label_map, check_distinct_labels
 from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping, positive_index_of
 from noisystudent.data.manifest import (
     LABEL,
@@ -49,7 +50,8 @@ def load_run_images(config: RunConfig, run: Path) -> RunImages:
         parts.append(test[test[SUBSET] != SUBSET_UNLABELLED].assign(**{SUBSET: SUBSET_TEST}))
     if config.unlabelled:
         parts.append(readers.read_unlabelled(Path(config.unlabelled)))
-    combined = make_manifest(pd.concat(parts, ignore_index=True))
+    combined = apply_label_map(make_manifest(pd.concat(parts, ignore_index=True)), config.label_map)
+    check_distinct_labels(combined)
     if config.binary:
         mapping = parse_binary_mapping(config.binary, class_names(combined))
         combined[LABEL] = [apply_binary_mapping([lab], mapping)[0] if lab else "" for lab in combined[LABEL]]

@@ -39,25 +39,28 @@ import torch
 
 from noisystudent import atomic, layout
 from noisystudent.config.run_config import TTA, VOTING, RunConfig
+from noisystudent.data.label_names import apply_label_map
 from noisystudent.data.labels import parse_binary_mapping
 from noisystudent.data.loose_files import name_fields
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
 from noisystudent.data.readers import read_manifest
 from noisystudent.device import amp_dtype, resolve_device, to_device
-from noisystudent.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from noisystudent.errors import CheckpointError, ConfigError, DataError, OutputError, RunFolderError
 from noisystudent.evaluation import metrics
 from noisystudent.models import input_normalization
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import results
 from noisystudent.run.folder import load_run_config
+from noisystudent.safe_paths import check_output_file
 from noisystudent.training.engine import predict_probs
 
 logger = logging.getLogger(__name__)
 
 MODEL_SETS = ("students", "teachers")
 CHUNK_SIZE = 512  # images decoded and held in memory at a time
+MAX_BATCH_SIZE = CHUNK_SIZE * 64
 N_CELLS = "n_cells"
 CALL = "call"
 ENSEMBLE = results.ENSEMBLE
@@ -317,8 +320,8 @@ def _checked_rule(rule: str) -> str:
 
 
 def prepare_labels(ensemble: Ensemble, images: pd.DataFrame, strict: bool) -> pd.DataFrame:
-    """Apply the run's --binary mapping to known labels; with ``strict``, refuse labels the run does not know."""
-    images = images.copy()
+    """Apply the run's --label-map and --binary mapping to known labels; with ``strict``, refuse labels the run does not know."""
+    images = apply_label_map(images, ensemble.config.label_map, require_all=False).copy()
     if ensemble.config.binary and (images[LABEL] != "").any():
         mapping = parse_binary_mapping(ensemble.config.binary, sorted(set(images[LABEL]) - {""}))
         images[LABEL] = [mapping[label] if label else "" for label in images[LABEL]]
@@ -422,11 +425,40 @@ def rows_of(predictions: pd.DataFrame, fold, voting: str) -> pd.DataFrame:
 # --- output files -----------------------------------------------------------------------
 
 
+def check_options(models: str, tta: str | None, batch_size: int | None, rules: list[str], device: str) -> None:
+    """The options of predict / evaluate, checked before any file is read."""
+    if models not in MODEL_SETS:
+        raise ConfigError(f"--models must be one of {', '.join(MODEL_SETS)}; got {models!r}.")
+    if tta is not None:
+        _checked_tta(tta)
+    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ConfigError(f"--batch-size must be a whole number between 1 and {MAX_BATCH_SIZE}; got {batch_size}.")
+    for rule in rules:
+        _checked_rule(rule)
+    resolve_device(device)
+
+
 def check_outside_run(out: Path, run: Path) -> None:
     """Refuse an output path inside the run folder: ensemble commands never write there."""
     if Path(out).resolve().is_relative_to(Path(run).resolve()):
         raise RunFolderError(f"The output {out} lies inside the run folder {run}, which ensemble commands only read; "
                              "choose an --out outside it.")
+
+
+def check_outputs(out: Path, run: Path, inputs: list[Path], companion: Path) -> None:
+    """Before any work: ``out`` and its ``companion`` file must be regular files, no input, outside RUN and DATA."""
+    check_outside_run(out, run)
+    folders = [Path(run), *(p for p in inputs if Path(p).is_dir())]
+    files = [p for p in inputs if not Path(p).is_dir()]
+    for path in (Path(out), companion):
+        check_output_file(path, files, folders)
+
+
+def check_not_an_image(out: Path, images: pd.DataFrame) -> None:
+    """``out`` must not be one of the images to predict (e.g. listed in a CSV manifest)."""
+    resolved = str(Path(out).resolve())
+    if any(str(Path(p).resolve()) == resolved for p in images[PATH]):
+        raise OutputError(f"The output {out} is one of the images to predict; choose another --out.")
 
 
 def patients_path(out: Path) -> Path:

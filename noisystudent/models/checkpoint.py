@@ -1,16 +1,20 @@
-"""Checkpoints: plain dicts, saved atomically, loaded onto the CPU.
+"""Checkpoints: plain dicts, saved atomically, loaded onto the CPU without running code.
 
 A training checkpoint holds everything a resumed run needs to continue as if
 it had never stopped: model, optimizer, scheduler and AMP-scaler state, the
 next epoch, the best metric and weights so far, and every RNG state.
+
+Everything is saved as tensors and plain Python values (``plain``), so every
+file loads with ``torch.load(weights_only=True)`` (``torch_files``): a
+checkpoint or model.pt from someone else's run folder cannot run code.
+Schema 2 stores the Python and numpy RNG states as tensors; schema-1 files
+(numpy RNG states) still load, through the numpy allow-list of ``torch_files``.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,44 +25,61 @@ from noisystudent import atomic
 from noisystudent.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+from noisystudent.models.torch_files import UnreadableTorchFile, load_tensors, short
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def save(target: Path, payload: dict[str, Any]) -> None:
     """Save ``payload`` with a schema version, atomically."""
-    payload = {"version": CHECKPOINT_VERSION, **payload}
-    atomic.atomic_write(target, lambda temp: _torch_save(payload, temp))
+    save_plain(target, {"version": CHECKPOINT_VERSION, **payload})
 
 
-def _torch_save(payload: dict[str, Any], temp: Path) -> None:
-    # Through a Python file object, a full disk raises OSError(ENOSPC), which
-    # atomic.py turns into one sentence; torch.save(path) would raise an opaque
-    # RuntimeError from its C++ writer instead.
+def save_plain(target: Path, content: Any) -> None:
+    """Save ``content`` with numpy values turned into tensors and Python numbers, atomically."""
+    content = plain(content)
+    atomic.atomic_write(target, lambda temp: _torch_save(content, temp))
+
+
+def _torch_save(payload: Any, temp: Path) -> None:
+    # Through a Python file object, a full disk raises OSError(ENOSPC) from our write,
+    # which atomic.py turns into one sentence; torch.save(path) would raise an opaque
+    # RuntimeError from its C++ writer instead (atomic.py also unmasks that one).
     with open(temp, "wb") as handle:
         torch.save(payload, handle)
 
 
-def load(path: Path, trusted: bool = True) -> dict[str, Any]:
-    """Load a checkpoint or model file onto the CPU; CheckpointError if it is unusable.
+def plain(value: Any) -> Any:
+    """``value`` with numpy arrays as tensors and numpy scalars as Python numbers, recursively.
 
-    Our own checkpoints contain numpy RNG states, which ``weights_only=True``
-    refuses, so files written by this package are loaded with
-    ``weights_only=False`` (``trusted``). Only load run folders you trust.
+    Containers without numpy inside are returned as they are (a state_dict keeps its
+    ``_metadata``, which load_state_dict uses for BatchNorm versioning).
     """
+    if isinstance(value, dict):
+        converted = {k: plain(v) for k, v in value.items()}
+        return value if all(converted[k] is v for k, v in value.items()) else converted
+    if isinstance(value, (list, tuple)):
+        converted = [plain(v) for v in value]
+        return value if all(a is b for a, b in zip(converted, value)) else type(value)(converted)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.astype(np.int64) if value.dtype == np.uint32 else value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Load a checkpoint or model file onto the CPU; CheckpointError if it is unusable."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"The checkpoint {path} does not exist.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as error:
+        payload = load_tensors(path, "The checkpoint")
+    except UnreadableTorchFile as error:
         raise CheckpointError(
-            f"The checkpoint {path} is truncated or corrupt ({_first_line(error)}); "
-            "delete it to restart that stage from scratch."
+            f"The checkpoint {path} is truncated or corrupt ({error.reason}); delete it to restart that stage from scratch."
         ) from error
     if not isinstance(payload, dict) or "version" not in payload:
         raise CheckpointError(f"The file {path} is not a noisystudent checkpoint.")
-    if payload["version"] > CHECKPOINT_VERSION:
+    if not isinstance(payload["version"], int) or payload["version"] > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"The checkpoint {path} has schema version {payload['version']}, newer than this "
             f"noisystudent understands ({CHECKPOINT_VERSION}); upgrade noisystudent."
@@ -67,9 +88,13 @@ def load(path: Path, trusted: bool = True) -> dict[str, Any]:
 
 
 def capture_rng_state() -> dict[str, Any]:
+    """Every RNG state, as tensors and plain values (loadable with weights_only=True)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -78,8 +103,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_python_state(state["python"]))
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         restore_cuda_rng_state(state["cuda"], torch.cuda.current_device())
@@ -107,12 +132,19 @@ def restore_cuda_rng_state(states, device_index: int, set_state=None) -> bool:
         set_state(state, device_index)
     except (RuntimeError, TypeError, ValueError) as error:
         log.warning("The checkpoint's CUDA RNG state for cuda:%d is unusable (%s); not restored.",
-                    device_index, _first_line(error))
+                    device_index, short(error))
         return False
     return True
 
 
-def _first_line(error: BaseException) -> str:
-    """The first sentence of an error message (torch appends paragraphs of advice)."""
-    text = str(error).strip().splitlines()
-    return text[0].split(". ")[0].rstrip(".") if text else type(error).__name__
+def _python_state(saved: Any) -> tuple:
+    if not isinstance(saved, dict):  # schema 1: random.getstate() itself
+        return saved
+    return saved["version"], tuple(int(x) for x in saved["internal"].tolist()), saved["gauss"]
+
+
+def _numpy_state(saved: Any) -> tuple:
+    if not isinstance(saved, dict):  # schema 1: np.random.get_state() itself
+        return saved
+    keys = saved["keys"].numpy().astype(np.uint32)
+    return saved["name"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"]

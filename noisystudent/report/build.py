@@ -17,7 +17,7 @@ import pandas as pd
 from noisystudent.atomic import write_text
 from noisystudent.data.manifest import LABEL
 from noisystudent.errors import RunFolderError
-from noisystudent.layout import EVAL_SPLIT, PRED, REPORT, SPLIT, STUDENT, TEACHER, prob_column
+from noisystudent.layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SPLIT, STUDENT, TEACHER, prob_column
 from noisystudent.report import plots
 from noisystudent.report.html import FigureEntry, TableEntry, render_page
 from noisystudent.report.run_reader import RunContents, load_run
@@ -32,6 +32,7 @@ from noisystudent.report.tables import (
     summary_rows,
     summary_table,
 )
+from noisystudent.safe_paths import check_output_file, check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,12 @@ def write_report(run: Path) -> Path:
     run = Path(run)
     if not run.is_dir():
         raise RunFolderError(f"The run folder {run} does not exist.")
-    data = load_run(run)
+    if not (run / CONFIG).is_file():  # never write report/ into an arbitrary folder
+        raise RunFolderError(f"The folder {run} is not a run folder (it has no {CONFIG}); give the --out folder of a noisystudent kfold run.")
     folder = run / REPORT
+    check_output_folder(folder, flag="RUN")
+    check_output_file(folder / PAGE, flag="RUN")
+    data = load_run(run)
     folder.mkdir(exist_ok=True)
     figures = []
     for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, helped_figures):

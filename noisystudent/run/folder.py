@@ -16,6 +16,7 @@ session left behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from noisystudent import __version__, atomic, layout
-from noisystudent.config.run_config import RunConfig, differing_result_keys, load_config_json
+from noisystudent.config.run_config import RunConfig, config_from_saved, differing_result_keys, load_config_json, result_keys
 from noisystudent.config.settings import META_KEYS
 from noisystudent.errors import ConfigError, RunFolderError
 
@@ -41,6 +42,8 @@ BEFORE_CONFIG = {layout.LOG, layout.DEMO_DATA, LOCK, ".gitkeep"}
 
 def saved_config(run: Path) -> dict[str, Any] | None:
     path = Path(run) / layout.CONFIG
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise RunFolderError(f"{path} is not a regular file; the folder {run} is not a usable run folder.")
     return load_config_json(path) if path.exists() else None
 
 
@@ -61,6 +64,12 @@ def check_run_folder(run: Path, config: RunConfig, resume: bool) -> None:
         return
     if not resume:
         raise RunFolderError(f"The folder {run} already holds a run; pass --resume to continue it or --out to start a new one.")
+    edited = edited_keys(saved)
+    if edited:
+        raise ConfigError(
+            f"The settings {', '.join(edited)} in {Path(run) / layout.CONFIG} were edited after the run began, but its "
+            "trained stages used the original values; restore them, or start a new run with --out."
+        )
     differing = differing_result_keys(saved, config)
     if differing:
         details = ", ".join(f"{k} ({saved.get(k)!r} -> {getattr(config, k)!r})" for k in differing)
@@ -99,12 +108,35 @@ def write_config(run: Path, config: RunConfig, data_fingerprint: str) -> None:
     if saved is not None and saved.get("data_fingerprint") not in (None, data_fingerprint):
         raise ConfigError(f"The images of the run in {run} have changed since it began (data fingerprint differs); start a new run with --out.")
     created_with = saved.get("created_with", __version__) if saved else __version__
-    document = {**config.to_dict(), "version": __version__, "created_with": created_with, "data_fingerprint": data_fingerprint}
+    document = {**config.to_dict(), "version": __version__, "created_with": created_with, "data_fingerprint": data_fingerprint,
+                "settings_digest": settings_digest(config.to_dict())}
     atomic.write_text(Path(run) / layout.CONFIG, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def settings_digest(settings: dict[str, Any]) -> dict[str, str]:
+    """A short hash of each result-affecting setting, stored beside them in config.json.
+
+    A resumed run compares config.json's values with these, so a hand-edited
+    value (which would mix settings between stages already trained and stages to
+    come) is refused by name.
+    """
+    return {key: _hash(settings.get(key)) for key in result_keys()}
+
+
+def edited_keys(saved: dict[str, Any]) -> list[str]:
+    """Result-affecting settings of a saved config.json whose value no longer matches its digest."""
+    digest = saved.get("settings_digest")
+    if not isinstance(digest, dict):  # a run folder of an older version: nothing to compare with
+        return []
+    return [key for key in result_keys() if key in digest and digest[key] != _hash(saved.get(key))]
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_run_config(run: Path) -> RunConfig:
     saved = saved_config(run)
     if saved is None:
         raise RunFolderError(f"The folder {run} holds no run ({layout.CONFIG} is missing).")
-    return RunConfig.from_dict({k: v for k, v in saved.items() if k not in META_KEYS})
+    return config_from_saved(Path(run) / layout.CONFIG, {k: v for k, v in saved.items() if k not in META_KEYS})

@@ -13,6 +13,7 @@ once that artifact exists:
 from __future__ import annotations
 
 import logging
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,12 @@ from noisystudent.data.cache import ImageCache, build_cache, fingerprint_files
 from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.run_images import load_run_images
 from noisystudent.device import amp_dtype, resolve_device
-from noisystudent.errors import ConfigError
+from noisystudent.errors import ConfigError, UserError
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import pseudo_labels, results
 from noisystudent.run.folder import check_run_folder, lock_run_folder, write_config
+from noisystudent.run.preflight import check_before_writing
 from noisystudent.training.engine import TrainSet, predict_probs
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
@@ -65,13 +67,15 @@ class RunContext:
 def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Progress = NULL_PROGRESS) -> pd.DataFrame:
     """Run (or resume) the whole protocol in ``run``; return the results table."""
     run = Path(run)
+    check_before_writing(config, run)  # a refused setting leaves no trace
     check_run_folder(run, config, resume)
-    run.mkdir(parents=True, exist_ok=True)
-    with lock_run_folder(run), run_log(run):
+    with new_run_folder(run), lock_run_folder(run), run_log(run):
         logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
         data = load_run_images(config, run)
+        fold_table = _load_or_assign_folds(run, data.manifest, config)  # before config.json: may refuse the data
         write_config(run, config, fingerprint_files(data.manifest[manifest.PATH].tolist()))
-        fold_table = _load_or_make_folds(run, data.manifest, config)
+        if not (run / layout.FOLDS).exists():
+            folds_module.save_folds(fold_table, run / layout.FOLDS)
         cache = _build_cache(run, fold_table, config, progress)
         ctx = RunContext(run, config, data.classes, fold_table, cache, resolve_device(config.device), progress)
         progress.start("fold", "folds", total=config.folds)
@@ -80,6 +84,23 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
             progress.update("fold", completed=fold + 1)
         progress.stop("fold")
         return results.write_results(run, config, data.classes)
+
+
+@contextmanager
+def new_run_folder(run: Path):
+    """Create ``run``; if this session created it and the data is refused before config.json, remove it again.
+
+    Before config.json the folder holds only what this session wrote (run.log, .lock,
+    the generated demo data), so a refused command leaves no trace.
+    """
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except UserError:
+        if created and not (run / layout.CONFIG).exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
 
 @contextmanager
@@ -99,13 +120,12 @@ def run_log(run: Path):
         handler.close()
 
 
-def _load_or_make_folds(run: Path, images: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+def _load_or_assign_folds(run: Path, images: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+    """The saved folds.csv, or new folds (saved by the caller once config.json is written)."""
     path = run / layout.FOLDS
     if path.exists():
         return folds_module.load_folds(path)
-    table = folds_module.assign_folds(images, config.folds, config.split_ratio, config.test_fraction, config.seed)
-    folds_module.save_folds(table, path)
-    return table
+    return folds_module.assign_folds(images, config.folds, config.split_ratio, config.test_fraction, config.seed)
 
 
 def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress) -> ImageCache:

@@ -1,0 +1,76 @@
+"""Checks of a kfold run's settings against the file system and the machine, before anything is written.
+
+``RunConfig.__post_init__`` checks each value on its own (types, finite
+numbers, ranges, choices). What needs the disk or torch is checked here:
+the data paths exist, a ``--weights`` file exists and holds only tensors, the
+cache folder is a folder, the device exists, and the run folder (with its
+``.lock``, ``run.log`` and ``results``) can be used and does not lie inside
+the data. ``run_kfold`` calls :func:`check_before_writing` before it creates
+the run folder, so a refused command leaves no trace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from noisystudent import layout
+from noisystudent.config.run_config import RunConfig
+from noisystudent.errors import ConfigError, DataError, RunFolderError
+from noisystudent.safe_paths import check_output_folder, file_kind
+
+# Entries of a run folder and the kind each must be.
+RUN_FILES = (layout.CONFIG, layout.LOG, ".lock", layout.FOLDS)
+RUN_FOLDERS = (layout.RESULTS, layout.CACHE, layout.REPORT)
+
+
+def check_before_writing(config: RunConfig, run: Path) -> None:
+    """Every check that does not need the data read; raises a UserError naming the problem."""
+    inputs = _check_inputs(config)
+    check_output_folder(run, inputs)
+    check_run_entries(run)
+    if config.cache_dir:
+        check_output_folder(Path(config.cache_dir), inputs, flag="--cache-dir")
+    _check_weights(config)
+    from noisystudent.device import resolve_device  # imports torch
+
+    resolve_device(config.device)
+
+
+def check_run_entries(run: Path) -> None:
+    """The files and folders a session opens in RUN must be of the right kind."""
+    for name in RUN_FILES:
+        kind = file_kind(Path(run) / name)
+        if kind is not None:
+            raise RunFolderError(f"{Path(run) / name} is {kind}, not a file; the folder {run} is not a usable run folder.")
+    for name in RUN_FOLDERS:
+        path = Path(run) / name
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(f"{path} is a file, not a folder; the folder {run} is not a usable run folder.")
+
+
+def _check_inputs(config: RunConfig) -> list[Path]:
+    """DATA, --test and --unlabelled must exist; returns them."""
+    inputs = []
+    for flag, value in (("data path", config.data), ("--test path", config.test), ("--unlabelled path", config.unlabelled)):
+        if value is None:
+            continue
+        path = Path(value)
+        if not path.exists():
+            raise DataError(f"The {flag} {path} does not exist.")
+        kind = file_kind(path)
+        if kind not in (None, "a folder"):  # reading a FIFO would wait forever
+            raise DataError(f"The {flag} {path} is {kind}, not a file or folder.")
+        inputs.append(path)
+    return inputs
+
+
+def _check_weights(config: RunConfig) -> None:
+    """A --weights file must exist and hold weights loadable without running code (read once, now)."""
+    if config.weights in ("imagenet", "none"):
+        return
+    path = Path(config.weights)
+    if not path.exists():
+        raise ConfigError(f"The weights file {path} does not exist; pass --weights imagenet, none or an existing file.")
+    from noisystudent.models.weights import extract_state_dict, read_torch_file  # imports torch
+
+    extract_state_dict(read_torch_file(path), path)
