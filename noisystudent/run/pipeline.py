@@ -34,6 +34,7 @@ from noisystudent.errors import ConfigError, UserError
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import pseudo_labels, results
+from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.folder import check_run_folder, lock_run_folder, write_config
 from noisystudent.run.preflight import check_before_writing
 from noisystudent.training.engine import TrainSet, predict_probs
@@ -149,6 +150,7 @@ def run_fold(ctx: RunContext, fold: int) -> None:
         ctx.progress.update("fold", description=name)
         train_model(_model_job(ctx, fold, round_, name), ctx.config, ctx.load_batch, ctx.device, ctx.progress)
         predictions = predict_round(ctx, fold, round_)
+        warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
         if round_ < ctx.config.rounds:
             _pseudo_labels(ctx, fold, round_, predictions)
 
