@@ -10,5 +10,6 @@ if [ -f "$run/config.json" ]; then
 else
   resume=()
 fi
-"$VENV_PYTHON" -m noisystudent.cli kfold --out "$run" "${resume[@]}"
+# --quiet: progress bars, warnings, one results table and the headline; the log is in $run/run.log
+"$VENV_PYTHON" -m noisystudent.cli kfold --out "$run" --quiet "${resume[@]}"
 "$VENV_PYTHON" -m noisystudent.cli report "$run"

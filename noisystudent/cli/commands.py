@@ -126,6 +126,7 @@ def kfold(
     Without DATA, generates the built-in synthetic demo data and runs the demo preset.
     """
     from noisystudent.cli.tables import print_results
+    from noisystudent.report.tables import headline
     from noisystudent.run.folder import saved_config
     from noisystudent.run.pipeline import run_kfold
 
@@ -139,7 +140,7 @@ def kfold(
     console.print(f"[bold]noisystudent kfold[/] -> {run}  (preset {config.preset}: {DESCRIPTIONS.get(config.preset, 'custom settings')})", highlight=False)
     with RichProgress(console) as progress:
         table = run_kfold(config, run, resume=resume, progress=progress)
-    print_results(out, table, run)
+    print_results(out, table, run, headline=headline(table))
 
 
 def _kfold_signature() -> inspect.Signature:

@@ -14,17 +14,22 @@ from noisystudent import layout
 SHOWN = {"accuracy": "acc", "sensitivity": "sens", "specificity": "spec", "ppv": "ppv", "npv": "npv", "f1": "f1", "auc": "auc"}
 FOLD_LABELS = {"majority": "ens maj", "soft": "ens soft"}
 HIDDEN_FOLDS = ("variance",)  # in metrics.csv; the table shows the mean only
+# The console shows one table: the outer test set when there is one (validation numbers are
+# selection-biased and live in metrics.csv and the report), else the validation parts.
+SPLIT_TITLES = (("test", "Outer test set"), ("validation", "Validation parts (out-of-fold, selection-biased)"))
 
 
-def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None = None) -> None:
+def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None = None, headline: str | None = None) -> None:
+    """One table (the outer test set, or the validation parts when there is none), the headline, where the rest is."""
     console = console or Console()
     if table.empty:
         console.print("No finished models yet.")
         return
-    for split, title in (("validation", "Validation parts (out-of-fold)"), ("test", "Outer test set")):
-        part = table[(table[layout.EVAL_SPLIT] == split) & ~table[layout.FOLD_COLUMN].astype(str).isin(HIDDEN_FOLDS)]
-        if not part.empty:
-            console.print(results_table(part, title))
+    shown = table[~table[layout.FOLD_COLUMN].astype(str).isin(HIDDEN_FOLDS)]
+    split, title = next(((s, t) for s, t in SPLIT_TITLES if (shown[layout.EVAL_SPLIT] == s).any()), SPLIT_TITLES[-1])
+    console.print(results_table(shown[shown[layout.EVAL_SPLIT] == split], title))
+    if headline:
+        console.print(headline, highlight=False, soft_wrap=True)
     console.print(f"All rows, with variances: {Path(run) / layout.RESULTS / layout.METRICS}")
     console.print(f"Plots and tables: noisystudent report {run}")
 
