@@ -35,6 +35,11 @@ N_FOLDS = 3  # fold_0..fold_2, as in the real training_data
 CELLS_PER_IMAGE = 3  # cells cropped from one microscope image share its index
 MARKER = ".demo-complete.json"  # written last: its presence means the tree is whole
 GENERATOR_VERSION = 1  # bump when the drawing changes, so old demo folders are rebuilt
+# The demo data set: many patients with few cells each, so that the outer test set holds
+# enough patients for a paired bootstrap over patients, and a fold's masked part dwarfs its
+# labelled part (few labels, large unlabelled pool: where Noisy Student is expected to help).
+DEMO_PATIENTS_PER_CLASS = 30
+DEMO_CELLS_PER_PATIENT = 6
 
 # Stain colours (RGB in 0..1) before per-patient variation.
 _CYTOPLASM = np.array([0.74, 0.64, 0.86], dtype=np.float32)
@@ -62,8 +67,8 @@ LOOKS = {
 
 def generate_demo(
     root: str | Path,
-    n_patients_per_class: int = 10,
-    cells_per_patient: int = 15,
+    n_patients_per_class: int = DEMO_PATIENTS_PER_CLASS,
+    cells_per_patient: int = DEMO_CELLS_PER_PATIENT,
     size: int = 64,
     seed: int = 0,
 ) -> Path:
