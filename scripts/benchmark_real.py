@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for task in args.task:
             for kind, extra in (("ns", []), ("upper", upper_bound_flags(flags))):
                 run = out / task_folder(task) / f"s{seed}" / kind
-                command = kfold_command(data, run, flags + task_flags(task) + extra + ["--seed", str(seed)])
+                command = kfold_command(data, run, overridden(flags, extra) + task_flags(task) + ["--seed", str(seed)])
                 records.append({"task": task, "seed": seed, "kind": kind, "run": str(run), **execute(command, run)})
                 write_csv(out / "runs.csv", pd.DataFrame(records))
     summary = summarise(pd.DataFrame(records))
@@ -91,6 +91,17 @@ def upper_bound_flags(flags: list[str]) -> list[str]:
     ratio = flags[flags.index("--split-ratio") + 1] if "--split-ratio" in flags else DEFAULT_SPLIT
     labelled, masked, validation = (float(x) for x in ratio.split(":"))
     return ["--rounds", "0", "--split-ratio", f"{labelled + masked:g}:0:{validation:g}"]
+
+
+def overridden(flags: list[str], changes: list[str]) -> list[str]:
+    """``flags`` with the value of each flag in ``changes`` replaced (or appended), so a command shows each flag once."""
+    result = list(flags)
+    for flag, value in zip(changes[::2], changes[1::2]):
+        if flag in result:
+            result[result.index(flag) + 1] = value
+        else:
+            result += [flag, value]
+    return result
 
 
 def task_flags(task: str) -> list[str]:

@@ -42,6 +42,12 @@ def test_the_upper_bound_run_has_the_same_test_and_validation_images_and_labels_
     assert not (upper["role"] == "unlabelled").any()
 
 
+def test_a_changed_flag_appears_once_with_its_new_value(bench):
+    flags = ["--rounds", "1", "--split-ratio", "1:5:3", "--lr", "1e-3"]
+    assert bench.overridden(flags, bench.upper_bound_flags(flags)) == ["--rounds", "0", "--split-ratio", "6:0:3", "--lr", "1e-3"]
+    assert bench.overridden(["--lr", "1"], ["--rounds", "0"]) == ["--lr", "1", "--rounds", "0"]
+
+
 def test_a_binary_task_names_the_mapped_positive_class(bench):
     assert bench.task_flags("classes") == []
     assert bench.task_flags("Benign=negative,rest=positive") == ["--binary", "Benign=negative,rest=positive", "--positive", "positive"]
