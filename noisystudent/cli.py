@@ -256,6 +256,7 @@ BatchSizeOption = Annotated[Optional[int], typer.Option(help="Images per forward
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 SkipUnreadableOption = Annotated[bool, typer.Option("--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")]
+BackendOption = Annotated[str, typer.Option(help="auto (ONNX Runtime on a CPU when the onnx extra is installed, else PyTorch), onnx or torch.")]
 
 
 @ensemble_app.command("predict")
@@ -270,6 +271,7 @@ def ensemble_predict(
     batch_size: BatchSizeOption = None,
     device: DeviceOption = "auto",
     skip_unreadable: SkipUnreadableOption = False,
+    backend: BackendOption = "auto",
     quiet: QuietOption = False,
 ) -> None:
     """Predict new images by a vote of the K fold models of RUN: one row per image, one per patient."""
@@ -283,7 +285,7 @@ def ensemble_predict(
     models_ = ensemble.load_ensemble(run, models, device)
     with RichProgress(console) as progress:
         prediction = ensemble.predict(models_, images, voting, progress=progress, tta=tta, batch_size=batch_size,
-                                      skip_unreadable=skip_unreadable)
+                                      skip_unreadable=skip_unreadable, backend=backend)
     written = ensemble.write_prediction(prediction, out_path)
     print_prediction_summary(out, prediction, models_, voting)
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
@@ -303,6 +305,7 @@ def ensemble_evaluate(
     batch_size: BatchSizeOption = None,
     device: DeviceOption = "auto",
     skip_unreadable: SkipUnreadableOption = False,
+    backend: BackendOption = "auto",
     quiet: QuietOption = False,
 ) -> None:
     """Evaluate each fold model of RUN and their votes on a labelled data set."""
@@ -316,11 +319,36 @@ def ensemble_evaluate(
     images = ensemble.read_labelled(models_, data, data_format, patient_regex)
     with RichProgress(console) as progress:
         evaluation = ensemble.evaluate(models_, images, tuple(voting or VOTING_RULES), progress=progress, tta=tta,
-                                       batch_size=batch_size, skip_unreadable=skip_unreadable)
+                                       batch_size=batch_size, skip_unreadable=skip_unreadable, backend=backend)
     written = ensemble.write_evaluation(evaluation, out_path)
     out.print(results_table(evaluation.metrics, f"{data} ({len(images) - len(evaluation.skipped)} images)"))
     out.print(f"Skipped unreadable images: {len(evaluation.skipped)}")
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
+
+
+@ensemble_app.command("export")
+@user_errors
+def ensemble_export(
+    run: RunArgument,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = Path("ensemble.onnx"),
+    voting: Annotated[Optional[str], typer.Option(help="majority or soft (default: the run's --voting).", show_default=False)] = None,
+    models: ModelsOption = "students",
+    tta: TtaOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Export the K fold models of RUN, their normalisation and the vote as one ONNX file (docs/onnx.md)."""
+    from . import ensemble, onnx_backend, onnx_export
+    from .errors import ConfigError
+
+    setup_logging(quiet)
+    if not onnx_backend.available():
+        raise ConfigError(f"Exporting needs onnx and onnxruntime; {onnx_backend.INSTALL_HINT}.")
+    ensemble.check_outside_run(out_path, run)
+    models_ = ensemble.load_ensemble(run, models, "cpu")
+    rule, tta_mode = ensemble.checked_rule(voting or models_.config.voting), ensemble.checked_tta(tta or models_.config.tta)
+    onnx_export.write_export(onnx_export.export_ensemble_bytes(models_, tta_mode, rule), out_path)
+    out.print(f"Written: {out_path} ({len(models_.members)} {models_.kind}s, {rule} voting, tta {tta_mode}, "
+              f"{models_.spec.image_size} px; run it with scripts/onnx_predict.py)", highlight=False)
 
 
 def main() -> None:
