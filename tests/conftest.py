@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ _SAMPLE_CANDIDATES = [
     "/work/shared/data/cnmc-sample.tar.gz",
 ]
 CNMC_SAMPLE = next((Path(p) for p in _SAMPLE_CANDIDATES if p and Path(p).is_file()), Path(_SAMPLE_CANDIDATES[1]))
+
+# Exported ONNX graphs (onnx_backend.cache_dir) go to a temporary folder, not the user's ~/.cache.
+os.environ.setdefault("NOISYSTUDENT_CACHE_DIR", tempfile.mkdtemp(prefix="noisystudent-test-cache-"))
 
 # Tiny tensors run faster on one thread, and a busy 2-core machine stops thrashing.
 torch.set_num_threads(1)

@@ -242,3 +242,32 @@ def test_cli_unknown_backend_is_one_sentence(b0_run, tmp_path):
                                  "--out", str(tmp_path / "p.csv"), "--models", "teachers"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--backend must be one of auto, onnx, torch" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_kfold_predictions_through_onnx_match_torch(tmp_path, monkeypatch):
+    """kfold's per-model predictions (pseudo-labels, metrics) through ONNX Runtime when it pays off."""
+    data = tmp_path / "data"
+    for p in range(8):
+        rng = np.random.default_rng(p)
+        for i in range(3):
+            pixels = rng.integers(0, 160, (24, 24, 3), dtype=np.uint8)
+            pixels[..., p % 2] += np.uint8(90)
+            (data / CLASSES[p % 2]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(data / CLASSES[p % 2] / f"p{p}_{i}.png")
+    config = RunConfig(data=str(data), patient_regex=r"^(p\d+)_", folds=2, rounds=0, epochs=1, image_size=32,
+                       batch_size=8, weights="none", arch="resnet18", optimizer="adamw", lr=3e-3, scheduler="none",
+                       device="cpu", workers=1, eval_batch_size=5)
+    chosen = []
+    original = backends.model_predictor
+    monkeypatch.setattr(backends, "model_predictor", lambda *a: chosen.append(a[-1]) or original(*a))
+    run_kfold(config, tmp_path / "torch")
+    monkeypatch.setattr(backends, "EXPORT_PAYS_OFF", 0)
+    run_kfold(config, tmp_path / "onnx")
+    assert chosen == ["onnx", "onnx"]  # the first run stayed in PyTorch (too little work), the second did not
+    for fold in range(2):
+        torch_table = pd.read_csv(tmp_path / "torch" / f"fold-{fold}" / "round-0" / "predictions.csv")
+        onnx_table = pd.read_csv(tmp_path / "onnx" / f"fold-{fold}" / "round-0" / "predictions.csv")
+        assert torch_table["prob_all"].std() > 1e-3
+        assert np.abs(torch_table["prob_all"] - onnx_table["prob_all"]).max() < TOLERANCE
+        assert list(torch_table["pred"]) == list(onnx_table["pred"])
