@@ -49,7 +49,8 @@ def ensemble_predictor(ensemble, tta_mode: str, backend: str = "auto") -> BatchP
         return TorchModels([(m.model, m.normalization) for m in ensemble.members], ensemble.device, tta_mode, ensemble.config)
     # The run's own rule: fold_probs do not depend on it, so every --voting shares one cached graph.
     model = onnx_backend.cached_ensemble_export(ensemble, tta_mode, ensemble.config.voting)
-    return onnx_backend.OrtEnsemble(model, providers=onnx_backend.providers_for(ensemble.device.type))
+    # As many ONNX Runtime threads as PyTorch uses: the caller's torch.set_num_threads holds for both.
+    return onnx_backend.OrtEnsemble(model, torch.get_num_threads(), onnx_backend.providers_for(ensemble.device.type))
 
 
 def model_predictor(model: torch.nn.Module, normalization: tuple, device: torch.device, tta_mode: str, config,
@@ -58,7 +59,8 @@ def model_predictor(model: torch.nn.Module, normalization: tuple, device: torch.
     if backend == "torch":
         return TorchModels([(model, normalization)], device, tta_mode, config)
     graph = onnx_export.build_graph([model], [normalization], tta_mode, "soft")
-    return onnx_backend.OrtEnsemble(onnx_export.export_graph(graph, config.image_size, {"format": onnx_export.EXPORT_FORMAT}))
+    model_bytes = onnx_export.export_graph(graph, config.image_size, {"format": onnx_export.EXPORT_FORMAT})
+    return onnx_backend.OrtEnsemble(model_bytes, torch.get_num_threads(), onnx_backend.providers_for(device.type))
 
 
 def pipeline_backend(device: torch.device, n_images: int, image_size: int) -> str:

@@ -77,6 +77,13 @@ class Ensemble:
     classes: list[str]
     spec: PreprocessSpec
     device: torch.device
+    # (tta, backend) -> batch predictor, built once per loaded ensemble (an ONNX Runtime session takes seconds)
+    predictors: dict = field(default_factory=dict, repr=False)
+
+    def predictor(self, tta: str, backend: str):
+        if (tta, backend) not in self.predictors:
+            self.predictors[(tta, backend)] = ensemble_predictor(self, tta, backend)
+        return self.predictors[(tta, backend)]
 
     @property
     def kind(self) -> str:
@@ -208,7 +215,7 @@ def predict_fold_probs(
     """
     tta = checked_tta(tta or ensemble.config.tta)
     batch_size = batch_size or ensemble.config.eval_batch_size
-    predictor = ensemble_predictor(ensemble, tta, backend)
+    predictor = ensemble.predictor(tta, backend)
     paths = images[PATH].tolist()
     kept, parts, skipped = [], [], []
     progress.start("predict", f"{len(ensemble.members)} {ensemble.kind}s predicting", total=len(paths))
