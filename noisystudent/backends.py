@@ -3,7 +3,7 @@
 Both are callables from uint8 pixels (B, 3, S, S) to fold probabilities
 (K, B, C) float32 and give the same numbers (within 1e-4; tests/test_onnx.py).
 ``auto`` picks the fastest available on the device: ONNX Runtime on a CPU when
-the ``onnx`` extra is installed (about 3x eager PyTorch for EfficientNet-B0,
+the ``onnx`` extra is installed (3.7x eager PyTorch for EfficientNet-B0 on 2 cores,
 docs/throughput.md), PyTorch on a GPU (bf16 autocast, channels_last).
 """
 
