@@ -215,6 +215,7 @@ class EnsembleOptions:
     batch_size: Optional[int]
     device: str
     skip_unreadable: bool
+    backend: str
 
 
 def _keyword(name: str, default: Any, annotation: Any) -> inspect.Parameter:
@@ -230,6 +231,8 @@ ENSEMBLE_OPTIONS = [
     _keyword("device", "auto", Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]),
     _keyword("skip_unreadable", False, Annotated[bool, typer.Option(
         "--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")]),
+    _keyword("backend", "auto", Annotated[str, typer.Option(
+        help="auto (ONNX Runtime on a CPU when the onnx extra is installed, else PyTorch), onnx or torch.")]),
     _keyword("quiet", False, Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")]),
 ]
 
@@ -240,9 +243,9 @@ def ensemble_command(name: str):
     def register(command):
         @functools.wraps(command)
         def wrapper(*args: Any, models: str, tta: Optional[str], batch_size: Optional[int], device: str,
-                    skip_unreadable: bool, quiet: bool, **kwargs: Any) -> None:
+                    skip_unreadable: bool, backend: str, quiet: bool, **kwargs: Any) -> None:
             setup_logging(quiet)
-            return command(*args, options=EnsembleOptions(models, tta, batch_size, device, skip_unreadable), **kwargs)
+            return command(*args, options=EnsembleOptions(models, tta, batch_size, device, skip_unreadable, backend), **kwargs)
 
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
         wrapper.__signature__ = inspect.Signature(own + ENSEMBLE_OPTIONS)
@@ -273,7 +276,7 @@ def ensemble_predict(
     models = ensemble.load_ensemble(run, options.models, options.device)
     with RichProgress(console) as progress:
         prediction = ensemble.predict(models, images, voting, progress=progress, tta=options.tta, batch_size=options.batch_size,
-                                      skip_unreadable=options.skip_unreadable)
+                                      skip_unreadable=options.skip_unreadable, backend=options.backend)
     written = ensemble.write_prediction(prediction, out_path)
     print_prediction_summary(out, prediction, models, voting)
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
@@ -301,11 +304,38 @@ def ensemble_evaluate(
     images = ensemble.read_labelled(models, data, data_format, patient_regex)
     with RichProgress(console) as progress:
         evaluation = ensemble.evaluate(models, images, tuple(voting or VOTING_RULES), progress=progress, tta=options.tta,
-                                       batch_size=options.batch_size, skip_unreadable=options.skip_unreadable)
+                                       batch_size=options.batch_size, skip_unreadable=options.skip_unreadable, backend=options.backend)
     written = ensemble.write_evaluation(evaluation, out_path)
     out.print(results_table(evaluation.metrics, f"{data} ({len(images) - len(evaluation.skipped)} images)"))
     out.print(f"Skipped unreadable images: {len(evaluation.skipped)}")
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
+
+
+@ensemble_app.command("export")
+@user_errors
+def ensemble_export(
+    run: RunArgument,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = Path("ensemble.onnx"),
+    voting: Annotated[Optional[str], typer.Option(help="majority or soft (default: the run's --voting).", show_default=False)] = None,
+    models: Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")] = "students",
+    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation inside the graph (default: the run's).", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")] = False,
+) -> None:
+    """Export the K fold models of RUN, their normalisation and the vote as one ONNX file (docs/onnx.md)."""
+    from noisystudent.ensemble import classifier as ensemble
+    from noisystudent.errors import ConfigError
+    from noisystudent.training import onnx_backend, onnx_export
+
+    setup_logging(quiet)
+    if not onnx_backend.available():
+        raise ConfigError(f"Exporting needs onnx and onnxruntime; {onnx_backend.INSTALL_HINT}.")
+    ensemble.check_options(models, tta, None, [voting] if voting else [], "cpu")
+    ensemble.check_outputs(out_path, run, [], out_path)
+    models_ = ensemble.load_ensemble(run, models, "cpu")
+    rule, tta_mode = ensemble.checked_rule(voting or models_.config.voting), ensemble.checked_tta(tta or models_.config.tta)
+    onnx_export.write_export(onnx_export.export_ensemble_bytes(models_, tta_mode, rule), out_path)
+    out.print(f"Written: {out_path} ({len(models_.members)} {models_.kind}s, {rule} voting, tta {tta_mode}, "
+              f"{models_.spec.image_size} px; run it with scripts/onnx_predict.py)", highlight=False)
 
 
 def main() -> None:

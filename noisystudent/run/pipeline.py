@@ -36,6 +36,7 @@ from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import pseudo_labels, results
 from noisystudent.run.folder import check_run_folder, lock_run_folder, write_config
 from noisystudent.run.preflight import check_before_writing
+from noisystudent.training import backends
 from noisystudent.training.engine import TrainSet, predict_probs
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
@@ -217,14 +218,8 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
         ignore_index=True,
     )
     model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device, ctx.config.channels_last)
-    config = ctx.config
     ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
-    probs = predict_probs(
-        model, ctx.load_batch, ctx.rows(frame[manifest.PATH]), ctx.device, config.eval_batch_size, config.tta,
-        amp_dtype(config.amp, ctx.device), channels_last=ctx.device.type == "cuda" and config.channels_last,
-        on_progress=lambda done: ctx.progress.update("predict", completed=done),
-        normalization=models.input_normalization(payload["spec"]["arch"]),  # Lite0: (x - 127) / 128
-    )
+    probs = _model_probs(ctx, model, payload["spec"]["arch"], ctx.rows(frame[manifest.PATH]))
     ctx.progress.stop("predict")
     if not np.isfinite(probs).all():  # a diverged model must not hand NaN pseudo-labels to the next round
         raise ConfigError(
@@ -234,6 +229,25 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     table = prediction_table(frame[[manifest.PATH, manifest.LABEL, manifest.PATIENT, layout.SPLIT]], probs, ctx.classes)
     atomic.write_csv(out, table)
     return results.read_predictions(out)  # exactly what a resume reads
+
+
+def _model_probs(ctx: RunContext, model: torch.nn.Module, arch: str, rows: torch.Tensor) -> np.ndarray:
+    """(N, C) probabilities of one model for cache rows: ONNX Runtime on a CPU when it pays off, else PyTorch."""
+    config = ctx.config
+    normalization = models.input_normalization(arch)  # Lite0: (x - 127) / 128
+    on_progress = lambda done: ctx.progress.update("predict", completed=done)  # noqa: E731
+    backend = backends.pipeline_backend(ctx.device, len(rows), config.image_size)
+    if backend == "torch":
+        return predict_probs(
+            model, ctx.load_batch, rows, ctx.device, config.eval_batch_size, config.tta, amp_dtype(config.amp, ctx.device),
+            channels_last=ctx.device.type == "cuda" and config.channels_last, on_progress=on_progress, normalization=normalization,
+        )
+    predictor = backends.model_predictor(model, normalization, ctx.device, config.tta, config, backend)
+    parts = []
+    for start in range(0, len(rows), config.eval_batch_size):
+        parts.append(predictor(ctx.load_batch(rows[start : start + config.eval_batch_size]).numpy())[0])
+        on_progress(start + len(parts[-1]))
+    return np.concatenate(parts) if parts else np.zeros((0, len(ctx.classes)), np.float32)
 
 
 def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
