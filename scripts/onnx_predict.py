@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,18 +32,39 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 # --- preprocessing: the same steps as noisystudent.data.images.load_rgb + preprocess.preprocess ---
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """8-bit RGB; transparency on black, 16-bit data scaled by 1/257 (as noisystudent.data.images)."""
+REDUCE_ABOVE = 4  # as noisystudent.data.preprocess: sides above 4 x image_size are shrunk before padding
+
+
+def load_rgb(path: Path, max_side: int | None = None) -> Image.Image:
+    """8-bit RGB; transparency on black, 16-bit data scaled by 1/257 (as noisystudent.data.images).
+
+    With ``max_side``, a larger image is first shrunk by an integer factor (box average) in its own mode.
+    """
     with Image.open(path) as image:
         image.load()
-        if image.mode == "RGB":
-            return image.copy()
-        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-            return Image.fromarray(_to_uint8(np.asarray(image), image.mode)).convert("RGB")
-        return (image.convert("L") if image.mode == "1" else image).convert("RGB")
+        return _to_rgb(_reduce(image, max_side) if max_side else image)
+
+
+def _reduce(image: Image.Image, max_side: int) -> Image.Image:
+    factor = math.ceil(max(image.size) / max_side)
+    if factor < 2:
+        return image
+    if image.mode in ("P", "PA", "1"):  # palette indices and bits cannot be averaged
+        image = _to_rgb(image)
+    elif image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        image = image.convert("I")
+    return image.reduce(factor)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image), image.mode)).convert("RGB")
+    return (image.convert("L") if image.mode == "1" else image).convert("RGB")
 
 
 def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
@@ -59,6 +81,7 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
 
 def preprocess(image: Image.Image, spec: dict) -> np.ndarray:
     """Crop black borders, equalise, centre-crop, pad to a square with black, resize: uint8 (3, S, S)."""
+    image = _reduce(image, REDUCE_ABOVE * spec["image_size"]).convert("RGB")
     if spec["crop_black"]:
         bright = np.asarray(image).max(axis=2) > spec["crop_threshold"]
         rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
@@ -113,7 +136,7 @@ def predict(model: str, paths: list[Path], batch_size: int = 64, threads: int = 
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     meta = json.loads(session.get_modelmeta().custom_metadata_map["noisystudent"])
-    decode = lambda path: preprocess(load_rgb(path), meta["preprocess"])  # noqa: E731
+    decode = lambda path: preprocess(load_rgb(path, REDUCE_ABOVE * meta["preprocess"]["image_size"]), meta["preprocess"])  # noqa: E731
     names = [output.name for output in session.get_outputs()]
     parts: dict[str, list] = {name: [] for name in names}
     with ThreadPoolExecutor() as pool:

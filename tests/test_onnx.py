@@ -29,7 +29,7 @@ from noisystudent.cli import app  # noqa: E402
 
 from noisystudent.config.run_config import RunConfig  # noqa: E402
 from noisystudent.data import prefetch  # noqa: E402
-from noisystudent.data.preprocess import PreprocessSpec  # noqa: E402
+from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed  # noqa: E402
 from noisystudent.errors import ConfigError  # noqa: E402
 from noisystudent.evaluation.voting import majority_vote  # noqa: E402
 from noisystudent.models import create_model  # noqa: E402
@@ -272,3 +272,21 @@ def test_kfold_predictions_through_onnx_match_torch(tmp_path, monkeypatch):
         assert torch_table["prob_all"].std() > 1e-3
         assert np.abs(torch_table["prob_all"] - onnx_table["prob_all"]).max() < TOLERANCE
         assert list(torch_table["pred"]) == list(onnx_table["pred"])
+
+
+@pytest.mark.parametrize("mode, size", [("RGB", (40, 30)), ("I;16", (30, 50)), ("P", (300, 20)), ("RGBA", (700, 90)), ("L", (1, 900))])
+def test_standalone_preprocessing_equals_the_package(tmp_path, mode, size):
+    """scripts/onnx_predict.py copies load_rgb + preprocess (it must run without this package): same pixels,
+    also for images large enough to be shrunk before padding."""
+    import runpy
+
+    standalone = runpy.run_path(str(REPO / "scripts" / "onnx_predict.py"))
+    values = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 4), dtype=np.uint8)
+    image = Image.fromarray(values, "RGBA").convert(mode) if mode != "I;16" else Image.fromarray(values[..., 0].astype(np.uint16) * 200)
+    path = tmp_path / "cell.png"
+    image.save(path)
+    spec = PreprocessSpec(image_size=16)
+    meta = {"image_size": 16, "crop_black": False, "crop_threshold": 10, "equalize": "none", "center_crop": 1.0}
+    expected = load_preprocessed(str(path), spec)
+    got = standalone["preprocess"](standalone["load_rgb"](path, standalone["REDUCE_ABOVE"] * 16), meta)
+    np.testing.assert_array_equal(got, expected)
