@@ -18,8 +18,12 @@ from noisystudent.atomic import write_text
 from noisystudent.data.manifest import LABEL
 from noisystudent.errors import RunFolderError
 from noisystudent.layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SPLIT, STUDENT, TEACHER, prob_column
+from noisystudent.evaluation.baseline import no_information_warnings
 from noisystudent.report import plots
-from noisystudent.report.html import FigureEntry, TableEntry, render_page
+from noisystudent.report.class_tables import patient_table, per_class_table, scope_sentence
+from noisystudent.report.data_section import data_caption, fold_parts_table, has_patients, parts_table
+from noisystudent.report.html import FigureEntry, TableEntry, render_page, table_html
+from noisystudent.report.settings_section import settings_section
 from noisystudent.report.run_reader import RunContents, load_run
 from noisystudent.report.tables import (
     TEST,
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 
 PAGE = "report.html"
 SPLIT_WORDS = {TEST: "the test set", VALIDATION: "out-of-fold validation"}
+NIR_SENTENCE = ("No-information rate: the accuracy of always answering the commonest class; "
+                "Cohen's kappa: agreement beyond chance (0: none, 1: perfect).")
 
 
 def write_report(run: Path) -> Path:
@@ -60,7 +66,8 @@ def write_report(run: Path) -> Path:
             log.exception("%s failed", step.__name__)
             data.notes.append(f"The {step.__name__.replace('_', ' ')} could not be drawn ({type(error).__name__}: {error}).")
     page = render_page(f"Noisy Student report: {run.name}", data.config, headline(data.metrics), data.notes,
-                       report_tables(data), figures)
+                       report_tables(data), figures, warnings=no_information_warnings(data.metrics),
+                       before=[settings_section(data.config), data_html(data)], after=[patient_html(data)])
     write_text(folder / PAGE, page)
     log.info("wrote %s with %d figures", folder / PAGE, len(figures))
     return folder / PAGE
@@ -74,14 +81,55 @@ def report_tables(data: RunContents) -> list[TableEntry]:
     splits = [main] + [s for s in (TEST, VALIDATION) if s != main and (data.metrics[EVAL_SPLIT] == s).any()]
     tables = [
         TableEntry(f"Table A{'' if i == 0 else i + 1}. Fold by fold, {SPLIT_WORDS.get(split, split)}",
-                   f"Each fold's teacher (round 0) and students (round r) on {SPLIT_WORDS.get(split, split)}.",
+                   f"Each fold's teacher (round 0) and students (round r) on {SPLIT_WORDS.get(split, split)}. "
+                   f"{scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}",
                    fold_table(data.metrics, split))
         for i, split in enumerate(splits)
     ]
     tables.append(TableEntry(
         f"Table B. Summary, {SPLIT_WORDS.get(main, main)}", "Fold means ± sample standard deviation over folds, "
-        f"and the ensembles of the fold models (positive class: {data.positive}).", summary_table(data.metrics, main)))
+        f"and the ensembles of the fold models. {scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}",
+        summary_table(data.metrics, main)))
+    if data.multiclass and data.all_metrics is not None:
+        tables.append(TableEntry(
+            f"Table C. Each class against the rest, {SPLIT_WORDS.get(main, main)}",
+            "One row per class: that class as the positive class and every other class as negative; "
+            "AUC is that class's one-vs-rest ROC AUC. Fold means ± sd over folds (images of the class: total over the "
+            "folds), then the ensembles.", per_class_table(data.all_metrics, main)))
     return tables
+
+
+def data_html(data: RunContents) -> str:
+    """The Data section: parts of the run and of each fold (from folds.csv)."""
+    if data.folds_table is None:
+        return "<h2>Data</h2>\n<p>folds.csv is missing: the data summary is left out.</p>"
+    classes = data.classes or sorted(c for c in data.folds_table["label"].fillna("").astype(str).unique() if c)
+    entries = [TableEntry("Images, patients and classes per part", data_caption(data.folds_table), parts_table(data.folds_table, classes)),
+               TableEntry("Per fold", "Each fold's teacher trains on its labelled part; the masked part is pseudo-labelled for the "
+                          "students (with the pool); the validation part evaluates and selects the models.",
+                          fold_parts_table(data.folds_table, classes))]
+    return "<h2>Data</h2>\n" + "\n".join(table_html(entry) for entry in entries)
+
+
+def patient_html(data: RunContents) -> str:
+    """Patient-level results of the ensembles (or pooled out-of-fold models), where patient ids exist."""
+    if data.folds_table is None or not has_patients(data.folds_table):
+        return "<h3>Patient-level results</h3>\n<p>The data has no patient ids: there are no patient-level results.</p>"
+    tables = {ensemble_name(m, v): t for (m, v), t in _teachers_first(data.ensembles)}
+    where = SPLIT_WORDS[TEST]
+    if not tables:
+        where = SPLIT_WORDS[VALIDATION]
+        for round_ in dict.fromkeys((0, data.final_round)):
+            parts = [p[p[SPLIT] == VALIDATION] for (f, r), p in sorted(data.predictions.items()) if r == round_]
+            if parts:
+                tables[f"{plots.round_name(round_).capitalize()}, folds pooled"] = pd.concat(parts, ignore_index=True)
+    frame = patient_table(tables, data.classes, None if data.multiclass else data.positive_class)
+    if frame.empty:
+        return ""
+    caption = (f"On {where}, per patient: the call is the class most of the patient's images were called (ties: the "
+               "highest mean probability), the truth the commonest label of its images. "
+               f"{scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}")
+    return table_html(TableEntry("Table D. Patient-level results", caption, frame))
 
 
 # --- figure steps --------------------------------------------------------------
