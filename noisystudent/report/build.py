@@ -157,14 +157,15 @@ def confusion_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     entries = []
     panels, where = _main_confusion_panels(data, final)
     if panels:
-        plots.plot_confusions(panels, classes, data.positive, f"Confusion matrices on {where} (positive class: {data.positive})",
+        scope = f" (positive class: {data.positive_class})" if data.positive_class and not data.multiclass else ""
+        plots.plot_confusions(panels, classes, data.positive_class, f"Confusion matrices on {where}{scope}",
                               folder / "confusion.png", columns=2 if len(panels) > 2 else None)
         entries.append(FigureEntry("confusion.png", "Confusion matrices: teachers vs final students",
                                    f"Counts and row percentages on {where}; rows are true classes."))
     split = TEST if _has_split(data, TEST) else VALIDATION
     grid = [_fold_panel(data, fold, round_, split) for fold in data.folds for round_ in dict.fromkeys((0, final))]
     if any(panel[1] is not None for panel in grid):
-        plots.plot_confusions(grid, classes, data.positive, f"Confusion matrices per fold on {SPLIT_WORDS[split]}",
+        plots.plot_confusions(grid, classes, data.positive_class, f"Confusion matrices per fold on {SPLIT_WORDS[split]}",
                               folder / "confusion_folds.png", columns=2 if final else 1)
         entries.append(FigureEntry("confusion_folds.png", "Confusion matrices per fold",
                                    f"Each fold's teacher and final student (round {final}) on {SPLIT_WORDS[split]}."))
@@ -172,30 +173,57 @@ def confusion_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
 
 
 def roc_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
-    positive = data.positive
     if not data.classes:
         return []  # nothing has been predicted yet; the missing models are already noted
-    if positive not in data.classes:
-        data.notes.append(f"The positive class {positive!r} has no probability column: ROC curves are left out.")
+    if data.multiclass:
+        return class_roc_figures(data, folder)
+    positive = data.positive_class
+    if positive is None:
+        data.notes.append(f"The positive class {data.positive!r} has no probability column: ROC curves are left out.")
         return []
     final = data.final_round
-    fold_curves = {"Teacher": _fold_rocs(data, 0)}
+    fold_curves = {"Teacher": _fold_rocs(data, 0, positive)}
     if final > 0:
-        fold_curves[f"Student (round {final})"] = _fold_rocs(data, final)
+        fold_curves[f"Student (round {final})"] = _fold_rocs(data, final, positive)
     fold_curves = {name: curves for name, curves in fold_curves.items() if curves}
     ensemble_curves = {}
     for (models, voting), table in _teachers_first(data.ensembles):
-        truth, score = _positive_scores(table, positive)
+        truth, score = _ensemble_scores(table, positive, voting)
         if len(set(truth)) == 2:
             ensemble_curves[ensemble_name(models, voting)] = (truth, score)
     if not fold_curves and not ensemble_curves:
         data.notes.append("No predictions with both classes: ROC curves are left out.")
         return []
     plots.plot_roc(fold_curves, ensemble_curves, positive, folder / "roc.png")
-    caption = "Out-of-fold validation: thin lines are single folds, thick lines their vertical mean; legend AUC is mean ± sd over folds."
+    caption = (f"ROC of the positive class {positive} against the other class. Out-of-fold validation: thin lines are "
+               "single folds, thick lines their vertical mean; legend AUC is mean ± sd over folds.")
     if ensemble_curves:
-        caption += " Ensembles: the ensemble's probability of the positive class on the test set."
+        caption += (" Ensembles on the test set: a soft vote is scored by its mean probability of the positive class, "
+                    "a majority vote by the share of fold models voting for it (hence its few steps).")
     return [FigureEntry("roc.png", "ROC curves", caption)]
+
+
+def class_roc_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
+    """Multi-class: one one-vs-rest ROC curve per class for the final students' soft-vote ensemble (or pooled folds)."""
+    final = data.final_round
+    chosen = [(k, t) for k, t in _teachers_first(data.ensembles) if k[1] == "soft"]
+    if chosen:
+        (models, voting), table = chosen[-1]
+        who, rows = f"{ensemble_name(models, voting)} on {SPLIT_WORDS[TEST]}", table
+    else:
+        tables = [p for (f, r), p in sorted(data.predictions.items()) if r == final]
+        if not tables:
+            return []
+        pooled = pd.concat(tables, ignore_index=True)
+        who, rows = f"{plots.round_name(final)}s, folds pooled, on {SPLIT_WORDS[VALIDATION]}", pooled[pooled[SPLIT] == VALIDATION]
+    curves = {name: _positive_scores(rows, name) for name in data.classes}
+    curves = {name: c for name, c in curves.items() if len(set(c[0])) == 2}
+    if not curves:
+        return []
+    plots.plot_class_roc(curves, f"One-vs-rest ROC per class: {who}", folder / "roc.png")
+    return [FigureEntry("roc.png", "ROC curves, each class against the rest",
+                        f"{who}: for each class, its probability separating its images from all others; the legend "
+                        "gives each class's one-vs-rest AUC, whose unweighted mean is the macro AUC of the tables.")]
 
 
 def pseudo_label_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
@@ -220,7 +248,8 @@ def helped_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     if not rows:
         return []
     title = f"Did Noisy Student help? Teachers vs final students on {SPLIT_WORDS.get(split, split)}"
-    plots.plot_helped(rows, metric_columns(data.metrics), title, folder / "helped.png")
+    shown = [m for m in metric_columns(data.metrics) if m != "no_information_rate"]  # a property of the data, not of a model
+    plots.plot_helped(rows, shown, title, folder / "helped.png")
     return [FigureEntry("helped.png", "Did Noisy Student help?",
                         "Top: fold means (error bars: sd over folds) and ensembles (hatched). "
                         "Bottom: final students minus teachers per metric.")]
@@ -282,11 +311,21 @@ def _positive_scores(table: pd.DataFrame, positive: str, split: str | None = Non
     return (rows[LABEL] == positive).to_numpy(), rows[prob_column(positive)].to_numpy(float)
 
 
-def _fold_rocs(data: RunContents, round_: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _ensemble_scores(table: pd.DataFrame, positive: str, voting: str) -> tuple[np.ndarray, np.ndarray]:
+    """A majority vote is scored by its share of votes for ``positive``: its mean probability is the soft vote's."""
+    truth, score = _positive_scores(table, positive)
+    votes = [c for c in table.columns if c.startswith("vote_fold")]
+    if voting == "majority" and votes:
+        rows = table[table[LABEL] != ""]
+        score = (rows[votes].astype(str) == positive).mean(axis=1).to_numpy(float)
+    return truth, score
+
+
+def _fold_rocs(data: RunContents, round_: int, positive: str) -> list[tuple[np.ndarray, np.ndarray]]:
     curves = []
     for (fold, r), table in sorted(data.predictions.items()):
         if r == round_:
-            truth, score = _positive_scores(table, data.positive, VALIDATION)
+            truth, score = _positive_scores(table, positive, VALIDATION)
             if len(set(truth)) == 2:
                 curves.append((truth, score))
     return curves

@@ -48,7 +48,10 @@ def per_class_table(all_metrics: pd.DataFrame, split: str) -> pd.DataFrame:
         chosen = rows[(rows[ROUND] == round_) & (rows[FOLD_COLUMN] == ENSEMBLE)]
         for _, row in chosen.iterrows():
             cells.append(_cells(f"{_model(round_)} ensemble, {row[VOTING]} vote", row, None))
-    return pd.DataFrame(cells)
+    table = pd.DataFrame(cells)
+    if len(table):
+        table["images of the class"] = table["images of the class"].astype("Int64")
+    return table
 
 
 def patient_table(tables: dict[str, pd.DataFrame], classes: list[str], positive: str | None) -> pd.DataFrame:
@@ -84,14 +87,18 @@ def _mean_cells(rows: pd.DataFrame, round_: int) -> list[dict]:
     for _, mean in means.iterrows():
         variance = variances[variances[CLASS_COLUMN] == mean[CLASS_COLUMN]]
         sd = np.sqrt(variance.iloc[0][PER_CLASS_AVERAGED].astype(float)) if len(variance) else None
-        cells.append(_cells(f"{_model(round_)}s, mean ± sd over folds", mean, sd))
+        cells.append(_cells(f"{_models(round_)}, mean ± sd over folds", mean, sd))
     return cells
 
 
 def _cells(name: str, row: pd.Series, sd: pd.Series | None) -> dict:
-    support = row["tp"] + row["fn"] if pd.notna(row.get("tp")) and pd.notna(row.get("fn")) else pd.NA
+    support = int(row["tp"] + row["fn"]) if pd.notna(row.get("tp")) and pd.notna(row.get("fn")) else pd.NA
     values = {m: _text(row[m], None if sd is None else sd[m]) for m in PER_CLASS_AVERAGED}
     return {"Model": name, "Class": row[CLASS_COLUMN], "images of the class": support, **values}
+
+
+def _models(round_: int) -> str:
+    return "Teachers" if int(round_) == 0 else f"Students (round {int(round_)})"
 
 
 def _model(round_: int) -> str:

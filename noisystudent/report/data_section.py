@@ -56,7 +56,7 @@ def data_caption(folds: pd.DataFrame) -> str:
     if has_patients(folds):
         return "Patients: distinct patient ids; no patient is in two parts of one fold, nor in a fold and the outer test set."
     return ("The data has no patient ids: folds are split per image, so images of one patient may sit in "
-            "training and validation parts alike, and the patient columns are left empty.")
+            "training and validation parts alike; there is no patient column.")
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -65,7 +65,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     counts = [c for c in frame.columns if c not in ("Part", "Fold", PATIENTS)]
     frame[counts] = frame[counts].fillna(0).astype(int)
     frame[PATIENTS] = frame[PATIENTS].astype("Int64")
-    return frame
+    return frame if frame[PATIENTS].notna().any() else frame.drop(columns=PATIENTS)  # no ids: the caption says so
 
 
 def _counts(name: str, frame: pd.DataFrame, classes: list[str]) -> dict:
