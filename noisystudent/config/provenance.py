@@ -45,7 +45,9 @@ def given_names(values: dict[str, Any]) -> list[str]:
 def banner(config: RunConfig) -> str:
     """One line of the settings in force, those given on the command line marked with '*'."""
     values = config.to_dict()
-    parts = [f"{name} {shown(values[name])}{'*' if origin(values, name) == GIVEN else ''}" for name in KEY_SETTINGS]
+    # positive is left out while it is the default: on multi-class data 'all' would name no class
+    names = [n for n in KEY_SETTINGS if n != "positive" or origin(values, n) == GIVEN]
+    parts = [f"{name} {shown(values[name])}{'*' if origin(values, name) == GIVEN else ''}" for name in names]
     others = [n for n in given_names(values) if n not in KEY_SETTINGS]
     tail = f"; also given: {', '.join(f'{n} {shown(values[n])}' for n in others)}" if others else ""
     return f"preset {config.preset}: {', '.join(parts)}{tail} (* given, overriding the preset)"

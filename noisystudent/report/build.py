@@ -113,7 +113,8 @@ def data_html(data: RunContents) -> str:
 
 def patient_html(data: RunContents) -> str:
     """Patient-level results of the ensembles (or pooled out-of-fold models), where patient ids exist."""
-    if data.folds_table is None or not has_patients(data.folds_table):
+    tables_read = [*data.ensembles.values(), *data.predictions.values()]
+    if not any(has_patients(table) for table in tables_read):
         return "<h3>Patient-level results</h3>\n<p>The data has no patient ids: there are no patient-level results.</p>"
     tables = {ensemble_name(m, v): t for (m, v), t in _teachers_first(data.ensembles)}
     where = SPLIT_WORDS[TEST]

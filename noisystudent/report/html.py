@@ -29,7 +29,7 @@ p.headline { font-size: 1.15em; background: #f3f6fa; border-left: 4px solid #4c7
 ul.notes li { color: #8a5a00; }
 table { border-collapse: collapse; margin: 0.6em 0 0.3em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; } td { white-space: nowrap; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 table.labels2 td:nth-child(2), table.labels2 th:nth-child(2), table.labels3 td:nth-child(-n+3), table.labels3 th:nth-child(-n+3) { text-align: left; }
 table.settings td, table.settings th { text-align: left; white-space: normal; } p, figcaption { overflow-wrap: anywhere; } tr.given td { background: #fff6d6; }
 div.scroll { overflow-x: auto; max-width: 100%; } details { margin: 0.4em 0 1em; } summary { cursor: pointer; color: #4c72b0; }
