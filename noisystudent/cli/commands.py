@@ -11,7 +11,7 @@ import sys
 # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made
 # the demo 4x slower (707 s vs 155 s, scripts/bench_demo.sh); set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -22,6 +22,7 @@ from rich.logging import RichHandler
 from noisystudent import __version__
 from noisystudent.cli.progress import RichProgress
 from noisystudent.config.presets import DESCRIPTIONS
+from noisystudent.config.provenance import banner, help_default
 from noisystudent.config.run_config import RunConfig
 from noisystudent.config.settings import default_run_folder, make_config, resume_config
 from noisystudent.errors import UserError, os_error_sentence
@@ -81,7 +82,7 @@ def root(version: Annotated[bool, typer.Option("--version", help="Print the vers
 # --- kfold: one option per RunConfig field, generated so that help and config never drift apart ---
 
 KFOLD_SKIP = {"data"}  # the positional argument
-PSEUDO_FLAGS = {"preset": "Preset: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()) + "."}
+PSEUDO_FLAGS = {"preset": "Preset (default: cnmc-study with DATA, demo without): " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()) + "."}
 
 
 def _option_type(config_field) -> Any:
@@ -97,9 +98,10 @@ def _option_type(config_field) -> Any:
 def _option(config_field) -> inspect.Parameter:
     flag = "--" + config_field.name.replace("_", "-")
     help_text = PSEUDO_FLAGS.get(config_field.name, config_field.metadata["help"])
-    default = config_field.default if config_field.default is not MISSING else None
     decls = [f"{flag}/--no-{flag[2:]}"] if _option_type(config_field) == Optional[bool] else [flag]
-    option = typer.Option(*decls, help=f"{help_text} (default: {default})", show_default=False, rich_help_panel=_panel(config_field.name))
+    # the default a preset puts in force, not only RunConfig's: --help must not promise what a preset replaces
+    shown_default = "" if config_field.name == "preset" else f" {help_default(config_field.name)}"
+    option = typer.Option(*decls, help=f"{help_text}{shown_default}", show_default=False, rich_help_panel=_panel(config_field.name))
     return inspect.Parameter(config_field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[_option_type(config_field), option])
 
 
@@ -136,7 +138,8 @@ def kfold(
     else:  # a new run (or nothing to resume: the run folder check says so)
         config = make_config(data, **settings)
     run = out or default_run_folder(config)
-    console.print(f"[bold]noisystudent kfold[/] -> {run}  (preset {config.preset}: {DESCRIPTIONS.get(config.preset, 'custom settings')})", highlight=False)
+    console.print(f"[bold]noisystudent kfold[/] -> {run}", highlight=False)
+    console.print(banner(config), highlight=False, soft_wrap=True)
     with RichProgress(console) as progress:
         table = run_kfold(config, run, resume=resume, progress=progress)
     print_results(out, table, run)
@@ -306,7 +309,13 @@ def ensemble_evaluate(
         evaluation = ensemble.evaluate(models, images, tuple(voting or VOTING_RULES), progress=progress, tta=options.tta,
                                        batch_size=options.batch_size, skip_unreadable=options.skip_unreadable, backend=options.backend)
     written = ensemble.write_evaluation(evaluation, out_path)
-    out.print(results_table(evaluation.metrics, f"{data} ({len(images) - len(evaluation.skipped)} images)"))
+    from noisystudent.cli.tables import class_scope, per_class_table
+    from noisystudent.evaluation.metrics import headline_class_rows, one_vs_rest_rows
+
+    main, per_class = headline_class_rows(evaluation.metrics), one_vs_rest_rows(evaluation.metrics)
+    out.print(results_table(main, f"{data} ({len(images) - len(evaluation.skipped)} images): {class_scope(main)}"))
+    if not per_class.empty:
+        out.print(per_class_table(per_class))
     out.print(f"Skipped unreadable images: {len(evaluation.skipped)}")
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
 

@@ -107,7 +107,8 @@ class RunConfig:
     unlabelled: str | None = _opt(None, "Extra folder or CSV of unlabelled images to pseudo-label in every fold.")
     test: str | None = _opt(None, "Labelled data set held out as the outer test set.")
     test_fraction: float = _opt(0.0, "Fraction of patients held out as outer test set when no --test is given.")
-    positive: str = _opt("all", "Name of the positive class for sensitivity, PPV, F1 and AUC.")
+    positive: str = _opt("all", "Positive class of two-class data (sensitivity, PPV, F1 and AUC are about it); optional with more "
+                                "classes, where metrics are per class and macro/weighted averages, and it names the class of patient calls.")
     binary: str | None = _opt(None, "Map classes to a binary task, e.g. 'Benign=negative,rest=positive'.")
     label_map: str | None = _opt(None, "Rename labels first, e.g. 'ALL=all,Hem=hem' for class folders that differ only in case.")
     skip_unreadable: bool = _opt(False, "Skip (and report) unreadable images instead of stopping.")

@@ -24,9 +24,10 @@ from noisystudent.data.manifest import (
     class_names,
     make_manifest,
 )
-from noisystudent.errors import DataError
+from noisystudent.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
+DEFAULT_POSITIVE = RunConfig.__dataclass_fields__["positive"].default  # 'all': C-NMC's blasts
 
 @dataclass
 class RunImages:
@@ -58,10 +59,23 @@ def load_run_images(config: RunConfig, run: Path) -> RunImages:
     check_manifest(combined)
     classes = class_names(combined[combined[SUBSET] == SUBSET_TRAIN])
     _check_labels(combined, classes)
-    if len(classes) == 2:  # fail now rather than after the first epoch
-        positive_index_of(classes, "positive" if config.binary else config.positive)
+    check_positive(config, classes)
     logger.info("data: %d images (%s format), classes %s", len(combined), data_format, ", ".join(classes))
     return RunImages(combined, classes, data_format, skipped)
+
+
+def check_positive(config: RunConfig, classes: list[str]) -> None:
+    """Fail now, not after the first epoch, on a positive class the data does not have.
+
+    Two classes need one (the default 'all' fits C-NMC). With more classes it is
+    optional: the default that names no class means no positive class (macro
+    averages, no patient calls); a class named by the user must exist.
+    """
+    if len(classes) == 2:
+        positive_index_of(classes, "positive" if config.binary else config.positive)
+    elif config.positive not in classes and config.positive != DEFAULT_POSITIVE:
+        raise ConfigError(f"--positive {config.positive!r} is not one of the classes {', '.join(classes)}; "
+                          "name one of them, or leave --positive out for macro averages only.")
 
 
 def _check_labels(manifest: pd.DataFrame, classes: list[str]) -> None:

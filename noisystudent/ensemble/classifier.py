@@ -350,9 +350,10 @@ def evaluate(
         tables.append(_identified(ensemble, member.fold, "", _single_model_table(base, fold_probs.probs[m], ensemble.classes)))
     for rule in rules:
         tables.append(_identified(ensemble, ENSEMBLE, rule, results.vote_table(base, fold_probs.probs, ensemble.classes, rule)))
-    rows = [_metrics_row(t, ensemble) for t in tables]
-    columns = EVAL_ID_COLUMNS + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS
-    return Evaluation(pd.concat(tables, ignore_index=True), pd.DataFrame(rows, columns=columns), fold_probs.skipped)
+    rows = [row for t in tables for row in _metrics_rows(t, ensemble)]
+    columns = EVAL_ID_COLUMNS + [metrics.CLASS_COLUMN] + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS
+    table = metrics.with_integer_counts(pd.DataFrame(rows, columns=columns))
+    return Evaluation(pd.concat(tables, ignore_index=True), table, fold_probs.skipped)
 
 
 def _single_model_table(images: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -371,9 +372,11 @@ def _identified(ensemble: Ensemble, fold: int | str, voting: str, table: pd.Data
     return pd.concat([ids, table], axis=1)
 
 
-def _metrics_row(table: pd.DataFrame, ensemble: Ensemble) -> dict:
-    values = metrics.metrics_from_predictions(table, ensemble.classes, results.evaluation_positive(ensemble.config, ensemble.classes))
-    return {**table.iloc[0][EVAL_ID_COLUMNS].to_dict(), **values}
+def _metrics_rows(table: pd.DataFrame, ensemble: Ensemble) -> list[dict]:
+    """One row per class column value: the positive class, or macro, weighted and each class."""
+    positive = results.evaluation_positive(ensemble.config, ensemble.classes)
+    ident = table.iloc[0][EVAL_ID_COLUMNS].to_dict()
+    return [{**ident, **values} for values in metrics.metric_rows_from_predictions(table, ensemble.classes, positive)]
 
 
 def rows_of(predictions: pd.DataFrame, fold, voting: str) -> pd.DataFrame:

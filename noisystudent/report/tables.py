@@ -24,7 +24,8 @@ VOTING_ORDER = VOTING_RULES  # preferred ensemble for the headline: majority, th
 HEADLINE_METRICS = ("accuracy", "f1", "auc")
 DECIDING_METRICS = ("accuracy", "f1")  # "helped" means better on both
 DISPLAY_NAMES = {"f1": "F1", "f1_weighted": "weighted F1", "auc": "AUC", "ppv": "PPV", "npv": "NPV",
-                 "mcc": "MCC", "balanced_accuracy": "balanced accuracy"}
+                 "mcc": "MCC", "balanced_accuracy": "balanced accuracy", "no_information_rate": "no-information rate",
+                 "kappa": "Cohen's kappa", "n": "images"}
 
 
 @dataclass

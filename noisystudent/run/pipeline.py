@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from noisystudent import atomic, layout, models
+from noisystudent.config.provenance import GIVEN, origin
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import folds as folds_module
 from noisystudent.data import manifest
@@ -126,7 +127,8 @@ def _load_or_assign_folds(run: Path, images: pd.DataFrame, config: RunConfig) ->
     path = run / layout.FOLDS
     if path.exists():
         return folds_module.load_folds(path)
-    return folds_module.assign_folds(images, config.folds, config.split_ratio, config.test_fraction, config.seed)
+    ratio_given = origin(config.to_dict(), "split_ratio") == GIVEN  # warn about the user's ratio, not the preset's
+    return folds_module.assign_folds(images, config.folds, config.split_ratio, config.test_fraction, config.seed, ratio_given)
 
 
 def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress) -> ImageCache:

@@ -9,6 +9,10 @@ table can be rebuilt at any time (and is, at the end of every ``kfold`` run):
   model that did not train on it);
 - ``ensemble``: the K fold models voting on the outer test set, by majority
   and by soft voting, for the teachers and for the final students.
+
+The ``class`` column says which class a row is about: the positive class of a
+two-class run; for more classes ``macro`` and ``weighted`` averages, then one
+one-vs-rest row per class. Counts are written as integers.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from noisystudent.run.tables import read_table
 logger = logging.getLogger(__name__)
 
 VOTING_RULES = VOTING  # every rule, for the ensemble rows
-ID_COLUMNS = [layout.MODEL_KIND, layout.FOLD_COLUMN, layout.ROUND, layout.EVAL_SPLIT, layout.VOTING]
+ID_COLUMNS = [layout.MODEL_KIND, layout.FOLD_COLUMN, layout.ROUND, layout.EVAL_SPLIT, layout.VOTING, metrics.CLASS_COLUMN]
 OOF = "oof"
 AGREEMENT = "agreement"  # fraction of the fold models whose vote equals pred
 ENSEMBLE = "ensemble"
@@ -68,7 +72,7 @@ def write_results(run: Path, config: RunConfig, classes: list[str]) -> pd.DataFr
     rows += ensemble_rows(run, predictions, config, classes, positive)
     table = pd.DataFrame(rows, columns=ID_COLUMNS + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS)
     table = metrics.summarise_folds(table) if not table.empty else table
-    table = _ordered(table)
+    table = metrics.with_integer_counts(_ordered(table))
     atomic.write_csv(layout.results_dir(run) / layout.METRICS, table)
     return table
 
@@ -79,7 +83,7 @@ def per_model_rows(predictions, classes, positive) -> list[dict]:
         for split in ("validation", "test"):
             part = table[table[layout.SPLIT] == split]
             if not part.empty:
-                rows.append(_row(layout.model_kind(round_), fold, round_, split, "", part, classes, positive))
+                rows.extend(_rows(layout.model_kind(round_), fold, round_, split, "", part, classes, positive))
     return rows
 
 
@@ -88,7 +92,7 @@ def pooled_oof_rows(predictions, config, classes, positive) -> list[dict]:
     for round_ in range(config.rounds + 1):
         parts = [t[t[layout.SPLIT] == "validation"] for (f, r), t in predictions.items() if r == round_]
         if len(parts) == config.folds:  # only when every fold has finished
-            rows.append(_row(layout.model_kind(round_), OOF, round_, "validation", "", pd.concat(parts), classes, positive))
+            rows.extend(_rows(layout.model_kind(round_), OOF, round_, "validation", "", pd.concat(parts), classes, positive))
     return rows
 
 
@@ -105,7 +109,7 @@ def ensemble_rows(run, predictions, config, classes, positive) -> list[dict]:
         for rule in VOTING_RULES:
             table = ensemble_table(tests, classes, rule)
             atomic.write_csv(layout.results_dir(run) / f"predictions_{layout.model_kind(round_)}_{rule}.csv", table)
-            rows.append(_row(layout.model_kind(round_), ENSEMBLE, round_, "test", rule, table, classes, positive))
+            rows.extend(_rows(layout.model_kind(round_), ENSEMBLE, round_, "test", rule, table, classes, positive))
     return rows
 
 
@@ -136,10 +140,10 @@ def vote_column(fold: int) -> str:
     return f"vote_fold{fold}"
 
 
-def _row(kind, fold, round_, split, voting, table, classes, positive) -> dict:
-    values = metrics.metrics_from_predictions(table, classes, positive)
-    return {layout.MODEL_KIND: kind, layout.FOLD_COLUMN: fold, layout.ROUND: round_,
-            layout.EVAL_SPLIT: split, layout.VOTING: voting, **values}
+def _rows(kind, fold, round_, split, voting, table, classes, positive) -> list[dict]:
+    """One row per CLASS_COLUMN value (one for two classes; macro, weighted and each class otherwise)."""
+    ident = {layout.MODEL_KIND: kind, layout.FOLD_COLUMN: fold, layout.ROUND: round_, layout.EVAL_SPLIT: split, layout.VOTING: voting}
+    return [{**ident, **values} for values in metrics.metric_rows_from_predictions(table, classes, positive)]
 
 
 SUMMARY_ORDER = ["mean", "variance", OOF, ENSEMBLE]  # after the numbered folds
@@ -156,4 +160,10 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
 def _sort_key(row: pd.Series) -> tuple:
     fold = str(row[layout.FOLD_COLUMN])
     fold_key = (0, int(fold)) if fold.lstrip("-").isdigit() else (1, SUMMARY_ORDER.index(fold) if fold in SUMMARY_ORDER else 9)
-    return (row[layout.EVAL_SPLIT] != "validation", KIND_ORDER.get(row[layout.MODEL_KIND], 2), row[layout.ROUND], fold_key, row[layout.VOTING])
+    return (row[layout.EVAL_SPLIT] != "validation", KIND_ORDER.get(row[layout.MODEL_KIND], 2), row[layout.ROUND], fold_key, row[layout.VOTING],
+            _class_rank(row.get(metrics.CLASS_COLUMN, "")))
+
+
+def _class_rank(name: str) -> int:
+    """macro, then weighted, then the classes in the order they were written (a stable sort keeps it)."""
+    return {metrics.MACRO: 0, metrics.WEIGHTED: 1}.get(str(name), 2)
