@@ -21,6 +21,7 @@ from noisystudent.layout import PRED, VOTE_PREFIX, prob_column
 
 PRIMARY_METRIC = "accuracy"
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
+FEW_UNITS = 10  # below this many patients a bootstrap interval is too coarse to lean on
 BINARY_ONLY = ("sensitivity", "specificity", "ppv", "f1", "auc")  # NaN with more than two classes
 
 
@@ -65,13 +66,16 @@ def compare_predictions(side_a: list[pd.DataFrame], side_b: list[pd.DataFrame], 
               zip(tables, [majority_a] * len(side_a) + [majority_b] * len(side_b))]
     table = paired_bootstrap(truth, scored[:len(side_a)], scored[len(side_a):], groups, n_resamples, seed, level)
     notes = [] if binary else [f"{len(classes)} classes: only accuracy is compared (the others need one positive class)."]
+    n_units = len(np.unique(groups))
+    if n_units < FEW_UNITS:
+        notes.append(f"Only {n_units} {unit}s in the test set: the interval rests on very few independent units.")
     if not binary:
         table.loc[table["metric"].isin(BINARY_ONLY), ["a", "b", "difference", "low", "high"]] = np.nan
     test = None
     if len(side_a) == 1 and len(side_b) == 1:
         labels = as_labels(reference[LABEL])
         test = mcnemar_exact(labels, as_labels(tables[0][PRED]), as_labels(tables[1][PRED]))
-    return Comparison(name_a, name_b, table, unit, len(np.unique(groups)), len(reference), n_resamples, seed, level, test, notes)
+    return Comparison(name_a, name_b, table, unit, n_units, len(reference), n_resamples, seed, level, test, notes)
 
 
 def verdict(comparison: Comparison) -> str:
