@@ -110,9 +110,8 @@ def mcnemar_text(comparison: Comparison) -> str:
 
 
 def comparison_table(comparison: Comparison) -> pd.DataFrame:
-    """The table with the sides named, for CSV files and reports."""
-    table = comparison.table.rename(columns={"a": comparison.name_a, "b": comparison.name_b})
-    return table.assign(unit=comparison.unit, units=comparison.n_units, images=comparison.n_images,
+    """The table with the sides named (a_name, b_name) and the bootstrap's unit, for CSV files and reports."""
+    return comparison.table.assign(a_name=comparison.name_a, b_name=comparison.name_b, unit=comparison.unit, units=comparison.n_units, images=comparison.n_images,
                         seed=comparison.seed, level=comparison.level)
 
 

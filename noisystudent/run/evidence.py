@@ -159,10 +159,9 @@ def comparisons_frame(comparisons: list[Comparison]) -> pd.DataFrame:
     """One row per comparison and metric: sides, difference, interval, McNemar, verdict (on accuracy)."""
     parts = []
     for comparison in comparisons:
-        table = comparison_table(comparison).rename(columns={comparison.name_a: "a", comparison.name_b: "b"})
         test = comparison.mcnemar
-        parts.append(table.assign(
-            a_name=comparison.name_a, b_name=comparison.name_b, verdict=verdict(comparison),
+        parts.append(comparison_table(comparison).assign(
+            verdict=verdict(comparison),
             n_resamples=comparison.n_resamples, mcnemar_p=test.p_value if test else np.nan,
             a_only=test.a_only if test else np.nan, b_only=test.b_only if test else np.nan))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
