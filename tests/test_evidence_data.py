@@ -44,3 +44,23 @@ def test_unlabelled_folder_gets_patient_ids_from_the_regex(tmp_path):
     images = load_run_images(config, tmp_path / "run").manifest
     pool = images[images[SUBSET] == "unlabelled"].set_index(images.loc[images[SUBSET] == "unlabelled", "path"].map(lambda p: p.split("/")[-1]))
     assert pool.loc["p01_9.png", PATIENT] == "P01" and pool.loc["loose.png", PATIENT] == ""
+
+
+def test_offline_imagenet_weights_stop_the_run_before_any_data_is_read(tmp_path, monkeypatch):
+    import time
+
+    from noisystudent.errors import CheckpointError
+    from noisystudent.models import pretrained
+    from noisystudent.run import pipeline
+
+    def offline(url):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(pretrained, "download_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr(pipeline, "load_run_images", lambda *a: pytest.fail("the data was read before the weights"))
+    config = make_config(write_class_folders(tmp_path / "data"), weights="imagenet", patient_regex=PATIENT_REGEX, positive="malignant")
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="could not be downloaded"):
+        pipeline.run_kfold(config, tmp_path / "run")
+    assert time.perf_counter() - started < 5 and not (tmp_path / "run").exists()
