@@ -111,3 +111,15 @@ def test_students_are_built_with_their_dropout_and_stochastic_depth(recorded):
     assert dropouts and max(dropouts) == ctx.config.student_dropout == 0.5
     assert student._global_params.drop_connect_rate == ctx.config.student_drop_connect == 0.2
     assert max(m.p for m in teacher.modules() if isinstance(m, torch.nn.Dropout)) == ctx.config.teacher_dropout
+
+
+def test_select_last_keeps_the_last_epochs_weights_and_best_keeps_the_best():
+    from noisystudent.training.trainer import TrainState, _selected
+
+    model = torch.nn.Linear(2, 2)
+    best = {k: v.clone() + 1 for k, v in model.state_dict().items()}
+    state = TrainState(next_epoch=3, best_score=0.9, best_epoch=1, best_state=best,
+                       history=[{layout.EPOCH: e} for e in (1, 2, 3)])
+    kept = _selected(make_config("/d", select="last"), state, model)
+    assert kept.best_epoch == 3 and torch.equal(kept.best_state["weight"], model.weight)
+    assert _selected(make_config("/d", select="best"), state, model) is state
