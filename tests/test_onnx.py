@@ -25,8 +25,8 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the onn
 pytest.importorskip("onnx", reason="onnx is not installed (the onnx extra)")
 
 from helpers import REPO  # noqa: E402
-from noisystudent.cli import app  # noqa: E402
 
+from noisystudent.cli import app  # noqa: E402
 from noisystudent.config.run_config import RunConfig  # noqa: E402
 from noisystudent.data import prefetch  # noqa: E402
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed  # noqa: E402

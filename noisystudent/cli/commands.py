@@ -174,6 +174,34 @@ def report(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
     out.print(f"Report written to {path}")
 
 
+@app.command()
+@user_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The reference run folder (A).")],
+    run_b: Annotated[Path, typer.Argument(help="The run folder compared with it (B), evaluated on the same outer test set.")],
+    models: Annotated[str, typer.Option(help="Ensembles to compare: student (final students) or teacher.")] = "student",
+    voting: Annotated[str, typer.Option(help="Ensemble rule: majority or soft.")] = "majority",
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
+    out_csv: Annotated[Optional[Path], typer.Option("--out", help="Also write the table to this CSV file.")] = None,
+) -> None:
+    """B minus A on the shared outer test set: paired bootstrap over patients (95% intervals) and McNemar's exact test."""
+    from noisystudent.cli.tables import print_comparison
+    from noisystudent.evaluation.comparison import comparison_table
+    from noisystudent.run.evidence import compare_runs
+
+    if models not in ("student", "teacher") or voting not in ("majority", "soft"):
+        raise typer.BadParameter("--models must be student or teacher and --voting majority or soft.")
+    comparison = compare_runs(run_a, run_b, voting=voting, models=models, seed=seed)
+    print_comparison(comparison, out)
+    if out_csv is not None:
+        from noisystudent.atomic import write_csv
+        from noisystudent.safe_paths import check_output_file
+
+        check_output_file(out_csv, flag="--out")
+        write_csv(out_csv, comparison_table(comparison))
+        out.print(f"Table written to {out_csv}")
+
+
 @data_app.command("inspect")
 @user_errors
 def data_inspect(

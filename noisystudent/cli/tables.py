@@ -31,6 +31,7 @@ def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None 
         return
     main, per_class = headline_class_rows(table), one_vs_rest_rows(table)
     for split, title in (("validation", "Validation parts (out-of-fold)"), ("test", "Outer test set")):
+        title = _biased_title(table, split, title)
         part = main[(main[layout.EVAL_SPLIT] == split) & ~main[layout.FOLD_COLUMN].astype(str).isin(HIDDEN_FOLDS)]
         if not part.empty:
             console.print(results_table(part, f"{title}: {class_scope(part)}"))
@@ -74,6 +75,33 @@ def per_class_table(rows: pd.DataFrame) -> Table:
         support = "" if pd.isna(row["tp"]) else f"{int(row['tp']) + int(row['fn'])}"
         table.add_row(model_name(row), VOTE_SHORT.get(row[layout.VOTING], row[layout.VOTING] or "-"), str(row[CLASS_COLUMN]), support, *[_fmt(row[m]) for m in PER_CLASS_SHOWN])
     return table
+def _biased_title(table: pd.DataFrame, split: str, title: str) -> str:
+    """The title, marked when the rows' models were selected on these very images."""
+    marks = table.loc[table[layout.EVAL_SPLIT] == split, layout.SELECTION_BIASED] if layout.SELECTION_BIASED in table else []
+    if len(marks) and marks.astype(bool).any():
+        return f"{title}: SELECTION-BIASED (each model's best epoch was chosen on these images)"
+    return title
+
+
+def print_comparison(comparison, console: Console) -> None:
+    """The paired-bootstrap table of ``noisystudent compare`` and its verdict."""
+    from noisystudent.evaluation.comparison import interval_text, mcnemar_text, verdict
+
+    table = Table(title=f"{comparison.name_b} minus {comparison.name_a}", box=box.SIMPLE_HEAD)
+    for column in ("metric", "A", "B", "B - A", f"{100 * comparison.level:g}% interval", "resamples"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for _, row in comparison.table.iterrows():
+        table.add_row(row["metric"], _fmt(row["a"]), _fmt(row["b"]), _signed(row["difference"]),
+                      f"{_signed(row['low'])} to {_signed(row['high'])}", str(row["resamples"]))
+    console.print(table)
+    console.print(f"{interval_text(comparison)}; {mcnemar_text(comparison)}" if comparison.mcnemar else interval_text(comparison))
+    console.print(f"Verdict on accuracy: {verdict(comparison)}.")
+    for note in comparison.notes:
+        console.print(f"Note: {note}")
+
+
+def _signed(value) -> str:
+    return "-" if pd.isna(value) else f"{value:+.3f}"
 
 
 def results_table(part: pd.DataFrame, title: str) -> Table:

@@ -83,7 +83,10 @@ def assign_folds(
     frame = manifest[[PATH, LABEL, PATIENT, SUBSET]].reset_index(drop=True).copy()
     per_image = _add_groups(frame)
     train = frame[frame[SUBSET] == SUBSET_TRAIN]
-    held_out = _hold_out_test(train, test_fraction, n_folds, seed)
+    has_test = (frame[SUBSET] == SUBSET_TEST).any()
+    if has_test and test_fraction > 0:
+        log.info("The data has its own outer test set, so test_fraction %g holds out nothing more.", test_fraction)
+    held_out = set() if has_test else _hold_out_test(train, test_fraction, n_folds, seed)
     train = train[~train[_GROUP].isin(held_out)]
     _check_patients_per_class(train, n_folds, per_image)
     group_class = _patient_classes(train)
@@ -103,12 +106,14 @@ def assign_folds(
 
 
 def check_no_patient_leakage(folds: pd.DataFrame) -> None:
-    """Raise DataError if a patient has two of labelled/unlabelled/validation/test in a fold.
+    """Raise DataError if a patient has two of labelled/unlabelled/validation/test in a fold,
+    or is in the unlabelled pool and also validation or test (students would train on their images).
 
-    Test rows (fold SHARED_FOLD) count for every fold. Rows without a patient
-    id cannot be checked and are ignored.
+    Test and pool rows (fold SHARED_FOLD) count for every fold. Rows without a
+    patient id cannot be checked and are ignored.
     """
     known = folds[folds[PATIENT] != ""]
+    _check_pool_patients(known)
     test = known[known[ROLE] == ROLE_TEST]
     fold_ids = sorted(int(k) for k in known[FOLD].unique() if int(k) != SHARED_FOLD)
     checked = known[known[ROLE].isin([ROLE_LABELLED, ROLE_UNLABELLED, ROLE_VALIDATION])]
@@ -120,6 +125,15 @@ def check_no_patient_leakage(folds: pd.DataFrame) -> None:
         (fold, patient), both = crossing.index[0], crossing.iloc[0]
         where = "the test set" if int(fold) == SHARED_FOLD else f"fold {fold}"
         raise DataError(f"Patient {patient!r} appears as both {both[0]} and {both[1]} in {where}.")
+
+
+def _check_pool_patients(known: pd.DataFrame) -> None:
+    pool = set(known.loc[known[ROLE] == ROLE_POOL, PATIENT])
+    evaluated = known[known[ROLE].isin([ROLE_VALIDATION, ROLE_TEST]) & known[PATIENT].isin(pool)]
+    if not evaluated.empty:
+        row = evaluated.sort_values([PATIENT, ROLE]).iloc[0]
+        raise DataError(f"Patient {row[PATIENT]!r} appears as both pool (unlabelled) and {row[ROLE]}; "
+                        "remove that patient's images from the unlabelled data.")
 
 
 def save_folds(folds: pd.DataFrame, path: Path) -> None:

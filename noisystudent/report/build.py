@@ -17,14 +17,15 @@ import pandas as pd
 from noisystudent.atomic import write_text
 from noisystudent.data.manifest import LABEL
 from noisystudent.errors import RunFolderError
-from noisystudent.layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SPLIT, STUDENT, TEACHER, prob_column
 from noisystudent.evaluation.baseline import no_information_warnings
-from noisystudent.report import plots
+from noisystudent.layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SPLIT, STUDENT, TEACHER, prob_column
+from noisystudent.report import evidence, plots
 from noisystudent.report.class_tables import patient_table, per_class_table, scope_sentence
 from noisystudent.report.data_section import data_caption, fold_parts_table, has_patients, parts_table
+from noisystudent.report.evidence import read_comparisons
 from noisystudent.report.html import FigureEntry, TableEntry, render_page, table_html
-from noisystudent.report.settings_section import settings_section
 from noisystudent.report.run_reader import RunContents, load_run
+from noisystudent.report.settings_section import settings_section
 from noisystudent.report.tables import (
     TEST,
     VALIDATION,
@@ -59,13 +60,14 @@ def write_report(run: Path) -> Path:
     data = load_run(run)
     folder.mkdir(exist_ok=True)
     figures = []
-    for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, helped_figures):
+    for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, pseudo_quality_figures, helped_figures):
         try:
             figures.extend(step(data, folder))
         except (KeyError, ValueError, TypeError) as error:  # a malformed table costs one figure, not the report
             log.exception("%s failed", step.__name__)
             data.notes.append(f"The {step.__name__.replace('_', ' ')} could not be drawn ({type(error).__name__}: {error}).")
-    page = render_page(f"Noisy Student report: {run.name}", data.config, headline(data.metrics), data.notes,
+    sentence = headline(data.metrics, read_comparisons(run), data.config.get("voting", "majority"))
+    page = render_page(f"Noisy Student report: {run.name}", data.config, sentence, data.notes,
                        report_tables(data), figures, warnings=no_information_warnings(data.metrics),
                        before=[settings_section(data.config), data_html(data)], after=[patient_html(data)])
     write_text(folder / PAGE, page)
@@ -239,6 +241,10 @@ def pseudo_label_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     return [FigureEntry("pseudo_confidence.png", "Pseudo-label confidence",
                         "Confidence (top probability) of the pseudo-labels each round's models gave the next round's "
                         "students, all folds pooled, stacked by predicted class; before balancing copies.")]
+
+
+def pseudo_quality_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
+    return evidence.pseudo_quality_figures(data.metrics, folder)
 
 
 def helped_figures(data: RunContents, folder: Path) -> list[FigureEntry]:

@@ -34,7 +34,7 @@ from noisystudent.device import amp_dtype, resolve_device
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import pseudo_labels, results
+from noisystudent.run import evidence, pseudo_labels, results
 from noisystudent.run.folder import check_run_folder, lock_run_folder, write_config
 from noisystudent.run.preflight import check_before_writing
 from noisystudent.training import backends
@@ -75,6 +75,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
         logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
         data = load_run_images(config, run)
         fold_table = _load_or_assign_folds(run, data.manifest, config)  # before config.json: may refuse the data
+        evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
         write_config(run, config, fingerprint_files(data.manifest[manifest.PATH].tolist()))
         if not (run / layout.FOLDS).exists():
             folds_module.save_folds(fold_table, run / layout.FOLDS)
