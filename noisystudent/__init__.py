@@ -49,6 +49,10 @@ _EXPORTS = {
     "binary_metrics": "noisystudent.evaluation.metrics",
     "multiclass_metrics": "noisystudent.evaluation.metrics",
     "vote": "noisystudent.evaluation.voting",
+    "paired_bootstrap": "noisystudent.evaluation.statistics",
+    "mcnemar_exact": "noisystudent.evaluation.statistics",
+    "compare_predictions": "noisystudent.evaluation.comparison",
+    "compare_runs": "noisystudent.run.evidence",
     # report
     "write_report": "noisystudent.report",
     # errors a user can cause

@@ -78,6 +78,13 @@ FOLD_COLUMN = "fold"  # 0..K-1, or "mean", "variance", "ensemble"
 ROUND = "round"
 EVAL_SPLIT = "split"  # validation (out-of-fold) or test
 VOTING = "voting"  # empty for single models, majority or soft for ensembles
+# Honesty of a row: how its models were selected, and whether the selection saw these images.
+SELECTION = "selection"  # "best epoch" or "last epoch" (empty for rows of no model)
+SELECTION_BIASED = "selection_biased"  # True where the best epoch was chosen on the row's images
+FOLDS_AVERAGED = "folds_averaged"  # mean/variance rows: how many fold rows they summarise
+AUC_FROM = "auc_from"  # "probability", "vote fraction", or empty when there is no AUC
+VOTE_PREFIX = "vote_fold"  # ensemble tables: vote_fold<k> is fold model k's vote
+MASKED = "masked"  # metrics.csv split of pseudo-label quality against the masked part's hidden labels
 
 
 def fold_dir(run: Path, fold: int) -> Path:

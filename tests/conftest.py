@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import helpers
 import pytest
 import torch
+
+# Exported ONNX graphs (onnx_backend.cache_dir) go to a temporary folder, not the user's ~/.cache.
+os.environ.setdefault("NOISYSTUDENT_CACHE_DIR", tempfile.mkdtemp(prefix="noisystudent-test-cache-"))
 
 # Tiny tensors run faster on one thread, and a busy 2-core machine stops thrashing.
 torch.set_num_threads(1)

@@ -145,7 +145,8 @@ def test_a_full_disk_while_building_the_cache_is_one_sentence_and_the_run_resume
     data = write_class_folders(tmp_path / "data", patients_per_class=2, images_per_patient=2, size=(16, 16))
     run = tmp_path / "run"
     flags = ["--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--epochs", "1",
-             "--image-size", "16", "--weights", "none", "--arch", "resnet18", "--device", "cpu", "--workers", "1", "--quiet"]
+             "--image-size", "16", "--weights", "none", "--arch", "resnet18", "--device", "cpu", "--workers", "1", "--quiet",
+             "--test-fraction", "0"]  # 2 patients per class: no outer test set
     monkeypatch.setattr(cache.os, "posix_fallocate", _no_space)
     with torch_threads(1):
         full = CliRunner().invoke(app, ["kfold", str(data), "--out", str(run), *flags])

@@ -232,3 +232,35 @@ def test_fold_frame_selects_fold_and_role():
     assert list(part.index) == list(range(len(part)))
     with pytest.raises(ValueError):
         fold_frame(folds, 0, "training")
+
+
+def test_test_fraction_holds_out_nothing_when_the_data_has_a_test_set():
+    frame = pd.concat([manifest(), manifest(patients=2, subset="test", prefix="t")], ignore_index=True)
+    folds = assign_folds(frame, n_folds=5, test_fraction=0.2)
+    test = folds[folds[ROLE] == ROLE_TEST]
+    assert set(test[PATIENT]) == {"tA0", "tA1", "tH0", "tH1"}  # only the given test set
+
+
+def test_test_fraction_hold_out_is_class_stratified_and_patient_disjoint():
+    folds = assign_folds(manifest(), n_folds=5, test_fraction=0.2, seed=0)
+    test = folds[folds[ROLE] == ROLE_TEST]
+    assert test.groupby(LABEL)[PATIENT].nunique().to_dict() == {"all": 4, "hem": 4}
+    assert not set(test[PATIENT]) & set(folds.loc[folds[FOLD] != SHARED_FOLD, PATIENT])
+
+
+@pytest.mark.parametrize("role_of_twin", ["test", "validation"])
+def test_pool_patient_who_is_also_evaluated_is_leakage(role_of_twin):
+    folds = assign_folds(manifest(), n_folds=5, test_fraction=0.2, seed=0)
+    evaluated = folds[folds[ROLE] == role_of_twin].iloc[0]
+    pool = pd.DataFrame([{PATH: "/pool/x.png", LABEL: "", PATIENT: evaluated[PATIENT], "subset": "unlabelled",
+                          FOLD: SHARED_FOLD, ROLE: ROLE_POOL}])
+    with pytest.raises(DataError, match=rf"Patient '{evaluated[PATIENT]}' appears as both pool \(unlabelled\) and {role_of_twin}"):
+        check_no_patient_leakage(pd.concat([folds, pool], ignore_index=True))
+
+
+def test_pool_patient_seen_only_in_training_parts_is_allowed():
+    folds = assign_folds(manifest(), n_folds=5, test_fraction=0.2, seed=0)
+    never_evaluated = set(folds[PATIENT]) - set(folds.loc[folds[ROLE].isin([ROLE_VALIDATION, ROLE_TEST]), PATIENT])
+    assert not never_evaluated  # every training patient is validation in some fold ...
+    pool = pd.DataFrame([{PATH: "/pool/x.png", LABEL: "", PATIENT: "NEW", "subset": "unlabelled", FOLD: SHARED_FOLD, ROLE: ROLE_POOL}])
+    check_no_patient_leakage(pd.concat([folds, pool], ignore_index=True))  # ... so only new patients may be pool

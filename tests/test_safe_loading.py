@@ -31,7 +31,7 @@ from noisystudent.run.folder import write_config
 FLAGS = [
     "--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--rounds", "1", "--epochs", "1",
     "--image-size", "32", "--batch-size", "8", "--weights", "none", "--arch", "resnet18", "--device", "cpu",
-    "--workers", "1", "--quiet",
+    "--workers", "1", "--test-fraction", "0", "--quiet",  # 2 patients per class: no outer test set
 ]
 
 

@@ -11,7 +11,7 @@ import sys
 # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made
 # the demo 4x slower (707 s vs 155 s, scripts/bench_demo.sh); set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -22,6 +22,7 @@ from rich.logging import RichHandler
 from noisystudent import __version__
 from noisystudent.cli.progress import RichProgress
 from noisystudent.config.presets import DESCRIPTIONS
+from noisystudent.config.provenance import banner, help_default
 from noisystudent.config.run_config import RunConfig
 from noisystudent.config.settings import default_run_folder, make_config, resume_config
 from noisystudent.errors import UserError, os_error_sentence
@@ -81,7 +82,7 @@ def root(version: Annotated[bool, typer.Option("--version", help="Print the vers
 # --- kfold: one option per RunConfig field, generated so that help and config never drift apart ---
 
 KFOLD_SKIP = {"data"}  # the positional argument
-PSEUDO_FLAGS = {"preset": "Preset: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()) + "."}
+PSEUDO_FLAGS = {"preset": "Preset (default: cnmc-study with DATA, demo without): " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()) + "."}
 
 
 def _option_type(config_field) -> Any:
@@ -97,9 +98,10 @@ def _option_type(config_field) -> Any:
 def _option(config_field) -> inspect.Parameter:
     flag = "--" + config_field.name.replace("_", "-")
     help_text = PSEUDO_FLAGS.get(config_field.name, config_field.metadata["help"])
-    default = config_field.default if config_field.default is not MISSING else None
     decls = [f"{flag}/--no-{flag[2:]}"] if _option_type(config_field) == Optional[bool] else [flag]
-    option = typer.Option(*decls, help=f"{help_text} (default: {default})", show_default=False, rich_help_panel=_panel(config_field.name))
+    # the default a preset puts in force, not only RunConfig's: --help must not promise what a preset replaces
+    shown_default = "" if config_field.name == "preset" else f" {help_default(config_field.name)}"
+    option = typer.Option(*decls, help=f"{help_text}{shown_default}", show_default=False, rich_help_panel=_panel(config_field.name))
     return inspect.Parameter(config_field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[_option_type(config_field), option])
 
 
@@ -137,7 +139,8 @@ def kfold(
     else:  # a new run (or nothing to resume: the run folder check says so)
         config = make_config(data, **settings)
     run = out or default_run_folder(config)
-    console.print(f"[bold]noisystudent kfold[/] -> {run}  (preset {config.preset}: {DESCRIPTIONS.get(config.preset, 'custom settings')})", highlight=False)
+    console.print(f"[bold]noisystudent kfold[/] -> {run}", highlight=False)
+    console.print(banner(config), highlight=False, soft_wrap=True)
     with RichProgress(console) as progress:
         table = run_kfold(config, run, resume=resume, progress=progress)
     print_results(out, table, run, headline=headline(table))
@@ -170,6 +173,34 @@ def report(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
 
     path = write_report(run)
     out.print(f"Report written to {path}")
+
+
+@app.command()
+@user_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The reference run folder (A).")],
+    run_b: Annotated[Path, typer.Argument(help="The run folder compared with it (B), evaluated on the same outer test set.")],
+    models: Annotated[str, typer.Option(help="Ensembles to compare: student (final students) or teacher.")] = "student",
+    voting: Annotated[str, typer.Option(help="Ensemble rule: majority or soft.")] = "majority",
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
+    out_csv: Annotated[Optional[Path], typer.Option("--out", help="Also write the table to this CSV file.")] = None,
+) -> None:
+    """B minus A on the shared outer test set: paired bootstrap over patients (95% intervals) and McNemar's exact test."""
+    from noisystudent.cli.tables import print_comparison
+    from noisystudent.evaluation.comparison import comparison_table
+    from noisystudent.run.evidence import compare_runs
+
+    if models not in ("student", "teacher") or voting not in ("majority", "soft"):
+        raise typer.BadParameter("--models must be student or teacher and --voting majority or soft.")
+    comparison = compare_runs(run_a, run_b, voting=voting, models=models, seed=seed)
+    print_comparison(comparison, out)
+    if out_csv is not None:
+        from noisystudent.atomic import write_csv
+        from noisystudent.safe_paths import check_output_file
+
+        check_output_file(out_csv, flag="--out")
+        write_csv(out_csv, comparison_table(comparison))
+        out.print(f"Table written to {out_csv}")
 
 
 @data_app.command("inspect")
@@ -216,6 +247,7 @@ class EnsembleOptions:
     batch_size: Optional[int]
     device: str
     skip_unreadable: bool
+    backend: str
 
 
 def _keyword(name: str, default: Any, annotation: Any) -> inspect.Parameter:
@@ -231,6 +263,8 @@ ENSEMBLE_OPTIONS = [
     _keyword("device", "auto", Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]),
     _keyword("skip_unreadable", False, Annotated[bool, typer.Option(
         "--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")]),
+    _keyword("backend", "auto", Annotated[str, typer.Option(
+        help="auto (ONNX Runtime on a CPU when the onnx extra is installed, else PyTorch), onnx or torch.")]),
     _keyword("quiet", False, Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")]),
 ]
 
@@ -241,9 +275,9 @@ def ensemble_command(name: str):
     def register(command):
         @functools.wraps(command)
         def wrapper(*args: Any, models: str, tta: Optional[str], batch_size: Optional[int], device: str,
-                    skip_unreadable: bool, quiet: bool, **kwargs: Any) -> None:
+                    skip_unreadable: bool, backend: str, quiet: bool, **kwargs: Any) -> None:
             setup_logging(quiet)
-            return command(*args, options=EnsembleOptions(models, tta, batch_size, device, skip_unreadable), **kwargs)
+            return command(*args, options=EnsembleOptions(models, tta, batch_size, device, skip_unreadable, backend), **kwargs)
 
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
         wrapper.__signature__ = inspect.Signature(own + ENSEMBLE_OPTIONS)
@@ -274,7 +308,7 @@ def ensemble_predict(
     models = ensemble.load_ensemble(run, options.models, options.device)
     with RichProgress(console) as progress:
         prediction = ensemble.predict(models, images, voting, progress=progress, tta=options.tta, batch_size=options.batch_size,
-                                      skip_unreadable=options.skip_unreadable)
+                                      skip_unreadable=options.skip_unreadable, backend=options.backend)
     written = ensemble.write_prediction(prediction, out_path)
     print_prediction_summary(out, prediction, models, voting)
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
@@ -302,11 +336,44 @@ def ensemble_evaluate(
     images = ensemble.read_labelled(models, data, data_format, patient_regex)
     with RichProgress(console) as progress:
         evaluation = ensemble.evaluate(models, images, tuple(voting or VOTING_RULES), progress=progress, tta=options.tta,
-                                       batch_size=options.batch_size, skip_unreadable=options.skip_unreadable)
+                                       batch_size=options.batch_size, skip_unreadable=options.skip_unreadable, backend=options.backend)
     written = ensemble.write_evaluation(evaluation, out_path)
-    out.print(results_table(evaluation.metrics, f"{data} ({len(images) - len(evaluation.skipped)} images)"))
+    from noisystudent.cli.tables import class_scope, per_class_table
+    from noisystudent.evaluation.metrics import headline_class_rows, one_vs_rest_rows
+
+    main, per_class = headline_class_rows(evaluation.metrics), one_vs_rest_rows(evaluation.metrics)
+    out.print(results_table(main, f"{data} ({len(images) - len(evaluation.skipped)} images): {class_scope(main)}"))
+    if not per_class.empty:
+        out.print(per_class_table(per_class))
     out.print(f"Skipped unreadable images: {len(evaluation.skipped)}")
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
+
+
+@ensemble_app.command("export")
+@user_errors
+def ensemble_export(
+    run: RunArgument,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = Path("ensemble.onnx"),
+    voting: Annotated[Optional[str], typer.Option(help="majority or soft (default: the run's --voting).", show_default=False)] = None,
+    models: Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")] = "students",
+    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation inside the graph (default: the run's).", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")] = False,
+) -> None:
+    """Export the K fold models of RUN, their normalisation and the vote as one ONNX file (docs/onnx.md)."""
+    from noisystudent.ensemble import classifier as ensemble
+    from noisystudent.errors import ConfigError
+    from noisystudent.training import onnx_backend, onnx_export
+
+    setup_logging(quiet)
+    if not onnx_backend.available():
+        raise ConfigError(f"Exporting needs onnx and onnxruntime; {onnx_backend.INSTALL_HINT}.")
+    ensemble.check_options(models, tta, None, [voting] if voting else [], "cpu")
+    ensemble.check_outputs(out_path, run, [], out_path)
+    models_ = ensemble.load_ensemble(run, models, "cpu")
+    rule, tta_mode = ensemble.checked_rule(voting or models_.config.voting), ensemble.checked_tta(tta or models_.config.tta)
+    onnx_export.write_export(onnx_export.export_ensemble_bytes(models_, tta_mode, rule), out_path)
+    out.print(f"Written: {out_path} ({len(models_.members)} {models_.kind}s, {rule} voting, tta {tta_mode}, "
+              f"{models_.spec.image_size} px; run it with scripts/onnx_predict.py)", highlight=False)
 
 
 def main() -> None:

@@ -10,13 +10,21 @@ from rich.console import Console
 from rich.table import Table
 
 from noisystudent import layout
+from noisystudent.evaluation.baseline import no_information_warnings
+from noisystudent.evaluation.metrics import CLASS_COLUMN, headline_class_rows, one_vs_rest_rows
 
-SHOWN = {"accuracy": "acc", "sensitivity": "sens", "specificity": "spec", "ppv": "ppv", "npv": "npv", "f1": "f1", "auc": "auc"}
+# NPV is left to metrics.csv: with NIR and kappa, the table must still fit 80 columns
+SHOWN = {"accuracy": "acc", "no_information_rate": "NIR", "kappa": "kappa", "sensitivity": "sens", "specificity": "spec",
+         "ppv": "ppv", "f1": "f1", "auc": "auc"}
+PER_CLASS_SHOWN = {"sensitivity": "sens", "specificity": "spec", "ppv": "ppv", "npv": "npv", "f1": "f1", "auc": "auc"}
 FOLD_LABELS = {"majority": "ens maj", "soft": "ens soft"}
+VOTE_SHORT = {"majority": "maj", "soft": "soft"}
 HIDDEN_FOLDS = ("variance",)  # in metrics.csv; the table shows the mean only
 # The console shows one table: the outer test set when there is one (validation numbers are
 # selection-biased and live in metrics.csv and the report), else the validation parts.
-SPLIT_TITLES = (("test", "Outer test set"), ("validation", "Validation parts (out-of-fold, selection-biased)"))
+SPLIT_TITLES = (("test", "Outer test set"), ("validation", "Validation parts (out-of-fold)"))
+LEGEND = ("NIR: no-information rate, the accuracy of always answering the commonest class; "
+          "kappa: Cohen's kappa (0 = chance agreement).")
 
 
 def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None = None, headline: str | None = None) -> None:
@@ -25,18 +33,86 @@ def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None 
     if table.empty:
         console.print("No finished models yet.")
         return
-    shown = table[~table[layout.FOLD_COLUMN].astype(str).isin(HIDDEN_FOLDS)]
-    split, title = next(((s, t) for s, t in SPLIT_TITLES if (shown[layout.EVAL_SPLIT] == s).any()), SPLIT_TITLES[-1])
-    console.print(results_table(shown[shown[layout.EVAL_SPLIT] == split], title))
+    main, per_class = headline_class_rows(table), one_vs_rest_rows(table)
+    main = main[~main[layout.FOLD_COLUMN].astype(str).isin(HIDDEN_FOLDS)]
+    split, title = next(((s, t) for s, t in SPLIT_TITLES if (main[layout.EVAL_SPLIT] == s).any()), SPLIT_TITLES[-1])
+    part = main[main[layout.EVAL_SPLIT] == split]
+    if not part.empty:
+        console.print(results_table(part, f"{_biased_title(table, split, title)}: {class_scope(part)}"))
+    if not per_class.empty:
+        console.print(per_class_table(per_class))
+    console.print(LEGEND, highlight=False)
+    for sentence in no_information_warnings(table):
+        console.print(f"[bold yellow]Warning:[/] {sentence}", highlight=False)
     if headline:
         console.print(headline, highlight=False, soft_wrap=True)
     console.print(f"All rows, with variances: {Path(run) / layout.RESULTS / layout.METRICS}")
     console.print(f"Plots and tables: noisystudent report {run}")
 
 
+def class_scope(rows: pd.DataFrame) -> str:
+    """What the class-dependent columns are about: the positive class, or macro averages."""
+    names = set(rows[CLASS_COLUMN].astype(str)) if CLASS_COLUMN in rows.columns else set()
+    if names == {"macro"}:
+        return "sens, spec, ppv, f1 and auc are macro averages (unweighted means over the classes of one-vs-rest values)"
+    if len(names) == 1:
+        positive = names.pop()
+        return f"positive class {positive}; auc is the ROC AUC of {positive} against the rest"
+    return "every class"
+
+
+def per_class_table(rows: pd.DataFrame) -> Table:
+    """One-vs-rest rows of each class for the ensembles (or the pooled out-of-fold models without a test set)."""
+    folds = rows[layout.FOLD_COLUMN].astype(str)
+    chosen = rows[folds == "ensemble"] if (folds == "ensemble").any() else rows[folds == "oof"]
+    where = "outer test set, ensembles" if (folds == "ensemble").any() else "out-of-fold validation, folds pooled"
+    table = Table(title=f"Each class against the rest ({where}); images: of that class; auc: one-vs-rest ROC AUC",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 0))
+    for column in ("model", "vote", "class", "images"):
+        table.add_column(column, justify="right" if column == "images" else "left", no_wrap=column != "class")
+    for short in PER_CLASS_SHOWN.values():
+        table.add_column(short, justify="right", no_wrap=True, min_width=5)
+    previous = None
+    for _, row in chosen.iterrows():
+        key = (row[layout.ROUND], row[layout.VOTING])
+        if previous is not None and key != previous:
+            table.add_section()
+        previous = key
+        support = "" if pd.isna(row["tp"]) else f"{int(row['tp']) + int(row['fn'])}"
+        table.add_row(model_name(row), VOTE_SHORT.get(row[layout.VOTING], row[layout.VOTING] or "-"), str(row[CLASS_COLUMN]), support, *[_fmt(row[m]) for m in PER_CLASS_SHOWN])
+    return table
+def _biased_title(table: pd.DataFrame, split: str, title: str) -> str:
+    """The title, marked when the rows' models were selected on these very images."""
+    marks = table.loc[table[layout.EVAL_SPLIT] == split, layout.SELECTION_BIASED] if layout.SELECTION_BIASED in table else []
+    if len(marks) and marks.astype(bool).any():
+        return f"{title}: SELECTION-BIASED (each model's best epoch was chosen on these images)"
+    return title
+
+
+def print_comparison(comparison, console: Console) -> None:
+    """The paired-bootstrap table of ``noisystudent compare`` and its verdict."""
+    from noisystudent.evaluation.comparison import interval_text, mcnemar_text, verdict
+
+    table = Table(title=f"{comparison.name_b} minus {comparison.name_a}", box=box.SIMPLE_HEAD)
+    for column in ("metric", "A", "B", "B - A", f"{100 * comparison.level:g}% interval", "resamples"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for _, row in comparison.table.iterrows():
+        table.add_row(row["metric"], _fmt(row["a"]), _fmt(row["b"]), _signed(row["difference"]),
+                      f"{_signed(row['low'])} to {_signed(row['high'])}", str(row["resamples"]))
+    console.print(table)
+    console.print(f"{interval_text(comparison)}; {mcnemar_text(comparison)}" if comparison.mcnemar else interval_text(comparison))
+    console.print(f"Verdict on accuracy: {verdict(comparison)}.")
+    for note in comparison.notes:
+        console.print(f"Note: {note}")
+
+
+def _signed(value) -> str:
+    return "-" if pd.isna(value) else f"{value:+.3f}"
+
+
 def results_table(part: pd.DataFrame, title: str) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=True)
-    for column, width in (("model", 8), ("fold", 8), ("n", 4)):
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 0))
+    for column, width in (("model", 7), ("fold", 8), ("n", 4)):
         table.add_column(column, justify="right" if column == "n" else "left", no_wrap=True, min_width=width)
     for short in SHOWN.values():
         table.add_column(short, justify="right", no_wrap=True, min_width=5)
@@ -49,16 +125,18 @@ def results_table(part: pd.DataFrame, title: str) -> Table:
         fold = FOLD_LABELS.get(row[layout.VOTING], str(row[layout.FOLD_COLUMN]))
         style = "bold" if row[layout.FOLD_COLUMN] in ("mean", "ensemble", "oof") else None
         n = "" if pd.isna(row["n"]) else f"{row['n']:.0f}"
-        table.add_row(name, fold, n, *[_fmt(row[m]) for m in SHOWN], style=style)
+        table.add_row(name, fold, n, *[_fmt(row.get(m)) for m in SHOWN], style=style)
     return table
 
 
 def model_name(row) -> str:
-    return layout.model_label(row[layout.ROUND])
+    """'teacher' or 'student r2': short enough for an 80-column terminal."""
+    round_ = int(row[layout.ROUND])
+    return layout.TEACHER if round_ == 0 else f"{layout.STUDENT} r{round_}"
 
 
 def _fmt(value) -> str:
-    return "-" if pd.isna(value) else f"{value:.3f}"
+    return "-" if value is None or pd.isna(value) else f"{value:.3f}"
 
 
 def print_inspection(console: Console, report) -> None:

@@ -23,3 +23,4 @@ FREEZE = ("none", "backbone")
 VOTING = ("majority", "soft")
 AMP = ("auto", "bf16", "fp16", "off")
 SELECT_METRICS = ("accuracy", "f1", "balanced_accuracy", "loss", "auc")
+SELECT = ("best", "last")  # keep the best epoch on validation (selection-biased there) or the last one

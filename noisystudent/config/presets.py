@@ -8,11 +8,13 @@ from noisystudent.errors import ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The C-NMC student study's protocol: 5 folds, 2:2:1, SGD lr 1e-3, batch 15, x0.1 every
-    # 7 epochs, 50 epochs, 3 rounds, students on hard pseudo-labels only, majority vote.
+    # 7 epochs, 50 epochs, 3 rounds, students on hard pseudo-labels only, majority vote, no unlabelled
+    # pool (the study pseudo-labelled only the masked part), 20 % of patients held out when DATA has no test set.
     # These are RunConfig's own defaults, so the preset changes nothing.
     "cnmc-study": {},
-    # Xie et al. 2020: students on labelled + soft pseudo-labels, balanced pseudo-labelled classes.
-    "noisy-student": {"student_data": "both", "pseudo_mode": "soft", "pseudo_balance": True},
+    # Xie et al. 2020: students on labelled + soft pseudo-labels, balanced pseudo-labelled classes, extra
+    # unlabelled images, RandAugment (2 operations per sample; see training/augment.py for the magnitude).
+    "noisy-student": {"student_data": "both", "pseudo_mode": "soft", "pseudo_balance": True, "pool": True, "randaugment": True},
     # The built-in demo: synthetic cells, small and fast enough for a 2-core CPU in minutes.
     "demo": {
         "student_data": "both", "pseudo_mode": "soft",
@@ -32,7 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 DESCRIPTIONS = {
     "cnmc-study": "the C-NMC student study's protocol (5 folds, SGD, 50 epochs, 3 rounds, majority vote)",
-    "noisy-student": "Xie et al. 2020 style: labelled + soft balanced pseudo-labels",
+    "noisy-student": "Xie et al. 2020 style: labelled + soft balanced pseudo-labels, unlabelled pool, RandAugment",
     "demo": "built-in synthetic demo: ImageNet Lite0, few labels + large masked pool, 3 folds, teacher + 1 student, 8 epochs at 64 px",
     "smoke": "smoke test: 2 folds, 1 round, 1 epoch at 64 px, no pretrained weights",
 }

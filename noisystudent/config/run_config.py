@@ -29,6 +29,7 @@ from noisystudent.config.choices import (
     PSEUDO_MODES,
     SAMPLERS,
     SCHEDULERS,
+    SELECT,
     SELECT_METRICS,
     STUDENT_DATA,
     STUDENT_INIT,
@@ -93,7 +94,7 @@ RANGES: dict[str, Bounds] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
     "pseudo_mode": PSEUDO_MODES, "student_data": STUDENT_DATA, "student_init": STUDENT_INIT, "sampler": SAMPLERS,
-    "equalize": EQUALIZE, "tta": TTA, "freeze": FREEZE, "voting": VOTING, "amp": AMP, "select_metric": SELECT_METRICS,
+    "equalize": EQUALIZE, "tta": TTA, "freeze": FREEZE, "voting": VOTING, "amp": AMP, "select_metric": SELECT_METRICS, "select": SELECT,
 }
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 
@@ -106,10 +107,12 @@ class RunConfig:
     patient_regex: str | None = _opt(None, "Regex with one group that extracts the patient id from a file name (folders layout).")
     unlabelled: str | None = _opt(None, "Extra folder or CSV of unlabelled images to pseudo-label in every fold.")
     test: str | None = _opt(None, "Labelled data set held out as the outer test set.")
-    test_fraction: float = _opt(0.0, "Fraction of patients held out as outer test set when no --test is given.")
-    positive: str = _opt("all", "Name of the positive class for sensitivity, PPV, F1 and AUC.")
+    test_fraction: float = _opt(0.2, "Fraction of patients (per class) held out as the outer test set when DATA has none and no --test is given; 0: no test set, every number selection-biased.")
+    positive: str = _opt("all", "Positive class of two-class data (sensitivity, PPV, F1 and AUC are about it); optional with more "
+                                "classes, where metrics are per class and macro/weighted averages, and it names the class of patient calls.")
     binary: str | None = _opt(None, "Map classes to a binary task, e.g. 'Benign=negative,rest=positive'.")
     label_map: str | None = _opt(None, "Rename labels first, e.g. 'ALL=all,Hem=hem' for class folders that differ only in case.")
+    pool: bool = _opt(False, "Pseudo-label the unlabelled images that come with DATA (C-NMC's final-phase test set) in every fold.")
     skip_unreadable: bool = _opt(False, "Skip (and report) unreadable images instead of stopping.")
     # --- folds ---
     folds: int = _opt(5, "Number of patient-disjoint, class-stratified folds.")
@@ -149,6 +152,7 @@ class RunConfig:
     sampler: str = _opt("none", "Class balancing of batches: none, oversample (minority) or undersample (majority).")
     early_stopping: int = _opt(0, "Stop after this many epochs without improvement of the selection metric (0: never).")
     select_metric: str = _opt("accuracy", "Validation metric that picks the best epoch.")
+    select: str = _opt("best", "Keep each model's best epoch on its validation part (best; validation numbers then selection-biased) or its last epoch (last).")
     freeze: str = _opt("none", "none (fine-tune all) or backbone (train only the head).")
     head_warmup_epochs: int = _opt(0, "Epochs training only the head before fine-tuning all.")
     bn_momentum: float = _opt(0.1, "BatchNorm running-statistics momentum (efficientnet-pytorch's own 0.01 needs thousands of steps).")

@@ -56,6 +56,7 @@ def assign_folds(
     split_ratio: tuple[float, float, float] = (2, 2, 1),
     test_fraction: float = 0.0,
     seed: int = 0,
+    ratio_given: bool = True,
 ) -> pd.DataFrame:
     """Split a manifest into K patient-disjoint folds; return the folds.csv table.
 
@@ -65,7 +66,8 @@ def assign_folds(
     size is fixed by K (about 1/K of the training images); split_ratio only
     picks the labelled:unlabelled split of the rest** (patient-wise, per class,
     seeded by (seed, k)). The default 2:2:1 with K=5 gives 40/40/20 %; a
-    validation share in split_ratio far from 1/K is logged as a warning.
+    validation share in split_ratio far from 1/K is logged as a warning when
+    the user gave it (``ratio_given``); a preset's 2:2:1 with K=3 is not their doing.
 
     ``test_fraction`` > 0 first holds out that fraction of the training
     patients of each class (class = the patient's majority label) as the
@@ -77,11 +79,14 @@ def assign_folds(
     Raises DataError when a class has too few patients for the folds, or a
     fold ends up without a class in its validation or labelled part.
     """
-    _check_arguments(n_folds, split_ratio, test_fraction, seed)
+    _check_arguments(n_folds, split_ratio, test_fraction, seed, ratio_given)
     frame = manifest[[PATH, LABEL, PATIENT, SUBSET]].reset_index(drop=True).copy()
     per_image = _add_groups(frame)
     train = frame[frame[SUBSET] == SUBSET_TRAIN]
-    held_out = _hold_out_test(train, test_fraction, n_folds, seed)
+    has_test = (frame[SUBSET] == SUBSET_TEST).any()
+    if has_test and test_fraction > 0:
+        log.info("The data has its own outer test set, so test_fraction %g holds out nothing more.", test_fraction)
+    held_out = set() if has_test else _hold_out_test(train, test_fraction, n_folds, seed)
     train = train[~train[_GROUP].isin(held_out)]
     _check_patients_per_class(train, n_folds, per_image)
     group_class = _patient_classes(train)
@@ -101,12 +106,14 @@ def assign_folds(
 
 
 def check_no_patient_leakage(folds: pd.DataFrame) -> None:
-    """Raise DataError if a patient has two of labelled/unlabelled/validation/test in a fold.
+    """Raise DataError if a patient has two of labelled/unlabelled/validation/test in a fold,
+    or is in the unlabelled pool and also validation or test (students would train on their images).
 
-    Test rows (fold SHARED_FOLD) count for every fold. Rows without a patient
-    id cannot be checked and are ignored.
+    Test and pool rows (fold SHARED_FOLD) count for every fold. Rows without a
+    patient id cannot be checked and are ignored.
     """
     known = folds[folds[PATIENT] != ""]
+    _check_pool_patients(known)
     test = known[known[ROLE] == ROLE_TEST]
     fold_ids = sorted(int(k) for k in known[FOLD].unique() if int(k) != SHARED_FOLD)
     checked = known[known[ROLE].isin([ROLE_LABELLED, ROLE_UNLABELLED, ROLE_VALIDATION])]
@@ -118,6 +125,15 @@ def check_no_patient_leakage(folds: pd.DataFrame) -> None:
         (fold, patient), both = crossing.index[0], crossing.iloc[0]
         where = "the test set" if int(fold) == SHARED_FOLD else f"fold {fold}"
         raise DataError(f"Patient {patient!r} appears as both {both[0]} and {both[1]} in {where}.")
+
+
+def _check_pool_patients(known: pd.DataFrame) -> None:
+    pool = set(known.loc[known[ROLE] == ROLE_POOL, PATIENT])
+    evaluated = known[known[ROLE].isin([ROLE_VALIDATION, ROLE_TEST]) & known[PATIENT].isin(pool)]
+    if not evaluated.empty:
+        row = evaluated.sort_values([PATIENT, ROLE]).iloc[0]
+        raise DataError(f"Patient {row[PATIENT]!r} appears as both pool (unlabelled) and {row[ROLE]}; "
+                        "remove that patient's images from the unlabelled data.")
 
 
 def save_folds(folds: pd.DataFrame, path: Path) -> None:
@@ -163,7 +179,8 @@ def fold_ids(folds: pd.DataFrame) -> list[int]:
 # --- steps of assign_folds -------------------------------------------------
 
 
-def _check_arguments(n_folds: int, split_ratio: tuple[float, float, float], test_fraction: float, seed: int) -> None:
+def _check_arguments(n_folds: int, split_ratio: tuple[float, float, float], test_fraction: float, seed: int,
+                     ratio_given: bool = True) -> None:
     if n_folds < 2:
         raise ConfigError(f"The number of folds must be at least 2, got {n_folds}.")
     if len(split_ratio) != 3 or min(split_ratio) < 0 or split_ratio[0] <= 0 or split_ratio[2] <= 0:
@@ -173,7 +190,7 @@ def _check_arguments(n_folds: int, split_ratio: tuple[float, float, float], test
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}.")
     share = split_ratio[2] / sum(split_ratio)
-    if abs(share - 1.0 / n_folds) > _VALIDATION_SHARE_TOLERANCE:
+    if ratio_given and abs(share - 1.0 / n_folds) > _VALIDATION_SHARE_TOLERANCE:
         log.warning(
             "split_ratio gives validation a share of %.0f%%, but with %d folds validation is always 1/%d (%.0f%%); "
             "the ratio only sets the labelled:unlabelled split of the rest.",

@@ -16,6 +16,7 @@ from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping,
 from noisystudent.data.manifest import (
     LABEL,
     PATH,
+    PATIENT,
     SUBSET,
     SUBSET_TEST,
     SUBSET_TRAIN,
@@ -23,10 +24,12 @@ from noisystudent.data.manifest import (
     check_manifest,
     class_names,
     make_manifest,
+    normalise_patient,
 )
-from noisystudent.errors import DataError
+from noisystudent.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
+DEFAULT_POSITIVE = RunConfig.__dataclass_fields__["positive"].default  # 'all': C-NMC's blasts
 
 @dataclass
 class RunImages:
@@ -41,7 +44,7 @@ def load_run_images(config: RunConfig, run: Path) -> RunImages:
     root = Path(config.data) if config.data else demo.generate_demo(Path(run) / layout.DEMO_DATA)
     manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
     skipped = list(manifest.attrs.get("skipped", []))
-    parts = [manifest]
+    parts = [_without_pool(manifest) if not config.pool else manifest]
     if config.test:
         # not read_dataset: a test set may hold a single class (checked below against the training classes)
         test, _ = readers.read_manifest(Path(config.test), "auto", config.patient_regex)
@@ -49,7 +52,7 @@ def load_run_images(config: RunConfig, run: Path) -> RunImages:
         skipped += list(test.attrs.get("skipped", []))
         parts.append(test[test[SUBSET] != SUBSET_UNLABELLED].assign(**{SUBSET: SUBSET_TEST}))
     if config.unlabelled:
-        parts.append(readers.read_unlabelled(Path(config.unlabelled)))
+        parts.append(_unlabelled_with_patients(readers.read_unlabelled(Path(config.unlabelled)), config.patient_regex))
     combined = apply_label_map(make_manifest(pd.concat(parts, ignore_index=True)), config.label_map)
     check_distinct_labels(combined)
     if config.binary:
@@ -58,10 +61,42 @@ def load_run_images(config: RunConfig, run: Path) -> RunImages:
     check_manifest(combined)
     classes = class_names(combined[combined[SUBSET] == SUBSET_TRAIN])
     _check_labels(combined, classes)
-    if len(classes) == 2:  # fail now rather than after the first epoch
-        positive_index_of(classes, "positive" if config.binary else config.positive)
+    check_positive(config, classes)
     logger.info("data: %d images (%s format), classes %s", len(combined), data_format, ", ".join(classes))
     return RunImages(combined, classes, data_format, skipped)
+
+
+def check_positive(config: RunConfig, classes: list[str]) -> None:
+    """Fail now, not after the first epoch, on a positive class the data does not have.
+
+    Two classes need one (the default 'all' fits C-NMC). With more classes it is
+    optional: the default that names no class means no positive class (macro
+    averages, no patient calls); a class named by the user must exist.
+    """
+    if len(classes) == 2:
+        positive_index_of(classes, "positive" if config.binary else config.positive)
+    elif config.positive not in classes and config.positive != DEFAULT_POSITIVE:
+        raise ConfigError(f"--positive {config.positive!r} is not one of the classes {', '.join(classes)}; "
+                          "name one of them, or leave --positive out for macro averages only.")
+def _without_pool(manifest: pd.DataFrame) -> pd.DataFrame:
+    """DATA without its own unlabelled images (C-NMC's final-phase test set): --no-pool, as the C-NMC study."""
+    pool = manifest[SUBSET] == SUBSET_UNLABELLED
+    if pool.any():
+        logger.info("--no-pool: the %d unlabelled images that come with the data are not used.", int(pool.sum()))
+    return manifest[~pool]
+
+
+def _unlabelled_with_patients(pool: pd.DataFrame, patient_regex: str | None) -> pd.DataFrame:
+    """--unlabelled images with patient ids from --patient-regex where a file name has one,
+    so the leakage check can see a pool patient who is also a validation or test patient."""
+    pattern = readers.compile_patient_regex(patient_regex)
+    if pattern is None:
+        return pool
+    found = [pattern.search(Path(path).name) for path in pool[PATH]]
+    ids = [normalise_patient(m.group(1)) if m and m.group(1) else "" for m in found]
+    pool = pool.copy()
+    pool[PATIENT] = [given or found_id for given, found_id in zip(pool[PATIENT], ids)]
+    return pool
 
 
 def _check_labels(manifest: pd.DataFrame, classes: list[str]) -> None:

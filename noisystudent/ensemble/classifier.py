@@ -4,10 +4,10 @@
 ``config.rounds``) of every fold, checking that each belongs to the run and
 that all share classes and preprocessing. The run folder is only read.
 
-``predict_fold_probs`` streams the images in chunks: a thread pool decodes and
-preprocesses a chunk (PIL releases the GIL) into one uint8 tensor in memory
-(no disk cache: nothing is written), the next chunk is decoded while every
-fold model predicts the current one. ``predict`` votes (``results.vote_table``)
+``predict_fold_probs`` streams the images in batches: a thread pool decodes and
+preprocesses the next few batches (``prefetch``; no disk cache: nothing is
+written) while every fold model predicts the current one, in ONNX Runtime or
+PyTorch (``backends``). ``predict`` votes (``results.vote_table``)
 and summarises per patient; ``evaluate`` does the same on a labelled data set
 and computes the metrics of every fold model and of each voting rule.
 
@@ -27,9 +27,6 @@ Files (written atomically, never inside the run folder):
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +40,10 @@ from noisystudent.data.label_names import apply_label_map
 from noisystudent.data.labels import parse_binary_mapping
 from noisystudent.data.loose_files import name_fields
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
-from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
+from noisystudent.data.prefetch import DecodedBatch, decoded_batches
+from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.readers import read_manifest
-from noisystudent.device import amp_dtype, resolve_device, to_device
+from noisystudent.device import resolve_device
 from noisystudent.errors import CheckpointError, ConfigError, DataError, OutputError, RunFolderError
 from noisystudent.evaluation import metrics
 from noisystudent.models import input_normalization
@@ -54,13 +52,12 @@ from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import results
 from noisystudent.run.folder import load_run_config
 from noisystudent.safe_paths import check_output_file
-from noisystudent.training.engine import predict_probs
+from noisystudent.training.backends import ensemble_predictor
 
 logger = logging.getLogger(__name__)
 
 MODEL_SETS = ("students", "teachers")
-CHUNK_SIZE = 512  # images decoded and held in memory at a time
-MAX_BATCH_SIZE = CHUNK_SIZE * 64
+MAX_BATCH_SIZE = 32768  # images per forward pass at most (--batch-size)
 N_CELLS = "n_cells"
 CALL = "call"
 ENSEMBLE = results.ENSEMBLE
@@ -85,6 +82,13 @@ class Ensemble:
     classes: list[str]
     spec: PreprocessSpec
     device: torch.device
+    # (tta, backend) -> batch predictor, built once per loaded ensemble (an ONNX Runtime session takes seconds)
+    predictors: dict = field(default_factory=dict, repr=False)
+
+    def predictor(self, tta: str, backend: str):
+        if (tta, backend) not in self.predictors:
+            self.predictors[(tta, backend)] = ensemble_predictor(self, tta, backend)
+        return self.predictors[(tta, backend)]
 
     @property
     def kind(self) -> str:
@@ -202,95 +206,51 @@ def predict_fold_probs(
     tta: str | None = None,
     batch_size: int | None = None,
     skip_unreadable: bool = False,
-    chunk_size: int = CHUNK_SIZE,
     workers: int | None = None,
     progress: Progress = NULL_PROGRESS,
+    backend: str = "auto",
 ) -> FoldProbs:
     """Every fold model's probabilities for ``images`` (a table with a path column).
 
-    ``tta`` and ``batch_size`` default to the run's settings. An unreadable
-    image stops with DataError naming it, or with ``skip_unreadable`` is
-    logged and left out (listed in ``skipped``).
+    ``tta`` and ``batch_size`` default to the run's settings; ``backend`` is
+    auto, onnx or torch (``backends``). Images are decoded by a thread pool a
+    few batches ahead of the models (``prefetch``), so memory is bounded by the
+    batch size. An unreadable image stops with DataError naming it, or with
+    ``skip_unreadable`` is logged and left out (listed in ``skipped``).
     """
-    tta = _checked_tta(tta or ensemble.config.tta)
+    tta = checked_tta(tta or ensemble.config.tta)
     batch_size = batch_size or ensemble.config.eval_batch_size
+    predictor = ensemble.predictor(tta, backend)
     paths = images[PATH].tolist()
     kept, parts, skipped = [], [], []
     progress.start("predict", f"{len(ensemble.members)} {ensemble.kind}s predicting", total=len(paths))
-    pool = ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1))
     try:
-        for start, decoded in _decoded_chunks(paths, ensemble.spec, pool, chunk_size):
-            rows, chunk, bad = _stack_chunk(paths, start, decoded, skip_unreadable)
-            kept += rows
-            skipped += bad
-            if rows:
-                report = lambda done, s=start: progress.update("predict", completed=s + done)  # noqa: E731
-                parts.append(_predict_chunk(ensemble, chunk, tta, batch_size, report))
-            progress.update("predict", completed=start + len(decoded))
+        for batch in decoded_batches(paths, ensemble.spec, batch_size, workers):
+            skipped += _unreadable(batch, paths, skip_unreadable)
+            if batch.rows:
+                kept += batch.rows
+                parts.append(predictor(batch.pixels))
+            progress.update("predict", completed=batch.start + batch.size)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         progress.stop("predict")
     if not parts:
         raise DataError(f"None of the {len(paths)} images could be read.")
     return FoldProbs(images.iloc[kept].reset_index(drop=True), np.concatenate(parts, axis=1), skipped)
 
 
-def _checked_tta(mode: str) -> str:
+def checked_tta(mode: str) -> str:
     if mode not in TTA:
         raise ConfigError(f"--tta must be one of {', '.join(TTA)}; got {mode!r}.")
     return mode
 
 
-def _decode(path: str, spec: PreprocessSpec) -> np.ndarray | str:
-    """The preprocessed uint8 (3, S, S) image, or the sentence saying why it cannot be read."""
-    try:
-        return load_preprocessed(path, spec)
-    except DataError as error:
-        return str(error)
-
-
-def _decoded_chunks(paths: list[str], spec: PreprocessSpec, pool: ThreadPoolExecutor, size: int) -> Iterator[tuple[int, list]]:
-    """(start, decoded images) per chunk; the next chunk decodes while the caller predicts this one."""
-
-    def submit(start: int) -> list[Future]:
-        return [pool.submit(_decode, p, spec) for p in paths[start : start + size]]
-
-    pending = submit(0)
-    for start in range(0, len(paths), size):
-        current, pending = pending, submit(start + size)
-        yield start, [future.result() for future in current]
-
-
-def _stack_chunk(paths: list[str], start: int, decoded: list, skip: bool) -> tuple[list[int], np.ndarray, list]:
-    """Row numbers and stacked pixels of the readable images of a chunk, and the unreadable ones."""
-    rows, arrays, bad = [], [], []
-    for offset, item in enumerate(decoded):
-        if isinstance(item, str):
-            if not skip:
-                raise DataError(item)
-            logger.warning("Skipped: %s", item)
-            bad.append((paths[start + offset], item))
-        else:
-            rows.append(start + offset)
-            arrays.append(item)
-    return rows, (np.stack(arrays) if arrays else np.zeros((0,), np.uint8)), bad
-
-
-def _predict_chunk(ensemble: Ensemble, chunk: np.ndarray, tta: str, batch_size: int, report) -> np.ndarray:
-    """(models, images, classes) for one chunk, moved to the device once for all models."""
-    device, config = ensemble.device, ensemble.config
-    pixels = to_device(torch.from_numpy(chunk), device)
-    rows = torch.arange(len(chunk), device=device)  # batches of rows are slices on the device: no copy per batch
-    load_batch = lambda batch: pixels.index_select(0, batch)  # noqa: E731
-    n_models = len(ensemble.members)
-    outputs = []
-    for m, member in enumerate(ensemble.members):
-        outputs.append(predict_probs(
-            member.model, load_batch, rows, device, batch_size, tta, amp_dtype(config.amp, device),
-            channels_last=device.type == "cuda" and config.channels_last, normalization=member.normalization,
-            on_progress=lambda done, m=m: report((m * len(chunk) + done) // n_models),
-        ))
-    return np.stack(outputs)
+def _unreadable(batch: DecodedBatch, paths: list[str], skip: bool) -> list[tuple[str, str]]:
+    """(path, reason) of the batch's unreadable images; DataError for the first unless ``skip``."""
+    if batch.unreadable and not skip:
+        raise DataError(batch.unreadable[0][1])
+    for _, reason in batch.unreadable:
+        logger.warning("Skipped: %s", reason)
+    return [(paths[i], reason) for i, reason in batch.unreadable]
 
 
 # --- predict ----------------------------------------------------------------------------
@@ -300,7 +260,7 @@ def predict(
     ensemble: Ensemble, images: pd.DataFrame, rule: str | None = None, progress: Progress = NULL_PROGRESS, **options
 ) -> Prediction:
     """Ensemble predictions per image and per known patient; ``options`` go to predict_fold_probs."""
-    rule = _checked_rule(rule or ensemble.config.voting)
+    rule = checked_rule(rule or ensemble.config.voting)
     images = prepare_labels(ensemble, images, strict=False)
     fold_probs = predict_fold_probs(ensemble, images, progress=progress, **options)
     table = results.vote_table(fold_probs.images[[PATH, LABEL, PATIENT]], fold_probs.probs, ensemble.classes, rule)
@@ -313,7 +273,7 @@ def predict(
     return Prediction(table, patients, fold_probs.skipped)
 
 
-def _checked_rule(rule: str) -> str:
+def checked_rule(rule: str) -> str:
     if rule not in VOTING:
         raise ConfigError(f"--voting must be one of {', '.join(VOTING)}; got {rule!r}.")
     return rule
@@ -382,7 +342,7 @@ def evaluate(
     progress: Progress = NULL_PROGRESS, **options,
 ) -> Evaluation:
     """Metrics of every fold model and of each voting rule on labelled ``images``."""
-    rules = tuple(_checked_rule(r) for r in rules)
+    rules = tuple(checked_rule(r) for r in rules)
     fold_probs = predict_fold_probs(ensemble, images, progress=progress, **options)
     base = fold_probs.images[[PATH, LABEL, PATIENT]]
     tables = []
@@ -390,9 +350,10 @@ def evaluate(
         tables.append(_identified(ensemble, member.fold, "", _single_model_table(base, fold_probs.probs[m], ensemble.classes)))
     for rule in rules:
         tables.append(_identified(ensemble, ENSEMBLE, rule, results.vote_table(base, fold_probs.probs, ensemble.classes, rule)))
-    rows = [_metrics_row(t, ensemble) for t in tables]
-    columns = EVAL_ID_COLUMNS + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS
-    return Evaluation(pd.concat(tables, ignore_index=True), pd.DataFrame(rows, columns=columns), fold_probs.skipped)
+    rows = [row for t in tables for row in _metrics_rows(t, ensemble)]
+    columns = EVAL_ID_COLUMNS + [metrics.CLASS_COLUMN] + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS
+    table = metrics.with_integer_counts(pd.DataFrame(rows, columns=columns))
+    return Evaluation(pd.concat(tables, ignore_index=True), table, fold_probs.skipped)
 
 
 def _single_model_table(images: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -411,9 +372,11 @@ def _identified(ensemble: Ensemble, fold: int | str, voting: str, table: pd.Data
     return pd.concat([ids, table], axis=1)
 
 
-def _metrics_row(table: pd.DataFrame, ensemble: Ensemble) -> dict:
-    values = metrics.metrics_from_predictions(table, ensemble.classes, results.evaluation_positive(ensemble.config, ensemble.classes))
-    return {**table.iloc[0][EVAL_ID_COLUMNS].to_dict(), **values}
+def _metrics_rows(table: pd.DataFrame, ensemble: Ensemble) -> list[dict]:
+    """One row per class column value: the positive class, or macro, weighted and each class."""
+    positive = results.evaluation_positive(ensemble.config, ensemble.classes)
+    ident = table.iloc[0][EVAL_ID_COLUMNS].to_dict()
+    return [{**ident, **values} for values in metrics.metric_rows_from_predictions(table, ensemble.classes, positive)]
 
 
 def rows_of(predictions: pd.DataFrame, fold, voting: str) -> pd.DataFrame:
@@ -430,11 +393,11 @@ def check_options(models: str, tta: str | None, batch_size: int | None, rules: l
     if models not in MODEL_SETS:
         raise ConfigError(f"--models must be one of {', '.join(MODEL_SETS)}; got {models!r}.")
     if tta is not None:
-        _checked_tta(tta)
+        checked_tta(tta)
     if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ConfigError(f"--batch-size must be a whole number between 1 and {MAX_BATCH_SIZE}; got {batch_size}.")
     for rule in rules:
-        _checked_rule(rule)
+        checked_rule(rule)
     resolve_device(device)
 
 

@@ -37,6 +37,7 @@ from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, PRED, ROUND
 
 METRIC_COLUMNS = [
     "accuracy",
+    "no_information_rate",
     "sensitivity",
     "specificity",
     "ppv",
@@ -49,11 +50,15 @@ METRIC_COLUMNS = [
     "mcc",
 ]
 COUNT_COLUMNS = ["tp", "fp", "tn", "fn", "n"]
-CLASS_COLUMN = "class"  # per-class table of multiclass_metrics
+# Metrics of one class against the rest; MACRO and WEIGHTED rows average these over the classes.
+PER_CLASS_AVERAGED = ["sensitivity", "specificity", "ppv", "npv", "f1", "auc"]
+CLASS_COLUMN = "class"  # which class a row is about: a class name (one-vs-rest), MACRO or WEIGHTED
+MACRO = "macro"  # CLASS_COLUMN of unweighted means over the classes
+WEIGHTED = "weighted"  # CLASS_COLUMN of support-weighted means over the classes
 DEFAULT_POSITIVE = "all"  # ALL (leukaemic blast) is the positive class of C-NMC
 MEAN_ROW = "mean"  # FOLD_COLUMN values added by summarise_folds
 VARIANCE_ROW = "variance"
-SUMMARY_KEYS = [MODEL_KIND, ROUND, EVAL_SPLIT, VOTING]  # rows are summarised per these (when present)
+SUMMARY_KEYS = [MODEL_KIND, ROUND, EVAL_SPLIT, VOTING, CLASS_COLUMN]  # rows are summarised per these (when present)
 
 
 def binary_metrics(
@@ -80,6 +85,7 @@ def binary_metrics(
         warnings.simplefilter("ignore")
         values = {
             "accuracy": float(accuracy_score(truth, guess)),
+            "no_information_rate": no_information_rate(truth),
             "sensitivity": _ratio(tp, tp + fn),
             "specificity": _ratio(tn, tn + fp),
             "ppv": _ratio(tp, tp + fp),
@@ -124,6 +130,26 @@ def multiclass_metrics(
     return per_class, macro
 
 
+def weighted_metrics(per_class: pd.DataFrame, overall: dict[str, float]) -> dict[str, float]:
+    """Support-weighted means over the classes of a multiclass_metrics table.
+
+    Each class weighs its number of true images (tp + fn), as scikit-learn's
+    ``average="weighted"``; so weighted sensitivity equals accuracy and
+    weighted AUC is scikit-learn's weighted one-vs-rest AUC. The class-free
+    numbers (accuracy, kappa, ...) are taken from ``overall``.
+    """
+    support = (per_class["tp"] + per_class["fn"]).to_numpy(float)
+    values = {m: _weighted_mean(per_class[m].to_numpy(float), support) for m in PER_CLASS_AVERAGED}
+    shared = {m: overall[m] for m in METRIC_COLUMNS if m not in PER_CLASS_AVERAGED}
+    return {**shared, **values, "n": overall["n"]}
+
+
+def no_information_rate(y_true: Sequence) -> float:
+    """Accuracy of always answering the commonest true class (NaN without labels)."""
+    labels = pd.Series(np.asarray(y_true, dtype=object).ravel())
+    return float(labels.value_counts(normalize=True).max()) if len(labels) else float("nan")
+
+
 def metrics_from_predictions(
     predictions: pd.DataFrame,
     classes: Sequence[str],
@@ -135,21 +161,60 @@ def metrics_from_predictions(
     these are binary_metrics of it against the rest (AUC from its prob column
     when present); with ``positive=None`` the macro dict of multiclass_metrics.
     """
-    for column in (LABEL, PRED):
-        if column not in predictions.columns:
-            raise DataError(f"The predictions table lacks the column {column!r}.")
-    labelled = predictions[as_labels(predictions[LABEL]) != ""]
-    truth, guess = as_labels(labelled[LABEL]), as_labels(labelled[PRED])
+    first = metric_rows_from_predictions(predictions, classes, positive)[0]
+    return {k: v for k, v in first.items() if k != CLASS_COLUMN}
+
+
+def metric_rows_from_predictions(
+    predictions: pd.DataFrame,
+    classes: Sequence[str],
+    positive: str | None = DEFAULT_POSITIVE,
+) -> list[dict[str, float]]:
+    """Every metrics row of a predictions table, each with its CLASS_COLUMN.
+
+    With a ``positive`` class: one row, that class against the rest. With
+    ``positive=None`` (more than two classes): the MACRO row, the WEIGHTED row,
+    then one one-vs-rest row per class, in the order of ``classes``.
+    """
+    truth, guess, labelled = _labelled(predictions)
     prob_columns = [prob_column(str(c)) for c in classes]
-    has_probs = all(c in labelled.columns for c in prob_columns)
     if positive is None:
+        has_probs = all(c in labelled.columns for c in prob_columns)
         probs = labelled[prob_columns].to_numpy(dtype=float) if has_probs else None
-        return multiclass_metrics(truth, guess, probs, classes)[1]
+        per_class, macro = multiclass_metrics(truth, guess, probs, classes)
+        averages = [{CLASS_COLUMN: MACRO, **macro}, {CLASS_COLUMN: WEIGHTED, **weighted_metrics(per_class, macro)}]
+        return averages + per_class.to_dict("records")
     if str(positive) not in map(str, classes):
         raise ConfigError(f"The positive class {positive!r} is not one of the classes {', '.join(map(str, classes))}.")
     column = prob_column(str(positive))
     prob = labelled[column].to_numpy(dtype=float) if column in labelled.columns else None
-    return binary_metrics(truth, guess, prob, positive)
+    return [{CLASS_COLUMN: str(positive), **binary_metrics(truth, guess, prob, positive)}]
+
+
+def headline_class_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows that summarise all classes: MACRO rows of a multi-class table, every row of a binary one.
+
+    A table written before the CLASS_COLUMN existed is returned as it is.
+    """
+    if CLASS_COLUMN not in table.columns or not (table[CLASS_COLUMN].astype(str) == MACRO).any():
+        return table
+    return table[table[CLASS_COLUMN].astype(str) == MACRO].reset_index(drop=True)
+
+
+def one_vs_rest_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-class rows of a multi-class table (empty for a binary one)."""
+    if CLASS_COLUMN not in table.columns or not (table[CLASS_COLUMN].astype(str) == MACRO).any():
+        return table.iloc[0:0]
+    return table[~table[CLASS_COLUMN].astype(str).isin([MACRO, WEIGHTED])].reset_index(drop=True)
+
+
+def with_integer_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """COUNT_COLUMNS as nullable integers, so a CSV holds 128, never 128.0 (empty where undefined)."""
+    table = table.copy()
+    for column in COUNT_COLUMNS:
+        if column in table.columns:
+            table[column] = pd.to_numeric(table[column], errors="coerce").round().astype("Int64")
+    return table
 
 
 def summarise_folds(rows: pd.DataFrame) -> pd.DataFrame:
@@ -159,7 +224,9 @@ def summarise_folds(rows: pd.DataFrame) -> pd.DataFrame:
     (e.g. 'ensemble') are kept as they are, and earlier 'mean'/'variance'
     rows are replaced. Every numeric column is summarised over the folds of
     the group, skipping NaN: the mean, and the sample variance (ddof=1, i.e.
-    ``numpy.var(x, ddof=1)``; NaN with a single fold).
+    ``numpy.var(x, ddof=1)``; NaN with a single fold). Counts (COUNT_COLUMNS)
+    are not averaged: the mean row holds their totals over the folds (a mean
+    of 75.5 images is no count) and the variance row leaves them empty.
     """
     is_fold = pd.to_numeric(rows[FOLD_COLUMN], errors="coerce").notna()
     is_old_summary = rows[FOLD_COLUMN].astype(str).isin([MEAN_ROW, VARIANCE_ROW])
@@ -171,8 +238,11 @@ def summarise_folds(rows: pd.DataFrame) -> pd.DataFrame:
     groups = per_fold.groupby(keys, sort=False, dropna=False) if keys else [((), per_fold)]
     for key, group in groups:
         ident = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        summaries.append({**ident, FOLD_COLUMN: MEAN_ROW, **group[values].mean().to_dict()})
-        summaries.append({**ident, FOLD_COLUMN: VARIANCE_ROW, **group[values].var(ddof=1).to_dict()})
+        counts = [c for c in values if c in COUNT_COLUMNS]
+        rates = [c for c in values if c not in COUNT_COLUMNS]
+        totals = group[counts].sum(min_count=1).to_dict()
+        summaries.append({**ident, FOLD_COLUMN: MEAN_ROW, **group[rates].mean().to_dict(), **totals})
+        summaries.append({**ident, FOLD_COLUMN: VARIANCE_ROW, **group[rates].var(ddof=1).to_dict()})
     if not summaries:
         return kept.reset_index(drop=True)
     table = pd.concat([kept.astype({FOLD_COLUMN: object}), pd.DataFrame(summaries)], ignore_index=True)
@@ -180,6 +250,15 @@ def summarise_folds(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- helpers -----------------------------------------------------------------
+
+
+def _labelled(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """True and predicted labels of the labelled rows, and those rows."""
+    for column in (LABEL, PRED):
+        if column not in predictions.columns:
+            raise DataError(f"The predictions table lacks the column {column!r}.")
+    labelled = predictions[as_labels(predictions[LABEL]) != ""]
+    return as_labels(labelled[LABEL]), as_labels(labelled[PRED]), labelled
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -214,6 +293,12 @@ def _mcc(truth: np.ndarray, guess: np.ndarray, tp: int, fp: int, tn: int, fn: in
     return float(matthews_corrcoef(truth, guess))
 
 
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    """Mean of the finite values, weighted; NaN when no finite value has weight."""
+    keep = np.isfinite(values) & (weights > 0)
+    return float(np.average(values[keep], weights=weights[keep])) if keep.any() else float("nan")
+
+
 def _nanmean(values: pd.Series) -> float:
     finite = values.dropna()
     return float(finite.mean()) if len(finite) else float("nan")
@@ -221,12 +306,13 @@ def _nanmean(values: pd.Series) -> float:
 
 def _multiclass_overall(truth: np.ndarray, guess: np.ndarray, names: list[str]) -> dict[str, float]:
     if len(truth) == 0:
-        return dict.fromkeys(["accuracy", "f1_weighted", "balanced_accuracy", "kappa", "mcc"], float("nan"))
+        return dict.fromkeys(["accuracy", "no_information_rate", "f1_weighted", "balanced_accuracy", "kappa", "mcc"], float("nan"))
     present = [c for c in names if c in set(truth)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {
             "accuracy": float(accuracy_score(truth, guess)),
+            "no_information_rate": no_information_rate(truth),
             "f1_weighted": float(f1_score(truth, guess, labels=present, average="weighted", zero_division=np.nan)),
             "balanced_accuracy": float(balanced_accuracy_score(truth, guess)),
             "kappa": _kappa(truth, guess),

@@ -49,6 +49,21 @@ def load_imagenet(model: nn.Module, arch: str) -> LoadReport:
     return report
 
 
+def ensure_imagenet(arch: str) -> str:
+    """Make sure ImageNet weights for ``arch`` are at hand (cached, downloaded now, or packaged); return where.
+
+    Called before any data is read, so an offline ``--weights imagenet`` stops in
+    the first seconds rather than after the cache is built.
+    """
+    check_arch(arch)
+    if arch in LITES:
+        return lite0_state_dict()[1]
+    cached = hub_cache_path(imagenet_url(arch))
+    if cached.is_file():
+        return str(cached)
+    return cached_or_downloaded(arch)[1]
+
+
 def imagenet_url(arch: str) -> str:
     if arch in EFFICIENTNETS:
         return url_map[arch]

@@ -17,10 +17,15 @@ import pandas as pd
 from noisystudent.atomic import write_text
 from noisystudent.data.manifest import LABEL
 from noisystudent.errors import RunFolderError
+from noisystudent.evaluation.baseline import no_information_warnings
 from noisystudent.layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SPLIT, STUDENT, TEACHER, prob_column
-from noisystudent.report import plots
-from noisystudent.report.html import FigureEntry, TableEntry, render_page
+from noisystudent.report import evidence, plots
+from noisystudent.report.class_tables import patient_table, per_class_table, scope_sentence
+from noisystudent.report.data_section import data_caption, fold_parts_table, has_patients, parts_table
+from noisystudent.report.evidence import read_comparisons
+from noisystudent.report.html import FigureEntry, TableEntry, render_page, table_html
 from noisystudent.report.run_reader import RunContents, load_run
+from noisystudent.report.settings_section import settings_section
 from noisystudent.report.tables import (
     TEST,
     VALIDATION,
@@ -38,6 +43,8 @@ log = logging.getLogger(__name__)
 
 PAGE = "report.html"
 SPLIT_WORDS = {TEST: "the test set", VALIDATION: "out-of-fold validation"}
+NIR_SENTENCE = ("No-information rate: the accuracy of always answering the commonest class; "
+                "Cohen's kappa: agreement beyond chance (0: none, 1: perfect).")
 
 
 def write_report(run: Path) -> Path:
@@ -53,14 +60,16 @@ def write_report(run: Path) -> Path:
     data = load_run(run)
     folder.mkdir(exist_ok=True)
     figures = []
-    for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, helped_figures):
+    for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, pseudo_quality_figures, helped_figures):
         try:
             figures.extend(step(data, folder))
         except (KeyError, ValueError, TypeError) as error:  # a malformed table costs one figure, not the report
             log.exception("%s failed", step.__name__)
             data.notes.append(f"The {step.__name__.replace('_', ' ')} could not be drawn ({type(error).__name__}: {error}).")
-    page = render_page(f"Noisy Student report: {run.name}", data.config, headline(data.metrics), data.notes,
-                       report_tables(data), figures)
+    sentence = headline(data.metrics, read_comparisons(run), data.config.get("voting", "majority"))
+    page = render_page(f"Noisy Student report: {run.name}", data.config, sentence, data.notes,
+                       report_tables(data), figures, warnings=no_information_warnings(data.metrics),
+                       before=[settings_section(data.config), data_html(data)], after=[patient_html(data)])
     write_text(folder / PAGE, page)
     log.info("wrote %s with %d figures", folder / PAGE, len(figures))
     return folder / PAGE
@@ -74,14 +83,56 @@ def report_tables(data: RunContents) -> list[TableEntry]:
     splits = [main] + [s for s in (TEST, VALIDATION) if s != main and (data.metrics[EVAL_SPLIT] == s).any()]
     tables = [
         TableEntry(f"Table A{'' if i == 0 else i + 1}. Fold by fold, {SPLIT_WORDS.get(split, split)}",
-                   f"Each fold's teacher (round 0) and students (round r) on {SPLIT_WORDS.get(split, split)}.",
+                   f"Each fold's teacher (round 0) and students (round r) on {SPLIT_WORDS.get(split, split)}. "
+                   f"{scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}",
                    fold_table(data.metrics, split))
         for i, split in enumerate(splits)
     ]
     tables.append(TableEntry(
         f"Table B. Summary, {SPLIT_WORDS.get(main, main)}", "Fold means ± sample standard deviation over folds, "
-        f"and the ensembles of the fold models (positive class: {data.positive}).", summary_table(data.metrics, main)))
+        f"and the ensembles of the fold models. {scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}",
+        summary_table(data.metrics, main)))
+    if data.multiclass and data.all_metrics is not None:
+        tables.append(TableEntry(
+            f"Table C. Each class against the rest, {SPLIT_WORDS.get(main, main)}",
+            "One row per class: that class as the positive class and every other class as negative; "
+            "AUC is that class's one-vs-rest ROC AUC. Fold means ± sd over folds (images of the class: total over the "
+            "folds), then the ensembles.", per_class_table(data.all_metrics, main)))
     return tables
+
+
+def data_html(data: RunContents) -> str:
+    """The Data section: parts of the run and of each fold (from folds.csv)."""
+    if data.folds_table is None:
+        return "<h2>Data</h2>\n<p>folds.csv is missing: the data summary is left out.</p>"
+    classes = data.classes or sorted(c for c in data.folds_table["label"].fillna("").astype(str).unique() if c)
+    entries = [TableEntry("Images, patients and classes per part", data_caption(data.folds_table), parts_table(data.folds_table, classes)),
+               TableEntry("Per fold", "Each fold's teacher trains on its labelled part; the masked part is pseudo-labelled for the "
+                          "students (with the pool); the validation part evaluates and selects the models.",
+                          fold_parts_table(data.folds_table, classes))]
+    return "<h2>Data</h2>\n" + "\n".join(table_html(entry) for entry in entries)
+
+
+def patient_html(data: RunContents) -> str:
+    """Patient-level results of the ensembles (or pooled out-of-fold models), where patient ids exist."""
+    tables_read = [*data.ensembles.values(), *data.predictions.values()]
+    if not any(has_patients(table) for table in tables_read):
+        return "<h3>Patient-level results</h3>\n<p>The data has no patient ids: there are no patient-level results.</p>"
+    tables = {ensemble_name(m, v): t for (m, v), t in _teachers_first(data.ensembles)}
+    where = SPLIT_WORDS[TEST]
+    if not tables:
+        where = SPLIT_WORDS[VALIDATION]
+        for round_ in dict.fromkeys((0, data.final_round)):
+            parts = [p[p[SPLIT] == VALIDATION] for (f, r), p in sorted(data.predictions.items()) if r == round_]
+            if parts:
+                tables[f"{plots.round_name(round_).capitalize()}, folds pooled"] = pd.concat(parts, ignore_index=True)
+    frame = patient_table(tables, data.classes, None if data.multiclass else data.positive_class)
+    if frame.empty:
+        return ""
+    caption = (f"On {where}, per patient: the call is the class most of the patient's images were called (ties: the "
+               "highest mean probability), the truth the commonest label of its images. "
+               f"{scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}")
+    return table_html(TableEntry("Table D. Patient-level results", caption, frame))
 
 
 # --- figure steps --------------------------------------------------------------
@@ -109,14 +160,15 @@ def confusion_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     entries = []
     panels, where = _main_confusion_panels(data, final)
     if panels:
-        plots.plot_confusions(panels, classes, data.positive, f"Confusion matrices on {where} (positive class: {data.positive})",
+        scope = f" (positive class: {data.positive_class})" if data.positive_class and not data.multiclass else ""
+        plots.plot_confusions(panels, classes, data.positive_class, f"Confusion matrices on {where}{scope}",
                               folder / "confusion.png", columns=2 if len(panels) > 2 else None)
         entries.append(FigureEntry("confusion.png", "Confusion matrices: teachers vs final students",
                                    f"Counts and row percentages on {where}; rows are true classes."))
     split = TEST if _has_split(data, TEST) else VALIDATION
     grid = [_fold_panel(data, fold, round_, split) for fold in data.folds for round_ in dict.fromkeys((0, final))]
     if any(panel[1] is not None for panel in grid):
-        plots.plot_confusions(grid, classes, data.positive, f"Confusion matrices per fold on {SPLIT_WORDS[split]}",
+        plots.plot_confusions(grid, classes, data.positive_class, f"Confusion matrices per fold on {SPLIT_WORDS[split]}",
                               folder / "confusion_folds.png", columns=2 if final else 1)
         entries.append(FigureEntry("confusion_folds.png", "Confusion matrices per fold",
                                    f"Each fold's teacher and final student (round {final}) on {SPLIT_WORDS[split]}."))
@@ -124,30 +176,57 @@ def confusion_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
 
 
 def roc_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
-    positive = data.positive
     if not data.classes:
         return []  # nothing has been predicted yet; the missing models are already noted
-    if positive not in data.classes:
-        data.notes.append(f"The positive class {positive!r} has no probability column: ROC curves are left out.")
+    if data.multiclass:
+        return class_roc_figures(data, folder)
+    positive = data.positive_class
+    if positive is None:
+        data.notes.append(f"The positive class {data.positive!r} has no probability column: ROC curves are left out.")
         return []
     final = data.final_round
-    fold_curves = {"Teacher": _fold_rocs(data, 0)}
+    fold_curves = {"Teacher": _fold_rocs(data, 0, positive)}
     if final > 0:
-        fold_curves[f"Student (round {final})"] = _fold_rocs(data, final)
+        fold_curves[f"Student (round {final})"] = _fold_rocs(data, final, positive)
     fold_curves = {name: curves for name, curves in fold_curves.items() if curves}
     ensemble_curves = {}
     for (models, voting), table in _teachers_first(data.ensembles):
-        truth, score = _positive_scores(table, positive)
+        truth, score = _ensemble_scores(table, positive, voting)
         if len(set(truth)) == 2:
             ensemble_curves[ensemble_name(models, voting)] = (truth, score)
     if not fold_curves and not ensemble_curves:
         data.notes.append("No predictions with both classes: ROC curves are left out.")
         return []
     plots.plot_roc(fold_curves, ensemble_curves, positive, folder / "roc.png")
-    caption = "Out-of-fold validation: thin lines are single folds, thick lines their vertical mean; legend AUC is mean ± sd over folds."
+    caption = (f"ROC of the positive class {positive} against the other class. Out-of-fold validation: thin lines are "
+               "single folds, thick lines their vertical mean; legend AUC is mean ± sd over folds.")
     if ensemble_curves:
-        caption += " Ensembles: the ensemble's probability of the positive class on the test set."
+        caption += (" Ensembles on the test set: a soft vote is scored by its mean probability of the positive class, "
+                    "a majority vote by the share of fold models voting for it (hence its few steps).")
     return [FigureEntry("roc.png", "ROC curves", caption)]
+
+
+def class_roc_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
+    """Multi-class: one one-vs-rest ROC curve per class for the final students' soft-vote ensemble (or pooled folds)."""
+    final = data.final_round
+    chosen = [(k, t) for k, t in _teachers_first(data.ensembles) if k[1] == "soft"]
+    if chosen:
+        (models, voting), table = chosen[-1]
+        who, rows = f"{ensemble_name(models, voting)} on {SPLIT_WORDS[TEST]}", table
+    else:
+        tables = [p for (f, r), p in sorted(data.predictions.items()) if r == final]
+        if not tables:
+            return []
+        pooled = pd.concat(tables, ignore_index=True)
+        who, rows = f"{plots.round_name(final)}s, folds pooled, on {SPLIT_WORDS[VALIDATION]}", pooled[pooled[SPLIT] == VALIDATION]
+    curves = {name: _positive_scores(rows, name) for name in data.classes}
+    curves = {name: c for name, c in curves.items() if len(set(c[0])) == 2}
+    if not curves:
+        return []
+    plots.plot_class_roc(curves, f"One-vs-rest ROC per class: {who}", folder / "roc.png")
+    return [FigureEntry("roc.png", "ROC curves, each class against the rest",
+                        f"{who}: for each class, its probability separating its images from all others; the legend "
+                        "gives each class's one-vs-rest AUC, whose unweighted mean is the macro AUC of the tables.")]
 
 
 def pseudo_label_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
@@ -164,6 +243,10 @@ def pseudo_label_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
                         "students, all folds pooled, stacked by predicted class; before balancing copies.")]
 
 
+def pseudo_quality_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
+    return evidence.pseudo_quality_figures(data.metrics, folder)
+
+
 def helped_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     if data.metrics is None or data.metrics.empty:
         return []
@@ -172,7 +255,8 @@ def helped_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     if not rows:
         return []
     title = f"Did Noisy Student help? Teachers vs final students on {SPLIT_WORDS.get(split, split)}"
-    plots.plot_helped(rows, metric_columns(data.metrics), title, folder / "helped.png")
+    shown = [m for m in metric_columns(data.metrics) if m != "no_information_rate"]  # a property of the data, not of a model
+    plots.plot_helped(rows, shown, title, folder / "helped.png")
     return [FigureEntry("helped.png", "Did Noisy Student help?",
                         "Top: fold means (error bars: sd over folds) and ensembles (hatched). "
                         "Bottom: final students minus teachers per metric.")]
@@ -234,11 +318,21 @@ def _positive_scores(table: pd.DataFrame, positive: str, split: str | None = Non
     return (rows[LABEL] == positive).to_numpy(), rows[prob_column(positive)].to_numpy(float)
 
 
-def _fold_rocs(data: RunContents, round_: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _ensemble_scores(table: pd.DataFrame, positive: str, voting: str) -> tuple[np.ndarray, np.ndarray]:
+    """A majority vote is scored by its share of votes for ``positive``: its mean probability is the soft vote's."""
+    truth, score = _positive_scores(table, positive)
+    votes = [c for c in table.columns if c.startswith("vote_fold")]
+    if voting == "majority" and votes:
+        rows = table[table[LABEL] != ""]
+        score = (rows[votes].astype(str) == positive).mean(axis=1).to_numpy(float)
+    return truth, score
+
+
+def _fold_rocs(data: RunContents, round_: int, positive: str) -> list[tuple[np.ndarray, np.ndarray]]:
     curves = []
     for (fold, r), table in sorted(data.predictions.items()):
         if r == round_:
-            truth, score = _positive_scores(table, data.positive, VALIDATION)
+            truth, score = _positive_scores(table, positive, VALIDATION)
             if len(set(truth)) == 2:
                 curves.append((truth, score))
     return curves

@@ -28,7 +28,8 @@ VAL_ACCURACY = "val_accuracy"
 TEACHER_COLOUR, STUDENT_COLOUR = "#4c72b0", "#dd8452"
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 BETTER, WORSE = "#55a868", "#c44e52"
-HATCHES = (None, "//", "..", "xx")
+HATCHES = (None, "///", "ooo", "xx")
+VOTING_HATCHES = {"majority": "///", "soft": "ooo"}  # ensembles: one hatch per rule, dense enough to tell apart
 
 
 def save(figure: Figure, path: Path) -> Path:
@@ -85,16 +86,18 @@ def plot_curves(histories: dict[int, pd.DataFrame], fold: int, path: Path) -> Pa
 # --- 2. confusion matrices ---------------------------------------------------
 
 
-def plot_confusions(panels: Sequence[tuple[str, Sequence, Sequence]], classes: Sequence[str], positive: str,
+def plot_confusions(panels: Sequence[tuple[str, Sequence, Sequence]], classes: Sequence[str], positive: str | None,
                     title: str, path: Path, columns: int | None = None) -> Path:
     """One annotated confusion matrix per (title, y_true, y_pred) panel, in a grid.
 
-    A panel whose y_true is None is drawn as a 'not available' placeholder."""
+    A panel whose y_true is None is drawn as a 'not available' placeholder.
+    Panels grow with the number of classes so that up to 10 stay legible."""
     columns = columns or len(panels)
     rows = -(-len(panels) // columns)
-    figure = Figure(figsize=(3.9 * columns, 3.6 * rows + 0.6), layout="constrained")
+    side = max(3.9, 0.62 * len(classes) + 2.2)  # inches per panel: room for the cells and the class names
+    figure = Figure(figsize=(side * columns, side * 0.95 * rows + 0.6), layout="constrained")
     grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    names = [f"{c}\n(positive)" if c == positive else c for c in classes]
+    names = [_short(c) + ("\n(positive)" if c == positive and len(classes) == 2 else "") for c in classes]
     for axes, (panel_title, truth, guess) in zip(grid, panels):
         if truth is None:  # placeholder for a model that has not been trained yet
             axes.set_axis_off()
@@ -107,16 +110,23 @@ def plot_confusions(panels: Sequence[tuple[str, Sequence, Sequence]], classes: S
     return save(figure, path)
 
 
+def _short(name: str, limit: int = 14) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
 def _confusion_axes(axes, matrix: np.ndarray, names: list[str], title: str) -> None:
     axes.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
     totals = matrix.sum(axis=1, keepdims=True)
+    size = 11 if len(names) <= 3 else 9 if len(names) <= 6 else 7
     for (i, j), count in np.ndenumerate(matrix):
         share = count / totals[i, 0] if totals[i, 0] else 0.0
         colour = "white" if count > matrix.max() / 2 else "black"
-        axes.text(j, i, f"{count}\n{share:.0%}", ha="center", va="center", color=colour, fontsize=11)
+        axes.text(j, i, f"{count}\n{share:.0%}", ha="center", va="center", color=colour, fontsize=size)
     ticks = range(len(names))
-    axes.set_xticks(ticks, names)
-    axes.set_yticks(ticks, names)
+    rotate = len(names) > 2  # long names side by side overlap from three classes on
+    axes.set_xticks(ticks, names, rotation=40 if rotate else 0, ha="right" if rotate else "center",
+                    rotation_mode="anchor", fontsize=max(size - 1, 7))
+    axes.set_yticks(ticks, names, fontsize=max(size - 1, 7))
     axes.set(xlabel="predicted", ylabel="true", title=f"{title}\naccuracy {np.trace(matrix) / max(matrix.sum(), 1):.3f}, n={matrix.sum()}")
 
 
@@ -148,6 +158,19 @@ def plot_roc(fold_curves: dict[str, list[tuple[np.ndarray, np.ndarray]]],
             seen[kind] += 1
         _roc_axes(axes, "Ensembles on the test set")
     figure.suptitle(f"ROC curves, positive class: {positive}")
+    return save(figure, path)
+
+
+def plot_class_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path) -> Path:
+    """One one-vs-rest ROC curve per class; inputs are (y_true_is_class, score)."""
+    figure = Figure(figsize=(6.4, 5.6), layout="constrained")
+    axes = figure.subplots()
+    for index, (name, (truth, score)) in enumerate(curves.items()):
+        fpr, tpr, _ = roc_curve(truth, score)
+        axes.plot(fpr, tpr, linewidth=2, color=round_colour(index), linestyle=("-", "--", "-.", ":")[index // 8 % 4],
+                  label=f"{_short(name, 24)} (AUC {area_under(fpr, tpr):.3f})")
+    _roc_axes(axes, title)
+    axes.legend(loc="lower right", fontsize=9 if len(curves) <= 6 else 8)
     return save(figure, path)
 
 
@@ -213,10 +236,11 @@ def plot_helped(rows: Sequence[SummaryRow], metrics: Sequence[str], title: str, 
         sd = None if row.sd is None else row.sd[list(metrics)].to_numpy(float)
         values_axes.bar(x + offset, row.values[list(metrics)].to_numpy(float), width, yerr=sd, capsize=2,
                         color=TEACHER_COLOUR if row.model == TEACHER else STUDENT_COLOUR,
-                        hatch="//" if row.kind == ENSEMBLE_ROW else None, edgecolor="white", label=row.label)
+                        hatch=VOTING_HATCHES.get(row.voting, "//") if row.kind == ENSEMBLE_ROW else None,
+                        edgecolor="black", linewidth=0.4, label=row.label)
     values_axes.set(ylabel="value", title=title)
     values_axes.set_ylim(min(0.0, _lowest(rows, metrics)), 1.05)
-    values_axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    values_axes.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _plot_deltas(delta_axes, rows, metrics)
     delta_axes.set_xticks(x, [display_name(m) for m in metrics], rotation=30, ha="right")
     for axes in (values_axes, delta_axes):
@@ -233,13 +257,13 @@ def _plot_deltas(axes, rows: Sequence[SummaryRow], metrics: Sequence[str]) -> No
         delta = student.values[list(metrics)].to_numpy(float) - teacher.values[list(metrics)].to_numpy(float)
         offset = (index - (len(pairs) - 1) / 2) * width
         colours = [BETTER if d > 0 else WORSE for d in np.nan_to_num(delta)]
-        hatch = HATCHES[index % len(HATCHES)]
+        hatch = VOTING_HATCHES.get(name.split(" ")[0], HATCHES[index % len(HATCHES)])
         axes.bar(x + offset, delta, width, color=colours, edgecolor="black", linewidth=0.5, hatch=hatch)
-        handles.append(Patch(facecolor="white", edgecolor="black", hatch=hatch, label=name))
+        handles.append(Patch(facecolor="#dddddd", edgecolor="black", hatch=hatch, label=name))
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set(ylabel="student − teacher", title="Difference: final students − teachers (green: students better)")
     if handles:
-        axes.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes.legend(handles=handles, fontsize=10, loc="upper left", bbox_to_anchor=(1.01, 1.0), handleheight=1.6, handlelength=2.6)
 
 
 def _teacher_student_pairs(rows: Sequence[SummaryRow]) -> list[tuple[str, SummaryRow, SummaryRow]]:

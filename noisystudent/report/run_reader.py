@@ -16,9 +16,11 @@ from typing import Any
 import pandas as pd
 
 from noisystudent.errors import ConfigError
+from noisystudent.evaluation.metrics import CLASS_COLUMN, headline_class_rows
 from noisystudent.layout import (
     EVAL_SPLIT,
     FOLD_COLUMN,
+    FOLDS,
     HISTORY,
     METRICS,
     MODEL_KIND,
@@ -37,7 +39,7 @@ from noisystudent.run.tables import read_table
 
 log = logging.getLogger(__name__)
 
-METRIC_TEXT_COLUMNS = (MODEL_KIND, FOLD_COLUMN, EVAL_SPLIT, VOTING)
+METRIC_TEXT_COLUMNS = (MODEL_KIND, FOLD_COLUMN, EVAL_SPLIT, VOTING, CLASS_COLUMN)
 ENSEMBLE_PATTERN = re.compile(r"^predictions_(?P<models>.+)_(?P<voting>[^_]+)\.csv$")
 TEST = "test"  # value of SPLIT for the outer test set
 ROUND_PATTERN = re.compile(r"^(?:fold|round)-(\d+)$")
@@ -52,13 +54,26 @@ class RunContents:
     histories: dict[Key, pd.DataFrame] = field(default_factory=dict)
     predictions: dict[Key, pd.DataFrame] = field(default_factory=dict)
     pseudo_labels: dict[Key, pd.DataFrame] = field(default_factory=dict)
-    metrics: pd.DataFrame | None = None
+    metrics: pd.DataFrame | None = None  # the rows about all classes: macro (multi-class) or the positive class
+    all_metrics: pd.DataFrame | None = None  # every row of metrics.csv, per-class one-vs-rest rows included
+    folds_table: pd.DataFrame | None = None  # folds.csv: every image's part in every fold
     ensembles: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)  # (models, voting)
     notes: list[str] = field(default_factory=list)
 
     @property
     def positive(self) -> str:
         return str(self.config.get("positive", "all"))
+
+    @property
+    def positive_class(self) -> str | None:
+        """The class one-vs-rest figures are about: the positive class when the data has it, else None."""
+        if self.config.get("binary"):
+            return "positive"
+        return self.positive if self.positive in self.classes else None
+
+    @property
+    def multiclass(self) -> bool:
+        return len(self.classes) > 2
 
     @property
     def folds(self) -> list[int]:
@@ -98,7 +113,9 @@ def load_run(run: Path) -> RunContents:
             frame = _try_read(folder / name, read_table, unreadable)
             if frame is not None:
                 table[(fold, round_)] = frame
-    data.metrics = _try_read(results_dir(run) / METRICS, read_metrics, unreadable)
+    data.all_metrics = _try_read(results_dir(run) / METRICS, read_metrics, unreadable)
+    data.metrics = None if data.all_metrics is None else headline_class_rows(data.all_metrics)
+    data.folds_table = _try_read(run / FOLDS, read_table, unreadable)
     for path in sorted(results_dir(run).glob("predictions_*.csv")):
         match = ENSEMBLE_PATTERN.match(path.name)
         frame = _try_read(path, read_table, unreadable) if match else None
@@ -111,7 +128,7 @@ def load_run(run: Path) -> RunContents:
 def read_metrics(path: Path) -> pd.DataFrame:
     """results/metrics.csv with fold and voting as text and round as an integer."""
     frame = read_table(path)
-    missing = [c for c in (*METRIC_TEXT_COLUMNS, ROUND) if c not in frame.columns]
+    missing = [c for c in (*METRIC_TEXT_COLUMNS, ROUND) if c not in frame.columns and c != CLASS_COLUMN]  # older runs lack it
     if missing:
         raise ValueError(f"it lacks the column {missing[0]!r}")
     return normalise_metrics(frame)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from noisystudent.config.choices import VOTING as VOTING_RULES
+from noisystudent.evaluation.comparison import BETTER, PRIMARY_METRIC, WORSE
 from noisystudent.evaluation.metrics import MEAN_ROW, METRIC_COLUMNS, VARIANCE_ROW
 from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, ROUND, STUDENT, TEACHER, VOTING, model_label
 
@@ -22,9 +23,9 @@ ENSEMBLE_ROW = "ensemble"
 TEST, VALIDATION = "test", "validation"
 VOTING_ORDER = VOTING_RULES  # preferred ensemble for the headline: majority, then soft
 HEADLINE_METRICS = ("accuracy", "f1", "auc")
-DECIDING_METRICS = ("accuracy", "f1")  # "helped" means better on both
 DISPLAY_NAMES = {"f1": "F1", "f1_weighted": "weighted F1", "auc": "AUC", "ppv": "PPV", "npv": "NPV",
-                 "mcc": "MCC", "balanced_accuracy": "balanced accuracy"}
+                 "mcc": "MCC", "balanced_accuracy": "balanced accuracy", "no_information_rate": "no-information rate",
+                 "kappa": "Cohen's kappa", "n": "images"}
 
 
 @dataclass
@@ -97,13 +98,13 @@ def summary_table(metrics_df: pd.DataFrame, split: str | None = None) -> pd.Data
     return table
 
 
-def headline(metrics_df: pd.DataFrame | None) -> str:
-    """One sentence: final students vs teachers on the numbers that matter, and a verdict.
+def headline(metrics_df: pd.DataFrame | None, comparisons: pd.DataFrame | None = None, voting: str = "majority") -> str:
+    """One sentence: final students vs teachers, and a verdict only where it was tested.
 
-    Compares ensembles on the test set when both exist (majority vote
-    preferred), otherwise the fold means; without a test set, out-of-fold
-    validation. The verdict is "helped" when the students are better on both
-    accuracy and F1, "did not help" when better on neither, "mixed" otherwise.
+    With an outer test set the sentence is the paired-bootstrap comparison of
+    results/comparison.csv ("helped"/"hurt" only when the accuracy interval
+    excludes 0). Without one, out-of-fold validation is shown, marked as
+    selection-biased, and no verdict is drawn.
     """
     if metrics_df is None or metrics_df.empty:
         return "No results yet: results/metrics.csv is missing or empty."
@@ -111,13 +112,36 @@ def headline(metrics_df: pd.DataFrame | None) -> str:
     if final is None:
         return "Only teachers have been evaluated so far: there are no student results to compare."
     split = evaluation_split(metrics_df)
+    if split == TEST and comparisons is not None:
+        return tested_sentence(comparisons, voting)
     pair = _headline_pair(metrics_df, split, final)
     if pair is None:
         return f"Teachers and students cannot be compared yet: the {split} results of one of them are missing."
     teacher, student, basis = pair
-    where = "on the test set" if split == TEST else "on out-of-fold validation"
-    prefix = "" if split == TEST else "No test set: out-of-fold validation used. "
-    return f"{prefix}Final students (round {final}) vs teachers {where} ({basis}): {_comparison(teacher, student)} — {_verdict(teacher, student)}."
+    if split == TEST:
+        return (f"Final students (round {final}) vs teachers on the test set ({basis}): {_comparison(teacher, student)} — "
+                "not tested (results/comparison.csv is missing; rerun noisystudent kfold --resume), so no verdict.")
+    return (f"No test set: out-of-fold validation used, which is selection-biased (each model's epoch was chosen on it). "
+            f"Final students (round {final}) vs teachers ({basis}): {_comparison(teacher, student)} — no verdict without an outer test set.")
+
+
+VERDICT_WORDS = {BETTER: "Noisy Student helped", WORSE: "Noisy Student hurt"}
+
+
+def tested_sentence(comparisons: pd.DataFrame, voting: str = "majority") -> str:
+    """The primary comparison (the run's voting rule's ensembles, else the first) as one sentence."""
+    rows = comparisons[comparisons["metric"] == PRIMARY_METRIC]
+    preferred = rows[rows["a_name"].str.contains(f"({voting}", regex=False)]
+    row = (preferred if len(preferred) else rows).iloc[0]
+    level = f"{100 * float(row['level']):g}%"
+    text = (f"{row['b_name']} vs {row['a_name']} on the outer test set ({int(row['images'])} images, "
+            f"{int(row['units'])} {row['unit']}s): accuracy {float(row['b']):.3f} vs {float(row['a']):.3f}, difference "
+            f"{float(row['difference']):+.3f} ({level} CI {float(row['low']):+.3f} to {float(row['high']):+.3f}, "
+            f"paired bootstrap over {row['unit']}s, {int(row['n_resamples'])} resamples)")
+    if np.isfinite(float(row["mcnemar_p"])):
+        text += f"; McNemar exact p = {float(row['mcnemar_p']):.3g}"
+    return f"{text} — {VERDICT_WORDS.get(row['verdict'], 'no detectable difference')}."
+
 
 
 # --- helpers -----------------------------------------------------------------
@@ -189,20 +213,6 @@ def _comparison(teacher: pd.Series, student: pd.Series) -> str:
             s, t = float(student[metric]), float(teacher[metric])
             parts.append(f"{display_name(metric)} {s:.3f} vs {t:.3f} ({s - t:+.3f})")
     return ", ".join(parts) or "no comparable metric"
-
-
-def _verdict(teacher: pd.Series, student: pd.Series) -> str:
-    deltas = {m: float(student[m]) - float(teacher[m]) for m in DECIDING_METRICS
-              if m in teacher.index and _finite(teacher[m]) and _finite(student[m])}
-    if not deltas:
-        return "no verdict possible"
-    if all(d >= 0 for d in deltas.values()) and any(d > 0 for d in deltas.values()):
-        return "Noisy Student helped"
-    if all(d <= 0 for d in deltas.values()):
-        return "Noisy Student did not help"
-    better = [display_name(m) for m, d in deltas.items() if d > 0]
-    worse = [display_name(m) for m, d in deltas.items() if d < 0]
-    return f"mixed result: Noisy Student helped on {', '.join(better)} but not on {', '.join(worse)}"
 
 
 def plural(count: int, word: str) -> str:

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from noisystudent import atomic, layout, models
+from noisystudent.config.provenance import GIVEN, origin
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import folds as folds_module
 from noisystudent.data import manifest
@@ -33,10 +34,11 @@ from noisystudent.device import amp_dtype, resolve_device
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import pseudo_labels, results
+from noisystudent.run import evidence, pseudo_labels, results
 from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.folder import check_run_folder, lock_run_folder, write_config
 from noisystudent.run.preflight import check_before_writing
+from noisystudent.training import backends
 from noisystudent.training.engine import TrainSet, predict_probs
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
@@ -74,6 +76,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
         logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
         data = load_run_images(config, run)
         fold_table = _load_or_assign_folds(run, data.manifest, config)  # before config.json: may refuse the data
+        evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
         write_config(run, config, fingerprint_files(data.manifest[manifest.PATH].tolist()))
         if not (run / layout.FOLDS).exists():
             folds_module.save_folds(fold_table, run / layout.FOLDS)
@@ -126,7 +129,8 @@ def _load_or_assign_folds(run: Path, images: pd.DataFrame, config: RunConfig) ->
     path = run / layout.FOLDS
     if path.exists():
         return folds_module.load_folds(path)
-    return folds_module.assign_folds(images, config.folds, config.split_ratio, config.test_fraction, config.seed)
+    ratio_given = origin(config.to_dict(), "split_ratio") == GIVEN  # warn about the user's ratio, not the preset's
+    return folds_module.assign_folds(images, config.folds, config.split_ratio, config.test_fraction, config.seed, ratio_given)
 
 
 def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress) -> ImageCache:
@@ -219,14 +223,8 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
         ignore_index=True,
     )
     model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device, ctx.config.channels_last)
-    config = ctx.config
     ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
-    probs = predict_probs(
-        model, ctx.load_batch, ctx.rows(frame[manifest.PATH]), ctx.device, config.eval_batch_size, config.tta,
-        amp_dtype(config.amp, ctx.device), channels_last=ctx.device.type == "cuda" and config.channels_last,
-        on_progress=lambda done: ctx.progress.update("predict", completed=done),
-        normalization=models.input_normalization(payload["spec"]["arch"]),  # Lite0: (x - 127) / 128
-    )
+    probs = _model_probs(ctx, model, payload["spec"]["arch"], ctx.rows(frame[manifest.PATH]))
     ctx.progress.stop("predict")
     if not np.isfinite(probs).all():  # a diverged model must not hand NaN pseudo-labels to the next round
         raise ConfigError(
@@ -236,6 +234,25 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     table = prediction_table(frame[[manifest.PATH, manifest.LABEL, manifest.PATIENT, layout.SPLIT]], probs, ctx.classes)
     atomic.write_csv(out, table)
     return results.read_predictions(out)  # exactly what a resume reads
+
+
+def _model_probs(ctx: RunContext, model: torch.nn.Module, arch: str, rows: torch.Tensor) -> np.ndarray:
+    """(N, C) probabilities of one model for cache rows: ONNX Runtime on a CPU when it pays off, else PyTorch."""
+    config = ctx.config
+    normalization = models.input_normalization(arch)  # Lite0: (x - 127) / 128
+    on_progress = lambda done: ctx.progress.update("predict", completed=done)  # noqa: E731
+    backend = backends.pipeline_backend(ctx.device, len(rows), config.image_size)
+    if backend == "torch":
+        return predict_probs(
+            model, ctx.load_batch, rows, ctx.device, config.eval_batch_size, config.tta, amp_dtype(config.amp, ctx.device),
+            channels_last=ctx.device.type == "cuda" and config.channels_last, on_progress=on_progress, normalization=normalization,
+        )
+    predictor = backends.model_predictor(model, normalization, ctx.device, config.tta, config, backend)
+    parts = []
+    for start in range(0, len(rows), config.eval_batch_size):
+        parts.append(predictor(ctx.load_batch(rows[start : start + config.eval_batch_size]).numpy())[0])
+        on_progress(start + len(parts[-1]))
+    return np.concatenate(parts) if parts else np.zeros((0, len(ctx.classes)), np.float32)
 
 
 def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:

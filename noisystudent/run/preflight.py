@@ -65,8 +65,15 @@ def _check_inputs(config: RunConfig) -> list[Path]:
 
 
 def _check_weights(config: RunConfig) -> None:
-    """A --weights file must exist and hold weights loadable without running code (read once, now)."""
-    if config.weights in ("imagenet", "none"):
+    """A --weights file must exist and hold weights loadable without running code (read once, now);
+    ImageNet weights must be cached or downloadable now, before any data work."""
+    if config.weights == "imagenet":
+        from noisystudent.models.pretrained import ensure_imagenet  # imports torch
+
+        for arch in dict.fromkeys((config.arch, config.student_architecture)):
+            ensure_imagenet(arch)
+        return
+    if config.weights == "none":
         return
     path = Path(config.weights)
     if not path.exists():

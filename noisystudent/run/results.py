@@ -8,7 +8,16 @@ table can be rebuilt at any time (and is, at the end of every ``kfold`` run):
 - ``oof``: all validation parts pooled (each image predicted by the one fold
   model that did not train on it);
 - ``ensemble``: the K fold models voting on the outer test set, by majority
-  and by soft voting, for the teachers and for the final students.
+  and by soft voting, for the teachers and for the final students (the AUC of
+  a majority vote is that of its vote fraction: ``auc_from``);
+- ``masked``: each teacher's pseudo-labels against the masked part's hidden
+  labels (run/evidence.py), and every row's selection and bias marks.
+
+The ``class`` column says which class a row is about: the positive class of a
+two-class run; for more classes ``macro`` and ``weighted`` averages, then one
+one-vs-rest row per class. Counts are written as integers.
+
+results/comparison.csv holds the tested comparison of final students and teachers.
 """
 
 from __future__ import annotations
@@ -25,12 +34,13 @@ from noisystudent.config.run_config import RunConfig
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
 from noisystudent.evaluation import metrics
 from noisystudent.evaluation.voting import vote
+from noisystudent.run import evidence
 from noisystudent.run.tables import read_table
 
 logger = logging.getLogger(__name__)
 
 VOTING_RULES = VOTING  # every rule, for the ensemble rows
-ID_COLUMNS = [layout.MODEL_KIND, layout.FOLD_COLUMN, layout.ROUND, layout.EVAL_SPLIT, layout.VOTING]
+ID_COLUMNS = [layout.MODEL_KIND, layout.FOLD_COLUMN, layout.ROUND, layout.EVAL_SPLIT, layout.VOTING, metrics.CLASS_COLUMN]
 OOF = "oof"
 AGREEMENT = "agreement"  # fraction of the fold models whose vote equals pred
 ENSEMBLE = "ensemble"
@@ -66,10 +76,15 @@ def write_results(run: Path, config: RunConfig, classes: list[str]) -> pd.DataFr
     rows = per_model_rows(predictions, classes, positive)
     rows += pooled_oof_rows(predictions, config, classes, positive)
     rows += ensemble_rows(run, predictions, config, classes, positive)
-    table = pd.DataFrame(rows, columns=ID_COLUMNS + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS)
+    rows += evidence.masked_rows(run, predictions, config, classes, positive)
+    columns = ID_COLUMNS + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS + [layout.AUC_FROM] + evidence.QUALITY_COLUMNS
+    table = pd.DataFrame(rows, columns=columns)
     table = metrics.summarise_folds(table) if not table.empty else table
-    table = _ordered(table)
+    table = metrics.with_integer_counts(_ordered(table))
+    table = evidence.mark_rows(table, config) if not table.empty else table.reindex(columns=columns + evidence.EVIDENCE_COLUMNS[:3])
     atomic.write_csv(layout.results_dir(run) / layout.METRICS, table)
+    atomic.write_csv(layout.results_dir(run) / evidence.PSEUDO_QUALITY, evidence.pseudo_label_quality(predictions, config, classes))
+    evidence.write_comparisons(run, evidence.run_comparisons(run, predictions, config, classes, positive))
     return table
 
 
@@ -79,7 +94,7 @@ def per_model_rows(predictions, classes, positive) -> list[dict]:
         for split in ("validation", "test"):
             part = table[table[layout.SPLIT] == split]
             if not part.empty:
-                rows.append(_row(layout.model_kind(round_), fold, round_, split, "", part, classes, positive))
+                rows.extend(_rows(layout.model_kind(round_), fold, round_, split, "", part, classes, positive))
     return rows
 
 
@@ -88,7 +103,7 @@ def pooled_oof_rows(predictions, config, classes, positive) -> list[dict]:
     for round_ in range(config.rounds + 1):
         parts = [t[t[layout.SPLIT] == "validation"] for (f, r), t in predictions.items() if r == round_]
         if len(parts) == config.folds:  # only when every fold has finished
-            rows.append(_row(layout.model_kind(round_), OOF, round_, "validation", "", pd.concat(parts), classes, positive))
+            rows.extend(_rows(layout.model_kind(round_), OOF, round_, "validation", "", pd.concat(parts), classes, positive))
     return rows
 
 
@@ -105,7 +120,10 @@ def ensemble_rows(run, predictions, config, classes, positive) -> list[dict]:
         for rule in VOTING_RULES:
             table = ensemble_table(tests, classes, rule)
             atomic.write_csv(layout.results_dir(run) / f"predictions_{layout.model_kind(round_)}_{rule}.csv", table)
-            rows.append(_row(layout.model_kind(round_), ENSEMBLE, round_, "test", rule, table, classes, positive))
+            scored = vote_fraction_scores(table, classes) if rule == "majority" else table
+            source = "vote fraction" if rule == "majority" else "probability"
+            for row in _rows(layout.model_kind(round_), ENSEMBLE, round_, "test", rule, scored, classes, positive):
+                rows.append({**row, layout.AUC_FROM: source if np.isfinite(row["auc"]) else ""})
     return rows
 
 
@@ -133,13 +151,27 @@ def vote_table(images: pd.DataFrame, probs: np.ndarray, classes: list[str], rule
 
 
 def vote_column(fold: int) -> str:
-    return f"vote_fold{fold}"
+    return f"{layout.VOTE_PREFIX}{fold}"
 
 
-def _row(kind, fold, round_, split, voting, table, classes, positive) -> dict:
-    values = metrics.metrics_from_predictions(table, classes, positive)
-    return {layout.MODEL_KIND: kind, layout.FOLD_COLUMN: fold, layout.ROUND: round_,
-            layout.EVAL_SPLIT: split, layout.VOTING: voting, **values}
+def vote_fraction_scores(table: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """``table`` with each prob_<class> replaced by the share of fold models voting for that class.
+
+    A majority vote's own score is its vote count; ranking its images by the mean
+    probability would give the soft vote's AUC under the majority vote's name.
+    """
+    votes = table[[c for c in table.columns if str(c).startswith(layout.VOTE_PREFIX)]].astype(str)
+    return table.assign(**{layout.prob_column(c): (votes == c).mean(axis=1) for c in classes})
+
+
+def _rows(kind, fold, round_, split, voting, table, classes, positive) -> list[dict]:
+    """One row per CLASS_COLUMN value (one for two classes; macro, weighted and each class otherwise)."""
+    ident = {layout.MODEL_KIND: kind, layout.FOLD_COLUMN: fold, layout.ROUND: round_, layout.EVAL_SPLIT: split, layout.VOTING: voting}
+    rows = []
+    for values in metrics.metric_rows_from_predictions(table, classes, positive):
+        auc_from = "probability" if np.isfinite(values.get("auc", np.nan)) else ""
+        rows.append({**ident, **values, layout.AUC_FROM: auc_from})
+    return rows
 
 
 SUMMARY_ORDER = ["mean", "variance", OOF, ENSEMBLE]  # after the numbered folds
@@ -156,4 +188,10 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
 def _sort_key(row: pd.Series) -> tuple:
     fold = str(row[layout.FOLD_COLUMN])
     fold_key = (0, int(fold)) if fold.lstrip("-").isdigit() else (1, SUMMARY_ORDER.index(fold) if fold in SUMMARY_ORDER else 9)
-    return (row[layout.EVAL_SPLIT] != "validation", KIND_ORDER.get(row[layout.MODEL_KIND], 2), row[layout.ROUND], fold_key, row[layout.VOTING])
+    return (row[layout.EVAL_SPLIT] != "validation", KIND_ORDER.get(row[layout.MODEL_KIND], 2), row[layout.ROUND], fold_key, row[layout.VOTING],
+            _class_rank(row.get(metrics.CLASS_COLUMN, "")))
+
+
+def _class_rank(name: str) -> int:
+    """macro, then weighted, then the classes in the order they were written (a stable sort keeps it)."""
+    return {metrics.MACRO: 0, metrics.WEIGHTED: 1}.get(str(name), 2)

@@ -81,8 +81,16 @@ def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.devi
     scaler = torch.amp.GradScaler(device.type) if amp_dtype(config.amp, device) == torch.float16 else None
     state = _resume(job, model, optimizer, scheduler, scaler)
     _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress)
-    _save_model(job, config, state, model_path)
+    _save_model(job, config, _selected(config, state, model), model_path)
     return model_path
+
+
+def _selected(config: RunConfig, state: TrainState, model) -> TrainState:
+    """--select last keeps the weights of the last epoch trained, not the best one on validation."""
+    if config.select == "best" or not state.history:
+        return state
+    last = state.history[-1]
+    return TrainState(state.next_epoch, float("nan"), int(last[layout.EPOCH]), copy.deepcopy(model.state_dict()), state.stale_epochs, state.history)
 
 
 def build_model(job: ModelJob, config: RunConfig, device: torch.device) -> torch.nn.Module:
@@ -248,7 +256,7 @@ def _save_model(job: ModelJob, config: RunConfig, state: TrainState, path: Path)
         "positive": config.positive,
         "image_size": config.image_size,
         "preprocess": {k: getattr(config, k) for k in ("image_size", "crop_black", "crop_threshold", "equalize", "center_crop")},
-        "selection": {"metric": config.select_metric, "score": state.best_score, "epoch": state.best_epoch},
+        "selection": {"metric": config.select_metric, "score": state.best_score, "epoch": state.best_epoch, "select": config.select},
         **job.extra,
     })
     logger.info("%s: best epoch %d (%s %.4f), saved %s", job.name, state.best_epoch, config.select_metric, state.best_score, path)

@@ -1,0 +1,163 @@
+"""Did B beat A? Two sets of predictions on the same test images, compared with intervals.
+
+A side is one prediction table (an ensemble) or several (fold models, whose
+metric is averaged). The verdict rests on one pre-specified metric, accuracy;
+the other metrics are shown with their intervals but decide nothing, so the
+verdict is not a pick of the best-looking of six tests (docs/evidence.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from noisystudent.data.labels import as_labels
+from noisystudent.data.manifest import LABEL, PATH, PATIENT
+from noisystudent.errors import DataError
+from noisystudent.evaluation.statistics import MIN_RESAMPLES, McNemar, Scored, mcnemar_exact, paired_bootstrap
+from noisystudent.layout import PRED, VOTE_PREFIX, prob_column
+
+PRIMARY_METRIC = "accuracy"
+BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
+FEW_UNITS = 10  # below this many patients a bootstrap interval is too coarse to lean on
+BINARY_ONLY = ("sensitivity", "specificity", "ppv", "f1", "auc")  # NaN with more than two classes
+
+
+@dataclass
+class Comparison:
+    """B minus A per metric with percentile intervals; McNemar when both sides are single tables."""
+
+    name_a: str
+    name_b: str
+    table: pd.DataFrame  # metric, a, b, difference, low, high, resamples
+    unit: str  # "patient" or "image": what the bootstrap resamples
+    n_units: int
+    n_images: int
+    n_resamples: int
+    seed: int
+    level: float
+    mcnemar: McNemar | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, metric: str = PRIMARY_METRIC) -> pd.Series:
+        return self.table.set_index("metric").loc[metric]
+
+
+def compare_predictions(side_a: list[pd.DataFrame], side_b: list[pd.DataFrame], classes: list[str], positive: str | None,
+                        name_a: str = "A", name_b: str = "B", n_resamples: int = MIN_RESAMPLES, seed: int = 0,
+                        level: float = 0.95, majority_a: bool = False, majority_b: bool = False) -> Comparison:
+    """Paired bootstrap of B - A (and McNemar's test for single tables) on the images both sides share.
+
+    ``majority_*`` scores AUC with the share of fold-model votes for the
+    positive class (a majority ensemble has no probability of its own).
+    Raises DataError when the sides were not evaluated on the same labelled images.
+    """
+    if n_resamples < MIN_RESAMPLES:
+        raise DataError(f"The bootstrap needs at least {MIN_RESAMPLES} resamples for a 95% interval; got {n_resamples}.")
+    tables = [_sorted(t) for t in side_a + side_b]
+    _check_same_images(tables, name_a, name_b)
+    reference = tables[0]
+    groups, unit = _units(reference)
+    binary = positive is not None and len(classes) == 2
+    truth = _truth(reference, positive if binary else None)
+    scored = [_scored(t, positive if binary else None, majority) for t, majority in
+              zip(tables, [majority_a] * len(side_a) + [majority_b] * len(side_b))]
+    table = paired_bootstrap(truth, scored[:len(side_a)], scored[len(side_a):], groups, n_resamples, seed, level)
+    notes = [] if binary else [f"{len(classes)} classes: only accuracy is compared (the others need one positive class)."]
+    n_units = len(np.unique(groups))
+    if n_units < FEW_UNITS:
+        notes.append(f"Only {n_units} {unit}s in the test set: the interval rests on very few independent units.")
+    if not binary:
+        table.loc[table["metric"].isin(BINARY_ONLY), ["a", "b", "difference", "low", "high"]] = np.nan
+    test = None
+    if len(side_a) == 1 and len(side_b) == 1:
+        labels = as_labels(reference[LABEL])
+        test = mcnemar_exact(labels, as_labels(tables[0][PRED]), as_labels(tables[1][PRED]))
+    return Comparison(name_a, name_b, table, unit, n_units, len(reference), n_resamples, seed, level, test, notes)
+
+
+def verdict(comparison: Comparison) -> str:
+    """'better' or 'worse' (B vs A) when the interval of the primary metric excludes 0, else 'no detectable difference'."""
+    row = comparison.row()
+    if not np.isfinite(row["low"]) or not np.isfinite(row["high"]):
+        return NO_DIFFERENCE
+    if row["low"] > 0:
+        return BETTER
+    if row["high"] < 0:
+        return WORSE
+    return NO_DIFFERENCE
+
+
+def interval_text(comparison: Comparison, metric: str = PRIMARY_METRIC) -> str:
+    """'accuracy +0.012 (95% CI -0.020 to +0.041; 2000 resamples of 24 patients)'."""
+    row = comparison.row(metric)
+    if not np.isfinite(row["difference"]):
+        return f"{metric} not comparable"
+    level = f"{100 * comparison.level:g}%"
+    units = f"{comparison.n_units} {comparison.unit}{'' if comparison.n_units == 1 else 's'}"
+    return (f"{metric} {row['difference']:+.3f} ({level} CI {row['low']:+.3f} to {row['high']:+.3f}; "
+            f"{comparison.n_resamples} resamples of {units})")
+
+
+def mcnemar_text(comparison: Comparison) -> str:
+    test = comparison.mcnemar
+    if test is None:
+        return ""
+    return (f"McNemar exact p = {test.p_value:.3g} ({test.b_only} images right only by {comparison.name_b}, "
+            f"{test.a_only} only by {comparison.name_a})")
+
+
+def comparison_table(comparison: Comparison) -> pd.DataFrame:
+    """The table with the sides named (a_name, b_name) and the bootstrap's unit, for CSV files and reports."""
+    return comparison.table.assign(a_name=comparison.name_a, b_name=comparison.name_b, unit=comparison.unit, units=comparison.n_units, images=comparison.n_images,
+                        seed=comparison.seed, level=comparison.level)
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    rows = table[as_labels(table[LABEL]) != ""] if LABEL in table else table
+    return rows.sort_values(PATH, kind="stable").reset_index(drop=True)
+
+
+def _check_same_images(tables: list[pd.DataFrame], name_a: str, name_b: str) -> None:
+    first = tables[0]
+    if first.empty:
+        raise DataError(f"{name_a} has no labelled test predictions to compare.")
+    for table in tables[1:]:
+        if len(table) != len(first) or (table[PATH].to_numpy() != first[PATH].to_numpy()).any():
+            raise DataError(f"{name_a} and {name_b} were not evaluated on the same test images; compare runs with the same outer test set.")
+        if (as_labels(table[LABEL]) != as_labels(first[LABEL])).any():
+            raise DataError(f"{name_a} and {name_b} give the same test images different labels.")
+
+
+def _units(table: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Patients when every image has one; otherwise each image is its own unit."""
+    patients = table[PATIENT].astype(str).to_numpy() if PATIENT in table else np.full(len(table), "")
+    if len(patients) and (patients != "").all() and (patients != "nan").all():
+        return patients, "patient"
+    return table[PATH].astype(str).to_numpy(), "image"
+
+
+def _truth(table: pd.DataFrame, positive: str | None) -> np.ndarray:
+    labels = as_labels(table[LABEL])
+    return labels == str(positive) if positive is not None else np.ones(len(labels), bool)
+
+
+def _scored(table: pd.DataFrame, positive: str | None, majority: bool) -> Scored:
+    """Binary: calls of the positive class and its score. Otherwise: 'called' means 'right' (accuracy only)."""
+    pred = as_labels(table[PRED])
+    if positive is None:
+        return Scored(pred == as_labels(table[LABEL]), None)
+    return Scored(pred == str(positive), _score(table, positive, majority))
+
+
+def _score(table: pd.DataFrame, positive: str, majority: bool) -> np.ndarray | None:
+    if majority:
+        votes = [c for c in table.columns if str(c).startswith(VOTE_PREFIX)]
+        return (table[votes].astype(str) == str(positive)).mean(axis=1).to_numpy() if votes else None
+    column = prob_column(str(positive))
+    return table[column].to_numpy(dtype=np.float64) if column in table else None

@@ -1,0 +1,47 @@
+"""The report's evidence: results/comparison.csv (for the headline, see tables.headline) and the pseudo-label quality figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MASKED, ROUND, results_dir
+from noisystudent.report.html import FigureEntry
+from noisystudent.report.plots import round_colour, save
+from noisystudent.run.evidence import COMPARISON
+from noisystudent.run.tables import read_table
+
+QUALITY_PANELS = (("accuracy", "accuracy of all masked images"), ("ece", "expected calibration error"),
+                  ("kept", "images kept after threshold and balancing"))
+
+
+def read_comparisons(run: Path) -> pd.DataFrame | None:
+    path = results_dir(run) / COMPARISON
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    table = read_table(path)
+    return table if len(table) else None
+
+
+def pseudo_quality_figures(metrics: pd.DataFrame | None, folder: Path) -> list[FigureEntry]:
+    """Accuracy, calibration and kept count of the pseudo-labels per round (one line per fold)."""
+    if metrics is None or EVAL_SPLIT not in metrics or not (metrics[EVAL_SPLIT] == MASKED).any():
+        return []
+    rows = metrics[(metrics[EVAL_SPLIT] == MASKED) & metrics[FOLD_COLUMN].astype(str).str.fullmatch(r"\d+")]
+    figure = Figure(figsize=(12, 3.6), layout="constrained")
+    for axes, (column, title) in zip(figure.subplots(1, len(QUALITY_PANELS)), QUALITY_PANELS):
+        for index, (fold, part) in enumerate(rows.groupby(FOLD_COLUMN)):
+            part = part.sort_values(ROUND)
+            axes.plot(part[ROUND].astype(int), part[column].astype(float), marker="o", color=round_colour(index), label=f"fold {fold}")
+        axes.set_title(title)
+        axes.set_xlabel("round that pseudo-labelled (0: teacher)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.axes[0].legend(fontsize="small")
+    save(figure, folder / "pseudo_quality.png")
+    return [FigureEntry("pseudo_quality.png", "Pseudo-label quality against the masked part's hidden labels",
+                        "Per fold and round: accuracy of the pseudo-labels on all masked images, expected calibration "
+                        "error of their confidence (15 bins), and how many masked images the student got after the "
+                        "threshold and balancing. The hidden labels are read only here, never in training.")]
