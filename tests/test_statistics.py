@@ -110,3 +110,30 @@ def test_expected_calibration_error_by_hand():
     assert expected_calibration_error([0.65, 0.65, 0.95, 0.95], [1, 0, 1, 1]) == pytest.approx(0.5 * 0.15 + 0.5 * 0.05)
     assert expected_calibration_error([1.0, 1.0], [1, 1]) == 0.0
     assert np.isnan(expected_calibration_error([], []))
+
+
+def test_a_single_sides_interval_is_the_binomial_one_and_holds_the_observed_value():
+    # Right on 70 % of 400 independent images: 0.7 +- 1.96 sqrt(0.21 / 400).
+    from noisystudent.evaluation.statistics import bootstrap_interval
+
+    n = 400
+    truth = np.arange(n) % 2 == 0
+    right = np.arange(n) % 10 < 7
+    row = bootstrap_interval(truth, [Scored(np.where(right, truth, ~truth), None)], np.arange(n), 4000, seed=0).set_index("metric").loc["accuracy"]
+    half_width = 1.96 * np.sqrt(0.7 * 0.3 / n)
+    assert row["value"] == pytest.approx(0.7)
+    assert row["low"] == pytest.approx(0.7 - half_width, abs=0.006) and row["high"] == pytest.approx(0.7 + half_width, abs=0.006)
+
+
+def test_score_interval_of_a_multiclass_side_gives_accuracy_only():
+    import pandas as pd
+
+    from noisystudent.evaluation.comparison import score_interval
+
+    labels = ["a", "b", "c"] * 20
+    calls = ["a", "b", "c", "a"] * 15  # right on some images, wrong on others
+    table = pd.DataFrame({"path": [f"i{k:02d}" for k in range(60)], "label": labels, "pred": calls, "patient": ""})
+    result = score_interval([table], ["a", "b", "c"], None).set_index("metric")
+    assert result.loc["accuracy", "value"] == pytest.approx(np.mean(np.array(labels) == np.array(calls)))
+    assert result.loc["accuracy", "low"] < result.loc["accuracy", "value"] < result.loc["accuracy", "high"]
+    assert result.drop(index="accuracy")["value"].isna().all()

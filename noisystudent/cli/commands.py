@@ -128,6 +128,8 @@ def kfold(
     Without DATA, generates the built-in synthetic demo data and runs the demo preset.
     """
     from noisystudent.cli.tables import print_results
+    from noisystudent.evaluation.metrics import headline_class_rows
+    from noisystudent.report.evidence import read_comparisons
     from noisystudent.report.tables import headline
     from noisystudent.run.folder import saved_config
     from noisystudent.run.pipeline import run_kfold
@@ -143,7 +145,8 @@ def kfold(
     console.print(banner(config), highlight=False, soft_wrap=True)
     with RichProgress(console) as progress:
         table = run_kfold(config, run, resume=resume, progress=progress)
-    print_results(out, table, run, headline=headline(table))
+    metrics = headline_class_rows(table) if not table.empty else table
+    print_results(out, table, run, headline=headline(metrics, read_comparisons(run), config.voting))
 
 
 def _kfold_signature() -> inspect.Signature:

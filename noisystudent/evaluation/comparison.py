@@ -16,7 +16,7 @@ import pandas as pd
 from noisystudent.data.labels import as_labels
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
 from noisystudent.errors import DataError
-from noisystudent.evaluation.statistics import MIN_RESAMPLES, McNemar, Scored, mcnemar_exact, paired_bootstrap
+from noisystudent.evaluation.statistics import MIN_RESAMPLES, McNemar, Scored, bootstrap_interval, mcnemar_exact, paired_bootstrap
 from noisystudent.layout import PRED, VOTE_PREFIX, prob_column
 
 PRIMARY_METRIC = "accuracy"
@@ -76,6 +76,27 @@ def compare_predictions(side_a: list[pd.DataFrame], side_b: list[pd.DataFrame], 
         labels = as_labels(reference[LABEL])
         test = mcnemar_exact(labels, as_labels(tables[0][PRED]), as_labels(tables[1][PRED]))
     return Comparison(name_a, name_b, table, unit, n_units, len(reference), n_resamples, seed, level, test, notes)
+
+
+def score_interval(side: list[pd.DataFrame], classes: list[str], positive: str | None, n_resamples: int = MIN_RESAMPLES,
+                   seed: int = 0, level: float = 0.95, majority: bool = False) -> pd.DataFrame:
+    """One side's metrics with percentile intervals, resampling the same units as :func:`compare_predictions`.
+
+    ``side`` is one prediction table or several fold models' tables of the same
+    images (their metric is averaged); with more than two classes only accuracy is given.
+    """
+    if n_resamples < MIN_RESAMPLES:
+        raise DataError(f"The bootstrap needs at least {MIN_RESAMPLES} resamples for a 95% interval; got {n_resamples}.")
+    tables = [_sorted(t) for t in side]
+    _check_same_images(tables, "one model", "another model of the same side")
+    groups, _ = _units(tables[0])
+    binary = positive is not None and len(classes) == 2
+    truth = _truth(tables[0], positive if binary else None)
+    scored = [_scored(t, positive if binary else None, majority) for t in tables]
+    table = bootstrap_interval(truth, scored, groups, n_resamples, seed, level)
+    if not binary:
+        table.loc[table["metric"].isin(BINARY_ONLY), ["value", "low", "high"]] = np.nan
+    return table
 
 
 def verdict(comparison: Comparison) -> str:

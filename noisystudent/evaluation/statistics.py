@@ -129,6 +129,30 @@ def paired_bootstrap(truth, side_a: list[Scored], side_b: list[Scored], groups, 
     return pd.DataFrame(rows)
 
 
+def bootstrap_interval(truth, side: list[Scored], groups, n_resamples: int = MIN_RESAMPLES, seed: int = 0,
+                       level: float = 0.95) -> pd.DataFrame:
+    """Per metric: one side's value on the data and its percentile interval over resamples of ``groups``.
+
+    The same resamples as :func:`paired_bootstrap` with the same seed, for a single
+    number (a model, an ensemble, or the mean over fold models) rather than a difference.
+    Columns: metric, value, low, high, resamples.
+    """
+    truth = np.asarray(truth, bool)
+    if n_resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"Need n_resamples >= 1 and 0 < level < 1; got {n_resamples} and {level}.")
+    unit_of_image, weights = resample_weights(groups, n_resamples, seed)
+    value = side_metrics(truth, side, unit_of_image, np.ones((1, weights.shape[1])))
+    resampled = side_metrics(truth, side, unit_of_image, weights)
+    tail = 100 * (1 - level) / 2
+    rows = []
+    for metric in BOOTSTRAP_METRICS:
+        finite = resampled[metric].to_numpy()
+        finite = finite[np.isfinite(finite)]
+        low, high = np.percentile(finite, [tail, 100 - tail]) if len(finite) else (np.nan, np.nan)
+        rows.append({"metric": metric, "value": value[metric][0], "low": float(low), "high": float(high), "resamples": len(finite)})
+    return pd.DataFrame(rows)
+
+
 def mcnemar_exact(truth, called_a, called_b) -> McNemar:
     """McNemar's exact (binomial) test on the discordant images of two sets of calls; two-sided."""
     truth = np.asarray(truth)
