@@ -57,17 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = subsample(Path(args.data), args.per_class, out) if args.per_class else Path(args.data)
     flags = PROTOCOLS[args.protocol] + args.kfold_flags
+    earlier = previous_records(out / "runs.csv")
     records = []
     for seed in args.seeds:  # seeds outermost: a stopped benchmark still has every task of its first seeds
         for task in args.task:
             for kind, extra in (("ns", []), ("upper", upper_bound_flags(flags))):
                 run = out / task_folder(task) / f"s{seed}" / kind
                 command = kfold_command(data, run, overridden(flags, extra) + task_flags(task) + ["--seed", str(seed)])
-                records.append({"task": task, "seed": seed, "kind": kind, "run": str(run), **execute(command, run)})
+                record = {"task": task, "seed": seed, "kind": kind, "run": str(run), **execute(command, run)}
+                records.append(earlier.get(str(run), record) if record["status"] == "done before" else record)
                 write_csv(out / "runs.csv", pd.DataFrame(records))
     summary = summarise(pd.DataFrame(records))
     write_csv(out / "summary.csv", summary)
-    (out / "summary.md").write_text(markdown(summary, pd.DataFrame(records), args, data))
+    (out / "summary.md").write_text(markdown(summary, pd.DataFrame(records)))
     print(f"benchmark: {len(records)} runs; tables in {out / 'summary.md'}")
     return 0
 
@@ -133,7 +135,15 @@ def execute(command: list[str], run: Path) -> dict:
     if completed.returncode != 0:
         raise SystemExit(f"benchmark: the run {run} failed (exit {completed.returncode}; see {log}); rerun to resume it.")
     return {"command": shown, "seconds": round(time.perf_counter() - start, 1), "load_before": load_before,
-            "load_after": load_average(), "status": "ran"}
+            "load_after": load_average(), "status": "ran", "commit": commit()}
+
+
+def previous_records(path: Path) -> dict[str, dict]:
+    """The rows of an earlier runs.csv by run folder, so a finished run keeps its measured seconds."""
+    if not path.exists():
+        return {}
+    table = pd.read_csv(path, keep_default_na=False)
+    return {row["run"]: row for row in table.to_dict("records")}
 
 
 def load_average() -> str:
@@ -161,48 +171,132 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
     os.replace(partial, path)
 
 
-# --- the tables -------------------------------------------------------------
 
-# (label in the tables, run, model kind, fold, split, voting) read from each run's metrics.csv
+PRIMARY = "accuracy"  # the pre-specified metric of every verdict (evaluation/comparison.py)
+# (label, run, model kind, round, voting or "" for the fold mean) of each row of a task's table
 ROWS = [
-    ("lower bound: teacher, fold mean", "ns", "teacher", "mean", "test", ""),
-    ("student, fold mean", "ns", "student", "mean", "test", ""),
-    ("lower bound: teacher ensemble, majority", "ns", "teacher", "ensemble", "test", "majority"),
-    ("lower bound: teacher ensemble, soft", "ns", "teacher", "ensemble", "test", "soft"),
-    ("student ensemble, majority", "ns", "student", "ensemble", "test", "majority"),
-    ("student ensemble, soft", "ns", "student", "ensemble", "test", "soft"),
-    ("upper bound: supervised on labelled + masked, fold mean", "upper", "teacher", "mean", "test", ""),
-    ("upper bound: ensemble, soft", "upper", "teacher", "ensemble", "test", "soft"),
+    ("teacher = lower bound (labelled part only), fold mean", "ns", 0, ""),
+    ("student, fold mean", "ns", 1, ""),
+    ("teacher ensemble, majority", "ns", 0, "majority"),
+    ("student ensemble, majority", "ns", 1, "majority"),
+    ("teacher ensemble, soft", "ns", 0, "soft"),
+    ("student ensemble, soft", "ns", 1, "soft"),
+    ("upper bound (labelled + masked, true labels), fold mean", "upper", 0, ""),
+    ("upper bound ensemble, soft", "upper", 0, "soft"),
 ]
-METRICS = ["accuracy", "balanced_accuracy", "f1", "auc"]
+# comparison.csv rows (by the student side's name) shown as student - teacher
+DIFFERENCES = [("student - teacher, fold mean", "student round"), ("student - teacher, ensemble majority", "student ensemble (majority"),
+               ("student - teacher, ensemble soft", "student ensemble (soft")]
 
 
 def summarise(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per task, seed and table row: the metrics of that row from the run's metrics.csv."""
+    """One row per task, seed and quantity: accuracy on the outer test set with its 95% interval."""
     rows = []
     for (task, seed), runs in records.groupby(["task", "seed"], sort=False):
-        tables = {kind: pd.read_csv(Path(run) / "results" / "metrics.csv", keep_default_na=False, na_values=[""])
-                  for kind, run in zip(runs["kind"], runs["run"])}
-        for label, kind, model, fold, split, voting in ROWS:
-            table = tables[kind]
-            hit = table[(table["model"] == model) & (table["fold"].astype(str) == fold) & (table["split"] == split)
-                        & (table["voting"].fillna("").astype(str) == voting)]
-            if not hit.empty:
-                rows.append({"task": task, "seed": seed, "row": label, **{m: hit.iloc[0].get(m) for m in METRICS}})
+        folders = {kind: Path(run) for kind, run in zip(runs["kind"], runs["run"])}
+        for folder in folders.values():
+            refresh_results(folder)
+        for label, kind, round_, voting in ROWS:
+            value, low, high = side_interval(folders[kind], round_, voting)
+            rows.append({"task": task, "seed": seed, "quantity": label, "value": value, "low": low, "high": high})
+        rows += [{"task": task, "seed": seed, **row} for row in differences(folders["ns"])]
+        value, low, high = pseudo_label_accuracy(folders["ns"])
+        rows.append({"task": task, "seed": seed, "quantity": "pseudo-label accuracy (masked part, all folds)", "value": value, "low": low, "high": high})
     return pd.DataFrame(rows)
 
 
-def markdown(summary: pd.DataFrame, records: pd.DataFrame, args: argparse.Namespace, data: Path) -> str:
+def refresh_results(run: Path) -> None:
+    """Recompute results/ from the run's saved predictions with this checkout's code (metrics.csv, comparison.csv)."""
+    from noisystudent.run import results
+
+    config, classes = _config_classes(run)
+    results.write_results(run, config, classes)
+
+
+def _config_classes(run: Path):
+    from noisystudent.config.run_config import load_config_json
+    from noisystudent.config.settings import resume_config
+
+    config = resume_config(load_config_json(run / "config.json"))  # settings added since take their defaults
+    folds = pd.read_csv(run / "folds.csv", keep_default_na=False, dtype=str)
+    return config, sorted(label for label in folds["label"].unique() if label)
+
+
+def _classes_positive(run: Path) -> tuple[list[str], str | None]:
+    from noisystudent.run.results import evaluation_positive
+
+    config, classes = _config_classes(run)
+    return classes, evaluation_positive(config, classes)
+
+
+def side_interval(run: Path, round_: int, voting: str) -> tuple[float, float, float]:
+    """Accuracy of a fold mean (voting "") or an ensemble on the test set, with its bootstrap interval."""
+    from noisystudent.evaluation.comparison import score_interval
+
+    classes, positive = _classes_positive(run)
+    if voting:
+        kind = "teacher" if round_ == 0 else "student"
+        tables = [pd.read_csv(run / "results" / f"predictions_{kind}_{voting}.csv", keep_default_na=False, dtype={"patient": str})]
+    else:
+        tables = [_split(run, fold, round_, "test") for fold in _folds(run)]
+    row = score_interval(tables, classes, positive, majority=voting == "majority").set_index("metric").loc[PRIMARY]
+    return row["value"], row["low"], row["high"]
+
+
+def pseudo_label_accuracy(run: Path) -> tuple[float, float, float]:
+    """The teachers' pseudo-labels against the masked part's hidden labels, all folds pooled."""
+    from noisystudent.evaluation.comparison import score_interval
+
+    classes, _ = _classes_positive(run)
+    masked = pd.concat([_split(run, fold, 0, "unlabelled") for fold in _folds(run)], ignore_index=True)
+    row = score_interval([masked], classes, None).set_index("metric").loc[PRIMARY]
+    return row["value"], row["low"], row["high"]
+
+
+def differences(run: Path) -> list[dict]:
+    table = pd.read_csv(run / "results" / "comparison.csv")
+    table = table[table["metric"] == PRIMARY]
+    found = []
+    for label, student_name in DIFFERENCES:
+        hit = table[table["b_name"].str.startswith(student_name)]
+        if not hit.empty:
+            row = hit.iloc[0]
+            found.append({"quantity": label, "value": row["difference"], "low": row["low"], "high": row["high"], "verdict": row["verdict"]})
+    return found
+
+
+def _folds(run: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in run.glob("fold-*"))
+
+
+def _split(run: Path, fold: int, round_: int, split: str) -> pd.DataFrame:
+    table = pd.read_csv(run / f"fold-{fold}" / f"round-{round_}" / "predictions.csv", keep_default_na=False, dtype={"patient": str})
+    return table[table["split"] == split]
+
+
+def markdown(summary: pd.DataFrame, records: pd.DataFrame) -> str:
+    seeds = sorted(summary["seed"].unique())
     lines = [f"Command: `python scripts/benchmark_real.py {shlex.join(sys.argv[1:])}`", "",
-             f"Commit {commit()}; machine: {machine()}.", ""]
+             f"Tables computed at commit {commit()} (each run's own commit is listed below); machine: {machine()}.", "",
+             "Accuracy on the outer test set with its 95% percentile interval (2,000 bootstrap resamples of the test "
+             "set's patients, or images where there are no patient ids); differences are paired.", ""]
     for task, part in summary.groupby("task", sort=False):
-        lines += [f"### Task: {task}", "", "| row | seed | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
-        for _, row in part.iterrows():
-            lines.append(f"| {row['row']} | {row['seed']} | " + " | ".join(f"{row[m]:.3f}" for m in METRICS) + " |")
+        lines += [f"Task: {task}", "", "| quantity | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+        for quantity, rows in part.groupby("quantity", sort=False):
+            cells = {row.seed: _cell(row, quantity) for row in rows.itertuples()}
+            lines.append(f"| {quantity} | " + " | ".join(cells.get(s, "not run") for s in seeds) + " |")
         lines.append("")
-    lines += ["Runs (seconds of wall time, load average before -> after):", ""]
-    lines += [f"- {r.task} seed {r.seed} {r.kind}: {r.seconds} s, load {r.load_before} -> {r.load_after}" for r in records.itertuples()]
+    lines += ["Runs (wall seconds, load average before -> after):", ""]
+    lines += [f"- {r.task} seed {r.seed} {r.kind}: {r.seconds} s, load {r.load_before} -> {r.load_after}, commit {getattr(r, 'commit', '') or 'not recorded'}"
+              for r in records.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+def _cell(row, quantity: str) -> str:
+    if not quantity.startswith("student - teacher"):
+        return f"{row.value:.3f} [{row.low:.3f}, {row.high:.3f}]"
+    side = "excludes 0" if row.low > 0 or row.high < 0 else "includes 0"
+    return f"{row.value:+.3f} [{row.low:+.3f}, {row.high:+.3f}] {side}"
 
 
 def commit() -> str:
