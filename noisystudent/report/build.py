@@ -22,7 +22,7 @@ from noisystudent.layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SPLIT, STUDENT
 from noisystudent.report import evidence, plots
 from noisystudent.report.class_tables import patient_table, per_class_table, scope_sentence
 from noisystudent.report.data_section import data_caption, fold_parts_table, has_patients, parts_table
-from noisystudent.report.evidence import read_comparisons
+from noisystudent.report.evidence import comparison_frame, read_comparisons
 from noisystudent.report.html import FigureEntry, TableEntry, render_page, table_html
 from noisystudent.report.run_reader import RunContents, load_run
 from noisystudent.report.settings_section import settings_section
@@ -68,7 +68,7 @@ def write_report(run: Path) -> Path:
             data.notes.append(f"The {step.__name__.replace('_', ' ')} could not be drawn ({type(error).__name__}: {error}).")
     sentence = headline(data.metrics, read_comparisons(run), data.config.get("voting", "majority"))
     page = render_page(f"Noisy Student report: {run.name}", data.config, sentence, data.notes,
-                       report_tables(data), figures, warnings=no_information_warnings(data.metrics),
+                       report_tables(data) + comparison_tables(run), figures, warnings=no_information_warnings(data.metrics),
                        before=[settings_section(data.config), data_html(data)], after=[patient_html(data)])
     write_text(folder / PAGE, page)
     log.info("wrote %s with %d figures", folder / PAGE, len(figures))
@@ -99,6 +99,17 @@ def report_tables(data: RunContents) -> list[TableEntry]:
             "AUC is that class's one-vs-rest ROC AUC. Fold means ± sd over folds (images of the class: total over the "
             "folds), then the ensembles.", per_class_table(data.all_metrics, main)))
     return tables
+
+
+def comparison_tables(run: Path) -> list[TableEntry]:
+    """The tested student-minus-teacher comparisons of results/comparison.csv (accuracy), after Tables A-C."""
+    frame = comparison_frame(read_comparisons(run))
+    if frame.empty:
+        return []
+    return [TableEntry("Did Noisy Student help? Student minus teacher on the outer test set",
+                       "Paired bootstrap over the test set's patients (its images where there are no patient ids), "
+                       "2,000 resamples, 95% percentile interval; 'helped' or 'hurt' only where the interval excludes 0. "
+                       "All metrics: results/comparison.csv.", frame)]
 
 
 def data_html(data: RunContents) -> str:

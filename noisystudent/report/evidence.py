@@ -45,3 +45,20 @@ def pseudo_quality_figures(metrics: pd.DataFrame | None, folder: Path) -> list[F
                         "Per fold and round: accuracy of the pseudo-labels on all masked images, expected calibration "
                         "error of their confidence (15 bins), and how many masked images the student got after the "
                         "threshold and balancing. The hidden labels are read only here, never in training.")]
+
+
+def comparison_frame(comparisons: pd.DataFrame | None) -> pd.DataFrame:
+    """Accuracy of each tested comparison: both sides, student minus teacher, its interval, and whether it excludes 0."""
+    if comparisons is None or comparisons.empty:
+        return pd.DataFrame()
+    rows = comparisons[comparisons["metric"] == "accuracy"]
+    excludes = (rows["low"] > 0) | (rows["high"] < 0)
+    return pd.DataFrame({
+        "student": rows["b_name"], "teacher": rows["a_name"],
+        "student accuracy": rows["b"].round(3), "teacher accuracy": rows["a"].round(3),
+        "student - teacher": rows["difference"].map("{:+.3f}".format),
+        "95% interval": [f"{low:+.3f} to {high:+.3f}" for low, high in zip(rows["low"], rows["high"])],
+        "interval excludes 0": excludes.map({True: "yes", False: "no"}),
+        "resampled": [f"{n} {unit}s" for n, unit in zip(rows["units"], rows["unit"])],
+        "McNemar p": rows["mcnemar_p"].map(lambda p: "" if pd.isna(p) else f"{p:.3g}"),
+    }).reset_index(drop=True)
