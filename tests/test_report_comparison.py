@@ -22,3 +22,11 @@ def test_only_an_interval_on_one_side_of_zero_excludes_it():
 
 def test_no_comparison_no_table():
     assert comparison_frame(None).empty
+
+
+def test_a_run_without_students_has_no_comparisons_to_read(tmp_path):
+    from noisystudent.report.evidence import read_comparisons
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "comparison.csv").write_text("\n")  # what a --rounds 0 run writes
+    assert read_comparisons(tmp_path) is None

@@ -20,9 +20,12 @@ QUALITY_PANELS = (("accuracy", "accuracy of all masked images"), ("ece", "expect
 
 def read_comparisons(run: Path) -> pd.DataFrame | None:
     path = results_dir(run) / COMPARISON
-    if not path.exists() or path.stat().st_size == 0:
+    if not path.exists():
         return None
-    table = read_table(path)
+    try:
+        table = read_table(path)
+    except pd.errors.EmptyDataError:  # a run without students writes an empty comparison.csv (a bare newline)
+        return None
     return table if len(table) else None
 
 
