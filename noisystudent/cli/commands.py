@@ -140,6 +140,9 @@ def kfold(
         config = make_config(data, **settings)
     run = out or default_run_folder(config)
     console.print(f"[bold]noisystudent kfold[/] -> {run}  (preset {config.preset}: {DESCRIPTIONS.get(config.preset, 'custom settings')})", highlight=False)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone shows progress and results
+        run_kfold(config, run, resume=resume, only_folds=only_folds, join=join)
+        return
     with RichProgress(console) as progress:
         table = run_kfold(config, run, resume=resume, progress=progress, only_folds=only_folds, join=join)
     if table is None:  # other folds are still being trained (or wait for a process that stopped): the log says which

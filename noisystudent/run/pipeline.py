@@ -37,6 +37,7 @@ from noisystudent.run import claims, pseudo_labels, results
 from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
 from noisystudent.run.preflight import check_before_writing
 from noisystudent.run.tables import read_table
+from noisystudent.training import distributed
 from noisystudent.training.engine import TrainSet, predict_probs
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
@@ -78,15 +79,28 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     join = join or only_folds is not None
     check_before_writing(config, run)  # a refused setting leaves no trace
     check_run_folder(run, config, resume or (join and saved_config(run) is not None))
-    with new_run_folder(run), run_log(run):
-        ctx = _prepare_run(config, run, resume, join, progress)
-        _train_folds(ctx, wanted)
-        with lock_run_folder(run):
-            return _finish_run(ctx, recompute=resume and not join)
+    started_group = distributed.init_from_env(resolve_device(config.device))  # under torchrun: one rank per device
+    try:
+        with new_run_folder(run), run_log(run):
+            ctx = _prepare_run(config, run, resume, join, progress)
+            _train_folds(ctx, wanted)
+            return _finish(ctx, recompute=resume and not join)
+    finally:
+        if started_group:
+            distributed.shutdown()
 
 
 def _prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progress: Progress) -> RunContext:
-    """What every process shares, made once under the run folder's lock: config.json, folds.csv, the cache."""
+    """What every process shares, made once under the run folder's lock: config.json, folds.csv, the cache.
+
+    Under torchrun rank 0 prepares; the other ranks then read what it wrote.
+    """
+    if not distributed.is_main():
+        distributed.barrier()
+        data = load_run_images(config, run)
+        fold_table = folds_module.load_folds(run / layout.FOLDS)
+        return RunContext(run, config, data.classes, fold_table, _build_cache(run, fold_table, config, progress),
+                          distributed.local_device(resolve_device(config.device)), progress)
     with lock_run_folder(run):
         # again under the lock: another process may have begun the run since the check above
         check_run_folder(run, config, resume or (join and saved_config(run) is not None))
@@ -98,29 +112,46 @@ def _prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progres
         if not (run / layout.FOLDS).exists():
             folds_module.save_folds(fold_table, run / layout.FOLDS)
         cache = _build_cache(run, fold_table, config, progress)
-    return RunContext(run, config, data.classes, fold_table, cache, resolve_device(config.device), progress)
+    distributed.barrier()  # the other ranks may read now
+    return RunContext(run, config, data.classes, fold_table, cache, distributed.local_device(resolve_device(config.device)), progress)
 
 
 def _train_folds(ctx: RunContext, wanted: list[int]) -> None:
     """Train every fold of ``wanted`` that is unfinished and not claimed by another live process."""
     ctx.progress.start("fold", "folds", total=len(wanted))
     for done, fold in enumerate(wanted, start=1):
-        if not claims.fold_finished(ctx.run, fold, ctx.config.rounds):
+        if not distributed.broadcast(claims.fold_finished(ctx.run, fold, ctx.config.rounds)):  # one answer for all ranks
             _train_claimed_fold(ctx, fold)
         ctx.progress.update("fold", completed=done)
     ctx.progress.stop("fold")
 
 
 def _train_claimed_fold(ctx: RunContext, fold: int) -> None:
-    with lock_run_folder(ctx.run):
-        holder = claims.claim_fold(ctx.run, fold)
+    holder = None
+    if distributed.is_main():  # under torchrun the job claims once, through rank 0
+        with lock_run_folder(ctx.run):
+            holder = claims.claim_fold(ctx.run, fold)
+    holder = distributed.broadcast(holder)
     if holder is not None:
         logger.info("Moving on: %s.", claims.holder_sentence(fold, holder))
         return
     try:
         run_fold(ctx, fold)
     finally:
-        claims.release_fold(ctx.run, fold)
+        if distributed.is_main():
+            claims.release_fold(ctx.run, fold)
+
+
+def _finish(ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
+    """Results by rank 0 under the lock; the other ranks read them afterwards."""
+    if distributed.is_main():
+        with lock_run_folder(ctx.run):
+            table = _finish_run(ctx, recompute)
+    distributed.barrier()
+    if distributed.is_main():
+        return table
+    metrics_path = layout.results_dir(ctx.run) / layout.METRICS
+    return read_table(metrics_path) if metrics_path.exists() else None
 
 
 def _finish_run(ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
@@ -280,12 +311,12 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device, ctx.config.channels_last)
     config = ctx.config
     ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
-    probs = predict_probs(
-        model, ctx.load_batch, ctx.rows(frame[manifest.PATH]), ctx.device, config.eval_batch_size, config.tta,
+    probs = distributed.gather_rows(lambda rows: predict_probs(  # torchrun: a slice per rank, gathered in order
+        model, ctx.load_batch, rows, ctx.device, config.eval_batch_size, config.tta,
         amp_dtype(config.amp, ctx.device), channels_last=ctx.device.type == "cuda" and config.channels_last,
         on_progress=lambda done: ctx.progress.update("predict", completed=done),
         normalization=models.input_normalization(payload["spec"]["arch"]),  # Lite0: (x - 127) / 128
-    )
+    ), ctx.rows(frame[manifest.PATH]))
     ctx.progress.stop("predict")
     if not np.isfinite(probs).all():  # a diverged model must not hand NaN pseudo-labels to the next round
         raise ConfigError(
@@ -293,7 +324,9 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
             "training diverged; start a new run (--out) with a lower --lr."
         )
     table = prediction_table(frame[[manifest.PATH, manifest.LABEL, manifest.PATIENT, layout.SPLIT]], probs, ctx.classes)
-    atomic.write_csv(out, table)
+    if distributed.is_main():
+        atomic.write_csv(out, table)
+    distributed.barrier()
     return results.read_predictions(out)  # exactly what a resume reads
 
 
@@ -307,7 +340,7 @@ def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str])
 
 def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:
     out = layout.round_dir(ctx.run, fold, round_) / layout.PSEUDO_LABELS
-    if out.exists():
+    if distributed.broadcast(out.exists()):  # rank 0 may write it before another rank looks
         return
     config = ctx.config
     unlabelled = predictions[predictions[layout.SPLIT].isin(PSEUDO_SPLITS)]
@@ -321,4 +354,6 @@ def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.Data
     )
     if table.empty:
         raise ConfigError(f"No image of fold {fold} passed the pseudo-label threshold {config.pseudo_threshold}; start a new run (--out) with a lower --pseudo-threshold.")
-    pseudo_labels.save_pseudo_labels(table, out)
+    if distributed.is_main():
+        pseudo_labels.save_pseudo_labels(table, out)
+    distributed.barrier()
