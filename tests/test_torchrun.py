@@ -32,7 +32,7 @@ FLAGS = tiny_flags(
     epochs=1, image_size=16, test_fraction=0.25, freeze="backbone", teacher_augment="none", student_augment="none",
     teacher_dropout=0, student_dropout=0, teacher_drop_connect=0, student_drop_connect=0,
 )
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0", "-m", "noisystudent"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "noisystudent"]
 
 pytestmark = pytest.mark.slow  # every test here trains (in subprocesses)
 
@@ -56,6 +56,16 @@ def _torchrun(*args: str) -> subprocess.Popen:
                             text=True, cwd=REPO)
 
 
+def _output(process: subprocess.Popen, timeout: float = 600) -> str:
+    """The output of ``process`` once it ends; killed (with its ranks) if it runs past ``timeout``."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    finally:
+        if process.poll() is None:
+            process.terminate()  # torchrun passes SIGTERM on to its ranks
+            process.wait(timeout=60)
+
+
 def _files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and layout.CACHE not in p.relative_to(run).parts)
 
@@ -75,7 +85,7 @@ def _assert_close_to(run: Path, reference: Path) -> None:
 
 def test_two_gloo_ranks_write_the_files_of_one_process(tmp_path, data, single):
     process = _torchrun("kfold", str(data), "--out", str(tmp_path / "run"), *FLAGS)
-    output = process.communicate(timeout=600)[0]
+    output = _output(process)
     assert process.returncode == 0, output
     _assert_close_to(tmp_path / "run", single)
 
@@ -94,16 +104,16 @@ def test_a_killed_rank_stops_the_job_and_resume_under_torchrun_finishes_it(tmp_p
     process = _torchrun("kfold", str(data), "--out", str(run), *FLAGS)
     deadline = time.monotonic() + 300
     while not (layout.round_dir(run, 0, 0) / layout.MODEL).exists():  # mid-run: the first model is saved
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+        assert process.poll() is None and time.monotonic() < deadline, _output(process, 60)
         time.sleep(0.05)
     os.kill(_rank_pid(process.pid, 1), signal.SIGKILL)
-    output = process.communicate(timeout=300)[0]
+    output = _output(process, 300)
     assert process.returncode != 0, output  # torchrun stops every rank when one dies
     assert not (run / layout.RESULTS / layout.METRICS).exists()
     assert claims.read_claim(run, 0) is not None  # the dead rank 0's claim is still there: stale
 
     resumed = _torchrun("kfold", "--out", str(run), "--resume")
-    output = resumed.communicate(timeout=600)[0]
+    output = _output(resumed)
     assert resumed.returncode == 0, output
     assert "which is no longer running; this process" in " ".join(output.split())
     _assert_close_to(run, single)
