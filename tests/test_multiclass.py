@@ -76,7 +76,7 @@ def make_multiclass_run(root: Path, skill: float = 2.5) -> Path:
     """A finished 2-fold, 1-round run on 4 classes; metrics.csv written by the real results code."""
     run = root / "run"
     run.mkdir(parents=True)
-    config = make_config(str(root), preset="smoke", folds=2, rounds=1, optimizer="adamw", pseudo_mode="hard", test_fraction=0.2)
+    config = make_config(str(root), preset="smoke", folds=2, rounds=1, optimizer="adamw", pseudo_mode="hard", test_fraction=0.25)
     (run / CONFIG).write_text(json.dumps({**config.to_dict(), "version": "0.1.0", "data_fingerprint": "abc"}))
     rng = np.random.default_rng(0)
     for fold in range(2):
