@@ -87,13 +87,14 @@ def is_temp(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.name.count(".") >= 3
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temporary files that interrupted writes left anywhere under ``folder``.
+def remove_stale_temps(folder: Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files that interrupted writes left under ``folder`` (in it only, unless ``recursive``).
 
-    Only call this while no other process writes into ``folder``.
+    Only call this while no other process writes into the folders it clears.
     """
     removed = []
-    for path in sorted(Path(folder).rglob(f".*{TEMP_SUFFIX}")):
+    pattern = f".*{TEMP_SUFFIX}"
+    for path in sorted(Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern)):
         if path.is_file() and is_temp(path):
             path.unlink(missing_ok=True)
             removed.append(path)

@@ -6,7 +6,7 @@
   and one sentence; the run then resumes;
 - a training stage interrupted after any epoch resumes to exactly the model
   and history of an uninterrupted one (optimizers, schedules, early stopping);
-- one session at a time per run folder; a session stopped before config.json
+- sessions share a run folder through a short setup lock; a session stopped before config.json
   leaves a folder that can simply be started again.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
+import threading
 
 import numpy as np
 import pandas as pd
@@ -298,16 +299,24 @@ def test_a_checkpoint_of_another_stage_is_refused_with_its_name(tmp_path, tiny_m
 # --- the run folder: one session at a time, restartable before config.json -----------------
 
 
-def test_a_second_session_on_the_same_run_folder_is_refused(tmp_path):
-    data = write_class_folders(tmp_path / "data", patients_per_class=2, images_per_patient=1)
+def test_a_second_session_waits_for_the_setup_lock_naming_its_holder(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()  # no class folders: the session stops with a data error once it has the lock
     run = tmp_path / "run"
     run.mkdir()
-    with open(run / ".lock", "a") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's session
-        result = _invoke("kfold", data, "--out", run, *RUN_FLAGS)
-    assert result.exit_code == 2
-    assert f"Another noisystudent process is working on {run}" in _line(result.output)
-    assert not (run / layout.LOG).exists()
+    with open(run / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process preparing the run
+        held.write("otherhost:4242\n")
+        held.flush()
+        outcome = {}
+        waiting = threading.Thread(target=lambda: outcome.setdefault("result", _invoke("kfold", data, "--out", run, *RUN_FLAGS)))
+        waiting.start()
+        waiting.join(timeout=3)
+        assert waiting.is_alive()  # it waits, it does not fail
+    waiting.join(timeout=60)
+    result = outcome["result"]
+    assert "Waiting for otherhost:4242" in _line(result.output)
+    assert result.exit_code == 2 and "has no class sub-folders" in result.output
 
 
 def test_a_session_stopped_before_config_json_leaves_a_restartable_folder(tmp_path):

@@ -121,6 +121,8 @@ def kfold(
     out: Optional[Path] = None,
     resume: bool = False,
     quiet: bool = False,
+    only_folds: Optional[str] = None,
+    join: bool = False,
     **settings: Any,
 ) -> None:
     """Train teachers and Noisy Students on patient-disjoint folds; evaluate folds and ensembles.
@@ -135,7 +137,8 @@ def kfold(
     from noisystudent.run.pipeline import run_kfold
 
     setup_logging(quiet)
-    saved = saved_config(out) if resume and out is not None else None
+    joining = join or only_folds is not None
+    saved = saved_config(out) if (resume or joining) and out is not None else None
     if saved is not None:
         config = resume_config(saved, data, source=out / "config.json", **settings)
     else:  # a new run (or nothing to resume: the run folder check says so)
@@ -143,8 +146,14 @@ def kfold(
     run = out or default_run_folder(config)
     console.print(f"[bold]noisystudent kfold[/] -> {run}", highlight=False)
     console.print(banner(config), highlight=False, soft_wrap=True)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone shows progress and results
+        run_kfold(config, run, resume=resume, only_folds=only_folds, join=join)
+        return
     with RichProgress(console) as progress:
-        table = run_kfold(config, run, resume=resume, progress=progress)
+        table = run_kfold(config, run, resume=resume, progress=progress, only_folds=only_folds, join=join)
+    if table is None:  # other folds are still being trained (or wait for a process that stopped): the log says which
+        console.print(f"This process is done; the results follow when every fold is finished (noisystudent kfold --out {run} --resume).")
+        return
     metrics = headline_class_rows(table) if not table.empty else table
     print_results(out, table, run, headline=headline(metrics, read_comparisons(run), config.voting))
 
@@ -159,6 +168,12 @@ def _kfold_signature() -> inspect.Signature:
             bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]),
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
             bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")]),
+        inspect.Parameter("only_folds", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[str], typer.Option("--only-folds", help="Train just these folds (e.g. 0,2) into the run folder, "
+                                        "starting the run or joining it; other processes may train the others.", show_default=False)]),
+        inspect.Parameter("join", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option("--join", help="Start the run in --out or join it if it exists, and train every fold no other "
+                               "process has claimed (one process per GPU or machine).")]),
     ]
     return inspect.Signature(base + [_option(f) for f in fields(RunConfig) if f.name not in KFOLD_SKIP])
 

@@ -11,21 +11,9 @@ import pandas as pd
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import demo, readers
+from noisystudent.data import manifest as schema  # column names and checks of the manifest
 from noisystudent.data.label_names import apply_label_map, check_distinct_labels
 from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping, positive_index_of
-from noisystudent.data.manifest import (
-    LABEL,
-    PATH,
-    PATIENT,
-    SUBSET,
-    SUBSET_TEST,
-    SUBSET_TRAIN,
-    SUBSET_UNLABELLED,
-    check_manifest,
-    class_names,
-    make_manifest,
-    normalise_patient,
-)
 from noisystudent.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -50,16 +38,16 @@ def load_run_images(config: RunConfig, run: Path) -> RunImages:
         test, _ = readers.read_manifest(Path(config.test), "auto", config.patient_regex)
         test = readers.drop_unreadable(test, config.skip_unreadable)
         skipped += list(test.attrs.get("skipped", []))
-        parts.append(test[test[SUBSET] != SUBSET_UNLABELLED].assign(**{SUBSET: SUBSET_TEST}))
+        parts.append(test[test[schema.SUBSET] != schema.SUBSET_UNLABELLED].assign(**{schema.SUBSET: schema.SUBSET_TEST}))
     if config.unlabelled:
         parts.append(_unlabelled_with_patients(readers.read_unlabelled(Path(config.unlabelled)), config.patient_regex))
-    combined = apply_label_map(make_manifest(pd.concat(parts, ignore_index=True)), config.label_map)
+    combined = apply_label_map(schema.make_manifest(pd.concat(parts, ignore_index=True)), config.label_map)
     check_distinct_labels(combined)
     if config.binary:
-        mapping = parse_binary_mapping(config.binary, class_names(combined))
-        combined[LABEL] = [apply_binary_mapping([lab], mapping)[0] if lab else "" for lab in combined[LABEL]]
-    check_manifest(combined)
-    classes = class_names(combined[combined[SUBSET] == SUBSET_TRAIN])
+        mapping = parse_binary_mapping(config.binary, schema.class_names(combined))
+        combined[schema.LABEL] = [apply_binary_mapping([lab], mapping)[0] if lab else "" for lab in combined[schema.LABEL]]
+    schema.check_manifest(combined)
+    classes = schema.class_names(combined[combined[schema.SUBSET] == schema.SUBSET_TRAIN])
     _check_labels(combined, classes)
     check_positive(config, classes)
     logger.info("data: %d images (%s format), classes %s", len(combined), data_format, ", ".join(classes))
@@ -80,7 +68,7 @@ def check_positive(config: RunConfig, classes: list[str]) -> None:
                           "name one of them, or leave --positive out for macro averages only.")
 def _without_pool(manifest: pd.DataFrame) -> pd.DataFrame:
     """DATA without its own unlabelled images (C-NMC's final-phase test set): --no-pool, as the C-NMC study."""
-    pool = manifest[SUBSET] == SUBSET_UNLABELLED
+    pool = manifest[schema.SUBSET] == schema.SUBSET_UNLABELLED
     if pool.any():
         logger.info("--no-pool: the %d unlabelled images that come with the data are not used.", int(pool.sum()))
     return manifest[~pool]
@@ -92,19 +80,19 @@ def _unlabelled_with_patients(pool: pd.DataFrame, patient_regex: str | None) -> 
     pattern = readers.compile_patient_regex(patient_regex)
     if pattern is None:
         return pool
-    found = [pattern.search(Path(path).name) for path in pool[PATH]]
-    ids = [normalise_patient(m.group(1)) if m and m.group(1) else "" for m in found]
+    found = [pattern.search(Path(path).name) for path in pool[schema.PATH]]
+    ids = [schema.normalise_patient(m.group(1)) if m and m.group(1) else "" for m in found]
     pool = pool.copy()
-    pool[PATIENT] = [given or found_id for given, found_id in zip(pool[PATIENT], ids)]
+    pool[schema.PATIENT] = [given or found_id for given, found_id in zip(pool[schema.PATIENT], ids)]
     return pool
 
 
 def _check_labels(manifest: pd.DataFrame, classes: list[str]) -> None:
     """Every labelled image (test set included) must carry one of the training classes."""
-    unknown = manifest[(manifest[LABEL] != "") & ~manifest[LABEL].isin(classes)]
+    unknown = manifest[(manifest[schema.LABEL] != "") & ~manifest[schema.LABEL].isin(classes)]
     if not unknown.empty:
         row = unknown.iloc[0]
         raise DataError(
-            f"The {row[SUBSET]} image {row[PATH]} has the label {row[LABEL]!r}, which no training image has "
+            f"The {row[schema.SUBSET]} image {row[schema.PATH]} has the label {row[schema.LABEL]!r}, which no training image has "
             f"(training classes: {', '.join(classes)})."
         )

@@ -8,48 +8,36 @@ from __future__ import annotations
 
 import pandas as pd
 
-from noisystudent.data.manifest import (
-    FOLD,
-    LABEL,
-    PATH,
-    PATIENT,
-    ROLE,
-    ROLE_LABELLED,
-    ROLE_POOL,
-    ROLE_TEST,
-    ROLE_UNLABELLED,
-    ROLE_VALIDATION,
-    SHARED_FOLD,
-)
+from noisystudent.data import manifest as schema  # column names and checks of the manifest
 
 IMAGES, PATIENTS = "images", "patients"
-ROLE_WORDS = {ROLE_LABELLED: "labelled (teacher training)", ROLE_UNLABELLED: "masked (labels hidden, pseudo-labelled)",
-              ROLE_VALIDATION: "validation", ROLE_TEST: "outer test set", ROLE_POOL: "unlabelled pool"}
-FOLD_ROLES = (ROLE_LABELLED, ROLE_UNLABELLED, ROLE_VALIDATION)
+ROLE_WORDS = {schema.ROLE_LABELLED: "labelled (teacher training)", schema.ROLE_UNLABELLED: "masked (labels hidden, pseudo-labelled)",
+              schema.ROLE_VALIDATION: "validation", schema.ROLE_TEST: "outer test set", schema.ROLE_POOL: "unlabelled pool"}
+FOLD_ROLES = (schema.ROLE_LABELLED, schema.ROLE_UNLABELLED, schema.ROLE_VALIDATION)
 
 
 def parts_table(folds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """One row per part of the whole run: training images (all folds), outer test set, unlabelled pool."""
-    shared = pd.to_numeric(folds[FOLD], errors="coerce") == SHARED_FOLD
-    training = folds[~shared].drop_duplicates(PATH)
+    shared = pd.to_numeric(folds[schema.FOLD], errors="coerce") == schema.SHARED_FOLD
+    training = folds[~shared].drop_duplicates(schema.PATH)
     parts = [("training (split into the folds)", training)]
-    parts += [(ROLE_WORDS[role], folds[shared & (folds[ROLE] == role)]) for role in (ROLE_TEST, ROLE_POOL)]
+    parts += [(ROLE_WORDS[role], folds[shared & (folds[schema.ROLE] == role)]) for role in (schema.ROLE_TEST, schema.ROLE_POOL)]
     return _frame([_counts(name, frame, classes) for name, frame in parts if len(frame)])
 
 
 def fold_parts_table(folds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """One row per fold and role (labelled, masked, validation)."""
-    numbers = pd.to_numeric(folds[FOLD], errors="coerce")
+    numbers = pd.to_numeric(folds[schema.FOLD], errors="coerce")
     rows = []
-    for fold in sorted(int(k) for k in numbers.dropna().unique() if int(k) != SHARED_FOLD):
+    for fold in sorted(int(k) for k in numbers.dropna().unique() if int(k) != schema.SHARED_FOLD):
         for role in FOLD_ROLES:
-            frame = folds[(numbers == fold) & (folds[ROLE] == role)]
+            frame = folds[(numbers == fold) & (folds[schema.ROLE] == role)]
             rows.append({"Fold": fold, **_counts(ROLE_WORDS[role], frame, classes)})
     return _frame(rows)
 
 
 def has_patients(folds: pd.DataFrame) -> bool:
-    return PATIENT in folds.columns and (folds[PATIENT].fillna("").astype(str) != "").any()
+    return schema.PATIENT in folds.columns and (folds[schema.PATIENT].fillna("").astype(str) != "").any()
 
 
 def data_caption(folds: pd.DataFrame) -> str:
@@ -69,8 +57,8 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _counts(name: str, frame: pd.DataFrame, classes: list[str]) -> dict:
-    labels = frame[LABEL].fillna("").astype(str)
-    patients = frame[PATIENT].fillna("").astype(str) if PATIENT in frame.columns else pd.Series(dtype=str)
+    labels = frame[schema.LABEL].fillna("").astype(str)
+    patients = frame[schema.PATIENT].fillna("").astype(str) if schema.PATIENT in frame.columns else pd.Series(dtype=str)
     known = patients[patients != ""]
     row = {"name": name, IMAGES: int(len(frame)), PATIENTS: int(known.nunique()) if len(known) else pd.NA}
     for name_ in classes:

@@ -7,10 +7,14 @@ A folder that a session left before writing config.json (killed while reading
 the data, or stopped by a data error) holds nothing worth keeping and may be
 started again, with or without ``--resume``.
 
-One session at a time works on a run folder: ``lock_run_folder`` holds an
-advisory lock on ``RUN/.lock`` (released by the kernel even after ``kill -9``)
-and then removes the temporary files of writes that an earlier, killed
-session left behind.
+Several sessions may work on one run folder at once (``--only-folds``,
+``--join``, one process per GPU or Slurm task). What they share is prepared in
+a short critical section: ``lock_run_folder`` holds an advisory lock on
+``RUN/.lock`` (released by the kernel even after ``kill -9``) while a session
+checks the folder, writes config.json and folds.csv, builds the image cache,
+claims a fold (``run/claims.py``) or writes the results; a second session
+waits for it, saying which process it waits for. Training itself runs outside
+the lock, under the fold's claim.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -78,7 +83,7 @@ def check_run_folder(run: Path, config: RunConfig, resume: bool) -> None:
 
 @contextlib.contextmanager
 def lock_run_folder(run: Path) -> Iterator[None]:
-    """Hold RUN/.lock for this session (refusing a second one), and clear an earlier session's temp files."""
+    """Hold RUN/.lock for a short critical section, waiting while another process holds it."""
     run = Path(run)
     if fcntl is None:
         yield
@@ -88,18 +93,34 @@ def lock_run_folder(run: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise RunFolderError(
-                f"Another noisystudent process is working on {run}; wait for it to finish or stop it first."
-            ) from None
-        for temp in atomic.remove_stale_temps(run):
-            logger.info("Removed %s, left by an interrupted write.", temp)
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            logger.warning("Waiting for %s, which is preparing or finishing the run in %s.", holder, run)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # blocks; Ctrl-C still interrupts it
         handle.seek(0)
         handle.truncate()
-        handle.write(f"{os.getpid()}\n")
+        handle.write(f"{process_name()}\n")  # for the message of a waiting session
         handle.flush()
         yield
     finally:
         handle.close()  # closing releases the lock
+
+
+def remove_shared_temps(run: Path) -> None:
+    """Remove temporary files that killed sessions left in RUN and RUN/results.
+
+    Only files written under ``lock_run_folder`` live there (config.json,
+    folds.csv, results), so while the lock is held none of them is in use. The
+    fold folders are cleared by the process that claims the fold.
+    """
+    for folder in (Path(run), Path(run) / layout.RESULTS):
+        for temp in atomic.remove_stale_temps(folder, recursive=False):
+            logger.info("Removed %s, left by an interrupted write.", temp)
+
+
+def process_name() -> str:
+    """host:pid of this process, as claims and lock messages name it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def write_config(run: Path, config: RunConfig, data_fingerprint: str) -> None:

@@ -34,11 +34,12 @@ from noisystudent.device import amp_dtype, resolve_device
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import evidence, pseudo_labels, results
+from noisystudent.run import claims, evidence, pseudo_labels, results
 from noisystudent.run.collapse import warn_if_single_class
-from noisystudent.run.folder import check_run_folder, lock_run_folder, write_config
+from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
 from noisystudent.run.preflight import check_before_writing
-from noisystudent.training import backends
+from noisystudent.run.tables import read_table
+from noisystudent.training import backends, distributed
 from noisystudent.training.engine import TrainSet, predict_probs
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
@@ -67,13 +68,46 @@ class RunContext:
         return torch.as_tensor(self.cache.index_of(list(paths)), dtype=torch.long)
 
 
-def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Progress = NULL_PROGRESS) -> pd.DataFrame:
-    """Run (or resume) the whole protocol in ``run``; return the results table."""
+def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Progress = NULL_PROGRESS,
+              only_folds: str | None = None, join: bool = False) -> pd.DataFrame | None:
+    """Run (or resume, or join) the protocol in ``run``; return the results table, or None while folds remain.
+
+    ``only_folds`` ('0,2') trains just those folds; it implies ``join``: start
+    the run if ``run`` holds none, else continue it like ``--resume``, so that
+    several processes can share one run folder (run/claims.py).
+    """
     run = Path(run)
+    wanted = claims.select_folds(only_folds, config.folds)
+    join = join or only_folds is not None
     check_before_writing(config, run)  # a refused setting leaves no trace
-    check_run_folder(run, config, resume)
-    with new_run_folder(run), lock_run_folder(run), run_log(run):
-        logger.info("noisystudent kfold into %s (%s)", run, "resume" if resume else "new run")
+    check_run_folder(run, config, resume or (join and saved_config(run) is not None))
+    started_group = distributed.init_from_env(resolve_device(config.device))  # under torchrun: one rank per device
+    try:
+        with new_run_folder(run), run_log(run):
+            ctx = _prepare_run(config, run, resume, join, progress)
+            _train_folds(ctx, wanted)
+            return _finish(ctx, recompute=resume and not join)
+    finally:
+        if started_group:
+            distributed.shutdown()
+
+
+def _prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progress: Progress) -> RunContext:
+    """What every process shares, made once under the run folder's lock: config.json, folds.csv, the cache.
+
+    Under torchrun rank 0 prepares; the other ranks then read what it wrote.
+    """
+    if not distributed.is_main():
+        distributed.barrier()
+        data = load_run_images(config, run)
+        fold_table = folds_module.load_folds(run / layout.FOLDS)
+        return RunContext(run, config, data.classes, fold_table, _build_cache(run, fold_table, config, progress),
+                          distributed.local_device(resolve_device(config.device)), progress)
+    with lock_run_folder(run):
+        # again under the lock: another process may have begun the run since the check above
+        check_run_folder(run, config, resume or (join and saved_config(run) is not None))
+        remove_shared_temps(run)
+        logger.info("noisystudent kfold into %s (%s)", run, "join" if join else "resume" if resume else "new run")
         data = load_run_images(config, run)
         fold_table = _load_or_assign_folds(run, data.manifest, config)  # before config.json: may refuse the data
         evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
@@ -81,13 +115,70 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
         if not (run / layout.FOLDS).exists():
             folds_module.save_folds(fold_table, run / layout.FOLDS)
         cache = _build_cache(run, fold_table, config, progress)
-        ctx = RunContext(run, config, data.classes, fold_table, cache, resolve_device(config.device), progress)
-        progress.start("fold", "folds", total=config.folds)
-        for fold in range(config.folds):
-            run_fold(ctx, fold)
-            progress.update("fold", completed=fold + 1)
-        progress.stop("fold")
-        return results.write_results(run, config, data.classes)
+    distributed.barrier()  # the other ranks may read now
+    return RunContext(run, config, data.classes, fold_table, cache, distributed.local_device(resolve_device(config.device)), progress)
+
+
+def _train_folds(ctx: RunContext, wanted: list[int]) -> None:
+    """Train every fold of ``wanted`` that is unfinished and not claimed by another live process."""
+    ctx.progress.start("fold", "folds", total=len(wanted))
+    for done, fold in enumerate(wanted, start=1):
+        if not distributed.broadcast(claims.fold_finished(ctx.run, fold, ctx.config.rounds)):  # one answer for all ranks
+            _train_claimed_fold(ctx, fold)
+        ctx.progress.update("fold", completed=done)
+    ctx.progress.stop("fold")
+
+
+def _train_claimed_fold(ctx: RunContext, fold: int) -> None:
+    holder = None
+    if distributed.is_main():  # under torchrun the job claims once, through rank 0
+        with lock_run_folder(ctx.run):
+            holder = claims.claim_fold(ctx.run, fold)
+    holder = distributed.broadcast(holder)
+    if holder is not None:
+        logger.info("Moving on: %s.", claims.holder_sentence(fold, holder))
+        return
+    try:
+        run_fold(ctx, fold)
+    finally:
+        if distributed.is_main():
+            claims.release_fold(ctx.run, fold)
+
+
+def _finish(ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
+    """Results by rank 0 under the lock; the other ranks read them afterwards."""
+    if distributed.is_main():
+        with lock_run_folder(ctx.run):
+            table = _finish_run(ctx, recompute)
+    distributed.barrier()
+    if distributed.is_main():
+        return table
+    metrics_path = layout.results_dir(ctx.run) / layout.METRICS
+    return read_table(metrics_path) if metrics_path.exists() else None
+
+
+def _finish_run(ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
+    """Write the results once every fold is finished (call under the lock); None while some are not.
+
+    The process that finishes the last fold finds results/metrics.csv missing
+    and writes it; others read it. A plain ``--resume`` recomputes it.
+    """
+    config, run = ctx.config, ctx.run
+    unfinished = [fold for fold in range(config.folds) if not claims.fold_finished(run, fold, config.rounds)]
+    if unfinished:
+        held = [claims.holder_sentence(f, c) for f in unfinished if (c := claims.read_claim(run, f)) is not None]
+        logger.warning("Folds %s are not finished%s; the process that finishes the last one writes the results, "
+                       "or run noisystudent kfold --out %s --resume then.", ", ".join(map(str, unfinished)),
+                       f" ({'; '.join(held)})" if held else "", run)
+        return None
+    for fold in range(config.folds):
+        claims.clear_stale_claim(run, fold)
+    metrics_path = layout.results_dir(run) / layout.METRICS
+    if recompute or not metrics_path.exists():
+        table = results.write_results(run, config, ctx.classes)
+        logger.info("Wrote the results to %s.", metrics_path)
+        return table
+    return read_table(metrics_path)
 
 
 @contextmanager
@@ -224,7 +315,8 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     )
     model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device, ctx.config.channels_last)
     ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
-    probs = _model_probs(ctx, model, payload["spec"]["arch"], ctx.rows(frame[manifest.PATH]))
+    probs = distributed.gather_rows(  # torchrun: a slice per rank, gathered in order
+        lambda rows: _model_probs(ctx, model, payload["spec"]["arch"], rows), ctx.rows(frame[manifest.PATH]))
     ctx.progress.stop("predict")
     if not np.isfinite(probs).all():  # a diverged model must not hand NaN pseudo-labels to the next round
         raise ConfigError(
@@ -232,7 +324,9 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
             "training diverged; start a new run (--out) with a lower --lr."
         )
     table = prediction_table(frame[[manifest.PATH, manifest.LABEL, manifest.PATIENT, layout.SPLIT]], probs, ctx.classes)
-    atomic.write_csv(out, table)
+    if distributed.is_main():
+        atomic.write_csv(out, table)
+    distributed.barrier()
     return results.read_predictions(out)  # exactly what a resume reads
 
 
@@ -265,7 +359,7 @@ def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str])
 
 def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:
     out = layout.round_dir(ctx.run, fold, round_) / layout.PSEUDO_LABELS
-    if out.exists():
+    if distributed.broadcast(out.exists()):  # rank 0 may write it before another rank looks
         return
     config = ctx.config
     unlabelled = predictions[predictions[layout.SPLIT].isin(PSEUDO_SPLITS)]
@@ -279,4 +373,6 @@ def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.Data
     )
     if table.empty:
         raise ConfigError(f"No image of fold {fold} passed the pseudo-label threshold {config.pseudo_threshold}; start a new run (--out) with a lower --pseudo-threshold.")
-    pseudo_labels.save_pseudo_labels(table, out)
+    if distributed.is_main():
+        pseudo_labels.save_pseudo_labels(table, out)
+    distributed.barrier()

@@ -20,7 +20,7 @@ import torch
 
 from noisystudent.device import to_device
 from noisystudent.errors import UserError
-from noisystudent.training import sampling, tta
+from noisystudent.training import distributed, sampling, tta
 from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from noisystudent.training.losses import soft_cross_entropy
 
@@ -87,13 +87,15 @@ def train_one_epoch(
     an epoch does not compile another version of the model.
     """
     order = sampling.epoch_indices(train_set.labels, train_set.copies, sampler_mode, generator)
+    noise = distributed.rank_generator(generator)  # under torchrun: this rank's own draws
     loss_sum = torch.zeros((), device=ctx.device)
     seen, started = 0, time.perf_counter()
     targets_on_device = to_device(train_set.targets, ctx.device)
-    for step, batch in enumerate(sampling.batches(order, batch_size, drop_last_if_single=True)):
-        images = augment(load_batch(train_set.rows[batch]), _augment_generator(generator, ctx.device))
+    # under torchrun each rank gets its slice of every global batch (training/distributed.py)
+    for step, (batch, weight) in enumerate(distributed.local_batches(order, batch_size)):
+        images = augment(load_batch(train_set.rows[batch]), _augment_generator(noise, ctx.device))
         step_model = model if len(batch) == batch_size or partial_batch_model is None else partial_batch_model
-        loss = _train_step(step_model, images, targets_on_device[to_device(batch, ctx.device)], ctx)
+        loss = _train_step(step_model, images, targets_on_device[to_device(batch, ctx.device)], ctx, weight)
         loss_sum += loss.detach() * len(batch)
         seen += len(batch)
         running = None
@@ -102,6 +104,9 @@ def train_one_epoch(
         if on_progress:
             on_progress(seen, running)
     seconds = time.perf_counter() - started
+    if distributed.active():  # the epoch's loss and image count over all ranks
+        total, seen = distributed.sum_over_ranks(loss_sum.item(), seen)
+        loss_sum, seen = torch.tensor(total), int(seen)
     mean_loss = _checked_mean(loss_sum, max(seen, 1))
     return {"train_loss": mean_loss, "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
@@ -116,19 +121,22 @@ def _augment_generator(generator: torch.Generator, device: torch.device) -> torc
     return sub
 
 
-def _train_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+def _train_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext,
+                weight: float = 1.0) -> torch.Tensor:
+    """One optimizer step; ``weight`` scales the gradient (a rank's share of the global batch under DDP)."""
     if ctx.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast(ctx.device, ctx.amp_dtype):
         logits = model(images)
     loss = soft_cross_entropy(logits, targets, ctx.class_weights, ctx.label_smoothing)
     ctx.optimizer.zero_grad(set_to_none=True)
+    scaled = loss if weight == 1.0 else loss * weight
     if ctx.scaler is not None:
-        ctx.scaler.scale(loss).backward()
+        ctx.scaler.scale(scaled).backward()
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
     else:
-        loss.backward()
+        scaled.backward()
         ctx.optimizer.step()
     return loss
 

@@ -27,7 +27,7 @@ from noisystudent.errors import CheckpointError
 from noisystudent.evaluation.scoring import probabilities_loss, selection_score, validation_metrics
 from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.training import engine, optim
+from noisystudent.training import distributed, engine, optim
 from noisystudent.training.augment import create_augment
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.sampling import class_weights
@@ -81,7 +81,9 @@ def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.devi
     scaler = torch.amp.GradScaler(device.type) if amp_dtype(config.amp, device) == torch.float16 else None
     state = _resume(job, model, optimizer, scheduler, scaler)
     _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress)
-    _save_model(job, config, _selected(config, state, model), model_path)
+    if distributed.is_main():  # under torchrun rank 0 alone writes
+        _save_model(job, config, _selected(config, state, model), model_path)
+    distributed.barrier()  # every rank reads model.pt next
     return model_path
 
 
@@ -102,7 +104,7 @@ def build_model(job: ModelJob, config: RunConfig, device: torch.device) -> torch
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = config.bn_momentum
-    model = model.to(device)
+    model = distributed.sync_batchnorm(model, device).to(device)  # torchrun on CUDA: global-batch statistics
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -139,7 +141,9 @@ def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_ba
         class_weights=_class_weights(job, config, device), label_smoothing=config.label_smoothing,
         channels_last=device.type == "cuda" and config.channels_last,
     )
-    training_model = torch.compile(model, **COMPILE_OPTIONS) if config.compile else model  # once per model build
+    # torchrun: DDP averages the gradients of the ranks (a no-op wrapper otherwise)
+    wrapped = distributed.wrap_model(model, device, config.freeze != "none" or config.head_warmup_epochs > 0)
+    training_model = torch.compile(wrapped, **COMPILE_OPTIONS) if config.compile else wrapped  # once per model build
     progress.start("epoch", job.name, total=config.epochs)
     progress.update("epoch", completed=state.next_epoch)
     for epoch in range(state.next_epoch, config.epochs):
@@ -148,7 +152,8 @@ def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_ba
         row = _one_epoch(job, config, model, training_model, ctx, epoch, sizes[epoch], load_batch, progress)
         optim.step_scheduler(scheduler, row["score"])
         _record_epoch(state, model, row, epoch)
-        _save_checkpoint(job, model, optimizer, scheduler, scaler, state)
+        if distributed.is_main():
+            _save_checkpoint(job, model, optimizer, scheduler, scaler, state)
         progress.update("epoch", completed=epoch + 1, loss=row[layout.TRAIN_LOSS], val=row[f"val_{config.select_metric}"])
     progress.stop("epoch")
 
@@ -161,11 +166,11 @@ def _stopped_early(job: ModelJob, config: RunConfig, state: TrainState) -> bool:
 
 
 def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch, progress) -> dict:
-    seed_everything(derive_seed(job.seed, "epoch", epoch))  # dropout and drop-connect draws
+    seed_everything(derive_seed(job.seed, "epoch", epoch, *distributed.seed_parts()))  # dropout and drop-connect draws
     generator = make_generator(derive_seed(job.seed, "data", epoch))
     frozen = config.freeze == "backbone" or epoch < config.head_warmup_epochs
     _set_frozen(model, frozen)
-    if frozen and config.freeze != "backbone":
+    if frozen and config.freeze != "backbone" and not distributed.active():
         # Head warm-up runs uncompiled: frozen parameters and eval-mode BatchNorm
         # would compile a second version of the model for a few epochs.
         training_model = model
@@ -177,7 +182,8 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
         training_model, load_batch, job.train_set, augment, ctx, generator, config.batch_size,
         config.sampler, config.log_every,
         on_progress=lambda done, loss: progress.update("batch", completed=done, loss=loss),
-        partial_batch_model=model if training_model is not model else None,  # no recompile for the last batch
+        # no recompile for the last batch (under DDP every batch must go through the wrapper)
+        partial_batch_model=model if training_model is not model and not distributed.active() else None,
     )
     progress.stop("batch")
     if config.precise_bn_batches and not frozen:
@@ -185,10 +191,11 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
             model, load_batch, job.train_set.rows, lambda images: augment.normalize(images), generator,
             config.batch_size, config.precise_bn_batches, ctx.amp_dtype, ctx.channels_last,
         )
-    probs = engine.predict_probs(
-        model, load_batch, job.val_rows, ctx.device, config.eval_batch_size,
+    distributed.broadcast_buffers(model)  # every rank validates the model rank 0 saves
+    probs = distributed.gather_rows(lambda rows: engine.predict_probs(
+        model, load_batch, rows, ctx.device, config.eval_batch_size,
         amp_dtype=ctx.amp_dtype, image_size=size, channels_last=ctx.channels_last, normalization=(mean, std),
-    )
+    ), job.val_rows)
     return _history_row(job, config, optim.current_lr(ctx.optimizer), stats, probs, epoch, size, started)
 
 
