@@ -268,3 +268,14 @@ def test_a_report_path_of_the_wrong_kind_is_refused(tmp_path):
     (run / REPORT).write_text("a file where the report folder goes")
     with pytest.raises(UserError, match="is a file, not a folder"):
         write_report(run)
+
+
+def test_tables_of_selection_biased_rows_say_so():
+    """Validation rows whose models were selected on them are marked in the caption; test rows are not."""
+    from noisystudent.report.build import bias_mark, bias_sentence
+
+    metrics = pd.DataFrame({"split": ["validation", "validation", "test"], "selection_biased": ["True", "True", "False"]})
+    assert bias_mark(metrics, "validation") == " (selection-biased)"
+    assert "optimistic" in bias_sentence(metrics, "validation")
+    assert bias_mark(metrics, "test") == "" and bias_sentence(metrics, "test") == ""
+    assert bias_mark(metrics.drop(columns="selection_biased"), "validation") == ""

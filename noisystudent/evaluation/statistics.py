@@ -112,21 +112,16 @@ def paired_bootstrap(truth, side_a: list[Scored], side_b: list[Scored], groups, 
     difference is defined; the interval uses only those).
     """
     truth = np.asarray(truth, bool)
-    if n_resamples < 1 or not 0 < level < 1:
-        raise ValueError(f"Need n_resamples >= 1 and 0 < level < 1; got {n_resamples} and {level}.")
+    _check_arguments(n_resamples, level)
     unit_of_image, weights = resample_weights(groups, n_resamples, seed)
     observed = np.ones((1, weights.shape[1]))
     a, b = side_metrics(truth, side_a, unit_of_image, observed), side_metrics(truth, side_b, unit_of_image, observed)
     diffs = side_metrics(truth, side_b, unit_of_image, weights) - side_metrics(truth, side_a, unit_of_image, weights)
-    tail = 100 * (1 - level) / 2
-    rows = []
-    for metric in BOOTSTRAP_METRICS:
-        finite = diffs[metric].to_numpy()
-        finite = finite[np.isfinite(finite)]
-        low, high = np.percentile(finite, [tail, 100 - tail]) if len(finite) else (np.nan, np.nan)
-        rows.append({"metric": metric, "a": a[metric][0], "b": b[metric][0], "difference": b[metric][0] - a[metric][0],
-                     "low": float(low), "high": float(high), "resamples": len(finite)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([
+        {"metric": metric, "a": a[metric][0], "b": b[metric][0], "difference": b[metric][0] - a[metric][0],
+         **_percentile_interval(diffs[metric].to_numpy(), level)}
+        for metric in BOOTSTRAP_METRICS
+    ])
 
 
 def bootstrap_interval(truth, side: list[Scored], groups, n_resamples: int = MIN_RESAMPLES, seed: int = 0,
@@ -138,19 +133,27 @@ def bootstrap_interval(truth, side: list[Scored], groups, n_resamples: int = MIN
     Columns: metric, value, low, high, resamples.
     """
     truth = np.asarray(truth, bool)
-    if n_resamples < 1 or not 0 < level < 1:
-        raise ValueError(f"Need n_resamples >= 1 and 0 < level < 1; got {n_resamples} and {level}.")
+    _check_arguments(n_resamples, level)
     unit_of_image, weights = resample_weights(groups, n_resamples, seed)
     value = side_metrics(truth, side, unit_of_image, np.ones((1, weights.shape[1])))
     resampled = side_metrics(truth, side, unit_of_image, weights)
+    return pd.DataFrame([
+        {"metric": metric, "value": value[metric][0], **_percentile_interval(resampled[metric].to_numpy(), level)}
+        for metric in BOOTSTRAP_METRICS
+    ])
+
+
+def _check_arguments(n_resamples: int, level: float) -> None:
+    if n_resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"Need n_resamples >= 1 and 0 < level < 1; got {n_resamples} and {level}.")
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> dict:
+    """The central ``level`` percentile interval of the resamples where the value is defined, and their count."""
+    finite = values[np.isfinite(values)]
     tail = 100 * (1 - level) / 2
-    rows = []
-    for metric in BOOTSTRAP_METRICS:
-        finite = resampled[metric].to_numpy()
-        finite = finite[np.isfinite(finite)]
-        low, high = np.percentile(finite, [tail, 100 - tail]) if len(finite) else (np.nan, np.nan)
-        rows.append({"metric": metric, "value": value[metric][0], "low": float(low), "high": float(high), "resamples": len(finite)})
-    return pd.DataFrame(rows)
+    low, high = np.percentile(finite, [tail, 100 - tail]) if len(finite) else (np.nan, np.nan)
+    return {"low": float(low), "high": float(high), "resamples": len(finite)}
 
 
 def mcnemar_exact(truth, called_a, called_b) -> McNemar:

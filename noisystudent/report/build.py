@@ -18,7 +18,7 @@ from noisystudent.atomic import write_text
 from noisystudent.data.manifest import LABEL
 from noisystudent.errors import RunFolderError
 from noisystudent.evaluation.baseline import no_information_warnings
-from noisystudent.layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SPLIT, STUDENT, TEACHER, prob_column
+from noisystudent.layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SELECTION_BIASED, SPLIT, STUDENT, TEACHER, prob_column
 from noisystudent.report import evidence, plots
 from noisystudent.report.class_tables import patient_table, per_class_table, scope_sentence
 from noisystudent.report.data_section import data_caption, fold_parts_table, has_patients, parts_table
@@ -82,15 +82,16 @@ def report_tables(data: RunContents) -> list[TableEntry]:
     main = evaluation_split(data.metrics)
     splits = [main] + [s for s in (TEST, VALIDATION) if s != main and (data.metrics[EVAL_SPLIT] == s).any()]
     tables = [
-        TableEntry(f"Table A{'' if i == 0 else i + 1}. Fold by fold, {SPLIT_WORDS.get(split, split)}",
+        TableEntry(f"Table A{'' if i == 0 else i + 1}. Fold by fold, {SPLIT_WORDS.get(split, split)}{bias_mark(data.metrics, split)}",
                    f"Each fold's teacher (round 0) and students (round r) on {SPLIT_WORDS.get(split, split)}. "
-                   f"{scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}",
+                   f"{bias_sentence(data.metrics, split)}{scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}",
                    fold_table(data.metrics, split))
         for i, split in enumerate(splits)
     ]
     tables.append(TableEntry(
-        f"Table B. Summary, {SPLIT_WORDS.get(main, main)}", "Fold means ± sample standard deviation over folds, "
-        f"and the ensembles of the fold models. {scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}",
+        f"Table B. Summary, {SPLIT_WORDS.get(main, main)}{bias_mark(data.metrics, main)}", "Fold means ± sample standard deviation over folds, "
+        f"and the ensembles of the fold models. {bias_sentence(data.metrics, main)}"
+        f"{scope_sentence(data.classes, data.positive_class)} {NIR_SENTENCE}",
         summary_table(data.metrics, main)))
     if data.multiclass and data.all_metrics is not None:
         tables.append(TableEntry(
@@ -99,6 +100,25 @@ def report_tables(data: RunContents) -> list[TableEntry]:
             "AUC is that class's one-vs-rest ROC AUC. Fold means ± sd over folds (images of the class: total over the "
             "folds), then the ensembles.", per_class_table(data.all_metrics, main)))
     return tables
+
+
+def is_selection_biased(metrics, split: str) -> bool:
+    """True when the rows of ``split`` were scored on the images their models were selected on."""
+    if SELECTION_BIASED not in metrics.columns:
+        return False
+    marks = metrics.loc[metrics[EVAL_SPLIT] == split, SELECTION_BIASED].astype(str).str.lower()
+    return bool(marks.isin(["true", "1"]).any())
+
+
+def bias_mark(metrics, split: str) -> str:
+    return " (selection-biased)" if is_selection_biased(metrics, split) else ""
+
+
+def bias_sentence(metrics, split: str) -> str:
+    if not is_selection_biased(metrics, split):
+        return ""
+    return ("Selection-biased: each model kept its best epoch as scored on these very images, so these numbers "
+            "are optimistic; quote the outer test set instead (--test-fraction, --test). ")
 
 
 def comparison_tables(run: Path) -> list[TableEntry]:
