@@ -104,6 +104,7 @@ def numeric_cases() -> list[tuple[str, str]]:
     return cases
 
 
+@pytest.mark.slow
 def test_random_values_of_every_numeric_option(tmp_path, data, stop_before_training):
     for i, (name, value) in enumerate(numeric_cases()):
         run = tmp_path / f"run{i}"
@@ -144,6 +145,7 @@ def path_cases(data: Path, run: Path) -> list[tuple[str, list, str]]:
     ]
 
 
+@pytest.mark.slow
 def test_every_kind_of_file_at_every_path_argument(tmp_path, data, stop_before_training):
     run = tmp_path / "run"
     run.mkdir()

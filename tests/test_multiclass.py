@@ -142,6 +142,7 @@ def test_console_names_the_averages_shows_nir_and_kappa_and_each_class(run4):
 # --- 2. no-information rate ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_ensemble_below_the_no_information_rate_is_named(tmp_path):
     run = make_multiclass_run(tmp_path, skill=0.0)  # guessing: accuracy near 0.25, NIR about 0.6
     table = pd.read_csv(results_dir(run) / METRICS, keep_default_na=False)

@@ -188,6 +188,7 @@ def test_graph_majority_vote_breaks_ties_like_voting_module():
     np.testing.assert_allclose(agreement[:5], 1 / 3, atol=1e-6)  # the three-way ties
 
 
+@pytest.mark.slow
 def test_b0_graph_matches_eager_at_224():
     """The exporter's path for EfficientNet-B0 (swish, TF-same padding) at the real working size."""
     torch.manual_seed(0)

@@ -299,6 +299,7 @@ def test_a_checkpoint_of_another_stage_is_refused_with_its_name(tmp_path, tiny_m
 # --- the run folder: one session at a time, restartable before config.json -----------------
 
 
+@pytest.mark.slow
 def test_a_second_session_waits_for_the_setup_lock_naming_its_holder(tmp_path):
     data = tmp_path / "data"
     data.mkdir()  # no class folders: the session stops with a data error once it has the lock
