@@ -110,10 +110,13 @@ def test_a_killed_rank_stops_the_job_and_resume_under_torchrun_finishes_it(tmp_p
     output = _output(process, 300)
     assert process.returncode != 0, output  # torchrun stops every rank when one dies
     assert not (run / layout.RESULTS / layout.METRICS).exists()
-    assert claims.read_claim(run, 0) is not None  # the dead rank 0's claim is still there: stale
+    # Rank 0 either dies on torchrun's SIGTERM with its claim in place (stale), or sees the lost peer first as an
+    # error and releases its claim on the way out; which one happens first is a race, and both must resume.
+    stale = claims.read_claim(run, 0) is not None
 
     resumed = _torchrun("kfold", "--out", str(run), "--resume")
     output = _output(resumed)
     assert resumed.returncode == 0, output
-    assert "which is no longer running; this process" in " ".join(output.split())
+    if stale:
+        assert "which is no longer running; this process" in " ".join(output.split())
     _assert_close_to(run, single)
