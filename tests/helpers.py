@@ -286,3 +286,16 @@ def torch_threads(count: int = 1):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def invoke_cli(*args) -> tuple[int, str]:
+    """Run the CLI in-process on one torch thread: (exit code, output on one line); never a traceback."""
+    from typer.testing import CliRunner
+
+    from noisystudent.cli import app
+
+    with torch_threads(1):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result.exit_code, " ".join(result.output.split())

@@ -14,10 +14,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import PATIENT_REGEX, torch_threads, write_class_folders
-from typer.testing import CliRunner
+from helpers import PATIENT_REGEX, write_class_folders
+from helpers import invoke_cli as invoke
 
-from noisystudent.cli import app
 from noisystudent.config.run_config import RunConfig
 from noisystudent.errors import os_error_sentence
 from noisystudent.run.folder import write_config
@@ -27,14 +26,6 @@ FLAGS = [
     "--image-size", "32", "--batch-size", "8", "--weights", "none", "--arch", "resnet18", "--device", "cpu",
     "--workers", "1", "--test-fraction", "0", "--quiet",  # 2 patients per class: no outer test set
 ]
-
-
-def invoke(*args) -> tuple[int, str]:
-    with torch_threads(1):
-        result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, " ".join(result.output.split())
 
 
 def assert_one_sentence(code: int, line: str, *fragments: str) -> None:

@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PATIENT_REGEX, torch_threads, write_class_folders
-from typer.testing import CliRunner
+from helpers import PATIENT_REGEX, write_class_folders
+from helpers import invoke_cli as invoke
 
 from noisystudent import convert, layout
-from noisystudent.cli import app
 from noisystudent.config.run_config import RunConfig
 from noisystudent.models import checkpoint, create_model
 from noisystudent.models.torch_files import load_tensors
@@ -51,14 +50,6 @@ def plant(path: Path, marker: Path) -> Path:
     model = create_model("resnet18", 2, drop_connect=0.0)
     torch.save({"version": 1, "model": model.state_dict(), "spec": {"arch": "resnet18"}, "x": Payload(marker)}, path)
     return path
-
-
-def invoke(*args) -> tuple[int, str]:
-    with torch_threads(1):
-        result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, " ".join(result.output.split())
 
 
 def assert_refused_without_running(code: int, line: str, path: Path, marker: Path) -> None:
