@@ -15,9 +15,10 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -80,6 +81,18 @@ def write_csv(target: Path, frame: pd.DataFrame) -> None:
     # float_format=None keeps pandas' round-trip repr, so a CSV read back gives
     # bit-identical floats (resumed runs then match uninterrupted ones exactly).
     atomic_write(target, lambda temp: frame.to_csv(temp, index=False))
+
+
+def write_csv_chunks(target: Path, frames: Iterable[pd.DataFrame]) -> None:
+    """Write the tables of ``frames`` one after another as one CSV (the first one's header), atomically.
+
+    Only one table is in memory at a time: large tables are written as they are made.
+    """
+    def write(temp: Path) -> None:
+        for index, frame in enumerate(frames):
+            frame.to_csv(temp, index=False, mode="w" if index == 0 else "a", header=index == 0)
+
+    atomic_write(target, write)
 
 
 def is_temp(path: Path) -> bool:

@@ -33,6 +33,7 @@ CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
 PREDICTIONS = "predictions.csv"
 PSEUDO_LABELS = "pseudo_labels.csv"
+POOL_PREDICTIONS = "pool_predictions.csv"  # the pool's probabilities, only in rounds whose pseudo-labels need them
 RESULTS = "results"
 METRICS = "metrics.csv"
 REPORT = "report"

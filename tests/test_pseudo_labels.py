@@ -13,6 +13,7 @@ from noisystudent.run.pseudo_labels import (
     pseudo_label_columns,
     pseudo_label_summary,
     save_pseudo_labels,
+    write_streamed,
 )
 
 CLASSES = ["all", "hem"]
@@ -177,3 +178,42 @@ def test_unreadable_or_non_numeric_files_are_data_errors(tmp_path):
     frame[COPIES] = [1, 0]
     with pytest.raises(DataError, match="copies"):
         load_pseudo_labels(_write(tmp_path, frame), CLASSES)
+
+
+def test_per_class_gives_every_class_exactly_that_many_copies_from_the_most_confident():
+    # 6 confident-to-less 'all' images, 2 'hem' images; 3 per class: top 3 'all' once, 'hem' 2 + 1 copies
+    logits = np.array([[6.0, 0.0], [5.0, 0.0], [4.0, 0.0], [3.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 1.0]])
+    frame = make_pseudo_labels(_paths(8), logits, CLASSES, mode="hard", per_class=3)
+    assert frame.groupby(PRED)[COPIES].sum().to_dict() == {"all": 3, "hem": 3}
+    assert frame.loc[frame[PRED] == "all", "path"].tolist() == _paths(3)
+    assert frame.loc[frame[PRED] == "hem", COPIES].tolist() == [2, 1]  # the more confident one repeated once more
+    # --pseudo-balance alone balances to the mean count, round(4) = 4
+    assert make_pseudo_labels(_paths(8), logits, CLASSES, balance=True).groupby(PRED)[COPIES].sum().to_dict() == {"all": 4, "hem": 4}
+
+
+def _probability_tables(rng, n, classes, chunk):
+    """predictions-like tables (path, prob_<c>) of n images cut into chunks of ``chunk`` rows."""
+    probs = rng.dirichlet(np.ones(len(classes)) * 0.5, size=n)
+    probs[rng.random(n) < 0.2] = probs[0]  # equal confidences: the seeded tie-break must matter
+    frame = pd.DataFrame({"path": _paths(n), **{f"prob_{c}": probs[:, i] for i, c in enumerate(classes)}})
+    return [frame.iloc[start : start + chunk] for start in range(0, n, chunk)], frame
+
+
+@pytest.mark.parametrize("settings", [
+    {"mode": "soft", "temperature": 0.7}, {"mode": "hard", "threshold": 0.6},
+    {"mode": "soft", "balance": True, "threshold": 0.5, "seed": 3}, {"mode": "hard", "per_class": 40, "seed": 1},
+])
+def test_streamed_pseudo_labels_write_the_same_file_as_the_whole_table(tmp_path, settings):
+    classes = ["a", "b", "c"]
+    chunks, whole = _probability_tables(np.random.default_rng(7), 301, classes, chunk=64)
+    logits = np.log(np.clip(whole[[f"prob_{c}" for c in classes]].to_numpy(), 1e-30, 1.0))
+    save_pseudo_labels(make_pseudo_labels(whole["path"].tolist(), logits, classes, **settings), tmp_path / "whole.csv")
+    kept = write_streamed(lambda: iter(chunks), classes, tmp_path / "streamed.csv", **settings)
+    assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert kept == len(pd.read_csv(tmp_path / "whole.csv")) > 0
+
+
+def test_streamed_pseudo_labels_write_nothing_when_no_image_passes(tmp_path):
+    chunks, _ = _probability_tables(np.random.default_rng(0), 50, CLASSES, chunk=16)
+    assert write_streamed(lambda: iter(chunks), CLASSES, tmp_path / "none.csv", threshold=1.0) == 0
+    assert not (tmp_path / "none.csv").exists()

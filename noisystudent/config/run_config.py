@@ -82,7 +82,7 @@ class Bounds:
 POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Bounds(0, None, low_open=True), Bounds(0), Bounds(1), Bounds(0, 1, high_open=True)
 RANGES: dict[str, Bounds] = {
     "test_fraction": Bounds(0, 0.9), "folds": Bounds(2), "seed": Bounds(0, MAX_SEED), "rounds": NON_NEGATIVE,
-    "pseudo_temperature": POSITIVE, "pseudo_threshold": Bounds(0, 1),
+    "pseudo_temperature": POSITIVE, "pseudo_threshold": Bounds(0, 1), "pseudo_per_class": NON_NEGATIVE,
     "teacher_dropout": FRACTION, "student_dropout": FRACTION, "teacher_drop_connect": FRACTION, "student_drop_connect": FRACTION,
     "epochs": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
     "step_size": AT_LEAST_ONE, "gamma": Bounds(0, 1, low_open=True), "label_smoothing": FRACTION,
@@ -129,6 +129,8 @@ class RunConfig:
     pseudo_temperature: float = _opt(1.0, "Temperature applied to teacher logits for soft pseudo-labels.")
     pseudo_threshold: float = _opt(0.0, "Drop pseudo-labelled images whose top probability is below this.")
     pseudo_balance: bool = _opt(False, "Balance pseudo-labelled classes: duplicate the rarer, cap the commoner.")
+    pseudo_per_class: int = _opt(0, "Give each class exactly this many pseudo-labelled images (the most confident; the rarer "
+                                    "repeated), as Xie et al. do; bounds the students' epochs for a large pool (0: off).")
     # --- noise ---
     teacher_augment: str = _opt("light", "Augmentation when training the teacher: none, light or strong.")
     student_augment: str = _opt("strong", "Augmentation (input noise) when training students.")
@@ -211,7 +213,7 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -28,7 +28,7 @@ from noisystudent.evaluation import metrics
 from noisystudent.evaluation.calibration import expected_calibration_error
 from noisystudent.evaluation.comparison import Comparison, compare_predictions, comparison_table, verdict
 from noisystudent.evaluation.statistics import MIN_RESAMPLES
-from noisystudent.run.tables import read_table
+from noisystudent.run.tables import TABLE_CHUNK, read_table, read_table_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,9 @@ def _kept(run: Path, fold: int, round_: int, masked: pd.DataFrame) -> dict:
     path = layout.round_dir(run, fold, round_) / layout.PSEUDO_LABELS
     if not path.exists():
         return dict.fromkeys(["kept", "kept_copies", "kept_accuracy"], np.nan)
-    pseudo = read_table(path)
     truth = dict(zip(masked[PATH], as_labels(masked[LABEL])))
-    kept = pseudo[pseudo[PATH].isin(truth)]
+    # a chunk at a time: the table also holds the pool, which may have millions of rows
+    kept = pd.concat([chunk[chunk[PATH].isin(truth)] for chunk in read_table_chunks(path, TABLE_CHUNK)], ignore_index=True)
     right = as_labels(kept[layout.PRED]) == np.array([truth[p] for p in kept[PATH]], dtype=object)
     return {"kept": len(kept), "kept_copies": int(kept[layout.COPIES].sum()),
             "kept_accuracy": float(right.mean()) if len(kept) else np.nan}

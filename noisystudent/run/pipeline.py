@@ -38,7 +38,7 @@ from noisystudent.run import claims, evidence, pseudo_labels, results
 from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
 from noisystudent.run.preflight import check_before_writing
-from noisystudent.run.tables import read_table
+from noisystudent.run.tables import TABLE_CHUNK, read_table, read_table_chunks
 from noisystudent.training import backends, distributed
 from noisystudent.training.engine import TrainSet, predict_probs
 from noisystudent.training.seeding import derive_seed
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 # predictions.csv split names for each fold role
 SPLIT_OF_ROLE = {manifest.ROLE_VALIDATION: "validation", manifest.ROLE_TEST: "test", manifest.ROLE_UNLABELLED: "unlabelled", manifest.ROLE_POOL: "pool"}
 PSEUDO_SPLITS = ("unlabelled", "pool")
+POOL_CHUNK = TABLE_CHUNK  # pool rows predicted and written at a time (about 10 MB of table, whatever the pool's size)
 
 
 @dataclass
@@ -305,36 +306,70 @@ def _label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 
 def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
-    """Probabilities of this round's model on validation, test, masked and pool images."""
-    out = layout.round_dir(ctx.run, fold, round_) / layout.PREDICTIONS
-    if out.exists():
+    """Probabilities of this round's model on validation, test and masked images; the pool's go to pool_predictions.csv.
+
+    The pool is predicted only where a next round needs its pseudo-labels, and
+    streamed a chunk at a time (``_predict_pool``), so that its size does not
+    bound the memory. Returns predictions.csv, read back as a resume reads it.
+    """
+    folder = layout.round_dir(ctx.run, fold, round_)
+    out, pool_out = folder / layout.PREDICTIONS, folder / layout.POOL_PREDICTIONS
+    pool = fold_rows(ctx.folds, fold, manifest.ROLE_POOL) if round_ < ctx.config.rounds else ctx.folds.iloc[:0]
+    pool_missing = len(pool) > 0 and not pool_out.exists()
+    if out.exists() and not pool_missing:
         return results.read_predictions(out)
-    frame = pd.concat(
-        [fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
-        ignore_index=True,
-    )
-    model, payload = load_model_file(layout.round_dir(ctx.run, fold, round_) / layout.MODEL, ctx.device, ctx.config.channels_last)
-    ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
-    probs = distributed.gather_rows(  # torchrun: a slice per rank, gathered in order
-        lambda rows: _model_probs(ctx, model, payload["spec"]["arch"], rows), ctx.rows(frame[manifest.PATH]))
-    ctx.progress.stop("predict")
-    if not np.isfinite(probs).all():  # a diverged model must not hand NaN pseudo-labels to the next round
-        raise ConfigError(
-            f"The model {layout.round_dir(ctx.run, fold, round_) / layout.MODEL} predicts non-finite probabilities: its "
-            "training diverged; start a new run (--out) with a lower --lr."
-        )
-    table = prediction_table(frame[[manifest.PATH, manifest.LABEL, manifest.PATIENT, layout.SPLIT]], probs, ctx.classes)
-    if distributed.is_main():
-        atomic.write_csv(out, table)
+    model, payload = load_model_file(folder / layout.MODEL, ctx.device, ctx.config.channels_last)
+    predict = lambda rows: _model_probs(ctx, model, payload["spec"]["arch"], rows)
+    if not out.exists():
+        frame = pd.concat([fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split})
+                           for role, split in SPLIT_OF_ROLE.items() if role != manifest.ROLE_POOL], ignore_index=True)
+        ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
+        probs = distributed.gather_rows(predict, ctx.rows(frame[manifest.PATH]))  # torchrun: a slice per rank, gathered in order
+        ctx.progress.stop("predict")
+        _check_finite(probs, folder)
+        table = prediction_table(frame[[manifest.PATH, manifest.LABEL, manifest.PATIENT, layout.SPLIT]], probs, ctx.classes)
+        if distributed.is_main():
+            atomic.write_csv(out, table)
+    if pool_missing:
+        _predict_pool(ctx, pool, predict, pool_out, f"fold {fold} round {round_}: predicting the pool")
     distributed.barrier()
     return results.read_predictions(out)  # exactly what a resume reads
+
+
+def _predict_pool(ctx: RunContext, pool: pd.DataFrame, predict, out: Path, description: str) -> None:
+    """pool_predictions.csv written POOL_CHUNK rows at a time: one chunk of the table in memory, whatever the pool's size."""
+    columns = pool[[manifest.PATH, manifest.LABEL, manifest.PATIENT]].assign(**{layout.SPLIT: SPLIT_OF_ROLE[manifest.ROLE_POOL]})
+    ctx.progress.start("predict", description, total=len(columns))
+
+    def tables():
+        for start in range(0, len(columns), POOL_CHUNK):
+            chunk = columns.iloc[start : start + POOL_CHUNK]
+            probs = distributed.gather_rows(predict, ctx.rows(chunk[manifest.PATH]))
+            _check_finite(probs, out.parent)
+            ctx.progress.update("predict", completed=start + len(chunk))
+            yield prediction_table(chunk, probs, ctx.classes)
+
+    if distributed.is_main():
+        atomic.write_csv_chunks(out, tables())
+    else:
+        for _ in tables():  # the other ranks predict their slices of every chunk
+            pass
+    ctx.progress.stop("predict")
+
+
+def _check_finite(probs: np.ndarray, folder: Path) -> None:
+    if not np.isfinite(probs).all():  # a diverged model must not hand NaN pseudo-labels to the next round
+        raise ConfigError(
+            f"The model {folder / layout.MODEL} predicts non-finite probabilities: its "
+            "training diverged; start a new run (--out) with a lower --lr."
+        )
 
 
 def _model_probs(ctx: RunContext, model: torch.nn.Module, arch: str, rows: torch.Tensor) -> np.ndarray:
     """(N, C) probabilities of one model for cache rows: ONNX Runtime on a CPU when it pays off, else PyTorch."""
     config = ctx.config
     normalization = models.input_normalization(arch)  # Lite0: (x - 127) / 128
-    on_progress = lambda done: ctx.progress.update("predict", completed=done)  # noqa: E731
+    on_progress = lambda done: ctx.progress.update("predict", completed=done)
     backend = backends.pipeline_backend(ctx.device, len(rows), config.image_size)
     if backend == "torch":
         return predict_probs(
@@ -358,21 +393,29 @@ def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str])
 
 
 def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:
-    out = layout.round_dir(ctx.run, fold, round_) / layout.PSEUDO_LABELS
+    """pseudo_labels.csv from the masked images' predictions and, streamed, the pool's."""
+    folder = layout.round_dir(ctx.run, fold, round_)
+    out = folder / layout.PSEUDO_LABELS
     if distributed.broadcast(out.exists()):  # rank 0 may write it before another rank looks
         return
     config = ctx.config
-    unlabelled = predictions[predictions[layout.SPLIT].isin(PSEUDO_SPLITS)]
-    probs = unlabelled[[layout.prob_column(c) for c in ctx.classes]].to_numpy(dtype=np.float64)
-    # log-probabilities are the teacher's logits up to a per-row constant, which softmax ignores
-    logits = np.log(np.clip(probs, 1e-30, 1.0))
-    table = pseudo_labels.make_pseudo_labels(
-        unlabelled[manifest.PATH].tolist(), logits, ctx.classes, mode=config.pseudo_mode,
-        temperature=config.pseudo_temperature, threshold=config.pseudo_threshold,
-        balance=config.pseudo_balance, seed=derive_seed(config.seed, "pseudo", fold, round_),
-    )
-    if table.empty:
-        raise ConfigError(f"No image of fold {fold} passed the pseudo-label threshold {config.pseudo_threshold}; start a new run (--out) with a lower --pseudo-threshold.")
+    pool_file = folder / layout.POOL_PREDICTIONS
+    # runs written before pool_predictions.csv existed hold the pool in predictions.csv
+    splits = ("unlabelled",) if pool_file.exists() else PSEUDO_SPLITS
+    masked = predictions[predictions[layout.SPLIT].isin(splits)]
+
+    def chunks():
+        yield masked
+        if pool_file.exists():
+            yield from read_table_chunks(pool_file, POOL_CHUNK)
+
+    kept = None
     if distributed.is_main():
-        pseudo_labels.save_pseudo_labels(table, out)
+        kept = pseudo_labels.write_streamed(
+            chunks, ctx.classes, out, mode=config.pseudo_mode, temperature=config.pseudo_temperature,
+            threshold=config.pseudo_threshold, balance=config.pseudo_balance,
+            seed=derive_seed(config.seed, "pseudo", fold, round_), per_class=config.pseudo_per_class,
+        )
+    if not distributed.broadcast(kept):
+        raise ConfigError(f"No image of fold {fold} passed the pseudo-label threshold {config.pseudo_threshold}; start a new run (--out) with a lower --pseudo-threshold.")
     distributed.barrier()

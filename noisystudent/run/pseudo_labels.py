@@ -22,6 +22,9 @@ copies), following Xie et al. 2020, "Self-training with Noisy Student":
   for a saturated teacher) are ordered by a permutation drawn from ``seed``,
   not by file order. Xie et al. use a fixed count per class instead; a mean
   keeps the student's epoch about as long as without balancing.
+* ``per_class`` > 0 is that fixed count: every class is balanced to exactly
+  ``per_class`` copies, whatever ``balance`` says. It bounds a student's epoch
+  however large the pool is.
 
 ``copies`` is how often the image appears in each of the student's epochs
 (1 unless balancing duplicated it). Everything here is deterministic.
@@ -30,6 +33,7 @@ copies), following Xie et al. 2020, "Self-training with Noisy Student":
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +43,7 @@ from noisystudent import atomic
 from noisystudent.config.run_config import PSEUDO_MODES
 from noisystudent.data.manifest import PATH
 from noisystudent.errors import ConfigError, DataError
-from noisystudent.layout import CONFIDENCE, COPIES, PRED, target_column
+from noisystudent.layout import CONFIDENCE, COPIES, PRED, prob_column, target_column
 from noisystudent.run.tables import read_table
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ def make_pseudo_labels(
     threshold: float = 0.0,
     balance: bool = False,
     seed: int = 0,
+    per_class: int = 0,
 ) -> pd.DataFrame:
     """Turn a teacher's logits (N, C) into the pseudo_labels.csv table.
 
@@ -73,31 +78,50 @@ def make_pseudo_labels(
     """
     logits = _check_inputs(paths, logits, classes, mode, temperature, threshold)
     probabilities = softmax(logits)
-    predicted = probabilities.argmax(axis=1)
-    if mode == "soft":
-        targets = softmax(logits, temperature)
-    else:
-        targets = np.eye(len(classes), dtype=np.float64)[predicted]
-    frame = pd.DataFrame({PATH: pd.Series([str(p) for p in paths], dtype=str)})
-    for index, name in enumerate(classes):
-        frame[target_column(name)] = targets[:, index]
-    frame[CONFIDENCE] = probabilities.max(axis=1)
-    frame[PRED] = pd.Series([classes[i] for i in predicted], dtype=str)
-    frame[COPIES] = np.ones(len(frame), dtype=np.int64)
-    frame = _apply_threshold(frame, threshold)
-    if balance:
-        frame = _balance(frame, classes, seed)
+    copies = select_copies(probabilities.max(axis=1), probabilities.argmax(axis=1), classes, threshold, balance, seed, per_class)
+    frame = label_rows(paths, logits, classes, mode, temperature, copies)
     _warn_empty_classes(frame, classes)
-    return frame.reset_index(drop=True)
+    return frame
+
+
+def label_rows(paths: list[str], logits: np.ndarray, classes: list[str], mode: str, temperature: float,
+               copies: np.ndarray) -> pd.DataFrame:
+    """The table rows of the images with ``copies`` > 0, in input order."""
+    probabilities = softmax(logits)
+    predicted = probabilities.argmax(axis=1)
+    targets = softmax(logits, temperature) if mode == "soft" else np.eye(len(classes), dtype=np.float64)[predicted]
+    keep = np.asarray(copies) > 0
+    frame = pd.DataFrame({PATH: pd.Series([str(p) for p, k in zip(paths, keep) if k], dtype=str)})
+    for index, name in enumerate(classes):
+        frame[target_column(name)] = targets[keep, index]
+    frame[CONFIDENCE] = probabilities.max(axis=1)[keep]
+    frame[PRED] = pd.Series([classes[i] for i in predicted[keep]], dtype=str)
+    frame[COPIES] = np.asarray(copies, dtype=np.int64)[keep]
+    return frame
+
+
+def select_copies(confidence: np.ndarray, predicted: np.ndarray, classes: list[str], threshold: float = 0.0,
+                  balance: bool = False, seed: int = 0, per_class: int = 0) -> np.ndarray:
+    """How often each image appears in a student's epoch (0: left out): threshold, then balance.
+
+    Numbers only (16 bytes per image), so that a pool of millions is selected
+    without holding its table. ``per_class`` > 0 balances to that many per class
+    (Xie et al.'s fixed count); ``balance`` alone balances to the mean count.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    keep = confidence >= threshold
+    dropped = int((~keep).sum())
+    if dropped:
+        log.info("Pseudo-labels: dropped %d of %d images with confidence below %g.", dropped, len(keep), threshold)
+    copies = keep.astype(np.int64)
+    if (balance or per_class) and keep.any():
+        copies[keep] = _balanced_copies(confidence[keep], predicted[keep], classes, seed, per_class)
+    return copies
 
 
 def _check_inputs(paths, logits, classes, mode, temperature, threshold) -> np.ndarray:
-    if mode not in PSEUDO_MODES:
-        raise ConfigError(f"pseudo_mode must be one of {', '.join(PSEUDO_MODES)}; got {mode!r}.")
-    if not temperature > 0:
-        raise ConfigError(f"pseudo_temperature must be positive, got {temperature}.")
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"pseudo_threshold must be between 0 and 1; got {threshold}.")
+    check_settings(mode, temperature, threshold)
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2 or logits.shape != (len(paths), len(classes)):
         raise ValueError(f"logits have shape {logits.shape}; expected ({len(paths)}, {len(classes)}).")
@@ -106,37 +130,31 @@ def _check_inputs(paths, logits, classes, mode, temperature, threshold) -> np.nd
     return logits
 
 
-def _apply_threshold(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    keep = frame[CONFIDENCE] >= threshold
-    dropped = int((~keep).sum())
-    if dropped:
-        log.info("Pseudo-labels: dropped %d of %d images with confidence below %g.", dropped, len(frame), threshold)
-    return frame[keep]
+def check_settings(mode: str, temperature: float, threshold: float) -> None:
+    if mode not in PSEUDO_MODES:
+        raise ConfigError(f"pseudo_mode must be one of {', '.join(PSEUDO_MODES)}; got {mode!r}.")
+    if not temperature > 0:
+        raise ConfigError(f"pseudo_temperature must be positive, got {temperature}.")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"pseudo_threshold must be between 0 and 1; got {threshold}.")
 
 
-def _balance(frame: pd.DataFrame, classes: list[str], seed: int) -> pd.DataFrame:
-    counts = frame[PRED].value_counts()
-    if counts.empty:
-        return frame
-    target = int(np.floor(counts.mean() + 0.5))  # round half up
-    tie_break = np.random.default_rng(seed).permutation(len(frame))
+def _balanced_copies(confidence: np.ndarray, predicted: np.ndarray, classes: list[str], seed: int, per_class: int) -> np.ndarray:
+    counts = np.bincount(predicted, minlength=len(classes))
+    target = per_class or int(np.floor(counts[counts > 0].mean() + 0.5))  # the mean rounds half up
+    tie_break = np.random.default_rng(seed).permutation(len(confidence))
     # Most confident first; equal confidences in the seeded random order.
-    order = np.lexsort((tie_break, -frame[CONFIDENCE].to_numpy()))
-    ranked = frame.iloc[order].copy()
-    ranked["_rank"] = ranked.groupby(PRED, sort=False).cumcount()
-    ranked["_n"] = ranked[PRED].map(counts)
-    ranked = ranked[ranked["_rank"] < target]  # cap the commoner classes
-    # Classes below target: target // n copies each, one more for the top target % n.
-    n = ranked["_n"].to_numpy()
-    below = n < target
-    extra = (ranked["_rank"].to_numpy() < target % np.maximum(n, 1)).astype(np.int64)
-    copies = np.where(below, target // np.maximum(n, 1) + extra, 1)
-    ranked[COPIES] = copies.astype(np.int64)
-    log.info(
-        "Pseudo-labels balanced to %d per class (was %s).",
-        target, ", ".join(f"{name} {int(counts.get(name, 0))}" for name in classes),
-    )
-    return ranked.drop(columns=["_rank", "_n"]).sort_index()
+    order = np.lexsort((tie_break, -confidence))
+    rank = np.empty(len(order), dtype=np.int64)
+    for name in range(len(classes)):  # rank of each image within its class, in that order
+        members = order[predicted[order] == name]
+        rank[members] = np.arange(len(members))
+    n = np.maximum(counts[predicted], 1)
+    # Classes below target: target // n copies each, one more for the top target % n; above: the top target once.
+    copies = np.where(counts[predicted] < target, target // n + (rank < target % n), (rank < target).astype(np.int64))
+    log.info("Pseudo-labels balanced to %d per class (was %s).", target,
+             ", ".join(f"{name} {int(count)}" for name, count in zip(classes, counts)))
+    return copies.astype(np.int64)
 
 
 def _warn_empty_classes(frame: pd.DataFrame, classes: list[str]) -> None:
@@ -144,6 +162,51 @@ def _warn_empty_classes(frame: pd.DataFrame, classes: list[str]) -> None:
     for name in classes:
         if name not in present:
             log.warning("Pseudo-labels: no image was pseudo-labelled as class %r.", name)
+
+
+def write_streamed(chunks: Callable[[], Iterable[pd.DataFrame]], classes: list[str], out: Path, mode: str = "soft",
+                   temperature: float = 1.0, threshold: float = 0.0, balance: bool = False, seed: int = 0,
+                   per_class: int = 0) -> int:
+    """Write pseudo_labels.csv from prediction tables read a chunk at a time; return the number of rows.
+
+    ``chunks()`` yields tables with a path and a prob_<class> column per class
+    and gives the same chunks on every call. Two passes: the first keeps only
+    each image's confidence and class (``select_copies``), the second writes
+    the kept rows chunk by chunk, so memory is bounded by the chunk size and 16
+    bytes per image, not by the table. Writes the same file as
+    ``make_pseudo_labels`` + ``save_pseudo_labels`` on the concatenated chunks
+    (nothing when no image is kept).
+    """
+    check_settings(mode, temperature, threshold)
+    confidence, predicted = [], []
+    for chunk in chunks():
+        probabilities = softmax(teacher_logits(chunk, classes))
+        confidence.append(probabilities.max(axis=1))
+        predicted.append(probabilities.argmax(axis=1))
+    predicted_all = np.concatenate(predicted) if predicted else np.zeros(0, np.int64)
+    copies = select_copies(np.concatenate(confidence) if confidence else np.zeros(0), predicted_all, classes,
+                           threshold, balance, seed, per_class)
+    kept = int((copies > 0).sum())
+    if kept:
+        atomic.write_csv_chunks(out, _kept_rows(chunks, classes, mode, temperature, copies))
+        _warn_empty_classes(pd.DataFrame({PRED: [classes[i] for i in np.unique(predicted_all[copies > 0])]}), classes)
+    return kept
+
+
+def _kept_rows(chunks, classes, mode, temperature, copies) -> Iterator[pd.DataFrame]:
+    start = 0
+    for chunk in chunks():
+        part = copies[start : start + len(chunk)]
+        start += len(chunk)
+        yield label_rows(chunk[PATH].tolist(), teacher_logits(chunk, classes), classes, mode, temperature, part)
+
+
+def teacher_logits(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """Log-probabilities: the teacher's logits up to a per-row constant, which softmax ignores."""
+    probs = predictions[[prob_column(c) for c in classes]].to_numpy(dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise ValueError("The teacher produced non-finite probabilities; cannot pseudo-label.")
+    return np.log(np.clip(probs, 1e-30, 1.0))
 
 
 def pseudo_label_summary(frame: pd.DataFrame, classes: list[str]) -> dict[str, float]:
@@ -156,14 +219,14 @@ def pseudo_label_summary(frame: pd.DataFrame, classes: list[str]) -> dict[str, f
     """
     confidence = frame[CONFIDENCE].astype(float)
     summary: dict[str, float] = {
-        "images": int(len(frame)),
+        "images": len(frame),
         "epoch_images": int(frame[COPIES].sum()),
         "mean_confidence": float(confidence.mean()) if len(frame) else float("nan"),
         "share_confident": float((confidence > CONFIDENT).mean()) if len(frame) else float("nan"),
     }
     for name in classes:
         rows = frame[frame[PRED] == name]
-        summary[f"count_{name}"] = int(len(rows))
+        summary[f"count_{name}"] = len(rows)
         summary[f"copies_{name}"] = int(rows[COPIES].sum())
         summary[f"mean_confidence_{name}"] = float(rows[CONFIDENCE].mean()) if len(rows) else float("nan")
     return summary

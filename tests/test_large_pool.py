@@ -1,0 +1,80 @@
+"""An unlabelled pool is streamed: predicted and pseudo-labelled a chunk at a time, with the same results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import PATIENT_REGEX, save_image, write_class_folders
+from noisystudent import layout
+from noisystudent.config.run_config import RunConfig
+from noisystudent.data.manifest import LABEL, PATH
+from noisystudent.data.readers import read_unlabelled
+from noisystudent.run import pipeline, pseudo_labels
+from noisystudent.run.tables import read_table
+
+CLASSES = ["benign", "malignant"]
+POOL_IMAGES = 23
+
+
+def _pool(folder):
+    """POOL_IMAGES tinted cells in three 'slides' (sub-folders), plus a note that is not an image."""
+    rng = np.random.default_rng(5)
+    for i in range(POOL_IMAGES):
+        save_image(folder / f"slide-{i % 3}" / f"cell-{i:02d}.png", colour=tuple(int(v) for v in rng.integers(0, 256, 3)), size=(24, 24))
+    (folder / "slide-0" / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pool_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    data = write_class_folders(root / "data", patients_per_class=4, images_per_patient=3)
+    config = RunConfig(
+        data=str(data), unlabelled=str(_pool(root / "pool")), patient_regex=PATIENT_REGEX, positive="malignant",
+        folds=2, rounds=1, epochs=1, image_size=32, batch_size=8, weights="none", arch="resnet18", test_fraction=0,
+        optimizer="adamw", lr=0.003, scheduler="cosine",
+        device="cpu", workers=1, eval_batch_size=4, pseudo_mode="soft", pseudo_temperature=2.0, pseudo_per_class=9,
+    )
+    chunk = pipeline.POOL_CHUNK
+    pipeline.POOL_CHUNK = 5  # several chunks of the pool table, the last one short
+    try:
+        pipeline.run_kfold(config, root / "run")
+    finally:
+        pipeline.POOL_CHUNK = chunk
+    return root / "run", config, root / "pool"
+
+
+@pytest.mark.slow
+def test_pool_predictions_are_written_apart_and_only_where_a_next_round_needs_them(pool_run):
+    run, config, pool = pool_run
+    pool_paths = read_unlabelled(pool)[PATH].tolist()
+    for fold in range(config.folds):
+        teacher, student = layout.round_dir(run, fold, 0), layout.round_dir(run, fold, 1)
+        table = read_table(teacher / layout.POOL_PREDICTIONS)
+        assert table[PATH].tolist() == pool_paths  # every pool image once, in the pool's order, across the chunks
+        assert set(table[layout.SPLIT]) == {"pool"} and (table[LABEL] == "").all()
+        np.testing.assert_allclose(table[[layout.prob_column(c) for c in CLASSES]].sum(axis=1), 1.0, atol=1e-5)
+        for folder in (teacher, student):
+            assert "pool" not in set(read_table(folder / layout.PREDICTIONS)[layout.SPLIT])
+        assert not (student / layout.POOL_PREDICTIONS).exists()  # the last round labels nobody
+
+
+@pytest.mark.slow
+def test_streamed_pseudo_labels_equal_those_of_the_whole_table(pool_run, tmp_path):
+    run, config, _ = pool_run
+    for fold in range(config.folds):
+        teacher = layout.round_dir(run, fold, 0)
+        predictions = read_table(teacher / layout.PREDICTIONS)
+        whole = pd.concat([predictions[predictions[layout.SPLIT] == "unlabelled"], read_table(teacher / layout.POOL_PREDICTIONS)])
+        expected = pseudo_labels.make_pseudo_labels(
+            whole[PATH].tolist(), pseudo_labels.teacher_logits(whole, CLASSES), CLASSES, mode="soft", temperature=2.0,
+            per_class=9, seed=pipeline.derive_seed(config.seed, "pseudo", fold, 0),
+        )
+        pseudo_labels.save_pseudo_labels(expected, tmp_path / f"expected-{fold}.csv")
+        written = teacher / layout.PSEUDO_LABELS
+        assert written.read_bytes() == (tmp_path / f"expected-{fold}.csv").read_bytes()
+        table = read_table(written)
+        assert table.groupby(layout.PRED)[layout.COPIES].sum().to_dict() == dict.fromkeys(set(table[layout.PRED]), 9)
+        assert table[PATH].str.contains("cell-").any()  # pool images are among them
