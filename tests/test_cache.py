@@ -163,6 +163,16 @@ def test_index_of_tensor_and_batch_on_cpu(tmp_path):
     assert torch.equal(batch, torch.from_numpy(np.asarray(cache.array[[2, 0]])))
 
 
+def test_read_rows_equals_the_array_for_any_order_and_repeats(tmp_path):
+    paths = _write_images(tmp_path / "data", 12)
+    cache = build_cache(paths, SPEC, tmp_path / "cache")
+    for rows in ([5, 6, 7, 8], [11, 0, 3, 3, 4, 10, 9, 1], [7], list(range(12))[::-1]):
+        np.testing.assert_array_equal(cache.read_rows(np.array(rows)), np.asarray(cache.array[rows]))
+    assert cache.read_rows(np.array([], dtype=np.int64)).shape == (0, 3, 16, 16)
+    with pytest.raises(IndexError, match="outside the image cache of 12"):
+        cache.read_rows(np.array([3, 12]))
+
+
 def test_open_reads_sidecar(tmp_path):
     paths = _write_images(tmp_path / "data", 2)
     built = build_cache(paths, SPEC, tmp_path / "cache")

@@ -38,6 +38,7 @@ MAX_PIXELS = 50_000_000
 """Files with more pixels are refused unread: 50 M pixels decode to at most 200 MB (4 bytes each)."""
 PROBE_SIDE = 1024
 """Checking a file decodes it whole, then converts it at most at this size."""
+PROBE_CHUNK = 4096  # files probed per batch of threads
 EXTREME_ASPECT = 20
 """Images this many times longer than wide become mostly black padding; ``data inspect`` lists them."""
 
@@ -123,8 +124,15 @@ def probe_images(paths: list[str], workers: int | None = None) -> list[ImageInfo
 
 
 def find_unreadable(paths: list[str], workers: int | None = None) -> list[tuple[str, str]]:
-    """(path, one-sentence reason) for every file that cannot be decoded."""
-    return [(info.path, info.error) for info in probe_images(paths, workers) if info.error]
+    """(path, one-sentence reason) for every file that cannot be decoded.
+
+    PROBE_CHUNK files at a time: a pool of millions is probed without a
+    result (or a pending future) per file in memory.
+    """
+    bad = []
+    for start in range(0, len(paths), PROBE_CHUNK):
+        bad += [(info.path, info.error) for info in probe_images(paths[start : start + PROBE_CHUNK], workers) if info.error]
+    return bad
 
 
 def _open(path: str | Path) -> Image.Image:

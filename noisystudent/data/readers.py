@@ -117,10 +117,11 @@ def read_unlabelled(
             raise DataError(f"The unlabelled data {path} is a file but not a CSV file.")
         manifest = read_csv_manifest(path, allow_unlabelled=True)
     else:
-        files = _image_files(path, recursive=True)
+        files = _image_paths(path)
         if not files:
             raise DataError(f"The folder {path} contains no images.")
-        manifest = _finish([_row(f, "", "", SUBSET_UNLABELLED) for f in files])
+        # columns, not a dict per row: a pool may hold millions of images
+        manifest = make_manifest(pd.DataFrame({PATH: files, LABEL: "", PATIENT: "", SUBSET: SUBSET_UNLABELLED}))
     manifest[LABEL] = ""
     manifest[SUBSET] = SUBSET_UNLABELLED
     manifest = drop_unreadable(manifest, skip_unreadable, workers)
@@ -403,6 +404,24 @@ def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
             "%d entries in %s are not images and are ignored, e.g. %s.", len(others), folder, others[0].name
         )
     return images
+
+
+def _image_paths(folder: Path) -> list[str]:
+    """``_image_files(folder, recursive=True)`` as sorted absolute path strings, without a Path object per file."""
+    root = os.path.abspath(folder)
+    images, others = [], []
+    for parent, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if _is_hidden(Path(name)):
+                continue
+            full = os.path.join(parent, name)
+            is_image = os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(full)
+            (images if is_image else others).append(full)
+    if others:
+        logger.warning("%d entries in %s are not images and are ignored, e.g. %s.", len(others), folder,
+                       os.path.basename(min(others)))
+    return sorted(images)
 
 
 def list_entries(folder: Path, recursive: bool) -> list[Path]:
