@@ -319,10 +319,9 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     if out.exists() and not pool_missing:
         return results.read_predictions(out)
     model, payload = load_model_file(folder / layout.MODEL, ctx.device, ctx.config.channels_last)
-    predict = lambda rows: _model_probs(ctx, model, payload["spec"]["arch"], rows)
+    frame = _evaluated_rows(ctx, fold)
+    predict = _round_predictor(ctx, model, payload["spec"]["arch"], (0 if out.exists() else len(frame)) + len(pool))
     if not out.exists():
-        frame = pd.concat([fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split})
-                           for role, split in SPLIT_OF_ROLE.items() if role != manifest.ROLE_POOL], ignore_index=True)
         ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
         probs = distributed.gather_rows(predict, ctx.rows(frame[manifest.PATH]))  # torchrun: a slice per rank, gathered in order
         ctx.progress.stop("predict")
@@ -336,6 +335,12 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     return results.read_predictions(out)  # exactly what a resume reads
 
 
+def _evaluated_rows(ctx: RunContext, fold: int) -> pd.DataFrame:
+    """The fold's validation, test and masked images, with their split: the rows of predictions.csv."""
+    return pd.concat([fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split})
+                      for role, split in SPLIT_OF_ROLE.items() if role != manifest.ROLE_POOL], ignore_index=True)
+
+
 def _predict_pool(ctx: RunContext, pool: pd.DataFrame, predict, out: Path, description: str) -> None:
     """pool_predictions.csv written POOL_CHUNK rows at a time: one chunk of the table in memory, whatever the pool's size."""
     columns = pool[[manifest.PATH, manifest.LABEL, manifest.PATIENT]].assign(**{layout.SPLIT: SPLIT_OF_ROLE[manifest.ROLE_POOL]})
@@ -344,9 +349,8 @@ def _predict_pool(ctx: RunContext, pool: pd.DataFrame, predict, out: Path, descr
     def tables():
         for start in range(0, len(columns), POOL_CHUNK):
             chunk = columns.iloc[start : start + POOL_CHUNK]
-            probs = distributed.gather_rows(predict, ctx.rows(chunk[manifest.PATH]))
+            probs = distributed.gather_rows(lambda rows: predict(rows, start), ctx.rows(chunk[manifest.PATH]))  # noqa: B023
             _check_finite(probs, out.parent)
-            ctx.progress.update("predict", completed=start + len(chunk))
             yield prediction_table(chunk, probs, ctx.classes)
 
     if distributed.is_main():
@@ -365,23 +369,33 @@ def _check_finite(probs: np.ndarray, folder: Path) -> None:
         )
 
 
-def _model_probs(ctx: RunContext, model: torch.nn.Module, arch: str, rows: torch.Tensor) -> np.ndarray:
-    """(N, C) probabilities of one model for cache rows: ONNX Runtime on a CPU when it pays off, else PyTorch."""
+def _round_predictor(ctx: RunContext, model: torch.nn.Module, arch: str, n_images: int):
+    """``predict(rows, done_before=0)`` -> (N, C) probabilities of one model for cache rows.
+
+    ONNX Runtime on a CPU when it pays off for the round's ``n_images``, else
+    PyTorch; chosen and exported once per round, so that every chunk of a pool
+    goes through the same backend (the two differ by float rounding).
+    """
     config = ctx.config
     normalization = models.input_normalization(arch)  # Lite0: (x - 127) / 128
-    on_progress = lambda done: ctx.progress.update("predict", completed=done)
-    backend = backends.pipeline_backend(ctx.device, len(rows), config.image_size)
-    if backend == "torch":
-        return predict_probs(
-            model, ctx.load_batch, rows, ctx.device, config.eval_batch_size, config.tta, amp_dtype(config.amp, ctx.device),
-            channels_last=ctx.device.type == "cuda" and config.channels_last, on_progress=on_progress, normalization=normalization,
-        )
-    predictor = backends.model_predictor(model, normalization, ctx.device, config.tta, config, backend)
-    parts = []
-    for start in range(0, len(rows), config.eval_batch_size):
-        parts.append(predictor(ctx.load_batch(rows[start : start + config.eval_batch_size]).numpy())[0])
-        on_progress(start + len(parts[-1]))
-    return np.concatenate(parts) if parts else np.zeros((0, len(ctx.classes)), np.float32)
+    backend = backends.pipeline_backend(ctx.device, n_images, config.image_size)
+    predictor = None if backend == "torch" else backends.model_predictor(model, normalization, ctx.device, config.tta, config, backend)
+
+    def predict(rows: torch.Tensor, done_before: int = 0) -> np.ndarray:
+        on_progress = lambda done: ctx.progress.update("predict", completed=done_before + done)  # noqa: E731
+        if predictor is None:
+            return predict_probs(
+                model, ctx.load_batch, rows, ctx.device, config.eval_batch_size, config.tta, amp_dtype(config.amp, ctx.device),
+                channels_last=ctx.device.type == "cuda" and config.channels_last, on_progress=on_progress,
+                normalization=normalization,
+            )
+        parts = []
+        for start in range(0, len(rows), config.eval_batch_size):
+            parts.append(predictor(ctx.load_batch(rows[start : start + config.eval_batch_size]).numpy())[0])
+            on_progress(start + len(parts[-1]))
+        return np.concatenate(parts) if parts else np.zeros((0, len(ctx.classes)), np.float32)
+
+    return predict
 
 
 def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
