@@ -413,7 +413,7 @@ def _image_paths(folder: Path) -> list[str]:
     for parent, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            if _is_hidden(Path(name)):
+            if _is_hidden_name(name):  # not Path(name): pathlib interns every name it parses
                 continue
             full = os.path.join(parent, name)
             is_image = os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(full)
@@ -442,7 +442,11 @@ def image_files(folder: Path) -> list[str]:
 
 
 def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in _JUNK_NAMES
+    return _is_hidden_name(path.name)
+
+
+def _is_hidden_name(name: str) -> bool:
+    return name.startswith(".") or name.lower() in _JUNK_NAMES
 
 
 def _row(file: Path, label: str, patient: str, subset: str) -> dict:
