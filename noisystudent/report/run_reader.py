@@ -18,12 +18,14 @@ import pandas as pd
 from noisystudent.errors import ConfigError
 from noisystudent.evaluation.metrics import CLASS_COLUMN, headline_class_rows
 from noisystudent.layout import (
+    CONFIDENCE,
     EVAL_SPLIT,
     FOLD_COLUMN,
     FOLDS,
     HISTORY,
     METRICS,
     MODEL_KIND,
+    PRED,
     PREDICTIONS,
     PROB_PREFIX,
     PSEUDO_LABELS,
@@ -109,8 +111,10 @@ def load_run(run: Path) -> RunContents:
     unreadable: list[str] = []
     for fold, round_ in _round_folders(run):
         folder = round_dir(run, fold, round_)
-        for table, name in ((data.histories, HISTORY), (data.predictions, PREDICTIONS), (data.pseudo_labels, PSEUDO_LABELS)):
-            frame = _try_read(folder / name, read_table, unreadable)
+        readers = ((data.histories, HISTORY, read_table), (data.predictions, PREDICTIONS, read_table),
+                   (data.pseudo_labels, PSEUDO_LABELS, read_pseudo_confidence))
+        for table, name, reader in readers:
+            frame = _try_read(folder / name, reader, unreadable)
             if frame is not None:
                 table[(fold, round_)] = frame
     data.all_metrics = _try_read(results_dir(run) / METRICS, read_metrics, unreadable)
@@ -123,6 +127,13 @@ def load_run(run: Path) -> RunContents:
             data.ensembles[(match["models"], match["voting"])] = frame
     data.notes = unreadable + _missing_notes(data)
     return data
+
+
+def read_pseudo_confidence(path: Path) -> pd.DataFrame:
+    """The confidence and class columns of pseudo_labels.csv, all the report draws: about 5 bytes per
+    row, since the table may hold a pool of millions of images per fold and round."""
+    return pd.read_csv(path, usecols=[CONFIDENCE, PRED], dtype={CONFIDENCE: "float32", PRED: "category"},
+                       keep_default_na=False)
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
