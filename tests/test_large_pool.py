@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ from noisystudent.config.run_config import RunConfig
 from noisystudent.data.manifest import LABEL, PATH
 from noisystudent.data.readers import read_unlabelled
 from noisystudent.run import pipeline, pseudo_labels
+from noisystudent.report.build import write_report
 from noisystudent.run.tables import read_table
 
 CLASSES = ["benign", "malignant"]
@@ -78,3 +81,27 @@ def test_streamed_pseudo_labels_equal_those_of_the_whole_table(pool_run, tmp_pat
         table = read_table(written)
         assert table.groupby(layout.PRED)[layout.COPIES].sum().to_dict() == dict.fromkeys(set(table[layout.PRED]), 9)
         assert table[PATH].str.contains("cell-").any()  # pool images are among them
+
+
+@pytest.mark.slow
+def test_report_of_a_pool_run_counts_the_pool(pool_run):
+    run, _, _ = pool_run
+    page = write_report(run).read_text()
+    assert "unlabelled pool" in page and f">{POOL_IMAGES}<" in page
+
+
+@pytest.mark.slow
+def test_resume_makes_the_same_pseudo_labels_from_the_saved_pool_predictions(pool_run, tmp_path):
+    run, config, _ = pool_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "results", ignore_errors=True)
+    before = (layout.round_dir(run, 0, 0) / layout.PSEUDO_LABELS).read_bytes()
+    (layout.round_dir(copy, 0, 0) / layout.PSEUDO_LABELS).unlink()  # fold 0 stopped after predicting the pool
+    (layout.round_dir(copy, 1, 0) / layout.POOL_PREDICTIONS).unlink()  # fold 1: pseudo-labels made, pool file gone
+    for fold in range(config.folds):
+        shutil.rmtree(layout.round_dir(copy, fold, 1))
+    pipeline.run_kfold(config, copy, resume=True)
+    assert (layout.round_dir(copy, 0, 0) / layout.PSEUDO_LABELS).read_bytes() == before
+    assert not (layout.round_dir(copy, 1, 0) / layout.POOL_PREDICTIONS).exists()  # not predicted again for nothing
+    assert (layout.round_dir(copy, 1, 1) / layout.PREDICTIONS).exists()

@@ -315,7 +315,8 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     folder = layout.round_dir(ctx.run, fold, round_)
     out, pool_out = folder / layout.PREDICTIONS, folder / layout.POOL_PREDICTIONS
     pool = fold_rows(ctx.folds, fold, manifest.ROLE_POOL) if round_ < ctx.config.rounds else ctx.folds.iloc[:0]
-    pool_missing = len(pool) > 0 and not pool_out.exists()
+    # not once pseudo_labels.csv exists: it is all the pool's predictions were for
+    pool_missing = len(pool) > 0 and not pool_out.exists() and not (folder / layout.PSEUDO_LABELS).exists()
     if out.exists() and not pool_missing:
         return results.read_predictions(out)
     model, payload = load_model_file(folder / layout.MODEL, ctx.device, ctx.config.channels_last)
