@@ -102,8 +102,13 @@ def generate_pool(folder: Path, count: int, side: int, workers: int) -> Path:
     starts = range(0, count, FILES_PER_FOLDER)
     tasks = [(folder / f"slide-{start // FILES_PER_FOLDER:05d}", start, min(start + FILES_PER_FOLDER, count), side) for start in starts]
     began = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        list(pool.map(_write_folder, tasks, chunksize=4))
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        for task in tasks:
+            _write_folder(task)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(_write_folder, tasks, chunksize=4))
     (folder / GENERATED).write_text(str(count))
     print(f"generated {count} images in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     return folder
