@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the onnx extra)")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_inference.py"
-
-
 @pytest.mark.slow
 def test_bench_inference_reports_every_row_and_the_last_line(tmp_path: Path, capsys) -> None:
-    spec = importlib.util.spec_from_file_location("bench_inference", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_inference")
     threads = torch.get_num_threads()
     try:
         report = bench.main(["--images", "6", "--source-size", "40", "--size", "32", "--folds", "2", "--batch", "3",

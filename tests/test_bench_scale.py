@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
+from helpers import load_script
 from PIL import Image
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_scale.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_scale")
 
 
 def test_pool_is_written_in_folders_of_a_thousand_and_only_once(bench, tmp_path):

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from helpers import load_script
 
 from noisystudent.data.folds import assign_folds
 from noisystudent.data.manifest import make_manifest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_real.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_real", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_real")
 
 
 def test_the_upper_bound_folds_the_masked_part_into_the_labelled_part(bench):

@@ -7,14 +7,14 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import PATIENT_REGEX, save_image, write_class_folders
+
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.manifest import LABEL, PATH
 from noisystudent.data.readers import read_unlabelled
-from noisystudent.run import pipeline, pseudo_labels
 from noisystudent.report.build import write_report
+from noisystudent.run import pipeline, pseudo_labels
 from noisystudent.run.tables import read_table
 
 CLASSES = ["benign", "malignant"]
