@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -391,10 +392,10 @@ def _require_exists(path: Path) -> None:
         raise DataError(f"The data path {path} is {kind}, not a file or folder.")
 
 
-def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """Sorted image files of a folder; other entries are counted in one warning."""
+def _image_files(folder: Path) -> list[Path]:
+    """Sorted image files directly in a folder; other entries are counted in one warning."""
     images, others = [], []
-    for entry in list_entries(folder, recursive):
+    for entry in list_entries(folder):
         if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(entry)
         else:
@@ -407,38 +408,36 @@ def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
 
 
 def _image_paths(folder: Path) -> list[str]:
-    """``_image_files(folder, recursive=True)`` as sorted absolute path strings, without a Path object per file."""
-    root = os.path.abspath(folder)
+    """Sorted absolute paths of the image files anywhere under ``folder``; other files are counted in one warning."""
     images, others = [], []
-    for parent, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if _is_hidden_name(name):  # not Path(name): pathlib interns every name it parses
-                continue
-            full = os.path.join(parent, name)
-            is_image = os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(full)
-            (images if is_image else others).append(full)
+    for path in _walk_files(folder):
+        is_image = os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(path)
+        (images if is_image else others).append(path)
     if others:
         logger.warning("%d entries in %s are not images and are ignored, e.g. %s.", len(others), folder,
                        os.path.basename(min(others)))
     return sorted(images)
 
 
-def list_entries(folder: Path, recursive: bool) -> list[Path]:
-    """Entries of a folder, sorted, hidden ones (.DS_Store, .ipynb_checkpoints, ...) left out."""
-    if not recursive:
-        return sorted(e for e in folder.iterdir() if not _is_hidden(e))
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(parent, f) for f in files if not _is_hidden(Path(f))]
-    return sorted(found)
+def list_entries(folder: Path) -> list[Path]:
+    """Entries directly in a folder, sorted, hidden ones (.DS_Store, .ipynb_checkpoints, ...) left out."""
+    return sorted(e for e in folder.iterdir() if not _is_hidden(e))
 
 
 def image_files(folder: Path) -> list[str]:
     """Absolute paths of the image files anywhere under ``folder``, sorted, hidden ones left out."""
-    found = [_absolute(path) for path in list_entries(folder, recursive=True) if path.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
+    return sorted(path for path in _walk_files(folder) if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS)
+
+
+def _walk_files(folder: Path) -> Iterator[str]:
+    """Absolute paths (strings) of the files anywhere under ``folder``, hidden files and folders left out.
+
+    Strings, not Path objects: a pool may list millions of files, and pathlib
+    interns every name it parses.
+    """
+    for parent, dirs, files in os.walk(os.path.abspath(folder)):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield from (os.path.join(parent, name) for name in files if not _is_hidden_name(name))
 
 
 def _is_hidden(path: Path) -> bool:
