@@ -80,7 +80,7 @@ def make_pseudo_labels(
     probabilities = softmax(logits)
     copies = select_copies(probabilities.max(axis=1), probabilities.argmax(axis=1), classes, threshold, balance, seed, per_class)
     frame = label_rows(paths, logits, classes, mode, temperature, copies)
-    _warn_empty_classes(frame, classes)
+    _warn_empty_classes(frame[PRED], classes)
     return frame
 
 
@@ -157,8 +157,8 @@ def _balanced_copies(confidence: np.ndarray, predicted: np.ndarray, classes: lis
     return copies.astype(np.int64)
 
 
-def _warn_empty_classes(frame: pd.DataFrame, classes: list[str]) -> None:
-    present = set(frame[PRED])
+def _warn_empty_classes(predicted: Iterable[str], classes: list[str]) -> None:
+    present = set(predicted)
     for name in classes:
         if name not in present:
             log.warning("Pseudo-labels: no image was pseudo-labelled as class %r.", name)
@@ -189,7 +189,7 @@ def write_streamed(chunks: Callable[[], Iterable[pd.DataFrame]], classes: list[s
     kept = int((copies > 0).sum())
     if kept:
         atomic.write_csv_chunks(out, _kept_rows(chunks, classes, mode, temperature, copies))
-        _warn_empty_classes(pd.DataFrame({PRED: [classes[i] for i in np.unique(predicted_all[copies > 0])]}), classes)
+        _warn_empty_classes((classes[i] for i in np.unique(predicted_all[copies > 0])), classes)
     return kept
 
 
