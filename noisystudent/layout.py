@@ -6,6 +6,7 @@ here atomically, and a stage whose artifact exists is never recomputed.
     runs/<name>/
       config.json            every setting, package version, data fingerprint
       folds.csv              path, label, patient, subset, fold, role
+      pool.csv               the unlabelled pool: path, patient (runs with --unlabelled or --pool)
       run.log                log of every session that worked on this run
       cache/                 decoded images (uint8), keyed by fingerprint
       demo-data/             the built-in synthetic images (demo runs only)
@@ -13,7 +14,8 @@ here atomically, and a stage whose artifact exists is never recomputed.
         checkpoint.pt        resume state, rewritten every epoch
         history.csv          one row per epoch
         model.pt             final weights + what is needed to rebuild the model
-        predictions.csv      this model on validation, test and pool images
+        predictions.csv      this model on validation, test and masked images
+        pool_predictions.csv this model on the pool (rounds whose pseudo-labels need it)
         pseudo_labels.csv    labels this model gives the next round's student
       results/
         predictions_<models>_<voting>.csv   ensemble predictions on the test set
@@ -26,6 +28,8 @@ from pathlib import Path
 
 CONFIG = "config.json"
 FOLDS = "folds.csv"
+POOL = "pool.csv"  # the unlabelled pool (path, patient), sorted by path; read in chunks, never whole
+POOL_LISTING = ".pool.csv.listing.tmp"  # the pool listed by this session, installed as POOL once config.json is written
 LOG = "run.log"
 CACHE = "cache"
 MODEL = "model.pt"

@@ -10,6 +10,7 @@ from noisystudent.config.run_config import RunConfig
 from noisystudent.config.settings import make_config
 from noisystudent.data.manifest import PATIENT, SUBSET
 from noisystudent.data.run_images import load_run_images
+from noisystudent.run.tables import read_table
 
 
 def test_defaults_hold_out_a_fifth_of_patients_without_pool_as_the_study():
@@ -30,8 +31,11 @@ def _csv_with_pool(root):
 @pytest.mark.parametrize("pool", [False, True])
 def test_pool_flag_keeps_or_drops_the_unlabelled_images_of_the_data(tmp_path, pool):
     config = make_config(_csv_with_pool(tmp_path), preset="smoke", pool=pool, positive="a")
-    images = load_run_images(config, tmp_path / "run").manifest
-    assert int((images[SUBSET] == "unlabelled").sum()) == (3 if pool else 0)
+    images = load_run_images(config, tmp_path / "run", pool_out=tmp_path / "pool.csv")
+    assert not (images.manifest[SUBSET] == "unlabelled").any()  # the pool lives in its file, never in the manifest
+    assert (images.pool.count if images.pool else 0) == (3 if pool else 0)
+    if pool:
+        assert read_table(images.pool.path)[PATIENT].tolist() == ["Q"] * 3 and images.pool.patients() == {"Q"}
 
 
 def test_unlabelled_folder_gets_patient_ids_from_the_regex(tmp_path):
@@ -40,9 +44,9 @@ def test_unlabelled_folder_gets_patient_ids_from_the_regex(tmp_path):
     save_cell(extra / "p01_9.png", 0)
     save_cell(extra / "loose.png", 0)
     config = make_config(data, preset="smoke", patient_regex=PATIENT_REGEX, unlabelled=str(extra), positive="malignant")
-    images = load_run_images(config, tmp_path / "run").manifest
-    pool = images[images[SUBSET] == "unlabelled"].set_index(images.loc[images[SUBSET] == "unlabelled", "path"].map(lambda p: p.split("/")[-1]))
-    assert pool.loc["p01_9.png", PATIENT] == "P01" and pool.loc["loose.png", PATIENT] == ""
+    pool = load_run_images(config, tmp_path / "run", pool_out=tmp_path / "pool.csv").pool
+    table = read_table(pool.path).set_index(read_table(pool.path)["path"].map(lambda p: p.split("/")[-1]))
+    assert table.loc["p01_9.png", PATIENT] == "P01" and table.loc["loose.png", PATIENT] == ""
 
 
 def test_offline_imagenet_weights_stop_the_run_before_any_data_is_read(tmp_path, monkeypatch):

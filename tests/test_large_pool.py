@@ -12,7 +12,6 @@ from helpers import PATIENT_REGEX, save_image, write_class_folders
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.manifest import LABEL, PATH
-from noisystudent.data.readers import read_unlabelled
 from noisystudent.report.build import write_report
 from noisystudent.run import pipeline, pseudo_labels
 from noisystudent.run.tables import read_table
@@ -52,7 +51,9 @@ def pool_run(tmp_path_factory):
 @pytest.mark.slow
 def test_pool_predictions_are_written_apart_and_only_where_a_next_round_needs_them(pool_run):
     run, config, pool = pool_run
-    pool_paths = read_unlabelled(pool)[PATH].tolist()
+    pool_paths = sorted(str(path) for path in pool.rglob("*.png"))
+    assert read_table(run / layout.POOL)[PATH].tolist() == pool_paths  # the pool list, sorted, the note left out
+    assert "pool" not in set(read_table(run / layout.FOLDS)["role"])  # the pool is not in folds.csv
     for fold in range(config.folds):
         teacher, student = layout.round_dir(run, fold, 0), layout.round_dir(run, fold, 1)
         table = read_table(teacher / layout.POOL_PREDICTIONS)
@@ -105,3 +106,45 @@ def test_resume_makes_the_same_pseudo_labels_from_the_saved_pool_predictions(poo
     assert (layout.round_dir(copy, 0, 0) / layout.PSEUDO_LABELS).read_bytes() == before
     assert not (layout.round_dir(copy, 1, 0) / layout.POOL_PREDICTIONS).exists()  # not predicted again for nothing
     assert (layout.round_dir(copy, 1, 1) / layout.PREDICTIONS).exists()
+
+
+def _as_made_before_the_pool_file(run, pool_paths):
+    """The run folder as versions before pool.csv wrote it: the pool as rows of folds.csv, no pool.csv."""
+    folds = read_table(run / layout.FOLDS)
+    pool = pd.DataFrame({PATH: pool_paths, LABEL: "", "patient": "", "subset": "unlabelled", "fold": -1, "role": "pool"})
+    pd.concat([folds, pool], ignore_index=True).to_csv(run / layout.FOLDS, index=False)
+    (run / layout.POOL).unlink()
+
+
+@pytest.mark.slow
+def test_a_run_with_its_pool_in_folds_csv_resumes_with_the_same_pseudo_labels(pool_run, tmp_path, monkeypatch):
+    run, config, pool = pool_run
+    monkeypatch.setattr(pipeline, "POOL_CHUNK", 5)  # the pool predicted in the same batches as the first time
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    _as_made_before_the_pool_file(copy, read_table(run / layout.POOL)[PATH].tolist())
+    teacher = layout.round_dir(copy, 0, 0)
+    before = (teacher / layout.PSEUDO_LABELS).read_bytes()
+    for name in (layout.PSEUDO_LABELS, layout.POOL_PREDICTIONS):
+        (teacher / name).unlink()
+    shutil.rmtree(layout.round_dir(copy, 0, 1))
+    pipeline.run_kfold(config, copy, resume=True)  # same data fingerprint: the pool is listed, found equal, and left in folds.csv
+    assert (teacher / layout.PSEUDO_LABELS).read_bytes() == before
+    assert not (copy / layout.POOL).exists() and not list(copy.glob(".pool*"))
+    assert (layout.round_dir(copy, 0, 1) / layout.PREDICTIONS).exists()
+
+
+def test_a_changed_pool_is_refused_on_resume_and_the_run_keeps_its_pool_list(tmp_path):
+    data = write_class_folders(tmp_path / "data", patients_per_class=4, images_per_patient=3)
+    pool = _pool(tmp_path / "pool")
+    config = RunConfig(data=str(data), unlabelled=str(pool), patient_regex=PATIENT_REGEX, positive="malignant", folds=2,
+                       image_size=16, weights="none", test_fraction=0, device="cpu", workers=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    ctx = pipeline._prepare_run(config, run, resume=False, join=False, progress=pipeline.NULL_PROGRESS)  # no training
+    assert ctx.pool.count == POOL_IMAGES and len(ctx.cache) == len(ctx.folds["path"].unique()) + POOL_IMAGES
+    before = (run / layout.POOL).read_bytes()
+    save_image(pool / "slide-9" / "new.png", size=(24, 24))
+    with pytest.raises(pipeline.ConfigError, match="have changed since it began"):
+        pipeline._prepare_run(config, run, resume=True, join=False, progress=pipeline.NULL_PROGRESS)
+    assert (run / layout.POOL).read_bytes() == before and not list(run.glob(".pool*"))

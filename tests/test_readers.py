@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from noisystudent.data.manifest import LABEL, MANIFEST_COLUMNS, PATH, PATIENT, SUBSET
-from noisystudent.data.readers import SKIPPED, detect_format, read_cnmc, read_csv_manifest, read_dataset, read_folders, read_unlabelled
+from noisystudent.data.readers import SKIPPED, detect_format, read_cnmc, read_csv_manifest, read_dataset, read_folders
 from noisystudent.errors import ConfigError, DataError
 
 TRAIN = "C-NMC_Leukemia/training_data"
@@ -259,25 +259,6 @@ def test_unreadable_images_stop_or_are_skipped_and_reported(class_folders, make_
     assert [path for path, _ in manifest.attrs[SKIPPED]] == [str(cut), str(text)]
     assert "not an image file" in manifest.attrs[SKIPPED][1][1]
     assert str(cut) in caplog.text and str(text) in caplog.text
-
-
-def test_read_unlabelled_folder_is_recursive_and_csv_drops_labels(tmp_path, make_image, csv_images):
-    make_image(tmp_path / "pool" / "x.png")
-    make_image(tmp_path / "pool" / "deeper" / "y.bmp")
-    make_image(tmp_path / "pool" / ".hidden" / "z.png")
-    pool = read_unlabelled(tmp_path / "pool")
-    assert [Path(p).name for p in pool[PATH]] == ["y.bmp", "x.png"]
-    assert set(pool[LABEL]) == {""} and set(pool[SUBSET]) == {"unlabelled"}
-
-    csv = write_csv(csv_images / "pool.csv", "path,label,patient\na.png,x,p9\nb.png,,\n")
-    pool = read_unlabelled(csv)
-    assert pool[[LABEL, PATIENT, SUBSET]].values.tolist() == [["", "P9", "unlabelled"], ["", "", "unlabelled"]]
-
-
-def test_read_unlabelled_empty_folder(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="contains no images"):
-        read_unlabelled(tmp_path / "empty")
 
 
 # --- the real C-NMC sample ---------------------------------------------------------

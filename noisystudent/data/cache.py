@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import torch
 
 from noisystudent.atomic import NO_SPACE_ERRNOS, no_space_message
 from noisystudent.data import preprocess as _preprocess
+from noisystudent.data.pool import PoolFile
 from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.device import to_device
 from noisystudent.errors import DataError, DiskFullError
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 SERIAL_BELOW = 64  # smaller sets are decoded in-process: starting workers costs more
 MAX_CHUNK = 256  # images per task sent to a worker process
+IN_FLIGHT = 4  # tasks per worker submitted ahead of the results
 # A device-resident cache may use the GPU memory that is free when it is placed
 # (at the first batch: the model and optimizer already sit there) minus
 # GPU_WORKING_SET for what training and prediction still allocate (activations
@@ -58,8 +61,13 @@ Progress = Callable[[int, int], None]
 
 def fingerprint_files(paths: Iterable[str]) -> str:
     """sha256 of the sorted (path, size, mtime_ns) of every file."""
+    return fingerprint_sorted(sorted(str(p) for p in paths))
+
+
+def fingerprint_sorted(paths: Iterable[str]) -> str:
+    """``fingerprint_files`` of paths that come sorted: streamed, for a pool of millions."""
     digest = hashlib.sha256()
-    for path in sorted(str(p) for p in paths):
+    for path in paths:
         try:
             stat = os.stat(path)
         except OSError as error:
@@ -68,22 +76,30 @@ def fingerprint_files(paths: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def cache_fingerprint(paths: Iterable[str], spec: PreprocessSpec) -> str:
-    """Fingerprint of the cache of ``paths`` preprocessed with ``spec``."""
+def cache_fingerprint(paths: Iterable[str], spec: PreprocessSpec, pool: PoolFile | None = None) -> str:
+    """Fingerprint of the cache of ``paths`` (then the ``pool``) preprocessed with ``spec``."""
     text = f"noisystudent-cache-v{CACHE_VERSION}\n{spec.key()}\n{fingerprint_files(paths)}"
+    if pool is not None:  # a cache without a pool keeps the fingerprint it always had
+        text += f"\npool {pool.count}\n{fingerprint_sorted(pool.paths())}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ImageCache:
-    """A complete cache: ``array[i]`` is the preprocessed image ``paths[i]``."""
+    """A complete cache: ``array[i]`` is the preprocessed image ``paths[i]``; the pool's images follow.
 
-    def __init__(self, npy_path: Path, paths: list[str], fingerprint: str) -> None:
+    The ``pool_count`` images of an unlabelled pool are rows ``pool_start`` +
+    their position in the pool file: they have no path index, so that a pool
+    of millions costs no memory here.
+    """
+
+    def __init__(self, npy_path: Path, paths: list[str], fingerprint: str, pool_count: int = 0) -> None:
         self.npy_path = Path(npy_path)
         self.paths = list(paths)
         self.fingerprint = fingerprint
+        self.pool_start, self.pool_count = len(self.paths), int(pool_count)
         # Copy-on-write map: read-only on disk but writable for torch.from_numpy.
         self.array: np.ndarray = np.load(self.npy_path, mmap_mode="c")
-        expected = (len(self.paths), 3)
+        expected = (len(self.paths) + self.pool_count, 3)
         if self.array.dtype != np.uint8 or self.array.ndim != 4 or self.array.shape[:2] != expected:
             raise DataError(f"The image cache {self.npy_path} does not match its sidecar; delete it.")
         # a hash index in pandas' C tables: about a fifth of a dict's memory per path, for pools of millions
@@ -97,20 +113,21 @@ class ImageCache:
         sidecar = json.loads(_sidecar_path(Path(npy_path)).read_text())
         if sidecar.get("version") != CACHE_VERSION:
             raise DataError(f"The image cache {npy_path} was written by another version.")
-        return cls(Path(npy_path), sidecar["paths"], sidecar["fingerprint"])
+        return cls(Path(npy_path), sidecar["paths"], sidecar["fingerprint"], sidecar.get("pool", 0))
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return self.pool_start + self.pool_count
 
     @property
     def image_size(self) -> int:
         return int(self.array.shape[-1])
 
-    def index_of(self, paths: Iterable[str]) -> np.ndarray:
-        """Rows of ``paths`` (int64); DataError naming the first unknown path."""
+    def index_of(self, paths: Iterable[str], missing_ok: bool = False) -> np.ndarray:
+        """Rows of ``paths`` (int64) among the indexed (non-pool) images; DataError naming the first
+        unknown path, or -1 for it with ``missing_ok``."""
         paths = [str(p) for p in paths]
         rows = self._rows.get_indexer(pd.Index(paths, dtype=object)).astype(np.int64)
-        if (rows < 0).any():
+        if (rows < 0).any() and not missing_ok:
             raise DataError(f"The image {paths[int(np.argmax(rows < 0))]} is not in the image cache.")
         return rows
 
@@ -214,36 +231,58 @@ def build_cache(
     cache_dir: Path,
     workers: int = 0,
     progress: Progress | None = None,
+    pool: PoolFile | None = None,
 ) -> ImageCache:
-    """Open the cache of ``paths`` under ``spec``, decoding it first if needed.
+    """Open the cache of ``paths`` (then the ``pool``, in its order) under ``spec``, decoding it first if needed.
 
     Rows follow ``paths`` when the cache is built; a cache found on disk keeps
     the order it was built with, so always look rows up with ``index_of``.
     ``workers`` = 0 uses every core. Unreadable images raise DataError.
     """
     paths = [str(p) for p in paths]
-    if not paths:
+    if not paths and pool is None:
         raise DataError("There are no images to decode.")
     if len(set(paths)) != len(paths):
         raise DataError("The list of images to decode contains duplicates.")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = cache_fingerprint(paths, spec)
+    fingerprint = cache_fingerprint(paths, spec, pool)
     npy_path = cache_dir / f"images-{fingerprint[:24]}.npy"
     _remove_stale_temps(npy_path)
     cache = _open_complete(npy_path, fingerprint)
     if cache is None:
+        pool_count = pool.count if pool is not None else 0
         try:
-            _decode_all(paths, spec, npy_path, workers, progress)
-            _write_sidecar(npy_path, paths, fingerprint, spec)
+            _decode_all(_Rows(paths, pool), spec, npy_path, workers, progress)
+            _write_sidecar(npy_path, paths, fingerprint, spec, pool_count)
         except OSError as error:  # name the cache, not its temporary file
             if error.errno in NO_SPACE_ERRNOS:
                 raise DiskFullError(no_space_message(npy_path)) from error
             raise
-        cache = ImageCache(npy_path, paths, fingerprint)
+        cache = ImageCache(npy_path, paths, fingerprint, pool_count)
     elif progress is not None:
         progress(len(cache), len(cache))
     return cache
+
+
+class _Rows:
+    """The images to decode in row order: ``paths``, then the pool's, read from its file as the chunks need them."""
+
+    def __init__(self, paths: list[str], pool: PoolFile | None) -> None:
+        self.paths, self.pool = paths, pool
+
+    def __len__(self) -> int:
+        return len(self.paths) + (self.pool.count if self.pool is not None else 0)
+
+    def chunks(self, workers: int) -> Iterator[tuple[int, list[str]]]:
+        """(first row, paths) of about four chunks per worker, at most MAX_CHUNK rows, in row order."""
+        pool_paths = self.pool.paths() if self.pool is not None else iter(())
+        size = _chunk_size(len(self), workers)
+        for start in range(0, len(self), size):
+            stop = min(start + size, len(self))
+            part = self.paths[start:stop]
+            part += list(itertools.islice(pool_paths, stop - start - len(part)))
+            yield start, part
 
 
 def _sidecar_path(npy_path: Path) -> Path:
@@ -286,21 +325,20 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _decode_all(paths: list[str], spec: PreprocessSpec, npy_path: Path, workers: int, progress: Progress | None) -> None:
+def _decode_all(rows: _Rows, spec: PreprocessSpec, npy_path: Path, workers: int, progress: Progress | None) -> None:
     """Decode every image into a temporary .npy, then rename it into place."""
     temp = _temp_path(npy_path)
-    shape = (len(paths), 3, spec.image_size, spec.image_size)
+    shape = (len(rows), 3, spec.image_size, spec.image_size)
     try:
         array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
         del array  # header written; workers open the file themselves
         reserve_space(temp, npy_path)
         workers = workers or os.cpu_count() or 1
-        chunks = _chunks(len(paths), workers)
-        log.info("Decoding %d images into %s with %d process(es).", len(paths), npy_path.name, workers)
-        if workers == 1 or len(paths) < SERIAL_BELOW:
-            _decode_serial(paths, spec, temp, chunks, progress)
+        log.info("Decoding %d images into %s with %d process(es).", len(rows), npy_path.name, workers)
+        if workers == 1 or len(rows) < SERIAL_BELOW:
+            _decode_serial(rows, spec, temp, progress)
         else:
-            _decode_parallel(paths, spec, temp, chunks, workers, progress)
+            _decode_parallel(rows, spec, temp, workers, progress)
         os.replace(temp, npy_path)
     finally:
         temp.unlink(missing_ok=True)
@@ -335,44 +373,53 @@ def _check_free_space(temp: Path, target: Path) -> None:
         raise DiskFullError(no_space_message(target))
 
 
-def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
-    """(start, stop) row ranges, about four per worker, at most MAX_CHUNK rows."""
-    size = max(1, min(MAX_CHUNK, math.ceil(count / (4 * workers))))
-    return [(start, min(start + size, count)) for start in range(0, count, size)]
+def _chunk_size(count: int, workers: int) -> int:
+    """Rows per decoding task: about four tasks per worker, at most MAX_CHUNK rows."""
+    return max(1, min(MAX_CHUNK, math.ceil(count / (4 * workers))))
 
 
-def _decode_serial(paths, spec, temp: Path, chunks, progress: Progress | None) -> None:
+def _decode_serial(rows: _Rows, spec, temp: Path, progress: Progress | None) -> None:
     done = 0
-    for start, stop in chunks:
-        done += _preprocess.decode_into(temp, start, paths[start:stop], spec)
+    for start, paths in rows.chunks(1):
+        done += _preprocess.decode_into(temp, start, paths, spec)
         if progress is not None:
-            progress(done, len(paths))
+            progress(done, len(rows))
 
 
-def _decode_parallel(paths, spec, temp: Path, chunks, workers: int, progress: Progress | None) -> None:
+def _decode_parallel(rows: _Rows, spec, temp: Path, workers: int, progress: Progress | None) -> None:
+    """Chunks sent to worker processes, at most IN_FLIGHT per worker pending: the task list is never whole in memory."""
     # forkserver/spawn: safe after CUDA or threads started, and the workers
     # import only the preprocessing module (numpy + PIL), not torch.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    executor = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context)
+    executor = ProcessPoolExecutor(max_workers=min(workers, math.ceil(len(rows) / _chunk_size(len(rows), workers))), mp_context=context)
+    pending: set[Future] = set()
+    done = 0
     try:
-        futures: list[Future] = [
-            executor.submit(_preprocess.decode_into, str(temp), start, paths[start:stop], spec)
-            for start, stop in chunks
-        ]
-        done = 0
-        for future in as_completed(futures):
-            done += future.result()  # re-raises a worker's DataError
-            if progress is not None:
-                progress(done, len(paths))
+        for start, paths in rows.chunks(workers):
+            pending.add(executor.submit(_preprocess.decode_into, str(temp), start, paths, spec))
+            if len(pending) >= IN_FLIGHT * workers:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done = _collect(finished, done, len(rows), progress)
+        _collect(as_completed(pending), done, len(rows), progress)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _write_sidecar(npy_path: Path, paths: list[str], fingerprint: str, spec: PreprocessSpec) -> None:
+def _collect(finished: Iterable[Future], done: int, total: int, progress: Progress | None) -> int:
+    for future in finished:
+        done += future.result()  # re-raises a worker's DataError
+        if progress is not None:
+            progress(done, total)
+    return done
+
+
+def _write_sidecar(npy_path: Path, paths: list[str], fingerprint: str, spec: PreprocessSpec, pool_count: int) -> None:
     sidecar = _sidecar_path(npy_path)
     temp = _temp_path(sidecar)
     record = {"version": CACHE_VERSION, "fingerprint": fingerprint, "spec": asdict(spec), "paths": paths}
+    if pool_count:  # the pool's paths are the pool file's, in its order (the fingerprint covers them)
+        record["pool"] = pool_count
     try:
         temp.write_text(json.dumps(record))
         os.replace(temp, sidecar)

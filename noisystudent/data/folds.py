@@ -57,6 +57,7 @@ def assign_folds(
     test_fraction: float = 0.0,
     seed: int = 0,
     ratio_given: bool = True,
+    pool_patients: set[str] = frozenset(),
 ) -> pd.DataFrame:
     """Split a manifest into K patient-disjoint folds; return the folds.csv table.
 
@@ -72,7 +73,8 @@ def assign_folds(
     ``test_fraction`` > 0 first holds out that fraction of the training
     patients of each class (class = the patient's majority label) as the
     outer test set. Images with subset ``test`` are always test; images with
-    subset ``unlabelled`` are the pseudo-label pool.
+    subset ``unlabelled`` are the pseudo-label pool (runs before the pool file;
+    now the pool lives in pool.csv and only its ``pool_patients`` are checked).
 
     Images without a patient id are each their own group (with a warning);
     when no image has one, folds fall back to StratifiedKFold per image.
@@ -100,20 +102,20 @@ def assign_folds(
     folds = pd.concat(parts, ignore_index=True)[FOLD_COLUMNS]
     folds[FOLD] = folds[FOLD].astype(int)
     _check_classes_in_folds(folds, sorted(train[LABEL].unique()))
-    check_no_patient_leakage(folds)
+    check_no_patient_leakage(folds, pool_patients)
     _log_sizes(folds)
     return folds
 
 
-def check_no_patient_leakage(folds: pd.DataFrame) -> None:
+def check_no_patient_leakage(folds: pd.DataFrame, pool_patients: set[str] = frozenset()) -> None:
     """Raise DataError if a patient has two of labelled/unlabelled/validation/test in a fold,
     or is in the unlabelled pool and also validation or test (students would train on their images).
 
-    Test and pool rows (fold SHARED_FOLD) count for every fold. Rows without a
-    patient id cannot be checked and are ignored.
+    Test and pool rows (fold SHARED_FOLD) count for every fold; ``pool_patients``
+    are those of the pool file. Rows without a patient id cannot be checked and are ignored.
     """
     known = folds[folds[PATIENT] != ""]
-    _check_pool_patients(known)
+    _check_pool_patients(known, pool_patients)
     test = known[known[ROLE] == ROLE_TEST]
     fold_ids = sorted(int(k) for k in known[FOLD].unique() if int(k) != SHARED_FOLD)
     checked = known[known[ROLE].isin([ROLE_LABELLED, ROLE_UNLABELLED, ROLE_VALIDATION])]
@@ -127,8 +129,8 @@ def check_no_patient_leakage(folds: pd.DataFrame) -> None:
         raise DataError(f"Patient {patient!r} appears as both {both[0]} and {both[1]} in {where}.")
 
 
-def _check_pool_patients(known: pd.DataFrame) -> None:
-    pool = set(known.loc[known[ROLE] == ROLE_POOL, PATIENT])
+def _check_pool_patients(known: pd.DataFrame, pool_patients: set[str]) -> None:
+    pool = set(known.loc[known[ROLE] == ROLE_POOL, PATIENT]) | set(pool_patients)
     evaluated = known[known[ROLE].isin([ROLE_VALIDATION, ROLE_TEST]) & known[PATIENT].isin(pool)]
     if not evaluated.empty:
         row = evaluated.sort_values([PATIENT, ROLE]).iloc[0]

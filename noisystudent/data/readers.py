@@ -16,6 +16,7 @@ named) or, with ``skip_unreadable``, are dropped and listed in
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -56,6 +57,7 @@ _PRELIM_COLUMNS = ("Patient_ID", "new_names", "labels")
 _PRELIM_LABEL_NAMES = {"1": "all", "0": "hem"}
 _FINAL_IMAGES = Path("testing_data", "C-NMC_test_final_phase_data")
 _CSV_COLUMNS = (PATH, LABEL, PATIENT, SUBSET)
+CSV_CHUNK = 1 << 16  # rows of a pool CSV read at a time
 _JUNK_NAMES = {"thumbs.db", "desktop.ini"}  # written by file browsers, never data
 
 
@@ -107,28 +109,20 @@ def detect_format(path: str | Path) -> str:
     return "cnmc" if _cnmc_root(path) is not None else "folders"
 
 
-def read_unlabelled(
-    path: str | Path, skip_unreadable: bool = False, workers: int | None = None
-) -> pd.DataFrame:
-    """Manifest of an extra pool: a folder (searched recursively) or a CSV; labels dropped."""
+def unlabelled_records(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(path, patient) of every image of an extra pool, unsorted and unchecked, one at a time.
+
+    A folder is searched recursively; a CSV gives path[, label][, patient][, subset]
+    (labels dropped). Streamed: a pool may hold millions of images (data/pool.py
+    sorts and checks them).
+    """
     path = Path(path)
     _require_exists(path)
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DataError(f"The unlabelled data {path} is a file but not a CSV file.")
-        manifest = read_csv_manifest(path, allow_unlabelled=True)
-    else:
-        files = _image_paths(path)
-        if not files:
-            raise DataError(f"The folder {path} contains no images.")
-        # columns, not a dict per row: a pool may hold millions of images
-        manifest = make_manifest(pd.DataFrame({PATH: files, LABEL: "", PATIENT: "", SUBSET: SUBSET_UNLABELLED}))
-    manifest[LABEL] = ""
-    manifest[SUBSET] = SUBSET_UNLABELLED
-    manifest = drop_unreadable(manifest, skip_unreadable, workers)
-    if manifest.empty:
-        raise DataError(f"The unlabelled data {path} contains no readable images.")
-    return manifest
+    if not path.is_file():
+        return _pool_image_paths(path)
+    if path.suffix.lower() != ".csv":
+        raise DataError(f"The unlabelled data {path} is a file but not a CSV file.")
+    return _csv_pool_records(path)
 
 
 def drop_unreadable(manifest: pd.DataFrame, skip: bool, workers: int | None = None) -> pd.DataFrame:
@@ -328,6 +322,23 @@ def read_csv_manifest(
     return _finish(rows)
 
 
+def _csv_pool_records(csv_path: Path) -> Iterator[tuple[str, str]]:
+    """(path, patient) of a pool CSV, read CSV_CHUNK rows at a time; labels and subsets are ignored."""
+    line = 2
+    try:
+        with pd.read_csv(csv_path, dtype=str, keep_default_na=False, chunksize=CSV_CHUNK) as reader:
+            for chunk in reader:
+                chunk.columns = [str(c).strip().lower() for c in chunk.columns]
+                _check_csv_columns(chunk, csv_path)
+                patients = chunk[PATIENT] if PATIENT in chunk.columns else itertools.repeat("")
+                for raw, patient in zip(chunk[PATH].tolist(), patients):
+                    yield _csv_image_path(raw, line, csv_path), normalise_patient(patient)
+                    line += 1
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[0].rstrip(".")
+        raise DataError(f"The CSV file {csv_path} cannot be read: {reason}.") from error
+
+
 def _check_csv_columns(table: pd.DataFrame, csv_path: Path) -> None:
     unknown = [c for c in table.columns if c not in _CSV_COLUMNS]
     if unknown:
@@ -407,16 +418,16 @@ def _image_files(folder: Path) -> list[Path]:
     return images
 
 
-def _image_paths(folder: Path) -> list[str]:
-    """Sorted absolute paths of the image files anywhere under ``folder``; other files are counted in one warning."""
-    images, others = [], []
+def _pool_image_paths(folder: Path) -> Iterator[tuple[str, str]]:
+    """(absolute path, "") of the image files anywhere under ``folder``, in walk order; other files are counted in one warning."""
+    others, example = 0, None
     for path in _walk_files(folder):
-        is_image = os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(path)
-        (images if is_image else others).append(path)
+        if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(path):
+            yield path, ""
+        else:
+            others, example = others + 1, min(example or path, path)
     if others:
-        logger.warning("%d entries in %s are not images and are ignored, e.g. %s.", len(others), folder,
-                       os.path.basename(min(others)))
-    return sorted(images)
+        logger.warning("%d entries in %s are not images and are ignored, e.g. %s.", others, folder, os.path.basename(example))
 
 
 def list_entries(folder: Path) -> list[Path]:

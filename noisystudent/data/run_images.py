@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from noisystudent.data import demo, readers
 from noisystudent.data import manifest as schema  # column names and checks of the manifest
 from noisystudent.data.label_names import apply_label_map, check_distinct_labels
 from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping, positive_index_of
+from noisystudent.data.pool import PoolFile, write_pool
 from noisystudent.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -21,26 +25,36 @@ DEFAULT_POSITIVE = RunConfig.__dataclass_fields__["positive"].default  # 'all': 
 
 @dataclass
 class RunImages:
+    """The labelled images (and outer test set) in ``manifest``; the unlabelled pool on disk in ``pool``."""
+
     manifest: pd.DataFrame
     classes: list[str]
     data_format: str
     skipped: list[str] = field(default_factory=list)
+    pool: PoolFile | None = None
 
 
-def load_run_images(config: RunConfig, run: Path) -> RunImages:
-    """Read DATA (or generate the demo data), add --test and --unlabelled, apply --binary."""
+def load_run_images(config: RunConfig, run: Path, pool_out: Path | None = None) -> RunImages:
+    """Read DATA (or generate the demo data), add --test, apply --binary; list the pool into ``pool_out``.
+
+    The pool (--unlabelled, and with --pool DATA's own unlabelled images) is
+    written to ``pool_out`` a chunk at a time (data/pool.py), never held in
+    memory; without ``pool_out`` it is not read (torchrun's other ranks open
+    the file rank 0 wrote).
+    """
     root = Path(config.data) if config.data else demo.generate_demo(Path(run) / layout.DEMO_DATA)
     manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
     skipped = list(manifest.attrs.get("skipped", []))
-    parts = [_without_pool(manifest) if not config.pool else manifest]
+    own_pool = manifest[manifest[schema.SUBSET] == schema.SUBSET_UNLABELLED]
+    if len(own_pool) and not config.pool:
+        logger.info("--no-pool: the %d unlabelled images that come with the data are not used.", len(own_pool))
+    parts = [manifest[manifest[schema.SUBSET] != schema.SUBSET_UNLABELLED]]
     if config.test:
         # not read_dataset: a test set may hold a single class (checked below against the training classes)
         test, _ = readers.read_manifest(Path(config.test), "auto", config.patient_regex)
         test = readers.drop_unreadable(test, config.skip_unreadable)
         skipped += list(test.attrs.get("skipped", []))
         parts.append(test[test[schema.SUBSET] != schema.SUBSET_UNLABELLED].assign(**{schema.SUBSET: schema.SUBSET_TEST}))
-    if config.unlabelled:
-        parts.append(_unlabelled_with_patients(readers.read_unlabelled(Path(config.unlabelled)), config.patient_regex))
     combined = apply_label_map(schema.make_manifest(pd.concat(parts, ignore_index=True)), config.label_map)
     check_distinct_labels(combined)
     if config.binary:
@@ -50,8 +64,13 @@ def load_run_images(config: RunConfig, run: Path) -> RunImages:
     classes = schema.class_names(combined[combined[schema.SUBSET] == schema.SUBSET_TRAIN])
     _check_labels(combined, classes)
     check_positive(config, classes)
-    logger.info("data: %d images (%s format), classes %s", len(combined), data_format, ", ".join(classes))
-    return RunImages(combined, classes, data_format, skipped)
+    pool = None
+    if pool_out is not None and (config.unlabelled or (config.pool and len(own_pool))):
+        pool, pool_skipped = _write_pool(config, own_pool if config.pool else own_pool.iloc[:0], set(combined[schema.PATH]), pool_out)
+        skipped += pool_skipped
+    logger.info("data: %d labelled images (%s format), classes %s%s", len(combined), data_format, ", ".join(classes),
+                f"; an unlabelled pool of {pool.count} images" if pool else "")
+    return RunImages(combined, classes, data_format, skipped, pool)
 
 
 def check_positive(config: RunConfig, classes: list[str]) -> None:
@@ -66,25 +85,22 @@ def check_positive(config: RunConfig, classes: list[str]) -> None:
     elif config.positive not in classes and config.positive != DEFAULT_POSITIVE:
         raise ConfigError(f"--positive {config.positive!r} is not one of the classes {', '.join(classes)}; "
                           "name one of them, or leave --positive out for macro averages only.")
-def _without_pool(manifest: pd.DataFrame) -> pd.DataFrame:
-    """DATA without its own unlabelled images (C-NMC's final-phase test set): --no-pool, as the C-NMC study."""
-    pool = manifest[schema.SUBSET] == schema.SUBSET_UNLABELLED
-    if pool.any():
-        logger.info("--no-pool: the %d unlabelled images that come with the data are not used.", int(pool.sum()))
-    return manifest[~pool]
+def _write_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], out: Path) -> tuple[PoolFile, list]:
+    """The pool file from DATA's own unlabelled images (``own``) and --unlabelled, streamed."""
+    records = itertools.chain(zip(own[schema.PATH].tolist(), own[schema.PATIENT].tolist()),
+                              _with_patients(readers.unlabelled_records(config.unlabelled), config.patient_regex)
+                              if config.unlabelled else ())
+    source = f"The unlabelled data {config.unlabelled}" if config.unlabelled else "The unlabelled images of the data"
+    return write_pool(records, out, labelled, config.skip_unreadable, source=source)
 
 
-def _unlabelled_with_patients(pool: pd.DataFrame, patient_regex: str | None) -> pd.DataFrame:
-    """--unlabelled images with patient ids from --patient-regex where a file name has one,
+def _with_patients(records: Iterable[tuple[str, str]], patient_regex: str | None) -> Iterator[tuple[str, str]]:
+    """--unlabelled records with patient ids from --patient-regex where a file name has one,
     so the leakage check can see a pool patient who is also a validation or test patient."""
     pattern = readers.compile_patient_regex(patient_regex)
-    if pattern is None:
-        return pool
-    found = [pattern.search(Path(path).name) for path in pool[schema.PATH]]
-    ids = [schema.normalise_patient(m.group(1)) if m and m.group(1) else "" for m in found]
-    pool = pool.copy()
-    pool[schema.PATIENT] = [given or found_id for given, found_id in zip(pool[schema.PATIENT], ids)]
-    return pool
+    for path, given in records:
+        match = pattern.search(os.path.basename(path)) if pattern is not None and not given else None
+        yield path, given or (schema.normalise_patient(match.group(1)) if match and match.group(1) else "")
 
 
 def _check_labels(manifest: pd.DataFrame, classes: list[str]) -> None:

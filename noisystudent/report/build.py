@@ -137,7 +137,7 @@ def data_html(data: RunContents) -> str:
     if data.folds_table is None:
         return "<h2>Data</h2>\n<p>folds.csv is missing: the data summary is left out.</p>"
     classes = data.classes or sorted(c for c in data.folds_table["label"].fillna("").astype(str).unique() if c)
-    entries = [TableEntry("Images, patients and classes per part", data_caption(data.folds_table), parts_table(data.folds_table, classes)),
+    entries = [TableEntry("Images, patients and classes per part", data_caption(data.folds_table), parts_table(data.folds_table, classes, data.pool)),
                TableEntry("Per fold", "Each fold's teacher trains on its labelled part; the masked part is pseudo-labelled for the "
                           "students (with the pool); the validation part evaluates and selects the models.",
                           fold_parts_table(data.folds_table, classes))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from noisystudent.data import manifest as schema  # column names and checks of the manifest
+from noisystudent.data.pool import PoolFile
 
 IMAGES, PATIENTS = "images", "patients"
 ROLE_WORDS = {schema.ROLE_LABELLED: "labelled (teacher training)", schema.ROLE_UNLABELLED: "masked (labels hidden, pseudo-labelled)",
@@ -16,13 +17,20 @@ ROLE_WORDS = {schema.ROLE_LABELLED: "labelled (teacher training)", schema.ROLE_U
 FOLD_ROLES = (schema.ROLE_LABELLED, schema.ROLE_UNLABELLED, schema.ROLE_VALIDATION)
 
 
-def parts_table(folds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """One row per part of the whole run: training images (all folds), outer test set, unlabelled pool."""
+def parts_table(folds: pd.DataFrame, classes: list[str], pool: PoolFile | None = None) -> pd.DataFrame:
+    """One row per part of the whole run: training images (all folds), outer test set, unlabelled pool.
+
+    The pool is folds.csv's pool rows in runs made before pool.csv, else ``pool``, counted a chunk at a time.
+    """
     shared = pd.to_numeric(folds[schema.FOLD], errors="coerce") == schema.SHARED_FOLD
     training = folds[~shared].drop_duplicates(schema.PATH)
     parts = [("training (split into the folds)", training)]
     parts += [(ROLE_WORDS[role], folds[shared & (folds[schema.ROLE] == role)]) for role in (schema.ROLE_TEST, schema.ROLE_POOL)]
-    return _frame([_counts(name, frame, classes) for name, frame in parts if len(frame)])
+    rows = [_counts(name, frame, classes) for name, frame in parts if len(frame)]
+    if pool is not None:
+        patients = len(pool.patients())
+        rows.append({"name": ROLE_WORDS[schema.ROLE_POOL], IMAGES: pool.count, PATIENTS: patients or pd.NA, "no label": pool.count})
+    return _frame(rows)
 
 
 def fold_parts_table(folds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from noisystudent.data.pool import PoolFile
 from noisystudent.errors import ConfigError
 from noisystudent.evaluation.metrics import CLASS_COLUMN, headline_class_rows
 from noisystudent.layout import (
@@ -22,6 +23,7 @@ from noisystudent.layout import (
     EVAL_SPLIT,
     FOLD_COLUMN,
     FOLDS,
+    POOL,
     HISTORY,
     METRICS,
     MODEL_KIND,
@@ -59,6 +61,7 @@ class RunContents:
     metrics: pd.DataFrame | None = None  # the rows about all classes: macro (multi-class) or the positive class
     all_metrics: pd.DataFrame | None = None  # every row of metrics.csv, per-class one-vs-rest rows included
     folds_table: pd.DataFrame | None = None  # folds.csv: every image's part in every fold
+    pool: PoolFile | None = None  # pool.csv: the unlabelled pool, counted, never read whole
     ensembles: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)  # (models, voting)
     notes: list[str] = field(default_factory=list)
 
@@ -120,6 +123,7 @@ def load_run(run: Path) -> RunContents:
     data.all_metrics = _try_read(results_dir(run) / METRICS, read_metrics, unreadable)
     data.metrics = None if data.all_metrics is None else headline_class_rows(data.all_metrics)
     data.folds_table = _try_read(run / FOLDS, read_table, unreadable)
+    data.pool = _try_read(run / POOL, PoolFile.open, unreadable)
     for path in sorted(results_dir(run).glob("predictions_*.csv")):
         match = ENSEMBLE_PATTERN.match(path.name)
         frame = _try_read(path, read_table, unreadable) if match else None

@@ -27,14 +27,15 @@ from noisystudent.config.provenance import GIVEN, origin
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import folds as folds_module
 from noisystudent.data import manifest
-from noisystudent.data.cache import ImageCache, build_cache, fingerprint_files
+from noisystudent.data.cache import ImageCache, build_cache
+from noisystudent.data.pool import PoolFile
 from noisystudent.data.preprocess import PreprocessSpec
-from noisystudent.data.run_images import load_run_images
+from noisystudent.data.run_images import RunImages, load_run_images
 from noisystudent.device import amp_dtype, resolve_device
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import claims, evidence, pseudo_labels, results
+from noisystudent.run import claims, evidence, pool_source, pseudo_labels, results
 from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
 from noisystudent.run.preflight import check_before_writing
@@ -61,12 +62,13 @@ class RunContext:
     cache: ImageCache
     device: torch.device
     progress: Progress
+    pool: PoolFile | None = None  # RUN/pool.csv; None without a pool or in runs with the pool in folds.csv
 
     def load_batch(self, rows: torch.Tensor) -> torch.Tensor:
         return self.cache.batch(rows, self.device)
 
     def rows(self, paths) -> torch.Tensor:
-        return torch.as_tensor(self.cache.index_of(list(paths)), dtype=torch.long)
+        return pool_source.cache_rows(self.cache, self.pool, [str(p) for p in paths])
 
 
 def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Progress = NULL_PROGRESS,
@@ -98,26 +100,32 @@ def _prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progres
 
     Under torchrun rank 0 prepares; the other ranks then read what it wrote.
     """
+    device = distributed.local_device(resolve_device(config.device))
     if not distributed.is_main():
         distributed.barrier()
-        data = load_run_images(config, run)
+        data = load_run_images(config, run)  # the pool is not listed again: rank 0 wrote pool.csv
         fold_table = folds_module.load_folds(run / layout.FOLDS)
-        return RunContext(run, config, data.classes, fold_table, _build_cache(run, fold_table, config, progress),
-                          distributed.local_device(resolve_device(config.device)), progress)
+        pool = pool_source.open_saved(run, fold_table)
+        return RunContext(run, config, data.classes, fold_table, _build_cache(run, fold_table, config, progress, pool),
+                          device, progress, pool)
     with lock_run_folder(run):
         # again under the lock: another process may have begun the run since the check above
         check_run_folder(run, config, resume or (join and saved_config(run) is not None))
         remove_shared_temps(run)
         logger.info("noisystudent kfold into %s (%s)", run, "join" if join else "resume" if resume else "new run")
-        data = load_run_images(config, run)
-        fold_table = _load_or_assign_folds(run, data.manifest, config)  # before config.json: may refuse the data
-        evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
-        write_config(run, config, fingerprint_files(data.manifest[manifest.PATH].tolist()))
+        try:
+            data = load_run_images(config, run, pool_out=pool_source.listing_path(run))
+            fold_table = _load_or_assign_folds(run, data, config)  # before config.json: may refuse the data
+            evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
+            write_config(run, config, pool_source.data_fingerprint(data.manifest, data.pool))
+            pool = pool_source.install(run, data.pool, fold_table)
+        finally:
+            pool_source.listing_path(run).unlink(missing_ok=True)  # refused: the run keeps the pool it had
         if not (run / layout.FOLDS).exists():
             folds_module.save_folds(fold_table, run / layout.FOLDS)
-        cache = _build_cache(run, fold_table, config, progress)
+        cache = _build_cache(run, fold_table, config, progress, pool)
     distributed.barrier()  # the other ranks may read now
-    return RunContext(run, config, data.classes, fold_table, cache, distributed.local_device(resolve_device(config.device)), progress)
+    return RunContext(run, config, data.classes, fold_table, cache, device, progress, pool)
 
 
 def _train_folds(ctx: RunContext, wanted: list[int]) -> None:
@@ -216,22 +224,25 @@ def run_log(run: Path):
         handler.close()
 
 
-def _load_or_assign_folds(run: Path, images: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+def _load_or_assign_folds(run: Path, data: RunImages, config: RunConfig) -> pd.DataFrame:
     """The saved folds.csv, or new folds (saved by the caller once config.json is written)."""
     path = run / layout.FOLDS
     if path.exists():
         return folds_module.load_folds(path)
     ratio_given = origin(config.to_dict(), "split_ratio") == GIVEN  # warn about the user's ratio, not the preset's
-    return folds_module.assign_folds(images, config.folds, config.split_ratio, config.test_fraction, config.seed, ratio_given)
+    pool_patients = data.pool.patients() if data.pool is not None else set()
+    return folds_module.assign_folds(data.manifest, config.folds, config.split_ratio, config.test_fraction, config.seed,
+                                     ratio_given, pool_patients)
 
 
-def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress) -> ImageCache:
+def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress, pool: PoolFile | None) -> ImageCache:
+    """The fold table's images (sorted by path), then the pool's in pool.csv's order."""
     paths = sorted(fold_table[manifest.PATH].unique())
     cache_dir = Path(config.cache_dir) if config.cache_dir else run / layout.CACHE
-    progress.start("cache", "decoding images", total=len(paths))
+    progress.start("cache", "decoding images", total=len(paths) + (pool.count if pool is not None else 0))
     cache = build_cache(
         paths, PreprocessSpec.from_config(config), cache_dir, workers=config.workers,
-        progress=lambda done, total: progress.update("cache", completed=done),
+        progress=lambda done, total: progress.update("cache", completed=done), pool=pool,
     )
     progress.stop("cache")
     return cache
@@ -314,14 +325,14 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     """
     folder = layout.round_dir(ctx.run, fold, round_)
     out, pool_out = folder / layout.PREDICTIONS, folder / layout.POOL_PREDICTIONS
-    pool = fold_rows(ctx.folds, fold, manifest.ROLE_POOL) if round_ < ctx.config.rounds else ctx.folds.iloc[:0]
+    pool_count = pool_source.pool_size(ctx.folds, ctx.pool) if round_ < ctx.config.rounds else 0
     # not once pseudo_labels.csv exists: it is all the pool's predictions were for
-    pool_missing = len(pool) > 0 and not pool_out.exists() and not (folder / layout.PSEUDO_LABELS).exists()
+    pool_missing = pool_count > 0 and not pool_out.exists() and not (folder / layout.PSEUDO_LABELS).exists()
     if out.exists() and not pool_missing:
         return results.read_predictions(out)
     model, payload = load_model_file(folder / layout.MODEL, ctx.device, ctx.config.channels_last)
     frame = _evaluated_rows(ctx, fold)
-    predict = _round_predictor(ctx, model, payload["spec"]["arch"], (0 if out.exists() else len(frame)) + len(pool))
+    predict = _round_predictor(ctx, model, payload["spec"]["arch"], (0 if out.exists() else len(frame)) + pool_count)
     if not out.exists():
         ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
         probs = distributed.gather_rows(predict, ctx.rows(frame[manifest.PATH]))  # torchrun: a slice per rank, gathered in order
@@ -331,7 +342,7 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
         if distributed.is_main():
             atomic.write_csv(out, table)
     if pool_missing:
-        _predict_pool(ctx, pool, predict, pool_out, f"fold {fold} round {round_}: predicting the pool")
+        _predict_pool(ctx, pool_count, predict, pool_out, f"fold {fold} round {round_}: predicting the pool")
     distributed.barrier()
     return results.read_predictions(out)  # exactly what a resume reads
 
@@ -342,17 +353,17 @@ def _evaluated_rows(ctx: RunContext, fold: int) -> pd.DataFrame:
                       for role, split in SPLIT_OF_ROLE.items() if role != manifest.ROLE_POOL], ignore_index=True)
 
 
-def _predict_pool(ctx: RunContext, pool: pd.DataFrame, predict, out: Path, description: str) -> None:
+def _predict_pool(ctx: RunContext, count: int, predict, out: Path, description: str) -> None:
     """pool_predictions.csv written POOL_CHUNK rows at a time: one chunk of the table in memory, whatever the pool's size."""
-    columns = pool[[manifest.PATH, manifest.LABEL, manifest.PATIENT]].assign(**{layout.SPLIT: SPLIT_OF_ROLE[manifest.ROLE_POOL]})
-    ctx.progress.start("predict", description, total=len(columns))
+    ctx.progress.start("predict", description, total=count)
 
     def tables():
-        for start in range(0, len(columns), POOL_CHUNK):
-            chunk = columns.iloc[start : start + POOL_CHUNK]
-            probs = distributed.gather_rows(lambda rows: predict(rows, start), ctx.rows(chunk[manifest.PATH]))  # noqa: B023
+        done = 0
+        for chunk, rows in pool_source.pool_chunks(ctx.folds, ctx.pool, ctx.cache, POOL_CHUNK):
+            probs = distributed.gather_rows(lambda part: predict(part, done), rows)  # noqa: B023
             _check_finite(probs, out.parent)
-            yield prediction_table(chunk, probs, ctx.classes)
+            yield prediction_table(chunk.assign(**{layout.SPLIT: SPLIT_OF_ROLE[manifest.ROLE_POOL]}), probs, ctx.classes)
+            done += len(chunk)
 
     if distributed.is_main():
         atomic.write_csv_chunks(out, tables())

@@ -1,0 +1,202 @@
+"""The unlabelled pool on disk: listed, sorted and checked a chunk at a time into one CSV.
+
+Noisy Student's gains grow with the unlabelled pool, so a pool may hold
+millions of images and no stage holds its list in memory:
+
+* the listing (a folder searched recursively, a CSV, DATA's own unlabelled
+  images) is sorted by path with an external merge sort: sorted runs of
+  ``SORT_CHUNK`` records in a scratch folder, merged ``MERGE_FAN_IN`` at a
+  time by ``heapq.merge``;
+* the sorted records are checked (no duplicate, no labelled image, every file
+  decodes) ``CHECK_CHUNK`` at a time and written to ``RUN/pool.csv``
+  (columns path, patient);
+* every later stage reads that file in chunks and addresses a pool image by
+  its position in it (the image cache stores the pool after the labelled
+  images, in this order).
+
+Memory is bounded by these chunk sizes, not by the pool's size.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from noisystudent import atomic
+from noisystudent.data.images import PROBE_CHUNK, find_unreadable
+from noisystudent.data.manifest import PATH, PATIENT
+from noisystudent.errors import DataError
+
+log = logging.getLogger(__name__)
+
+POOL_COLUMNS = [PATH, PATIENT]
+SORT_CHUNK = 1 << 18  # records sorted in memory at a time (about 50 MB of path strings)
+MERGE_FAN_IN = 64  # sorted runs merged at once (each reads READ_CHUNK records ahead)
+READ_CHUNK = 1 << 12  # records a sorted run or the pool file is read ahead by
+CHECK_CHUNK = PROBE_CHUNK  # records checked and decoded at a time
+Record = tuple[str, str]  # (absolute path, patient id or "")
+SCRATCH_PREFIX = ".pool-sort-"  # the external sort's folder beside pool.csv
+
+
+@dataclass(frozen=True)
+class PoolFile:
+    """RUN/pool.csv: one row (path, patient) per pool image, sorted by path."""
+
+    path: Path
+    count: int
+
+    @classmethod
+    def open(cls, path: str | Path) -> PoolFile:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"The pool list {path} is missing; start the run again with --resume.")
+        return cls(path, sum(len(chunk) for chunk in _read_csv_chunks(path, READ_CHUNK * 16)))
+
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        """The pool's rows, ``rows`` at a time, in order."""
+        yield from _read_csv_chunks(self.path, rows)
+
+    def paths(self) -> Iterator[str]:
+        for chunk in self.chunks(READ_CHUNK):
+            yield from chunk[PATH].tolist()
+
+    def patients(self) -> set[str]:
+        """The distinct patient ids of the pool (not its images: a few per slide)."""
+        found: set[str] = set()
+        for chunk in self.chunks(READ_CHUNK * 16):
+            found.update(chunk.loc[chunk[PATIENT] != "", PATIENT].unique())
+        return found
+
+    def positions(self, paths: Sequence[str]) -> np.ndarray:
+        """Position of each of ``paths`` in the pool (int64), found in one pass over the file.
+
+        Memory is bounded by ``paths``, not by the pool: they are sorted and
+        merged with the sorted file. DataError names a path that is not in the pool.
+        """
+        paths = [str(p) for p in paths]
+        order = sorted(range(len(paths)), key=paths.__getitem__)
+        found = np.full(len(paths), -1, dtype=np.int64)
+        wanted = iter(order)
+        current = next(wanted, None)
+        for position, path in enumerate(self.paths()):
+            while current is not None and paths[current] <= path:
+                if paths[current] == path:
+                    found[current] = position
+                current = next(wanted, None)
+            if current is None:
+                break
+        if (found < 0).any():
+            raise DataError(f"The image {paths[int(np.argmax(found < 0))]} is not in the pool list {self.path}.")
+        return found
+
+
+def write_pool(records: Iterable[Record], out: Path, labelled: set[str], skip_unreadable: bool,
+               workers: int | None = None, source: str = "The unlabelled data") -> tuple[PoolFile, list[tuple[str, str]]]:
+    """Sort ``records``, check them and write ``out``; return the pool and the (path, reason) of skipped files.
+
+    Refuses a path listed twice or also labelled, and an unreadable file
+    unless ``skip_unreadable`` (then it is left out and listed). The sorted
+    runs go to a scratch folder beside ``out``, removed afterwards (call it
+    under the run folder's lock: a scratch folder a killed process left is removed).
+    """
+    out = Path(out)
+    for stale in out.parent.glob(f"{SCRATCH_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    checker = _Checker(labelled, skip_unreadable, workers)
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=out.parent) as scratch:
+        atomic.write_csv_chunks(out, checker.tables(external_sort(records, Path(scratch))))
+    if not checker.count:
+        out.unlink(missing_ok=True)
+        raise DataError(f"{source} contains no readable images.")
+    return PoolFile(out, checker.count), checker.skipped
+
+
+class _Checker:
+    """Checks sorted records CHECK_CHUNK at a time: duplicates and labelled images refused, unreadable files dropped or refused."""
+
+    def __init__(self, labelled: set[str], skip: bool, workers: int | None) -> None:
+        self.labelled, self.skip, self.workers = labelled, skip, workers
+        self.count, self.skipped, self.previous = 0, [], None
+
+    def tables(self, records: Iterator[Record]) -> Iterator[pd.DataFrame]:
+        yield pd.DataFrame(columns=POOL_COLUMNS)  # the header, whatever follows
+        for chunk in _batched(records, CHECK_CHUNK):
+            yield pd.DataFrame(self._readable(chunk), columns=POOL_COLUMNS)
+
+    def _readable(self, chunk: list[Record]) -> list[Record]:
+        paths = [path for path, _ in chunk]
+        for path in paths:
+            if path == self.previous:
+                raise DataError(f"The unlabelled image {path} is listed more than once.")
+            if path in self.labelled:
+                raise DataError(f"The image {path} is both a labelled image and in the unlabelled data.")
+            self.previous = path
+        bad = find_unreadable(paths, self.workers)
+        if bad and not self.skip:
+            raise DataError(bad[0][1])
+        for _, reason in bad:
+            log.warning("Skipped: %s", reason)
+        self.skipped += bad
+        dropped = {path for path, _ in bad}
+        kept = [record for record in chunk if record[0] not in dropped]
+        self.count += len(kept)
+        return kept
+
+
+def external_sort(records: Iterable[Record], scratch: Path, chunk: int | None = None) -> Iterator[Record]:
+    """``records`` sorted, holding at most ``chunk`` (SORT_CHUNK) of them in memory.
+
+    A listing that fits in one chunk is sorted in memory. A larger one is
+    written to ``scratch`` as sorted runs, merged MERGE_FAN_IN at a time, so a
+    pool of any size is sorted with bounded memory and open files.
+    """
+    parts = _batched(iter(records), chunk or SORT_CHUNK)
+    first = next(parts, [])
+    first.sort()
+    second = next(parts, None)
+    if second is None:
+        return iter(first)
+    runs = [_write_run(iter(first), scratch)]
+    del first
+    for part in itertools.chain([second], parts):
+        part.sort()
+        runs.append(_write_run(iter(part), scratch))
+    while len(runs) > MERGE_FAN_IN:
+        runs = [_write_run(heapq.merge(*map(_read_run, group)), scratch) for group in _batched(iter(runs), MERGE_FAN_IN)]
+    return heapq.merge(*map(_read_run, runs))
+
+
+def _write_run(records: Iterator[Record], scratch: Path) -> Path:
+    handle, name = tempfile.mkstemp(prefix="run-", suffix=".csv", dir=scratch)
+    with open(handle, "w", newline="", encoding="utf-8") as file:
+        for part in _batched(records, READ_CHUNK * 16):
+            pd.DataFrame(part, columns=POOL_COLUMNS).to_csv(file, index=False, header=file.tell() == 0)
+    return Path(name)
+
+
+def _read_run(path: Path) -> Iterator[Record]:
+    for chunk in _read_csv_chunks(path, READ_CHUNK):
+        yield from zip(chunk[PATH].tolist(), chunk[PATIENT].tolist())
+
+
+def _read_csv_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """Text columns stay text: a patient '011' stays '011', an empty one stays ''."""
+    try:
+        with pd.read_csv(path, chunksize=rows, dtype=str, keep_default_na=False) as reader:
+            yield from reader
+    except pd.errors.EmptyDataError:
+        return
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
