@@ -13,6 +13,7 @@ from noisystudent.data import pool as pool_module
 from noisystudent.data.pool import PoolFile, external_sort, write_pool
 from noisystudent.data.readers import unlabelled_records
 from noisystudent.errors import DataError
+from noisystudent.progress import Progress
 from noisystudent.run.tables import read_table
 
 
@@ -105,3 +106,20 @@ def test_positions_are_found_in_one_pass_in_any_order(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="elsewhere.png"):
         pool.positions([paths[1], "/x/elsewhere.png"])
     assert pool.patients() == set()
+
+
+def test_listing_and_checking_report_progress_with_the_listed_total(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool_module, "CHECK_CHUNK", 2)
+    events = []
+
+    class Recorder(Progress):
+        def start(self, key, description, total=None):
+            events.append(("start", description, total))
+
+        def update(self, key, completed=None, description=None, **info):
+            events.append(("update", completed))
+
+    records = [(str(save_image(tmp_path / f"c{i}.png")), "") for i in range(5)]
+    write_pool(iter(records), tmp_path / "pool.csv", set(), False, 1, progress=Recorder())
+    assert ("start", "checking the unlabelled pool", 5) in events
+    assert events[-1] == ("update", 5) and ("update", 2) in events  # listed two at a time, checked chunk by chunk

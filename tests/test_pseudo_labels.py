@@ -8,6 +8,7 @@ import torch
 from noisystudent.errors import ConfigError, DataError
 from noisystudent.layout import CONFIDENCE, COPIES, PRED, target_column
 from noisystudent.run.pseudo_labels import (
+    Selection,
     load_pseudo_labels,
     make_pseudo_labels,
     pseudo_label_columns,
@@ -217,3 +218,16 @@ def test_streamed_pseudo_labels_write_nothing_when_no_image_passes(tmp_path):
     chunks, _ = _probability_tables(np.random.default_rng(0), 50, CLASSES, chunk=16)
     assert write_streamed(lambda: iter(chunks), CLASSES, tmp_path / "none.csv", threshold=1.0) == 0
     assert not (tmp_path / "none.csv").exists()
+
+
+@pytest.mark.parametrize("per_class, bound", [(5, 10), (0, None)])
+def test_per_class_remembers_at_most_that_many_images_per_class_whatever_the_pool(per_class, bound):
+    rng = np.random.default_rng(0)
+    selection = Selection(CLASSES, 0.5, balance=True, seed=0, per_class=per_class)
+    for _ in range(40):  # 40,000 images in chunks of 1,000
+        selection.add(rng.uniform(0.4, 1.0, 1000), rng.integers(0, 2, 1000))
+        assert bound is None or selection.remembered <= bound
+    selection.finish()
+    copies = np.concatenate([selection.copies(start, np.ones(1000), np.zeros(1000, np.int64)) for start in range(0, 40_000, 1000)])
+    assert copies.sum() == 2 * (per_class or int(np.floor(selection.counts.mean() + 0.5)))
+    assert bound is not None or selection.remembered == selection.counts.sum()  # the mean needs every kept image

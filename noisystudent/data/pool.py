@@ -35,6 +35,7 @@ from noisystudent import atomic
 from noisystudent.data.images import PROBE_CHUNK, find_unreadable
 from noisystudent.data.manifest import PATH, PATIENT
 from noisystudent.errors import DataError
+from noisystudent.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class PoolFile:
 
 
 def write_pool(records: Iterable[Record], out: Path, labelled: set[str], skip_unreadable: bool,
-               workers: int | None = None, source: str = "The unlabelled data") -> tuple[PoolFile, list[tuple[str, str]]]:
+               workers: int | None = None, source: str = "The unlabelled data",
+               progress: Progress = NULL_PROGRESS) -> tuple[PoolFile, list[tuple[str, str]]]:
     """Sort ``records``, check them and write ``out``; return the pool and the (path, reason) of skipped files.
 
     Refuses a path listed twice or also labelled, and an unreadable file
@@ -111,21 +113,40 @@ def write_pool(records: Iterable[Record], out: Path, labelled: set[str], skip_un
     out = Path(out)
     for stale in out.parent.glob(f"{SCRATCH_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    checker = _Checker(labelled, skip_unreadable, workers)
+    checker = _Checker(labelled, skip_unreadable, workers, progress)
+    listed = _Counter(records, progress)
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=out.parent) as scratch:
-        atomic.write_csv_chunks(out, checker.tables(external_sort(records, Path(scratch))))
+        progress.start("pool", "listing the unlabelled pool")
+        ordered = external_sort(listed, Path(scratch))
+        progress.start("pool", "checking the unlabelled pool", total=listed.count)
+        atomic.write_csv_chunks(out, checker.tables(ordered))
+        progress.stop("pool")
     if not checker.count:
         out.unlink(missing_ok=True)
         raise DataError(f"{source} contains no readable images.")
     return PoolFile(out, checker.count), checker.skipped
 
 
+class _Counter:
+    """The records, counted as they are listed (the check's progress bar then knows its total)."""
+
+    def __init__(self, records: Iterable[Record], progress: Progress) -> None:
+        self.records, self.progress, self.count = iter(records), progress, 0
+
+    def __iter__(self) -> Iterator[Record]:
+        for record in self.records:
+            self.count += 1
+            if self.count % CHECK_CHUNK == 0:
+                self.progress.update("pool", completed=self.count)
+            yield record
+
+
 class _Checker:
     """Checks sorted records CHECK_CHUNK at a time: duplicates and labelled images refused, unreadable files dropped or refused."""
 
-    def __init__(self, labelled: set[str], skip: bool, workers: int | None) -> None:
-        self.labelled, self.skip, self.workers = labelled, skip, workers
-        self.count, self.skipped, self.previous = 0, [], None
+    def __init__(self, labelled: set[str], skip: bool, workers: int | None, progress: Progress) -> None:
+        self.labelled, self.skip, self.workers, self.progress = labelled, skip, workers, progress
+        self.count, self.checked, self.skipped, self.previous = 0, 0, [], None
 
     def tables(self, records: Iterator[Record]) -> Iterator[pd.DataFrame]:
         yield pd.DataFrame(columns=POOL_COLUMNS)  # the header, whatever follows
@@ -149,6 +170,8 @@ class _Checker:
         dropped = {path for path, _ in bad}
         kept = [record for record in chunk if record[0] not in dropped]
         self.count += len(kept)
+        self.checked += len(chunk)
+        self.progress.update("pool", completed=self.checked)
         return kept
 
 

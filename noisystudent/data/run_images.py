@@ -19,6 +19,7 @@ from noisystudent.data.label_names import apply_label_map, check_distinct_labels
 from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping, positive_index_of
 from noisystudent.data.pool import PoolFile, write_pool
 from noisystudent.errors import ConfigError, DataError
+from noisystudent.progress import NULL_PROGRESS, Progress
 
 logger = logging.getLogger(__name__)
 DEFAULT_POSITIVE = RunConfig.__dataclass_fields__["positive"].default  # 'all': C-NMC's blasts
@@ -34,7 +35,7 @@ class RunImages:
     pool: PoolFile | None = None
 
 
-def load_run_images(config: RunConfig, run: Path, pool_out: Path | None = None) -> RunImages:
+def load_run_images(config: RunConfig, run: Path, pool_out: Path | None = None, progress: Progress = NULL_PROGRESS) -> RunImages:
     """Read DATA (or generate the demo data), add --test, apply --binary; list the pool into ``pool_out``.
 
     The pool (--unlabelled, and with --pool DATA's own unlabelled images) is
@@ -66,7 +67,8 @@ def load_run_images(config: RunConfig, run: Path, pool_out: Path | None = None) 
     check_positive(config, classes)
     pool = None
     if pool_out is not None and (config.unlabelled or (config.pool and len(own_pool))):
-        pool, pool_skipped = _write_pool(config, own_pool if config.pool else own_pool.iloc[:0], set(combined[schema.PATH]), pool_out)
+        own = own_pool if config.pool else own_pool.iloc[:0]
+        pool, pool_skipped = _write_pool(config, own, set(combined[schema.PATH]), pool_out, progress)
         skipped += pool_skipped
     logger.info("data: %d labelled images (%s format), classes %s%s", len(combined), data_format, ", ".join(classes),
                 f"; an unlabelled pool of {pool.count} images" if pool else "")
@@ -85,13 +87,13 @@ def check_positive(config: RunConfig, classes: list[str]) -> None:
     elif config.positive not in classes and config.positive != DEFAULT_POSITIVE:
         raise ConfigError(f"--positive {config.positive!r} is not one of the classes {', '.join(classes)}; "
                           "name one of them, or leave --positive out for macro averages only.")
-def _write_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], out: Path) -> tuple[PoolFile, list]:
+def _write_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], out: Path, progress: Progress) -> tuple[PoolFile, list]:
     """The pool file from DATA's own unlabelled images (``own``) and --unlabelled, streamed."""
     records = itertools.chain(zip(own[schema.PATH].tolist(), own[schema.PATIENT].tolist()),
                               _with_patients(readers.unlabelled_records(config.unlabelled), config.patient_regex)
                               if config.unlabelled else ())
     source = f"The unlabelled data {config.unlabelled}" if config.unlabelled else "The unlabelled images of the data"
-    return write_pool(records, out, labelled, config.skip_unreadable, source=source)
+    return write_pool(records, out, labelled, config.skip_unreadable, source=source, progress=progress)
 
 
 def _with_patients(records: Iterable[tuple[str, str]], patient_regex: str | None) -> Iterator[tuple[str, str]]:

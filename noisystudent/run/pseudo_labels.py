@@ -19,8 +19,8 @@ copies), following Xie et al. 2020, "Self-training with Noisy Student":
   class below it keeps all its images and repeats them: each gets
   ``target // n`` copies and the ``target % n`` most confident get one more,
   so the class totals exactly ``target`` copies. Equal confidences (common
-  for a saturated teacher) are ordered by a permutation drawn from ``seed``,
-  not by file order. Xie et al. use a fixed count per class instead; a mean
+  for a saturated teacher) are ordered by a hash of each image's position
+  seeded by ``seed``, not by file order. Xie et al. use a fixed count per class instead; a mean
   keeps the student's epoch about as long as without balancing.
 * ``per_class`` > 0 is that fixed count: every class is balanced to exactly
   ``per_class`` copies, whatever ``balance`` says. It bounds a student's epoch
@@ -104,20 +104,103 @@ def select_copies(confidence: np.ndarray, predicted: np.ndarray, classes: list[s
                   balance: bool = False, seed: int = 0, per_class: int = 0) -> np.ndarray:
     """How often each image appears in a student's epoch (0: left out): threshold, then balance.
 
-    Numbers only (16 bytes per image), so that a pool of millions is selected
-    without holding its table. ``per_class`` > 0 balances to that many per class
-    (Xie et al.'s fixed count); ``balance`` alone balances to the mean count.
+    ``per_class`` > 0 balances to that many per class (Xie et al.'s fixed count);
+    ``balance`` alone balances to the mean count. The whole table as one chunk of ``Selection``.
     """
-    confidence = np.asarray(confidence, dtype=np.float64)
-    predicted = np.asarray(predicted, dtype=np.int64)
-    keep = confidence >= threshold
-    dropped = int((~keep).sum())
-    if dropped:
-        log.info("Pseudo-labels: dropped %d of %d images with confidence below %g.", dropped, len(keep), threshold)
-    copies = keep.astype(np.int64)
-    if (balance or per_class) and keep.any():
-        copies[keep] = _balanced_copies(confidence[keep], predicted[keep], classes, seed, per_class)
-    return copies
+    selection = Selection(classes, threshold, balance, seed, per_class)
+    selection.add(np.asarray(confidence, dtype=np.float64), np.asarray(predicted, dtype=np.int64))
+    selection.finish()
+    return selection.copies(0, np.asarray(confidence, dtype=np.float64), np.asarray(predicted, dtype=np.int64))
+
+
+class Selection:
+    """The threshold and balancing of the module docstring, one chunk of images at a time.
+
+    Pass 1 (``add`` for every chunk, then ``finish``) keeps per class only the
+    candidates balancing can pick, as (confidence, position) pairs: with
+    ``per_class`` the ``per_class`` best of each class so far, so memory is
+    bounded by the setting, not by the pool; with ``balance`` alone every kept
+    image (16 bytes each), since the mean count is known only at the end;
+    without balancing nothing. Pass 2 (``copies`` for every chunk, in the same
+    order) gives the copies of each image.
+
+    Ties in confidence are ordered by a seeded hash of the image's position
+    (``_tie_break``), which, unlike a permutation of all images, a chunk can compute.
+    """
+
+    def __init__(self, classes: list[str], threshold: float, balance: bool, seed: int, per_class: int) -> None:
+        self.classes, self.threshold, self.seed, self.per_class = classes, threshold, seed, per_class
+        self.balance = bool(balance or per_class)
+        self.counts = np.zeros(len(classes), dtype=np.int64)  # kept images per class
+        self.seen = 0
+        self._candidates: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in classes]
+        self._chosen_positions = self._chosen_copies = np.zeros(0, dtype=np.int64)
+
+    @property
+    def remembered(self) -> int:
+        """Images pass 1 holds in memory: bounded by ``per_class`` times the classes when that is set."""
+        return sum(len(positions) for pairs in self._candidates for _, positions in pairs)
+
+    def add(self, confidence: np.ndarray, predicted: np.ndarray) -> None:
+        keep = confidence >= self.threshold
+        positions = self.seen + np.flatnonzero(keep)
+        self.seen += len(confidence)
+        self.counts += np.bincount(predicted[keep], minlength=len(self.classes))
+        if not self.balance:
+            return
+        for name in range(len(self.classes)):
+            member = predicted[keep] == name
+            pairs = self._candidates[name] + [(confidence[keep][member], positions[member])]
+            self._candidates[name] = [self._best(pairs, self.per_class)] if self.per_class else pairs
+
+    def finish(self) -> None:
+        dropped = self.seen - int(self.counts.sum())
+        if dropped:
+            log.info("Pseudo-labels: dropped %d of %d images with confidence below %g.", dropped, self.seen, self.threshold)
+        if not self.balance or not self.counts.any():
+            return
+        target = self.per_class or int(np.floor(self.counts[self.counts > 0].mean() + 0.5))  # the mean rounds half up
+        chosen = [self._class_copies(name, target) for name in range(len(self.classes))]
+        positions = np.concatenate([p for p, _ in chosen])
+        order = np.argsort(positions)
+        self._chosen_positions, self._chosen_copies = positions[order], np.concatenate([c for _, c in chosen])[order]
+        log.info("Pseudo-labels balanced to %d per class (was %s).", target,
+                 ", ".join(f"{name} {int(count)}" for name, count in zip(self.classes, self.counts)))
+
+    def copies(self, start: int, confidence: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """Copies of the images at positions ``start``... (a chunk of pass 2)."""
+        if not self.balance:
+            return (confidence >= self.threshold).astype(np.int64)
+        copies = np.zeros(len(confidence), dtype=np.int64)
+        first, last = np.searchsorted(self._chosen_positions, [start, start + len(confidence)])
+        copies[self._chosen_positions[first:last] - start] = self._chosen_copies[first:last]
+        return copies
+
+    def _class_copies(self, name: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, copies) of the images of class ``name`` that balancing keeps."""
+        confidence, positions = self._best(self._candidates[name], target)
+        n = int(self.counts[name])
+        if n == 0:
+            return positions, np.zeros(0, dtype=np.int64)
+        if n < target:  # every image target // n times, the most confident target % n once more
+            return positions, (target // n + (np.arange(n) < target % n)).astype(np.int64)
+        return positions, np.ones(len(positions), dtype=np.int64)  # the target most confident once
+
+    def _best(self, pairs: list[tuple[np.ndarray, np.ndarray]], limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``limit`` most confident of (confidence, position) pairs, most confident first, ties by seeded hash."""
+        confidence = np.concatenate([c for c, _ in pairs]) if pairs else np.zeros(0)
+        positions = np.concatenate([p for _, p in pairs]) if pairs else np.zeros(0, dtype=np.int64)
+        order = np.lexsort((positions, _tie_break(positions, self.seed), -confidence))[:limit]
+        return confidence[order], positions[order]
+
+
+def _tie_break(positions: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 per position (SplitMix64), the same whichever chunk the position is in."""
+    with np.errstate(over="ignore"):
+        z = positions.astype(np.uint64) + np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def _check_inputs(paths, logits, classes, mode, temperature, threshold) -> np.ndarray:
@@ -139,24 +222,6 @@ def check_settings(mode: str, temperature: float, threshold: float) -> None:
         raise ConfigError(f"pseudo_threshold must be between 0 and 1; got {threshold}.")
 
 
-def _balanced_copies(confidence: np.ndarray, predicted: np.ndarray, classes: list[str], seed: int, per_class: int) -> np.ndarray:
-    counts = np.bincount(predicted, minlength=len(classes))
-    target = per_class or int(np.floor(counts[counts > 0].mean() + 0.5))  # the mean rounds half up
-    tie_break = np.random.default_rng(seed).permutation(len(confidence))
-    # Most confident first; equal confidences in the seeded random order.
-    order = np.lexsort((tie_break, -confidence))
-    rank = np.empty(len(order), dtype=np.int64)
-    for name in range(len(classes)):  # rank of each image within its class, in that order
-        members = order[predicted[order] == name]
-        rank[members] = np.arange(len(members))
-    n = np.maximum(counts[predicted], 1)
-    # Classes below target: target // n copies each, one more for the top target % n; above: the top target once.
-    copies = np.where(counts[predicted] < target, target // n + (rank < target % n), (rank < target).astype(np.int64))
-    log.info("Pseudo-labels balanced to %d per class (was %s).", target,
-             ", ".join(f"{name} {int(count)}" for name, count in zip(classes, counts)))
-    return copies.astype(np.int64)
-
-
 def _warn_empty_classes(predicted: Iterable[str], classes: list[str]) -> None:
     present = set(predicted)
     for name in classes:
@@ -170,35 +235,39 @@ def write_streamed(chunks: Callable[[], Iterable[pd.DataFrame]], classes: list[s
     """Write pseudo_labels.csv from prediction tables read a chunk at a time; return the number of rows.
 
     ``chunks()`` yields tables with a path and a prob_<class> column per class
-    and gives the same chunks on every call. Two passes: the first keeps only
-    each image's confidence and class (``select_copies``), the second writes
-    the kept rows chunk by chunk, so memory is bounded by the chunk size and 16
-    bytes per image, not by the table. Writes the same file as
+    and gives the same chunks on every call. Two passes of ``Selection``, so
+    memory is bounded by the chunk size and what balancing must remember (see
+    ``Selection``), not by the table. Writes the same file as
     ``make_pseudo_labels`` + ``save_pseudo_labels`` on the concatenated chunks
     (nothing when no image is kept).
     """
     check_settings(mode, temperature, threshold)
-    confidence, predicted = [], []
+    selection = Selection(classes, threshold, balance, seed, per_class)
     for chunk in chunks():
-        probabilities = softmax(teacher_logits(chunk, classes))
-        confidence.append(probabilities.max(axis=1))
-        predicted.append(probabilities.argmax(axis=1))
-    predicted_all = np.concatenate(predicted) if predicted else np.zeros(0, np.int64)
-    copies = select_copies(np.concatenate(confidence) if confidence else np.zeros(0), predicted_all, classes,
-                           threshold, balance, seed, per_class)
-    kept = int((copies > 0).sum())
-    if kept:
-        atomic.write_csv_chunks(out, _kept_rows(chunks, classes, mode, temperature, copies))
-        _warn_empty_classes((classes[i] for i in np.unique(predicted_all[copies > 0])), classes)
-    return kept
+        selection.add(*_confidence_and_class(chunk, classes))
+    selection.finish()
+    if not selection.counts.any():
+        return 0
+    kept, labelled = [0], set()
+
+    def tables() -> Iterator[pd.DataFrame]:
+        start = 0
+        for chunk in chunks():
+            copies = selection.copies(start, *_confidence_and_class(chunk, classes))
+            start += len(chunk)
+            table = label_rows(chunk[PATH].tolist(), teacher_logits(chunk, classes), classes, mode, temperature, copies)
+            kept[0] += len(table)
+            labelled.update(table[PRED])
+            yield table
+
+    atomic.write_csv_chunks(out, tables())
+    _warn_empty_classes(labelled, classes)
+    return kept[0]
 
 
-def _kept_rows(chunks, classes, mode, temperature, copies) -> Iterator[pd.DataFrame]:
-    start = 0
-    for chunk in chunks():
-        part = copies[start : start + len(chunk)]
-        start += len(chunk)
-        yield label_rows(chunk[PATH].tolist(), teacher_logits(chunk, classes), classes, mode, temperature, part)
+def _confidence_and_class(chunk: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    probabilities = softmax(teacher_logits(chunk, classes))
+    return probabilities.max(axis=1), probabilities.argmax(axis=1)
 
 
 def teacher_logits(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
