@@ -310,4 +310,5 @@ def _log_sizes(folds: pd.DataFrame) -> None:
             k, sizes.get(ROLE_LABELLED, 0), sizes.get(ROLE_UNLABELLED, 0), sizes.get(ROLE_VALIDATION, 0),
         )
     shared = folds[folds[FOLD] == SHARED_FOLD][ROLE].value_counts()
-    log.info("Shared: %d test, %d pool images.", shared.get(ROLE_TEST, 0), shared.get(ROLE_POOL, 0))
+    pool = f", {shared[ROLE_POOL]} pool" if shared.get(ROLE_POOL, 0) else ""  # runs made before pool.csv
+    log.info("Shared: %d test%s images.", shared.get(ROLE_TEST, 0), pool)
