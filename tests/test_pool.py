@@ -123,3 +123,14 @@ def test_listing_and_checking_report_progress_with_the_listed_total(tmp_path, mo
     write_pool(iter(records), tmp_path / "pool.csv", set(), False, 1, progress=Recorder())
     assert ("start", "checking the unlabelled pool", 5) in events
     assert events[-1] == ("update", 5) and ("update", 2) in events  # listed two at a time, checked chunk by chunk
+
+
+def test_a_resumed_listing_decodes_only_the_files_the_earlier_listing_lacks(tmp_path, monkeypatch):
+    paths = [str(save_image(tmp_path / "pool" / f"c{i}.png")) for i in range(6)]
+    first, _ = write_pool(((p, "") for p in paths[:4]), tmp_path / "first.csv", set(), False, 1)
+    probed = []
+    real = pool_module.find_unreadable
+    monkeypatch.setattr(pool_module, "find_unreadable", lambda batch, workers: probed.extend(batch) or real(batch, workers))
+    again, _ = write_pool(((p, "") for p in paths), tmp_path / "again.csv", set(), False, 1, checked=first)
+    assert probed == paths[4:] and again.count == 6
+    assert read_table(again.path)["path"].tolist() == paths

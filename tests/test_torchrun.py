@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import REPO, subprocess_env, tiny_flags, write_class_folders
+from helpers import REPO, save_cell, subprocess_env, tiny_flags, write_class_folders
 
 from noisystudent import layout
 from noisystudent.run import claims
@@ -39,13 +39,21 @@ pytestmark = pytest.mark.slow  # every test here trains (in subprocesses)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_class_folders(tmp_path_factory.mktemp("torchrun") / "data", patients_per_class=6, images_per_patient=2, size=(16, 16))
+    """The labelled data; beside it a pool (pool.csv written by rank 0, predicted in slices by both ranks)."""
+    root = tmp_path_factory.mktemp("torchrun")
+    for i in range(7):
+        save_cell(root / "pool" / f"cell-{i}.png", i % 2, seed=100 + i, size=(16, 16))
+    return write_class_folders(root / "data", patients_per_class=6, images_per_patient=2, size=(16, 16))
+
+
+def _kfold(data: Path, run: Path) -> list[str]:
+    return ["kfold", str(data), "--out", str(run), "--unlabelled", str(data.parent / "pool"), *FLAGS]
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, data) -> Path:
     run = tmp_path_factory.mktemp("single") / "run"
-    done = subprocess.run([sys.executable, "-m", "noisystudent", "kfold", str(data), "--out", str(run), *FLAGS],
+    done = subprocess.run([sys.executable, "-m", "noisystudent", *_kfold(data, run)],
                           env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     return run
@@ -84,10 +92,11 @@ def _assert_close_to(run: Path, reference: Path) -> None:
 
 
 def test_two_gloo_ranks_write_the_files_of_one_process(tmp_path, data, single):
-    process = _torchrun("kfold", str(data), "--out", str(tmp_path / "run"), *FLAGS)
+    process = _torchrun(*_kfold(data, tmp_path / "run"))
     output = _output(process)
     assert process.returncode == 0, output
     _assert_close_to(tmp_path / "run", single)
+    assert (tmp_path / "run" / layout.POOL).read_bytes() == (single / layout.POOL).read_bytes()
 
 
 def _rank_pid(launcher: int, rank: int) -> int | None:
@@ -101,7 +110,7 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
 
 def test_a_killed_rank_stops_the_job_and_resume_under_torchrun_finishes_it(tmp_path, data, single):
     run = tmp_path / "run"
-    process = _torchrun("kfold", str(data), "--out", str(run), *FLAGS)
+    process = _torchrun(*_kfold(data, run))
     deadline = time.monotonic() + 300
     while not (layout.round_dir(run, 0, 0) / layout.MODEL).exists():  # mid-run: the first model is saved
         assert process.poll() is None and time.monotonic() < deadline, _output(process, 60)

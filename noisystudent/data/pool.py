@@ -101,19 +101,21 @@ class PoolFile:
 
 
 def write_pool(records: Iterable[Record], out: Path, labelled: set[str], skip_unreadable: bool,
-               workers: int | None = None, source: str = "The unlabelled data",
-               progress: Progress = NULL_PROGRESS) -> tuple[PoolFile, list[tuple[str, str]]]:
+               workers: int | None = None, source: str = "The unlabelled data", progress: Progress = NULL_PROGRESS,
+               checked: PoolFile | None = None) -> tuple[PoolFile, list[tuple[str, str]]]:
     """Sort ``records``, check them and write ``out``; return the pool and the (path, reason) of skipped files.
 
     Refuses a path listed twice or also labelled, and an unreadable file
-    unless ``skip_unreadable`` (then it is left out and listed). The sorted
+    unless ``skip_unreadable`` (then it is left out and listed). Files of an
+    earlier listing ``checked`` (a resumed run's pool.csv) are not decoded
+    again: the data fingerprint tells whether they changed. The sorted
     runs go to a scratch folder beside ``out``, removed afterwards (call it
     under the run folder's lock: a scratch folder a killed process left is removed).
     """
     out = Path(out)
     for stale in out.parent.glob(f"{SCRATCH_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    checker = _Checker(labelled, skip_unreadable, workers, progress)
+    checker = _Checker(labelled, skip_unreadable, workers, progress, checked)
     listed = _Counter(records, progress)
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=out.parent) as scratch:
         progress.start("pool", "listing the unlabelled pool")
@@ -144,8 +146,10 @@ class _Counter:
 class _Checker:
     """Checks sorted records CHECK_CHUNK at a time: duplicates and labelled images refused, unreadable files dropped or refused."""
 
-    def __init__(self, labelled: set[str], skip: bool, workers: int | None, progress: Progress) -> None:
+    def __init__(self, labelled: set[str], skip: bool, workers: int | None, progress: Progress, known: PoolFile | None) -> None:
         self.labelled, self.skip, self.workers, self.progress = labelled, skip, workers, progress
+        self.known = known.paths() if known is not None else iter(())
+        self.next_known = next(self.known, None)
         self.count, self.checked, self.skipped, self.previous = 0, 0, [], None
 
     def tables(self, records: Iterator[Record]) -> Iterator[pd.DataFrame]:
@@ -161,7 +165,7 @@ class _Checker:
             if path in self.labelled:
                 raise DataError(f"The image {path} is both a labelled image and in the unlabelled data.")
             self.previous = path
-        bad = find_unreadable(paths, self.workers)
+        bad = find_unreadable([path for path in paths if not self._known(path)], self.workers)
         if bad and not self.skip:
             raise DataError(bad[0][1])
         for _, reason in bad:
@@ -173,6 +177,12 @@ class _Checker:
         self.checked += len(chunk)
         self.progress.update("pool", completed=self.checked)
         return kept
+
+    def _known(self, path: str) -> bool:
+        """True when the earlier listing holds ``path`` (both are sorted: one pass over it)."""
+        while self.next_known is not None and self.next_known < path:
+            self.next_known = next(self.known, None)
+        return self.next_known == path
 
 
 def external_sort(records: Iterable[Record], scratch: Path, chunk: int | None = None) -> Iterator[Record]:

@@ -1,4 +1,4 @@
-"""Gathering every image a run uses into one manifest: training data, outer test set, unlabelled pool."""
+"""Gathering every image a run uses: training data and outer test set in a manifest, the unlabelled pool in its file."""
 
 from __future__ import annotations
 
@@ -35,13 +35,15 @@ class RunImages:
     pool: PoolFile | None = None
 
 
-def load_run_images(config: RunConfig, run: Path, pool_out: Path | None = None, progress: Progress = NULL_PROGRESS) -> RunImages:
+def load_run_images(config: RunConfig, run: Path, pool_out: Path | None = None, progress: Progress = NULL_PROGRESS,
+                    checked_pool: PoolFile | None = None) -> RunImages:
     """Read DATA (or generate the demo data), add --test, apply --binary; list the pool into ``pool_out``.
 
     The pool (--unlabelled, and with --pool DATA's own unlabelled images) is
     written to ``pool_out`` a chunk at a time (data/pool.py), never held in
     memory; without ``pool_out`` it is not read (torchrun's other ranks open
-    the file rank 0 wrote).
+    the file rank 0 wrote). Files of ``checked_pool`` (a resumed run's pool.csv)
+    are not decoded again.
     """
     root = Path(config.data) if config.data else demo.generate_demo(Path(run) / layout.DEMO_DATA)
     manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
@@ -68,7 +70,7 @@ def load_run_images(config: RunConfig, run: Path, pool_out: Path | None = None, 
     pool = None
     if pool_out is not None and (config.unlabelled or (config.pool and len(own_pool))):
         own = own_pool if config.pool else own_pool.iloc[:0]
-        pool, pool_skipped = _write_pool(config, own, set(combined[schema.PATH]), pool_out, progress)
+        pool, pool_skipped = _write_pool(config, own, set(combined[schema.PATH]), pool_out, progress, checked_pool)
         skipped += pool_skipped
     logger.info("data: %d labelled images (%s format), classes %s%s", len(combined), data_format, ", ".join(classes),
                 f"; an unlabelled pool of {pool.count} images" if pool else "")
@@ -87,13 +89,14 @@ def check_positive(config: RunConfig, classes: list[str]) -> None:
     elif config.positive not in classes and config.positive != DEFAULT_POSITIVE:
         raise ConfigError(f"--positive {config.positive!r} is not one of the classes {', '.join(classes)}; "
                           "name one of them, or leave --positive out for macro averages only.")
-def _write_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], out: Path, progress: Progress) -> tuple[PoolFile, list]:
+def _write_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], out: Path, progress: Progress,
+                checked: PoolFile | None) -> tuple[PoolFile, list]:
     """The pool file from DATA's own unlabelled images (``own``) and --unlabelled, streamed."""
     records = itertools.chain(zip(own[schema.PATH].tolist(), own[schema.PATIENT].tolist()),
                               _with_patients(readers.unlabelled_records(config.unlabelled), config.patient_regex)
                               if config.unlabelled else ())
     source = f"The unlabelled data {config.unlabelled}" if config.unlabelled else "The unlabelled images of the data"
-    return write_pool(records, out, labelled, config.skip_unreadable, source=source, progress=progress)
+    return write_pool(records, out, labelled, config.skip_unreadable, source=source, progress=progress, checked=checked)
 
 
 def _with_patients(records: Iterable[tuple[str, str]], patient_regex: str | None) -> Iterator[tuple[str, str]]:

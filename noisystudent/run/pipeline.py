@@ -114,7 +114,8 @@ def _prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progres
         remove_shared_temps(run)
         logger.info("noisystudent kfold into %s (%s)", run, "join" if join else "resume" if resume else "new run")
         try:
-            data = load_run_images(config, run, pool_out=pool_source.listing_path(run), progress=progress)
+            data = load_run_images(config, run, pool_out=pool_source.listing_path(run), progress=progress,
+                                   checked_pool=pool_source.saved(run))
             fold_table = _load_or_assign_folds(run, data, config)  # before config.json: may refuse the data
             evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
             write_config(run, config, pool_source.data_fingerprint(data.manifest, data.pool))

@@ -61,6 +61,12 @@ def install(run: Path, listed: PoolFile | None, folds: pd.DataFrame) -> PoolFile
     return PoolFile(target, listed.count)
 
 
+def saved(run: Path) -> PoolFile | None:
+    """RUN/pool.csv as an earlier session wrote it (its files were checked then), or None."""
+    path = Path(run) / layout.POOL
+    return PoolFile.open(path) if path.exists() else None
+
+
 def open_saved(run: Path, folds: pd.DataFrame) -> PoolFile | None:
     """RUN/pool.csv as rank 0 installed it (torchrun's other ranks), or None."""
     path = Path(run) / layout.POOL
