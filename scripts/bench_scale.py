@@ -6,7 +6,7 @@ For each pool size this script generates that many small PNG files (once, in
 
     python -m noisystudent kfold LABELLED --unlabelled POOL --out RUN --only-folds 0 ...
 
-so the pool is read (listed and checked), decoded into the cache, predicted by
+so the pool is listed (sorted and checked into RUN/pool.csv), decoded into the cache, predicted by
 the teacher (streamed into pool_predictions.csv) and pseudo-labelled (streamed
 into pseudo_labels.csv); with --pseudo-per-class the student then trains on a
 fixed number of pseudo-labelled images per class, as in Xie et al. 2020, so

@@ -39,9 +39,14 @@ pytestmark = pytest.mark.slow  # every test here trains (in subprocesses)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """The labelled data; beside it a pool (pool.csv written by rank 0, predicted in slices by both ranks)."""
+    """The labelled data; beside it a pool (pool.csv written by rank 0, predicted in slices by both ranks).
+
+    8 pool images + 4 masked ones make a student's epoch of 12: global batches of 8 and 4, each split
+    2 + 2 or more. (A last global batch of 3 would be split 2 + 1 and skipped under torchrun, where
+    one process trains on it: training/distributed.py.)
+    """
     root = tmp_path_factory.mktemp("torchrun")
-    for i in range(7):
+    for i in range(8):
         save_cell(root / "pool" / f"cell-{i}.png", i % 2, seed=100 + i, size=(16, 16))
     return write_class_folders(root / "data", patients_per_class=6, images_per_patient=2, size=(16, 16))
 

@@ -47,9 +47,10 @@ def data_fingerprint(images: pd.DataFrame, pool: PoolFile | None) -> str:
 
 
 def install(run: Path, listed: PoolFile | None, folds: pd.DataFrame) -> PoolFile | None:
-    """Move this session's listing into place as RUN/pool.csv (call once config.json is written).
+    """Move this session's listing into place as RUN/pool.csv (call once config.json has accepted it).
 
-    A run whose folds.csv holds the pool keeps it there: the listing only served its fingerprint.
+    A run that has pool.csv keeps it (the fingerprint matched), and a run whose
+    folds.csv holds the pool keeps it there: the listing only served the fingerprint.
     """
     if listed is None:
         return None
@@ -57,7 +58,10 @@ def install(run: Path, listed: PoolFile | None, folds: pd.DataFrame) -> PoolFile
         listed.path.unlink(missing_ok=True)
         return None
     target = Path(run) / layout.POOL
-    os.replace(listed.path, target)
+    if target.exists():  # the fingerprint matched: the same list, which other processes may be reading
+        listed.path.unlink(missing_ok=True)
+    else:
+        os.replace(listed.path, target)
     return PoolFile(target, listed.count)
 
 
