@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from helpers import save_image, truncate
 from noisystudent.data import pool as pool_module
 from noisystudent.data.pool import PoolFile, external_sort, write_pool
 from noisystudent.data.readers import unlabelled_records
-from noisystudent.errors import DataError
+from noisystudent.errors import DataError, DiskFullError
 from noisystudent.progress import Progress
 from noisystudent.run.tables import read_table
 
@@ -134,3 +135,14 @@ def test_a_resumed_listing_decodes_only_the_files_the_earlier_listing_lacks(tmp_
     again, _ = write_pool(((p, "") for p in paths), tmp_path / "again.csv", set(), False, 1, checked=first)
     assert probed == paths[4:] and again.count == 6
     assert read_table(again.path)["path"].tolist() == paths
+
+
+def test_a_full_disk_while_sorting_is_one_sentence_and_leaves_no_scratch(tmp_path, monkeypatch):
+    def full(records, scratch):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pool_module, "SORT_CHUNK", 10)  # 30 records: sorted runs go to disk
+    monkeypatch.setattr(pool_module, "_write_run", full)
+    with pytest.raises(DiskFullError, match="while sorting the unlabelled pool"):
+        write_pool(iter(_records(30)), tmp_path / "pool.csv", set(), False, 1)
+    assert list(tmp_path.iterdir()) == []

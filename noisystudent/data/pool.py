@@ -34,7 +34,7 @@ import pandas as pd
 from noisystudent import atomic
 from noisystudent.data.images import PROBE_CHUNK, find_unreadable
 from noisystudent.data.manifest import PATH, PATIENT
-from noisystudent.errors import DataError
+from noisystudent.errors import DataError, DiskFullError
 from noisystudent.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,13 @@ def write_pool(records: Iterable[Record], out: Path, labelled: set[str], skip_un
     listed = _Counter(records, progress)
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=out.parent) as scratch:
         progress.start("pool", "listing the unlabelled pool")
-        ordered = external_sort(listed, Path(scratch))
+        try:
+            ordered = external_sort(listed, Path(scratch))
+        except OSError as error:
+            if error.errno in atomic.NO_SPACE_ERRNOS:
+                raise DiskFullError(f"No space left on device while sorting the unlabelled pool in {out.parent} "
+                                    "(about 150 bytes per image); free some space and run the command again.") from error
+            raise
         progress.start("pool", "checking the unlabelled pool", total=listed.count)
         atomic.write_csv_chunks(out, checker.tables(ordered))
         progress.stop("pool")
