@@ -335,8 +335,7 @@ def _csv_pool_records(csv_path: Path) -> Iterator[tuple[str, str]]:
                     yield _csv_image_path(raw, line, csv_path), normalise_patient(patient)
                     line += 1
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[0].rstrip(".")
-        raise DataError(f"The CSV file {csv_path} cannot be read: {reason}.") from error
+        raise _csv_read_error(csv_path, error) from error
 
 
 def _check_csv_columns(table: pd.DataFrame, csv_path: Path) -> None:
@@ -380,11 +379,16 @@ def _read_csv_table(csv_path: Path, lower_columns: bool) -> pd.DataFrame:
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as error:
-        reason = str(error).strip().splitlines()[0].rstrip(".")
-        raise DataError(f"The CSV file {csv_path} cannot be read: {reason}.") from error
+        raise _csv_read_error(csv_path, error) from error
     names = [str(c).strip() for c in table.columns]
     table.columns = [n.lower() for n in names] if lower_columns else names
     return table
+
+
+def _csv_read_error(csv_path: Path, error: Exception) -> DataError:
+    """One sentence for a CSV file pandas cannot read: the first line of its reason."""
+    reason = str(error).strip().splitlines()[0].rstrip(".")
+    return DataError(f"The CSV file {csv_path} cannot be read: {reason}.")
 
 
 def _numbered(table: pd.DataFrame) -> list[tuple[int, dict]]:

@@ -73,8 +73,7 @@ def saved(run: Path) -> PoolFile | None:
 
 def open_saved(run: Path, folds: pd.DataFrame) -> PoolFile | None:
     """RUN/pool.csv as rank 0 installed it (torchrun's other ranks), or None."""
-    path = Path(run) / layout.POOL
-    return PoolFile.open(path) if path.exists() and not in_fold_table(folds) else None
+    return None if in_fold_table(folds) else saved(run)
 
 
 def pool_size(folds: pd.DataFrame, pool: PoolFile | None) -> int:

@@ -144,13 +144,14 @@ class Selection:
     def add(self, confidence: np.ndarray, predicted: np.ndarray) -> None:
         keep = confidence >= self.threshold
         positions = self.seen + np.flatnonzero(keep)
-        self.seen += len(confidence)
-        self.counts += np.bincount(predicted[keep], minlength=len(self.classes))
+        confidence, predicted = confidence[keep], predicted[keep]
+        self.seen += len(keep)
+        self.counts += np.bincount(predicted, minlength=len(self.classes))
         if not self.balance:
             return
         for name in range(len(self.classes)):
-            member = predicted[keep] == name
-            pairs = self._candidates[name] + [(confidence[keep][member], positions[member])]
+            member = predicted == name
+            pairs = self._candidates[name] + [(confidence[member], positions[member])]
             self._candidates[name] = [self._best(pairs, self.per_class)] if self.per_class else pairs
 
     def finish(self) -> None:
