@@ -7,7 +7,7 @@ The public face of the package; a notebook needs only these names::
     config = ns.make_config("/data/C-NMC_Leukemia", preset="cnmc-study", epochs=10, device="cuda")
     table = ns.run_kfold(config, "runs/cnmc")                 # results/metrics.csv as a DataFrame
     ensemble = ns.load_ensemble("runs/cnmc", models="students")
-    prediction = ns.predict(ensemble, ns.resolve_inputs(["new_cells/"]), voting="majority")
+    prediction = ns.predict(ensemble, ns.resolve_inputs(["new_cells/"]), rule="majority")
     ns.write_report("runs/cnmc")                              # runs/cnmc/report/report.html
 
 Names are imported on first use, so ``import noisystudent`` (and the command

@@ -1,4 +1,4 @@
-"""Measure Noisy Student against its supervised bounds on a real data set, for the README.
+"""Measure Noisy Student against its supervised bounds on a real data set, for docs/results.md.
 
     python scripts/benchmark_real.py DATA [--task classes] [--task 'Benign=negative,rest=positive']
                                       [--protocol cpu|cnmc-study-tiny] [--seeds 0 1 2] [--out DIR]
