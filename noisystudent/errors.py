@@ -9,15 +9,65 @@ import errno
 
 
 class UserError(Exception):
-    """Base class: something about the input or the settings is wrong."""
+    """Base class: something about the input or the settings is wrong.
+
+    Every error a user can cause and fix derives from it, so one ``except
+    UserError`` catches them all. The command line prints ``str(error)`` and
+    exits with status 2, without a traceback.
+
+    Args:
+        message (str): One sentence that names the offending file or value
+            and, where possible, what to do about it.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> issubclass(ns.ConfigError, ns.UserError), issubclass(ns.DataError, ns.UserError)
+        (True, True)
+        >>> try:
+        ...     ns.make_config(preset="fast")
+        ... except ns.UserError as error:
+        ...     print(error)
+        Unknown preset 'fast'; choose one of cnmc-study, noisy-student, demo, smoke.
+    """
 
 
 class DataError(UserError):
-    """A data set, image, CSV or label cannot be used."""
+    """A data set, image, CSV or label cannot be used.
+
+    Raised, for example, for a missing data path, an image that does not
+    decode, a CSV without a ``path`` column or a label a run does not know.
+
+    Args:
+        message (str): One sentence naming the file, line or label at fault.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> try:
+        ...     ns.resolve_inputs([])
+        ... except ns.DataError as error:
+        ...     print(error)
+        No input was given: name image files, folders or CSV manifests.
+    """
 
 
 class ConfigError(UserError):
-    """A setting is invalid, or does not match the run folder it is used with."""
+    """A setting is invalid, or does not match the run folder it is used with.
+
+    Raised before anything is written: an unknown preset or architecture, a
+    value out of range, a device that does not exist, an unknown voting rule.
+
+    Args:
+        message (str): One sentence naming the setting, its allowed values and
+            the value given.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> try:
+        ...     ns.make_config(folds=1)
+        ... except ns.ConfigError as error:
+        ...     print(error)
+        folds must be a whole number >= 2; got 1.
+    """
 
 
 class CheckpointError(UserError):

@@ -6,6 +6,9 @@ from typing import Any
 
 from noisystudent.errors import ConfigError
 
+# PRESETS: preset name -> the RunConfig settings it changes from RunConfig's defaults (the
+# cnmc-study protocol, hence its empty dict). A preset fills in defaults; settings given win.
+# Names: cnmc-study, noisy-student, demo, smoke (DESCRIPTIONS says what each is for).
 PRESETS: dict[str, dict[str, Any]] = {
     # The C-NMC student study's protocol: 5 folds, 2:2:1, SGD lr 1e-3, batch 15, x0.1 every
     # 7 epochs, 50 epochs, 3 rounds, students on hard pseudo-labels only, majority vote, no unlabelled
@@ -41,7 +44,30 @@ DESCRIPTIONS = {
 
 
 def preset_settings(name: str) -> dict[str, Any]:
-    """The settings preset ``name`` changes from RunConfig's defaults, plus its name."""
+    """The settings preset ``name`` changes from RunConfig's defaults, plus its name.
+
+    Args:
+        name: A key of ``PRESETS``: ``"cnmc-study"``, ``"noisy-student"``,
+            ``"demo"`` or ``"smoke"``.
+
+    Returns:
+        dict[str, Any]: A new dict of setting name to value (safe to modify),
+        with ``"preset"`` set to ``name``; the other settings keep RunConfig's
+        defaults.
+
+    Raises:
+        ConfigError: ``name`` is not a preset.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> ns.preset_settings("cnmc-study")
+        {'preset': 'cnmc-study'}
+        >>> settings = ns.preset_settings("smoke")
+        >>> settings["folds"], settings["epochs"], settings["weights"]
+        (2, 1, 'none')
+        >>> sorted(ns.PRESETS)
+        ['cnmc-study', 'demo', 'noisy-student', 'smoke']
+    """
     if name not in PRESETS:
         raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
     return {**PRESETS[name], "preset": name}

@@ -101,6 +101,42 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 
 @dataclass
 class RunConfig:
+    """Every setting of a k-fold Noisy Student run, checked on creation.
+
+    One flat dataclass: each field is a setting of ``noisystudent kfold`` (the
+    flag is the field name with ``-`` for ``_``), and each field's
+    ``metadata["help"]`` is its help text, shown by ``--help`` and listed with
+    its default in docs/api.md. The defaults are the C-NMC student study's
+    protocol (the ``cnmc-study`` preset). Build one with :func:`make_config`
+    (preset + settings) rather than directly; ``config.json`` in a run folder is
+    ``to_dict()`` plus provenance.
+
+    Args:
+        <field>: One keyword per field, all optional, grouped as data,
+            folds, method, noise, optimisation, images and execution. Each
+            field's meaning and default are its help text
+            (``dataclasses.fields(RunConfig)``; the table in docs/api.md).
+            Fields marked ``affects_results=False`` (device, workers,
+            cache_dir, ...) may change on resume; any other change makes
+            ``--resume`` refuse.
+
+    Raises:
+        ConfigError: A value has the wrong type (an int for a float is
+            accepted), lies out of range, is not one of a setting's choices,
+            or settings contradict each other (e.g. ``student_init="teacher"``
+            with another ``student_arch``).
+
+    Example:
+        >>> import noisystudent as ns
+        >>> config = ns.RunConfig(folds=3, epochs=10, lr=1)
+        >>> config.folds, config.epochs, config.lr, config.arch
+        (3, 10, 1.0, 'efficientnet-b0')
+        >>> config.student_architecture  # no student_arch: the teacher's
+        'efficientnet-b0'
+        >>> ns.RunConfig.from_dict(config.to_dict()) == config
+        True
+    """
+
     # --- data ---
     data: str | None = _opt(None, "Data set folder or CSV; none generates the built-in demo data.")
     data_format: str = _opt("auto", "Layout of DATA: auto, cnmc, folders or csv.")
@@ -207,13 +243,16 @@ class RunConfig:
 
     @property
     def student_architecture(self) -> str:
+        """The students' architecture: ``student_arch``, or the teacher's ``arch`` when that is None."""
         return self.student_arch or self.arch
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name (``dataclasses.asdict``), as written to config.json."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """A RunConfig from field values (e.g. a parsed config.json); ConfigError names the first unknown key."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

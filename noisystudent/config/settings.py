@@ -21,8 +21,33 @@ META_KEYS = ("version", "created_with", "data_fingerprint", "settings_digest")
 def make_config(data: str | Path | None = None, preset: str | None = None, **settings: Any) -> RunConfig:
     """The preset's settings, then ``settings``; no data means the demo preset and data.
 
-    ``settings`` may use the command line's text forms (``split_ratio="2:2:1"``);
-    ``None`` values count as not given.
+    The settings of a new run: RunConfig's defaults, overridden by the preset,
+    overridden by the settings given. Every value is checked (RunConfig's
+    ``__post_init__``) before anything is written.
+
+    Args:
+        data: Data set folder or CSV; made absolute. ``None`` (default) means
+            the built-in synthetic demo data, generated into the run folder.
+        preset: Name of a preset in ``PRESETS``. Default: ``settings["preset"]``
+            when given, else ``"demo"`` without data and ``"cnmc-study"`` with data.
+        **settings: Any RunConfig field by name, e.g. ``epochs=10``,
+            ``device="cuda"``. The command line's text forms are accepted
+            (``split_ratio="2:2:1"``); ``None`` values count as not given.
+
+    Returns:
+        RunConfig: The checked settings, ``preset`` holding the preset's name.
+
+    Raises:
+        ConfigError: The preset is unknown, a setting does not exist, or a
+            value has the wrong type or lies out of range.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> config = ns.make_config(preset="smoke", epochs=2, split_ratio="3:1:1")
+        >>> config.preset, config.folds, config.epochs, config.split_ratio, config.data
+        ('smoke', 2, 2, (3.0, 1.0, 1.0), None)
+        >>> ns.make_config().preset  # no data: the demo
+        'demo'
     """
     given = given_settings(settings)
     name = preset or given.pop("preset", None) or ("demo" if data is None else "cnmc-study")
@@ -32,7 +57,38 @@ def make_config(data: str | Path | None = None, preset: str | None = None, **set
 
 
 def resume_config(saved: dict[str, Any], data: str | Path | None = None, source: Path | None = None, **settings: Any) -> RunConfig:
-    """A run's saved config.json (read from ``source``) with the settings given now on top."""
+    """A run's saved config.json (read from ``source``) with the settings given now on top.
+
+    The settings of a resumed run: the run's own settings are the base (no
+    preset is applied again), and the settings given now override them. This
+    function only builds the RunConfig; ``run_kfold(..., resume=True)`` then
+    refuses any change of a setting that affects results.
+
+    Args:
+        saved: The parsed config.json of the run (its ``version``,
+            ``created_with``, ``data_fingerprint`` and ``settings_digest``
+            entries are ignored).
+        data: A new location of the data set; ``None`` (default) keeps the
+            saved one.
+        source: The config.json file ``saved`` was read from; when given, a bad
+            saved value is reported as a fault of that file, not of the
+            settings given now. Default: not checked separately.
+        **settings: RunConfig fields to change, as in :func:`make_config`;
+            ``None`` values count as not given.
+
+    Returns:
+        RunConfig: The saved settings with the given ones on top.
+
+    Raises:
+        ConfigError: A saved or given setting is unknown or invalid.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> saved = ns.make_config(preset="smoke").to_dict()
+        >>> config = ns.resume_config(saved, device="cpu", workers=2)
+        >>> config.preset, config.epochs, config.device, config.workers
+        ('smoke', 1, 'cpu', 2)
+    """
     values = {k: v for k, v in saved.items() if k not in META_KEYS}
     if source is not None:
         config_from_saved(source, values)  # a hand-edited file is named in the error, not blamed on the flags

@@ -72,7 +72,35 @@ def generate_demo(
     size: int = 64,
     seed: int = 0,
 ) -> Path:
-    """Write (once) and return ``root/C-NMC_Leukemia`` holding the synthetic data set."""
+    """Write (once) and return ``root/C-NMC_Leukemia`` holding the synthetic data set.
+
+    Synthetic single-cell images (64 px BMPs by default) in the C-NMC layout:
+    ``training_data/fold_<k>/{all,hem}/UID_<patient>_<image>_<cell>_<class>.bmp``.
+    The drawing is seeded by (seed, class, patient), so the same arguments give
+    byte-identical files. An existing complete tree with the same arguments is
+    reused; the tree is built in a hidden sibling folder and renamed into place,
+    so an interrupted call leaves no half-written data set.
+
+    Args:
+        root: Folder that receives ``C-NMC_Leukemia``; created if missing.
+        n_patients_per_class: Patients of each class (all, hem); default 30.
+        cells_per_patient: Images per patient; default 6.
+        size: Width and height of each image in pixels; default 64.
+        seed: Seed of the drawing; default 0.
+
+    Returns:
+        pathlib.Path: ``root / "C-NMC_Leukemia"``, readable by :func:`read_dataset`.
+
+    Raises:
+        DataError: ``root/C-NMC_Leukemia`` exists and is not generated demo data.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> data = ns.generate_demo("demo_data", n_patients_per_class=4, cells_per_patient=3)  # doctest: +SKIP
+        >>> manifest, layout = ns.read_dataset(data)  # doctest: +SKIP
+        >>> layout, len(manifest)  # doctest: +SKIP
+        ('cnmc', 24)
+    """
     root = Path(root)
     target = root / CNMC_FOLDER
     params = {

@@ -50,7 +50,38 @@ def inspect_dataset(
     patient_regex: str | None = None,
     workers: int | None = None,
 ) -> InspectReport:
-    """Read the layout, decode every image and report counts and problems."""
+    """Read the layout, decode every image and report counts and problems.
+
+    Unlike :func:`read_dataset` it does not stop at the first problem: every
+    image is decoded and every problem found is listed, so that the data can be
+    fixed in one pass. Nothing is written.
+
+    Args:
+        path: The data set, as for :func:`read_dataset`.
+        data_format: ``"auto"`` (default), ``"cnmc"``, ``"folders"`` or ``"csv"``.
+        patient_regex: Regex with one group for the patient id (folders
+            layout); default ``None``: patients unknown.
+        workers: Threads that decode images; ``None`` (default): CPU cores + 4, at most 32.
+
+    Returns:
+        InspectReport: ``format`` (the layout read), ``n_images``, and the
+        tables ``subset_counts`` (subset x class), ``patient_counts`` (patient
+        x class, labelled images), ``size_counts`` (width, height, images) and
+        ``mode_counts`` (mode, images) as DataFrames, plus ``problems``: one
+        sentence per problem found (unreadable images, duplicate paths, a
+        patient in two classes or in both train and test, mixed colour modes, ...).
+
+    Raises:
+        DataError: The path does not exist or does not follow the layout at all
+            (problems with single images are listed instead).
+        ConfigError: ``data_format`` or ``patient_regex`` is invalid.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> report = ns.inspect_dataset("/data/C-NMC_Leukemia")  # doctest: +SKIP
+        >>> report.format, report.n_images, report.problems  # doctest: +SKIP
+        ('cnmc', 15114, [])
+    """
     manifest, data_format = read_manifest(path, data_format, patient_regex)
     infos = probe_images(manifest[PATH].tolist(), workers)
     readable = [info for info in infos if not info.error]

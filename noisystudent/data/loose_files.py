@@ -32,7 +32,37 @@ INPUT_COLUMNS = [PATH, LABEL, PATIENT]
 
 
 def resolve_inputs(inputs: list[Path]) -> pd.DataFrame:
-    """One row per image (path, label, patient) in the order given; duplicates dropped."""
+    """One row per image (path, label, patient) in the order given; duplicates dropped.
+
+    Turns any mix of image files, folders and CSV manifests into the table
+    :func:`predict` and :func:`evaluate` take, without decoding a pixel.
+    Folders are searched recursively (hidden entries skipped). A file named
+    like a C-NMC cell (``UID_<patient>_<image>_<cell>_<all|hem>.bmp``) gets its
+    patient and label from its name; a CSV's own label and patient columns win.
+
+    Args:
+        inputs: Paths (``str`` or ``pathlib.Path``) of image files, folders or
+            ``.csv`` manifests (column path, optionally label, patient and
+            subset; rows may lack a label).
+
+    Returns:
+        pandas.DataFrame: Columns ``path`` (absolute), ``label`` and
+        ``patient`` ("" when unknown), one row per distinct image; an image
+        given twice is kept once (first place) with a warning.
+
+    Raises:
+        DataError: ``inputs`` is empty, or an input does not exist, is an empty
+            folder, is neither an image, a folder nor a CSV, or is a CSV that
+            cannot be read or lists a missing image.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> images = ns.resolve_inputs(["new_cells/", "UID_H7_1_2_hem.bmp"])  # doctest: +SKIP
+        >>> images.columns.tolist()  # doctest: +SKIP
+        ['path', 'label', 'patient']
+        >>> images.iloc[-1][["label", "patient"]].tolist()  # doctest: +SKIP
+        ['hem', 'H7']
+    """
     if not inputs:
         raise DataError("No input was given: name image files, folders or CSV manifests.")
     parts = [_one_input(Path(item)) for item in inputs]

@@ -71,7 +71,46 @@ def read_dataset(
     skip_unreadable: bool = False,
     workers: int | None = None,
 ) -> tuple[pd.DataFrame, str]:
-    """Manifest of a labelled data set, checked image by image, and its layout."""
+    """Manifest of a labelled data set, checked image by image, and its layout.
+
+    Reads the layout (C-NMC folders, one folder per class, or a CSV), decodes
+    every image, and checks the manifest (no duplicates, labelled training
+    images of at least two classes). Nothing is written.
+
+    Args:
+        path: The data set: the C-NMC_Leukemia folder (or its parent), a folder
+            with one sub-folder per class, or a CSV with columns path, label and
+            optionally patient and subset (relative paths start at the CSV's folder).
+        data_format: ``"cnmc"``, ``"folders"``, ``"csv"``, or ``"auto"``
+            (default: a ``.csv`` file is csv, a folder with ``training_data``
+            is cnmc, any other folder is folders).
+        patient_regex: For the folders layout, a regex with one group that
+            finds the patient id in a file name. Default ``None``: patients
+            unknown (folds then split images, not patients). Ignored, with a
+            warning, for the other layouts.
+        skip_unreadable: ``False`` (default): the first image that does not
+            decode stops the read. ``True``: such images are dropped, logged,
+            and listed in ``manifest.attrs["skipped"]``.
+        workers: Threads that decode images; ``None`` (default): CPU cores + 4, at most 32.
+
+    Returns:
+        tuple[pandas.DataFrame, str]: The manifest, one row per image sorted by
+        path, with string columns ``path`` (absolute), ``label``, ``patient``
+        (upper-cased; "" when unknown) and ``subset`` (train, test or
+        unlabelled); and the layout actually read (``"cnmc"``, ``"folders"`` or ``"csv"``).
+
+    Raises:
+        DataError: The path does not exist, the layout does not match, an image
+            does not decode (without ``skip_unreadable``), or the data set has
+            fewer than two labelled classes.
+        ConfigError: ``data_format`` or ``patient_regex`` is invalid.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> manifest, layout = ns.read_dataset("cells/", patient_regex=r"^(p\\d+)_")  # doctest: +SKIP
+        >>> layout, manifest.columns.tolist()  # doctest: +SKIP
+        ('folders', ['path', 'label', 'patient', 'subset'])
+    """
     manifest, data_format = read_manifest(path, data_format, patient_regex)
     manifest = drop_unreadable(manifest, skip_unreadable, workers)
     check_manifest(manifest)

@@ -128,7 +128,37 @@ class Evaluation:
 
 
 def load_ensemble(run: Path, models: str = "students", device: str | torch.device = "auto") -> Ensemble:
-    """The K fold models of ``run``: teachers (round 0) or students (the final round)."""
+    """The K fold models of ``run``: teachers (round 0) or students (the final round).
+
+    Each fold's model.pt is loaded and checked to belong to the run (its
+    architecture) and to share classes and preprocessing with the others. The
+    run folder is only read.
+
+    Args:
+        run: A run folder of :func:`run_kfold` whose folds have finished.
+        models: ``"students"`` (default: the final round's students) or
+            ``"teachers"`` (round 0).
+        device: ``"auto"`` (default: CUDA when available, else CPU),
+            ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or a ``torch.device``.
+
+    Returns:
+        Ensemble: ``members`` (one FoldModel per fold: fold, path, model in
+        eval mode), ``classes`` (output order), ``config`` (the run's
+        RunConfig), ``round``, ``spec`` (preprocessing) and ``device``; the
+        input of :func:`predict` and :func:`evaluate`.
+
+    Raises:
+        ConfigError: ``models`` or ``device`` is invalid.
+        RunFolderError: ``run`` holds no run (no config.json).
+        CheckpointError: A fold has no model.pt of that round (unfinished run),
+            or a model file is unreadable or does not belong to the run.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> ensemble = ns.load_ensemble("runs/demo", models="teachers", device="cpu")  # doctest: +SKIP
+        >>> len(ensemble.members), ensemble.classes  # doctest: +SKIP
+        (3, ['all', 'hem'])
+    """
     if models not in MODEL_SETS:
         raise ConfigError(f"--models must be one of {', '.join(MODEL_SETS)}; got {models!r}.")
     run = Path(run)
@@ -259,7 +289,46 @@ def _unreadable(batch: DecodedBatch, paths: list[str], skip: bool) -> list[tuple
 def predict(
     ensemble: Ensemble, images: pd.DataFrame, rule: str | None = None, progress: Progress = NULL_PROGRESS, **options
 ) -> Prediction:
-    """Ensemble predictions per image and per known patient; ``options`` go to predict_fold_probs."""
+    """Ensemble predictions per image and per known patient; ``options`` go to predict_fold_probs.
+
+    Every fold model predicts every image (decoded in batches, nothing is
+    written), the models vote, and images of the same known patient are
+    summarised into a patient call. Known labels are mapped with the run's
+    label_map and binary settings.
+
+    Args:
+        ensemble: From :func:`load_ensemble`.
+        images: Table with a ``path`` column and optionally ``label`` and
+            ``patient`` (as :func:`resolve_inputs` returns).
+        rule: Voting rule ``"majority"`` or ``"soft"``; default ``None``: the
+            run's ``voting`` setting.
+        progress: Receives progress events; default ``NULL_PROGRESS`` ignores them.
+        **options: Passed to ``predict_fold_probs``: ``tta`` (none, flips,
+            dihedral, five_crop, ten_crop; default: the run's), ``batch_size``
+            (default: the run's eval_batch_size), ``skip_unreadable`` (default
+            ``False``: the first unreadable image stops with DataError),
+            ``workers`` (decoding threads) and ``backend`` (``"auto"``: ONNX
+            Runtime on a CPU when installed, else PyTorch; ``"onnx"``; ``"torch"``).
+
+    Returns:
+        Prediction: ``table``, one row per readable image: path, label (only
+        when some label is known), patient, ``prob_<class>`` (mean over the
+        fold models), pred, agreement (fraction of models voting pred) and
+        ``vote_fold<k>``; ``patients``, one row per known patient (patient,
+        n_cells, ``fraction_<positive>``, ``mean_prob_<positive>``, call, and label
+        when known; empty without patients or positive class); ``skipped``,
+        (path, reason) of unreadable images left out.
+
+    Raises:
+        ConfigError: Unknown ``rule``, ``tta`` or ``backend``.
+        DataError: An image cannot be read (without ``skip_unreadable``), or none can.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> ensemble = ns.load_ensemble("runs/demo")  # doctest: +SKIP
+        >>> prediction = ns.predict(ensemble, ns.resolve_inputs(["new_cells/"]), rule="soft")  # doctest: +SKIP
+        >>> prediction.table[["path", "pred", "agreement"]].head()  # doctest: +SKIP
+    """
     rule = checked_rule(rule or ensemble.config.voting)
     images = prepare_labels(ensemble, images, strict=False)
     fold_probs = predict_fold_probs(ensemble, images, progress=progress, **options)
@@ -324,7 +393,36 @@ def _majority_label(labels: pd.Series) -> str:
 
 
 def read_labelled(ensemble: Ensemble, data: Path, data_format: str = "auto", patient_regex: str | None = None) -> pd.DataFrame:
-    """path, label, patient of the labelled images of a data set (any layout readers understands)."""
+    """path, label, patient of the labelled images of a data set (any layout readers understands).
+
+    The images :func:`evaluate` takes. Unlabelled images are left out (and
+    counted in the log); labels are mapped with the run's label_map and binary
+    settings; a missing patient id is taken from a C-NMC style file name.
+    Images are not decoded here.
+
+    Args:
+        ensemble: From :func:`load_ensemble`; gives the run's classes and label mapping.
+        data: A data set in any layout :func:`read_dataset` understands.
+        data_format: ``"auto"`` (default), ``"cnmc"``, ``"folders"`` or ``"csv"``.
+        patient_regex: Regex with one group for the patient id (folders
+            layout); default ``None``.
+
+    Returns:
+        pandas.DataFrame: Columns ``path``, ``label`` and ``patient``, one row
+        per labelled image.
+
+    Raises:
+        DataError: The data set cannot be read, has no labelled images, or has a
+            label (after mapping) that is not one of the run's classes.
+        ConfigError: ``data_format`` or ``patient_regex`` is invalid.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> ensemble = ns.load_ensemble("runs/demo")  # doctest: +SKIP
+        >>> images = ns.read_labelled(ensemble, "/data/C-NMC_test_prelim")  # doctest: +SKIP
+        >>> images.columns.tolist()  # doctest: +SKIP
+        ['path', 'label', 'patient']
+    """
     manifest, _ = read_manifest(data, data_format, patient_regex)
     labelled = manifest[manifest[LABEL] != ""]
     if labelled.empty:
@@ -341,7 +439,42 @@ def evaluate(
     ensemble: Ensemble, images: pd.DataFrame, rules: tuple[str, ...] = results.VOTING_RULES,
     progress: Progress = NULL_PROGRESS, **options,
 ) -> Evaluation:
-    """Metrics of every fold model and of each voting rule on labelled ``images``."""
+    """Metrics of every fold model and of each voting rule on labelled ``images``.
+
+    Every fold model predicts every image once; the metrics of each fold model
+    and of each voting rule are computed from those predictions by the same
+    code as results/metrics.csv, so each metrics row can be recomputed from the
+    returned predictions.
+
+    Args:
+        ensemble: From :func:`load_ensemble`.
+        images: Labelled images: columns ``path``, ``label``, ``patient``
+            (e.g. from :func:`read_labelled`).
+        rules: Voting rules to evaluate; default ``("majority", "soft")``.
+        progress: Receives progress events; default ``NULL_PROGRESS`` ignores them.
+        **options: Passed to ``predict_fold_probs``: ``tta`` (none, flips,
+            dihedral, five_crop, ten_crop; default: the run's), ``batch_size``
+            (default: the run's eval_batch_size), ``skip_unreadable`` (default
+            ``False``: the first unreadable image stops with DataError),
+            ``workers`` (decoding threads) and ``backend`` (``"auto"``: ONNX
+            Runtime on a CPU when installed, else PyTorch; ``"onnx"``; ``"torch"``).
+
+    Returns:
+        Evaluation: ``metrics``, one row per fold model and per voting rule
+        (columns model, fold, round, voting, class, the metrics and counts);
+        ``predictions``, one row per image and model with the same identifying
+        columns; ``skipped``, (path, reason) of unreadable images left out.
+
+    Raises:
+        ConfigError: Unknown rule, ``tta`` or ``backend``.
+        DataError: An image cannot be read (without ``skip_unreadable``), or none can.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> ensemble = ns.load_ensemble("runs/demo")  # doctest: +SKIP
+        >>> evaluation = ns.evaluate(ensemble, ns.read_labelled(ensemble, "/data/test_set"))  # doctest: +SKIP
+        >>> evaluation.metrics[["fold", "voting", "accuracy", "auc"]]  # doctest: +SKIP
+    """
     rules = tuple(checked_rule(r) for r in rules)
     fold_probs = predict_fold_probs(ensemble, images, progress=progress, **options)
     base = fold_probs.images[[PATH, LABEL, PATIENT]]

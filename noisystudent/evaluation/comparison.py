@@ -50,9 +50,53 @@ def compare_predictions(side_a: list[pd.DataFrame], side_b: list[pd.DataFrame], 
                         level: float = 0.95, majority_a: bool = False, majority_b: bool = False) -> Comparison:
     """Paired bootstrap of B - A (and McNemar's test for single tables) on the images both sides share.
 
-    ``majority_*`` scores AUC with the share of fold-model votes for the
-    positive class (a majority ensemble has no probability of its own).
-    Raises DataError when the sides were not evaluated on the same labelled images.
+    Resamples patients when every image has one, else images. The verdict
+    rests on accuracy alone; the other metrics are shown but decide nothing.
+    Rows without a label are ignored.
+
+    Args:
+        side_a: Side A: one prediction table (an ensemble) or several (fold
+            models, whose metrics are averaged). Columns path, label, patient,
+            pred and ``prob_<positive>`` (for AUC).
+        side_b: Side B, likewise, on the same labelled images.
+        classes: The class names.
+        positive: The positive class of a two-class task; ``None`` or more
+            than two classes: only accuracy is compared (a note says so).
+        name_a: Name of side A in texts; default ``"A"``.
+        name_b: Name of side B; default ``"B"``.
+        n_resamples: Bootstrap resamples; default 2000, the minimum.
+        seed: Seed of the resampling; default 0.
+        level: Coverage of the interval; default 0.95.
+        majority_a: Side A is a majority vote: score its AUC with the share of
+            ``vote_fold<k>`` columns voting positive (it has no probability of
+            its own). Default ``False``.
+        majority_b: The same for side B.
+
+    Returns:
+        Comparison: ``table`` (metric, a, b, difference, low, high,
+        resamples), ``unit`` ("patient" or "image"), ``n_units``,
+        ``n_images``, the bootstrap settings, ``mcnemar`` (a McNemar when both
+        sides are single tables, else ``None``) and ``notes``; ``row(metric)``
+        gives one metric's row.
+
+    Raises:
+        DataError: Fewer than 2000 resamples, or the sides were not evaluated
+            on the same labelled images (or label them differently).
+
+    Example:
+        >>> import pandas as pd
+        >>> import noisystudent as ns
+        >>> images = pd.DataFrame({"path": [f"c{i}.bmp" for i in range(8)], "label": ["all"] * 4 + ["hem"] * 4,
+        ...                        "patient": ["P1", "P1", "P2", "P2", "H1", "H1", "H2", "H2"]})
+        >>> teacher = images.assign(pred=["all", "hem", "all", "hem", "hem", "all", "hem", "hem"],
+        ...                         prob_all=[0.8, 0.4, 0.7, 0.3, 0.2, 0.6, 0.1, 0.3])
+        >>> student = images.assign(pred=["all", "all", "all", "hem", "hem", "hem", "hem", "hem"],
+        ...                         prob_all=[0.9, 0.6, 0.8, 0.4, 0.1, 0.3, 0.2, 0.2])
+        >>> result = ns.compare_predictions([teacher], [student], ["all", "hem"], "all", "teacher", "student")
+        >>> result.unit, result.n_units, result.mcnemar
+        ('patient', 4, McNemar(a_only=0, b_only=2, p_value=0.5))
+        >>> result.row("accuracy")[["a", "b", "difference", "low", "high"]].round(3).tolist()
+        [0.625, 0.875, 0.25, 0.0, 0.5]
     """
     if n_resamples < MIN_RESAMPLES:
         raise DataError(f"The bootstrap needs at least {MIN_RESAMPLES} resamples for a 95% interval; got {n_resamples}.")

@@ -70,8 +70,33 @@ def binary_metrics(
     """Metrics of ``positive`` versus every other class.
 
     Labels may be class names or ints; they are compared as strings, so 1 and
-    "1" are the same class. ``prob_positive`` is the predicted probability of
-    the positive class (for AUC). Returns the METRIC_COLUMNS and COUNT_COLUMNS.
+    "1" are the same class. A metric whose denominator is 0 is NaN, never a
+    warning (see the module docstring for each degenerate case).
+
+    Args:
+        y_true: True labels, one per image.
+        y_pred: Predicted labels, same length.
+        prob_positive: Predicted probability (or any score) of the positive
+            class per image, for AUC; default ``None``: AUC is NaN.
+        positive: The positive class; default ``"all"`` (C-NMC's leukaemic blasts).
+
+    Returns:
+        dict[str, float]: The METRIC_COLUMNS (accuracy, no_information_rate,
+        sensitivity, specificity, ppv, npv, f1, f1_weighted,
+        balanced_accuracy, auc, kappa, mcc) as floats and the COUNT_COLUMNS
+        (tp, fp, tn, fn, n) as ints; all metrics NaN and counts 0 for no images.
+
+    Raises:
+        ValueError: ``y_true`` and ``y_pred`` differ in length.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> m = ns.binary_metrics(["all", "hem", "all", "hem"], ["all", "hem", "hem", "hem"],
+        ...                       prob_positive=[0.9, 0.2, 0.4, 0.3], positive="all")
+        >>> m["accuracy"], m["sensitivity"], m["specificity"], m["auc"]
+        (0.75, 0.5, 1.0, 1.0)
+        >>> m["tp"], m["fp"], m["tn"], m["fn"], m["n"]
+        (1, 0, 2, 1, 4)
     """
     truth = as_labels(y_true) == str(positive)
     guess = as_labels(y_pred) == str(positive)
@@ -114,6 +139,29 @@ def multiclass_metrics(
     ``zero_division=nan``) of sensitivity, specificity, PPV, NPV, F1 and AUC;
     accuracy, weighted F1, balanced accuracy, kappa and MCC are the true
     multiclass values; n is the number of images.
+
+    Args:
+        y_true: True labels, one per image (compared as strings).
+        y_pred: Predicted labels, same length.
+        probs: Probabilities shaped (images, classes), columns in the order of
+            ``classes``, for the per-class AUC; ``None``: AUC is NaN.
+        classes: The class names, one table row each, in this order.
+
+    Returns:
+        tuple[pandas.DataFrame, dict[str, float]]: The per-class table (columns
+        class, the METRIC_COLUMNS and COUNT_COLUMNS; one row per class) and
+        the macro dict (METRIC_COLUMNS and n).
+
+    Raises:
+        ValueError: ``probs`` is not shaped (len(y_true), len(classes)).
+
+    Example:
+        >>> import noisystudent as ns
+        >>> per_class, macro = ns.multiclass_metrics(["a", "b", "c", "a"], ["a", "b", "b", "a"], None, ["a", "b", "c"])
+        >>> per_class[["class", "sensitivity", "ppv"]].to_dict("list")
+        {'class': ['a', 'b', 'c'], 'sensitivity': [1.0, 1.0, 0.0], 'ppv': [1.0, 0.5, nan]}
+        >>> macro["accuracy"], round(macro["sensitivity"], 3), macro["n"]
+        (0.75, 0.667, 4)
     """
     truth, guess = as_labels(y_true), as_labels(y_pred)
     names = [str(c) for c in classes]

@@ -108,8 +108,45 @@ def paired_bootstrap(truth, side_a: list[Scored], side_b: list[Scored], groups, 
                      seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per metric: A, B, B - A on the data, and the percentile interval of B - A over resamples of ``groups``.
 
-    Columns: metric, a, b, difference, low, high, resamples (those where the
-    difference is defined; the interval uses only those).
+    A resample draws the units (patients) with replacement, and every image of
+    a drawn unit enters with the unit's multiplicity for both sides at once, so
+    the difference is paired. A side of several models (fold models) scores the
+    mean of their metrics. :func:`compare_predictions` builds the arguments
+    from prediction tables.
+
+    Args:
+        truth: Whether each image truly is of the positive class (bool per image).
+        side_a: The models of side A, each a
+            ``noisystudent.evaluation.statistics.Scored(called, score)``:
+            predicted positive (bool per image) and a score for AUC (or ``None``).
+        side_b: The models of side B, likewise, on the same images.
+        groups: The unit of each image (patient id; the image's own path when
+            patients are unknown).
+        n_resamples: Bootstrap resamples; default 2000 (MIN_RESAMPLES).
+        seed: Seed of the resampling; default 0 (same seed, same resamples).
+        level: Coverage of the central percentile interval; default 0.95.
+
+    Returns:
+        pandas.DataFrame: One row per metric (accuracy, sensitivity,
+        specificity, ppv, f1, auc) with columns metric, a, b, difference
+        (b - a on the data), low, high (the interval of the difference) and
+        resamples (those where the difference is defined; the interval uses
+        only those). Undefined values are NaN.
+
+    Raises:
+        ValueError: ``n_resamples`` < 1 or ``level`` outside (0, 1).
+
+    Example:
+        >>> import numpy as np
+        >>> import noisystudent as ns
+        >>> from noisystudent.evaluation.statistics import Scored
+        >>> truth = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+        >>> a = Scored(called=np.array([1, 0, 1, 0, 0, 1, 0, 0], bool), score=None)
+        >>> b = Scored(called=np.array([1, 1, 1, 0, 0, 0, 0, 0], bool), score=None)
+        >>> patients = ["P1", "P1", "P2", "P2", "H1", "H1", "H2", "H2"]
+        >>> table = ns.paired_bootstrap(truth, [a], [b], patients, n_resamples=2000, seed=0)
+        >>> table.set_index("metric").loc["accuracy", ["a", "b", "difference", "low", "high"]].round(3).tolist()
+        [0.625, 0.875, 0.25, 0.0, 0.5]
     """
     truth = np.asarray(truth, bool)
     _check_arguments(n_resamples, level)
@@ -157,7 +194,26 @@ def _percentile_interval(values: np.ndarray, level: float) -> dict:
 
 
 def mcnemar_exact(truth, called_a, called_b) -> McNemar:
-    """McNemar's exact (binomial) test on the discordant images of two sets of calls; two-sided."""
+    """McNemar's exact (binomial) test on the discordant images of two sets of calls; two-sided.
+
+    Only the images exactly one of the two gets right count: under the null
+    hypothesis each is equally likely to be A's or B's.
+
+    Args:
+        truth: True labels, one per image (any comparable values).
+        called_a: Model A's predicted labels, same length.
+        called_b: Model B's predicted labels, same length.
+
+    Returns:
+        McNemar: ``a_only`` (images only A got right), ``b_only`` (only B) and
+        the two-sided exact ``p_value`` (1.0 when there are no discordant images).
+
+    Example:
+        >>> import noisystudent as ns
+        >>> truth = ["all", "hem", "all", "hem", "all"]
+        >>> ns.mcnemar_exact(truth, ["all", "all", "hem", "hem", "hem"], truth)
+        McNemar(a_only=0, b_only=3, p_value=0.25)
+    """
     truth = np.asarray(truth)
     right_a, right_b = np.asarray(called_a) == truth, np.asarray(called_b) == truth
     a_only, b_only = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())

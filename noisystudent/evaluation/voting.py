@@ -57,7 +57,45 @@ def soft_vote(probs: np.ndarray, weights: Sequence[float] | None = None) -> Vote
 
 
 def vote(probs: np.ndarray, rule: str, weights: Sequence[float] | None = None) -> VoteResult:
-    """Apply the ensemble rule 'majority' or 'soft' (weights only apply to soft voting)."""
+    """Apply the ensemble rule 'majority' or 'soft' (weights only apply to soft voting).
+
+    Majority: each model votes for its most probable class and the most votes
+    win; a tie goes to the tied class with the highest mean probability, then
+    to the lowest class index. Soft: the class with the highest (weighted) mean
+    probability wins (ties: lowest index).
+
+    Args:
+        probs: Probabilities shaped (models, images, classes).
+        rule: ``"majority"`` or ``"soft"``.
+        weights: One non-negative weight per model, not all zero, normalised to
+            sum 1; soft voting only. Default ``None``: equal weights.
+
+    Returns:
+        VoteResult: ``pred`` (images,) class index; ``probs`` (images, classes)
+        mean probability over the models (weighted for soft voting); ``votes``
+        (models, images) each model's own class; ``agreement`` (images,)
+        fraction of the models whose vote equals ``pred``.
+
+    Raises:
+        ConfigError: Unknown ``rule``, weights with majority voting, or
+            weights of the wrong count, negative or all zero.
+        ValueError: ``probs`` is not a non-empty 3-d array.
+
+    Example:
+        >>> import numpy as np
+        >>> import noisystudent as ns
+        >>> probs = np.array([[[0.55, 0.45], [0.4, 0.6]],   # model 1: image 1, image 2
+        ...                   [[0.60, 0.40], [0.3, 0.7]],   # model 2
+        ...                   [[0.05, 0.95], [0.9, 0.1]]])  # model 3
+        >>> majority = ns.vote(probs, "majority")
+        >>> majority.pred.tolist(), majority.agreement.round(3).tolist()
+        ([0, 1], [0.667, 0.667])
+        >>> soft = ns.vote(probs, "soft")
+        >>> soft.pred.tolist(), soft.probs.round(3).tolist()
+        ([1, 0], [[0.4, 0.6], [0.533, 0.467]])
+        >>> ns.vote(probs, "soft", weights=[1, 1, 0]).pred.tolist()
+        [0, 1]
+    """
     if rule == "majority":
         if weights is not None:
             raise ConfigError("Weights apply to soft voting only, not to majority voting.")

@@ -49,10 +49,41 @@ def create_model(
 ) -> nn.Module:
     """Build ``arch`` with a ``num_classes`` head and initialise it from ``weights``.
 
-    ``weights`` is ``"none"`` (random), ``"imagenet"`` (backbone from ImageNet,
-    head random) or a weights/checkpoint file (see :func:`.weights.load_weights`).
-    ``memory_efficient_swish`` is off by default: efficientnet_pytorch's
-    memory-efficient swish saves activation memory but trains 11-27% slower.
+    Dropout and drop-connect (the students' model noise) act in
+    ``model.train()`` and are off in ``model.eval()``. The model's shape is
+    kept in ``model.noisystudent_spec`` (stored in every model.pt).
+
+    Args:
+        arch: ``"efficientnet-b0"`` .. ``"efficientnet-b7"``,
+            ``"efficientnet-lite0"``, ``"resnet18"``, ``"resnet50"`` or ``"resnet152"``.
+        num_classes: Outputs of the classifier head (logits); at least 1.
+        weights: ``"none"`` (default: random), ``"imagenet"`` (backbone from
+            ImageNet, head random; downloaded once into torch's hub cache,
+            packaged for Lite0) or the path of a weights/checkpoint file
+            (loaded non-strictly; see :func:`.weights.load_weights`).
+        dropout: Dropout before the classifier, in [0, 1); default 0.2.
+        drop_connect: Stochastic-depth rate of the EfficientNet blocks, in
+            [0, 1); default 0.2. ResNets have none: ignored with a warning when > 0.
+        hidden_units: Width of a hidden layer (Linear, ReLU, Dropout) added to
+            the head; default 0: none.
+        memory_efficient_swish: efficientnet_pytorch's memory-efficient swish;
+            off by default: it saves activation memory but trains 11-27% slower.
+
+    Returns:
+        torch.nn.Module: The model in training mode on the CPU, mapping images
+        (N, 3, H, W) to logits (N, ``num_classes``).
+
+    Raises:
+        ConfigError: Unknown ``arch``, or an argument out of range.
+        CheckpointError: ``weights`` cannot be read, belongs to another
+            architecture, or ImageNet weights cannot be downloaded.
+
+    Example:
+        >>> import torch
+        >>> import noisystudent as ns
+        >>> model = ns.create_model("efficientnet-b0", num_classes=2)
+        >>> model.eval()(torch.zeros(1, 3, 64, 64)).shape
+        torch.Size([1, 2])
     """
     _check_arguments(arch, num_classes, dropout, drop_connect, hidden_units)
     model = _build(arch, num_classes, dropout, drop_connect, hidden_units, memory_efficient_swish)

@@ -48,7 +48,28 @@ NIR_SENTENCE = ("No-information rate: the accuracy of always answering the commo
 
 
 def write_report(run: Path) -> Path:
-    """Write RUN/report/ (figures and report.html) and return the page's path."""
+    """Write RUN/report/ (figures and report.html) and return the page's path.
+
+    Reads the run folder (any stage may be unfinished: what exists is shown)
+    and writes the figures and one self-contained HTML page into ``run/report/``.
+    A figure that cannot be drawn from a malformed table is replaced by a note.
+
+    Args:
+        run: A run folder of :func:`run_kfold` (it must hold config.json).
+
+    Returns:
+        pathlib.Path: ``run / "report" / "report.html"``.
+
+    Raises:
+        RunFolderError: ``run`` does not exist or is not a run folder.
+        OutputError: ``run/report`` or the page exists but is not a folder or
+            a regular file.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> ns.write_report("runs/demo")  # doctest: +SKIP
+        PosixPath('runs/demo/report/report.html')
+    """
     run = Path(run)
     if not run.is_dir():
         raise RunFolderError(f"The run folder {run} does not exist.")

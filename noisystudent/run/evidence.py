@@ -183,7 +183,38 @@ def _fold_tests(predictions: dict, config: RunConfig, round_: int) -> list[pd.Da
 
 def compare_runs(run_a: Path, run_b: Path, voting: str = "majority", models: str = "student",
                  n_resamples: int = MIN_RESAMPLES, seed: int = 0) -> Comparison:
-    """RUN_B's ensemble vs RUN_A's on their shared outer test set (same bootstrap as within a run)."""
+    """RUN_B's ensemble vs RUN_A's on their shared outer test set (same bootstrap as within a run).
+
+    Reads each run's ``results/predictions_<models>_<voting>.csv`` (written by
+    :func:`run_kfold`) and compares them with :func:`compare_predictions`: a
+    paired bootstrap over the test set's patients and McNemar's exact test.
+    The positive class is run A's. The run folders are only read.
+
+    Args:
+        run_a: The baseline run folder (side A).
+        run_b: The run compared with it (side B).
+        voting: Which ensemble: ``"majority"`` (default) or ``"soft"``.
+        models: ``"student"`` (default: the final students) or ``"teacher"``;
+            note the singular, as in the file names.
+        n_resamples: Bootstrap resamples; default 2000, the minimum.
+        seed: Seed of the resampling; default 0.
+
+    Returns:
+        Comparison: B - A per metric with intervals, and McNemar's test (see
+        :func:`compare_predictions`); sides named
+        ``"<run name> <models> ensemble (<voting>)"``.
+
+    Raises:
+        RunFolderError: A run has no such ensemble on an outer test set, or the
+            runs have different classes (noisystudent.errors; a UserError).
+        DataError: The runs' test sets differ, or fewer than 2000 resamples.
+        ConfigError: A run folder's config.json cannot be read.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> result = ns.compare_runs("runs/cnmc-study", "runs/noisy-student", voting="soft")  # doctest: +SKIP
+        >>> result.row("accuracy")[["difference", "low", "high"]]  # doctest: +SKIP
+    """
     tables, classes = [], None
     for run in (Path(run_a), Path(run_b)):
         table = _ensemble_table(run, models, voting)

@@ -75,9 +75,52 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
               only_folds: str | None = None, join: bool = False) -> pd.DataFrame | None:
     """Run (or resume, or join) the protocol in ``run``; return the results table, or None while folds remain.
 
-    ``only_folds`` ('0,2') trains just those folds; it implies ``join``: start
-    the run if ``run`` holds none, else continue it like ``--resume``, so that
-    several processes can share one run folder (run/claims.py).
+    For each fold: train the teacher (round 0) on the labelled part, let it
+    pseudo-label the masked part (and the unlabelled pool), train a noised
+    student, and repeat ``config.rounds`` times with the student as the next
+    teacher; then write results/metrics.csv. Every stage writes its artifact
+    atomically into ``run`` and is skipped on resume once it exists. Under
+    torchrun each rank takes one device.
+
+    Args:
+        config: The run's settings (:func:`make_config`, or
+            :func:`resume_config` for a resume).
+        run: The run folder. A new run needs a missing or empty folder.
+        resume: Continue the run in ``run`` (default ``False``: start a new
+            one). Refused if a setting that affects results differs from the
+            run's config.json; with ``resume`` the results table is recomputed.
+        progress: Receives progress events (fold, round, epoch, batch); the
+            default ``NULL_PROGRESS`` ignores them.
+        only_folds: Fold numbers such as ``"0,2"`` to train just those folds;
+            default ``None``: every fold. Implies ``join``.
+        join: Start the run if ``run`` holds none, else continue it like
+            ``resume``, so that several processes can share one run folder,
+            each training folds no other live process has claimed.
+
+    Returns:
+        pandas.DataFrame | None: The results table (results/metrics.csv): one
+        row per fold model (teacher = round 0, students = rounds >= 1) and
+        split, fold ``mean``/``variance`` rows, pooled out-of-fold (``oof``)
+        rows and ``ensemble`` rows (majority and soft voting on the outer test
+        set), identified by the columns model, fold, round, split, voting and
+        class, followed by the metrics and counts. ``None`` while some fold is
+        unfinished (e.g. claimed by another process); the process that finishes
+        the last fold writes the table.
+
+    Raises:
+        ConfigError: A setting is refused, ``only_folds`` is malformed, or
+            settings differ from the run's on resume.
+        DataError: The data cannot be read or split into folds.
+        RunFolderError: ``run`` already holds a run (without ``resume``) or
+            holds none to resume (noisystudent.errors; a UserError).
+        DiskFullError: The disk filled up; continue with ``resume=True``.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> config = ns.make_config(preset="demo", epochs=2, device="cpu")  # built-in demo data
+        >>> table = ns.run_kfold(config, "runs/demo")  # doctest: +SKIP
+        >>> table = ns.run_kfold(config, "runs/demo", resume=True)  # after an interruption  # doctest: +SKIP
+        >>> table[table["fold"] == "ensemble"][["model", "voting", "accuracy"]]  # doctest: +SKIP
     """
     run = Path(run)
     wanted = claims.select_folds(only_folds, config.folds)

@@ -69,7 +69,42 @@ def evaluation_positive(config: RunConfig, classes: list[str]) -> str | None:
 
 
 def write_results(run: Path, config: RunConfig, classes: list[str]) -> pd.DataFrame:
-    """Compute and atomically write results/metrics.csv (and ensemble predictions)."""
+    """Compute and atomically write results/metrics.csv (and ensemble predictions).
+
+    Everything is recomputed from the saved ``fold-<k>/round-<r>/predictions.csv``
+    files of the stages that have finished, so the table can be rebuilt at any
+    time; :func:`run_kfold` calls it at the end of every run. Besides
+    metrics.csv it writes, under ``run/results/``, the ensembles' predictions
+    (``predictions_<teacher|student>_<majority|soft>.csv``),
+    pseudo_label_quality.csv and comparison.csv (final students vs teachers).
+
+    Args:
+        run: A run folder of :func:`run_kfold`.
+        config: The run's settings (folds, rounds, positive, binary, select, ...),
+            e.g. ``ns.resume_config(json.loads((run / "config.json").read_text()))``.
+        classes: The run's class names in the order of the ``prob_<class>``
+            columns (sorted names, e.g. ``["all", "hem"]``).
+
+    Returns:
+        pandas.DataFrame: The table written to results/metrics.csv: columns
+        model, fold, round, split, voting, class, the metrics (accuracy,
+        sensitivity, ..., auc, kappa, mcc), counts (tp, fp, tn, fn, n as
+        nullable integers), auc_from, pseudo-label quality and the evidence
+        marks (selection, selection_biased, ...). Rows as described in
+        :func:`run_kfold`.
+
+    Raises:
+        ConfigError: ``config.positive`` is not one of ``classes`` (two-class runs).
+        DiskFullError: The disk filled up while writing.
+
+    Example:
+        >>> import json
+        >>> from pathlib import Path
+        >>> import noisystudent as ns
+        >>> run = Path("runs/demo")
+        >>> config = ns.resume_config(json.loads((run / "config.json").read_text()))  # doctest: +SKIP
+        >>> table = ns.write_results(run, config, ["all", "hem"])  # doctest: +SKIP
+    """
     run = Path(run)
     predictions = collect_predictions(run, config)
     positive = evaluation_positive(config, classes)
