@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from noisystudent import layout
-from noisystudent.config.run_config import RunConfig
+from noisystudent.config.run_config import DEFAULT_POSITIVE, RunConfig
 from noisystudent.data import demo, readers
 from noisystudent.data import manifest as schema  # column names and checks of the manifest
 from noisystudent.data.label_names import apply_label_map, check_distinct_labels
@@ -22,7 +22,6 @@ from noisystudent.errors import ConfigError, DataError
 from noisystudent.progress import NULL_PROGRESS, Progress
 
 logger = logging.getLogger(__name__)
-DEFAULT_POSITIVE = RunConfig.__dataclass_fields__["positive"].default  # 'all': C-NMC's blasts
 
 @dataclass
 class RunImages:
@@ -85,7 +84,7 @@ def check_positive(config: RunConfig, classes: list[str]) -> None:
     averages, no patient calls); a class named by the user must exist.
     """
     if len(classes) == 2:
-        positive_index_of(classes, "positive" if config.binary else config.positive)
+        positive_index_of(classes, config.positive_class)
     elif config.positive not in classes and config.positive != DEFAULT_POSITIVE:
         raise ConfigError(f"--positive {config.positive!r} is not one of the classes {', '.join(classes)}; "
                           "name one of them, or leave --positive out for macro averages only.")

@@ -209,9 +209,7 @@ def _set_frozen(model, frozen: bool) -> None:
 
 
 def _history_row(job, config, lr, stats, probs, epoch, size, started) -> dict:
-    # --binary names the classes 'negative'/'positive', whatever --positive says (as run_images and results do)
-    positive = "positive" if config.binary else config.positive
-    val = validation_metrics(job.val_labels, probs, job.classes, positive)
+    val = validation_metrics(job.val_labels, probs, job.classes, config.positive_class)
     val["loss"] = probabilities_loss(job.val_labels, probs)
     row = {
         layout.EPOCH: epoch + 1, layout.LR: lr, layout.TRAIN_LOSS: stats["train_loss"],
