@@ -28,14 +28,15 @@ from noisystudent.config.run_config import RunConfig
 from noisystudent.data import folds as folds_module
 from noisystudent.data import manifest
 from noisystudent.data.cache import ImageCache, build_cache
-from noisystudent.data.pool import PoolFile
+from noisystudent.data import pool as pool_files
+from noisystudent.data.pool import PoolFile, cache_rows, pool_chunks, pool_size
 from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.run_images import RunImages, load_run_images
 from noisystudent.device import amp_dtype, resolve_device
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import claims, evidence, pool_source, pseudo_labels, results
+from noisystudent.run import claims, evidence, pseudo_labels, results
 from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
 from noisystudent.run.preflight import check_before_writing
@@ -68,7 +69,7 @@ class RunContext:
         return self.cache.batch(rows, self.device)
 
     def rows(self, paths) -> torch.Tensor:
-        return pool_source.cache_rows(self.cache, self.pool, [str(p) for p in paths])
+        return cache_rows(self.cache, self.pool, [str(p) for p in paths])
 
 
 def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Progress = NULL_PROGRESS,
@@ -105,7 +106,7 @@ def _prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progres
         distributed.barrier()
         data = load_run_images(config, run)  # the pool is not listed again: rank 0 wrote pool.csv
         fold_table = folds_module.load_folds(run / layout.FOLDS)
-        pool = pool_source.open_saved(run, fold_table)
+        pool = pool_files.open_saved(run, fold_table)
         return RunContext(run, config, data.classes, fold_table, _build_cache(run, fold_table, config, progress, pool),
                           device, progress, pool)
     with lock_run_folder(run):
@@ -114,14 +115,13 @@ def _prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progres
         remove_shared_temps(run)
         logger.info("noisystudent kfold into %s (%s)", run, "join" if join else "resume" if resume else "new run")
         try:
-            data = load_run_images(config, run, pool_out=pool_source.listing_path(run), progress=progress,
-                                   checked_pool=pool_source.saved(run))
+            data = load_run_images(config, run, progress, list_pool=True)
             fold_table = _load_or_assign_folds(run, data, config)  # before config.json: may refuse the data
             evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
-            write_config(run, config, pool_source.data_fingerprint(data.manifest, data.pool))
-            pool = pool_source.install(run, data.pool, fold_table)
+            write_config(run, config, data.fingerprint())
+            pool = pool_files.install(run, data.pool, fold_table)
         finally:
-            pool_source.listing_path(run).unlink(missing_ok=True)  # refused: the run keeps the pool it had
+            pool_files.discard_listing(run)  # refused: the run keeps the pool it had
         if not (run / layout.FOLDS).exists():
             folds_module.save_folds(fold_table, run / layout.FOLDS)
         cache = _build_cache(run, fold_table, config, progress, pool)
@@ -326,7 +326,7 @@ def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     """
     folder = layout.round_dir(ctx.run, fold, round_)
     out, pool_out = folder / layout.PREDICTIONS, folder / layout.POOL_PREDICTIONS
-    pool_count = pool_source.pool_size(ctx.folds, ctx.pool) if round_ < ctx.config.rounds else 0
+    pool_count = pool_size(ctx.folds, ctx.pool) if round_ < ctx.config.rounds else 0
     # not once pseudo_labels.csv exists: it is all the pool's predictions were for
     pool_missing = pool_count > 0 and not pool_out.exists() and not (folder / layout.PSEUDO_LABELS).exists()
     if out.exists() and not pool_missing:
@@ -360,7 +360,7 @@ def _predict_pool(ctx: RunContext, count: int, predict, out: Path, description: 
 
     def tables():
         done = 0
-        for chunk, rows in pool_source.pool_chunks(ctx.folds, ctx.pool, ctx.cache, POOL_CHUNK):
+        for chunk, rows in pool_chunks(ctx.folds, ctx.pool, ctx.cache, POOL_CHUNK):
             probs = distributed.gather_rows(lambda part: predict(part, done), rows)  # noqa: B023
             _check_finite(probs, out.parent)
             yield prediction_table(chunk.assign(**{layout.SPLIT: SPLIT_OF_ROLE[manifest.ROLE_POOL]}), probs, ctx.classes)
