@@ -56,10 +56,12 @@ POOL_CHUNK = TABLE_CHUNK  # pool rows predicted and written at a time (about 10 
 
 @dataclass
 class RunContext:
+    """What every stage of a run reads: its folder, settings, classes, fold table (folds.csv), image cache and pool."""
+
     run: Path
     config: RunConfig
     classes: list[str]
-    folds: pd.DataFrame
+    fold_table: pd.DataFrame  # folds.csv; config.folds is how many folds it has
     cache: ImageCache
     device: torch.device
     progress: Progress
@@ -88,9 +90,9 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     started_group = distributed.init_from_env(resolve_device(config.device))  # under torchrun: one rank per device
     try:
         with new_run_folder(run), run_log(run):
-            ctx = _prepare_run(config, run, resume, join, progress)
-            _train_folds(ctx, wanted)
-            return _finish(ctx, recompute=resume and not join)
+            run_ctx = _prepare_run(config, run, resume, join, progress)
+            _train_folds(run_ctx, wanted)
+            return _finish(run_ctx, recompute=resume and not join)
     finally:
         if started_group:
             distributed.shutdown()
@@ -129,51 +131,51 @@ def _prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progres
     return RunContext(run, config, data.classes, fold_table, cache, device, progress, pool)
 
 
-def _train_folds(ctx: RunContext, wanted: list[int]) -> None:
+def _train_folds(run_ctx: RunContext, wanted: list[int]) -> None:
     """Train every fold of ``wanted`` that is unfinished and not claimed by another live process."""
-    ctx.progress.start("fold", "folds", total=len(wanted))
+    run_ctx.progress.start("fold", "folds", total=len(wanted))
     for done, fold in enumerate(wanted, start=1):
-        if not distributed.broadcast(claims.fold_finished(ctx.run, fold, ctx.config.rounds)):  # one answer for all ranks
-            _train_claimed_fold(ctx, fold)
-        ctx.progress.update("fold", completed=done)
-    ctx.progress.stop("fold")
+        if not distributed.broadcast(claims.fold_finished(run_ctx.run, fold, run_ctx.config.rounds)):  # one answer for all ranks
+            _train_claimed_fold(run_ctx, fold)
+        run_ctx.progress.update("fold", completed=done)
+    run_ctx.progress.stop("fold")
 
 
-def _train_claimed_fold(ctx: RunContext, fold: int) -> None:
+def _train_claimed_fold(run_ctx: RunContext, fold: int) -> None:
     holder = None
     if distributed.is_main():  # under torchrun the job claims once, through rank 0
-        with lock_run_folder(ctx.run):
-            holder = claims.claim_fold(ctx.run, fold)
+        with lock_run_folder(run_ctx.run):
+            holder = claims.claim_fold(run_ctx.run, fold)
     holder = distributed.broadcast(holder)
     if holder is not None:
         logger.info("Moving on: %s.", claims.holder_sentence(fold, holder))
         return
     try:
-        run_fold(ctx, fold)
+        run_fold(run_ctx, fold)
     finally:
         if distributed.is_main():
-            claims.release_fold(ctx.run, fold)
+            claims.release_fold(run_ctx.run, fold)
 
 
-def _finish(ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
+def _finish(run_ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
     """Results by rank 0 under the lock; the other ranks read them afterwards."""
     if distributed.is_main():
-        with lock_run_folder(ctx.run):
-            table = _finish_run(ctx, recompute)
+        with lock_run_folder(run_ctx.run):
+            table = _finish_run(run_ctx, recompute)
     distributed.barrier()
     if distributed.is_main():
         return table
-    metrics_path = layout.results_dir(ctx.run) / layout.METRICS
+    metrics_path = layout.results_dir(run_ctx.run) / layout.METRICS
     return read_table(metrics_path) if metrics_path.exists() else None
 
 
-def _finish_run(ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
+def _finish_run(run_ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
     """Write the results once every fold is finished (call under the lock); None while some are not.
 
     The process that finishes the last fold finds results/metrics.csv missing
     and writes it; others read it. A plain ``--resume`` recomputes it.
     """
-    config, run = ctx.config, ctx.run
+    config, run = run_ctx.config, run_ctx.run
     unfinished = [fold for fold in range(config.folds) if not claims.fold_finished(run, fold, config.rounds)]
     if unfinished:
         held = [claims.holder_sentence(f, c) for f in unfinished if (c := claims.read_claim(run, f)) is not None]
@@ -185,7 +187,7 @@ def _finish_run(ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
         claims.clear_stale_claim(run, fold)
     metrics_path = layout.results_dir(run) / layout.METRICS
     if recompute or not metrics_path.exists():
-        table = results.write_results(run, config, ctx.classes)
+        table = results.write_results(run, config, run_ctx.classes)
         logger.info("Wrote the results to %s.", metrics_path)
         return table
     return read_table(metrics_path)
@@ -249,64 +251,64 @@ def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progres
     return cache
 
 
-def run_fold(ctx: RunContext, fold: int) -> None:
+def run_fold(run_ctx: RunContext, fold: int) -> None:
     """Teacher, then ``rounds`` students, each stage skipped when its artifact exists."""
-    for round_ in range(ctx.config.rounds + 1):
-        out = layout.round_dir(ctx.run, fold, round_)
+    for round_ in range(run_ctx.config.rounds + 1):
+        out = layout.round_dir(run_ctx.run, fold, round_)
         out.mkdir(parents=True, exist_ok=True)
         name = f"fold {fold} " + ("teacher" if round_ == 0 else f"student {round_}")
-        ctx.progress.update("fold", description=name)
-        train_model(_model_job(ctx, fold, round_, name), ctx.config, ctx.load_batch, ctx.device, ctx.progress)
-        predictions = predict_round(ctx, fold, round_)
+        run_ctx.progress.update("fold", description=name)
+        train_model(_model_job(run_ctx, fold, round_, name), run_ctx.config, run_ctx.load_batch, run_ctx.device, run_ctx.progress)
+        predictions = predict_round(run_ctx, fold, round_)
         warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
-        if round_ < ctx.config.rounds:
-            _pseudo_labels(ctx, fold, round_, predictions)
+        if round_ < run_ctx.config.rounds:
+            _pseudo_labels(run_ctx, fold, round_, predictions)
 
 
-def fold_rows(folds: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:
+def fold_rows(fold_table: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:
     """Rows of ``role`` in ``fold``; test and pool rows are shared by all folds."""
     fold_value = manifest.SHARED_FOLD if role in (manifest.ROLE_TEST, manifest.ROLE_POOL) else fold
-    return folds[(folds[manifest.FOLD] == fold_value) & (folds[manifest.ROLE] == role)]
+    return fold_table[(fold_table[manifest.FOLD] == fold_value) & (fold_table[manifest.ROLE] == role)]
 
 
-def _model_job(ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
-    config, student = ctx.config, round_ > 0
-    validation = fold_rows(ctx.folds, fold, manifest.ROLE_VALIDATION)
+def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
+    config, student = run_ctx.config, round_ > 0
+    validation = fold_rows(run_ctx.fold_table, fold, manifest.ROLE_VALIDATION)
     return ModelJob(
         name=name,
-        out_dir=layout.round_dir(ctx.run, fold, round_),
+        out_dir=layout.round_dir(run_ctx.run, fold, round_),
         arch=config.student_architecture if student else config.arch,
-        weights=_initial_weights(ctx, fold, round_),
+        weights=_initial_weights(run_ctx, fold, round_),
         dropout=config.student_dropout if student else config.teacher_dropout,
         drop_connect=config.student_drop_connect if student else config.teacher_drop_connect,
         augment_level=config.student_augment if student else config.teacher_augment,
-        train_set=_train_set(ctx, fold, round_),
-        val_rows=ctx.rows(validation[manifest.PATH]),
-        val_labels=_label_indices(validation, ctx.classes),
-        classes=ctx.classes,
+        train_set=_train_set(run_ctx, fold, round_),
+        val_rows=run_ctx.rows(validation[manifest.PATH]),
+        val_labels=_label_indices(validation, run_ctx.classes),
+        classes=run_ctx.classes,
         seed=derive_seed(config.seed, "fold", fold, "round", round_),
         extra={"fold": fold, "round": round_, "kind": "student" if student else "teacher"},
     )
 
 
-def _initial_weights(ctx: RunContext, fold: int, round_: int) -> str:
+def _initial_weights(run_ctx: RunContext, fold: int, round_: int) -> str:
     """--weights, or for students with --student-init teacher the previous round's model.pt."""
-    if round_ > 0 and ctx.config.student_init == "teacher":
-        return str(layout.round_dir(ctx.run, fold, round_ - 1) / layout.MODEL)
-    return ctx.config.weights
+    if round_ > 0 and run_ctx.config.student_init == "teacher":
+        return str(layout.round_dir(run_ctx.run, fold, round_ - 1) / layout.MODEL)
+    return run_ctx.config.weights
 
 
-def _train_set(ctx: RunContext, fold: int, round_: int) -> TrainSet:
+def _train_set(run_ctx: RunContext, fold: int, round_: int) -> TrainSet:
     """Round 0: the labelled part. Round r: pseudo-labels of round r-1 (+ labelled part)."""
-    labelled = fold_rows(ctx.folds, fold, manifest.ROLE_LABELLED)
-    one_hot = np.eye(len(ctx.classes), dtype=np.float32)[_label_indices(labelled, ctx.classes)]
+    labelled = fold_rows(run_ctx.fold_table, fold, manifest.ROLE_LABELLED)
+    one_hot = np.eye(len(run_ctx.classes), dtype=np.float32)[_label_indices(labelled, run_ctx.classes)]
     if round_ == 0:
-        return TrainSet(ctx.rows(labelled[manifest.PATH]), torch.from_numpy(one_hot))
-    pseudo_path = layout.round_dir(ctx.run, fold, round_ - 1) / layout.PSEUDO_LABELS
-    paths, targets, copies = pseudo_labels.load_pseudo_labels(pseudo_path, ctx.classes)
-    if ctx.config.student_data == "pseudo":
-        return TrainSet(ctx.rows(paths), torch.from_numpy(targets), copies)
-    rows = torch.cat([ctx.rows(labelled[manifest.PATH]), ctx.rows(paths)])
+        return TrainSet(run_ctx.rows(labelled[manifest.PATH]), torch.from_numpy(one_hot))
+    pseudo_path = layout.round_dir(run_ctx.run, fold, round_ - 1) / layout.PSEUDO_LABELS
+    paths, targets, copies = pseudo_labels.load_pseudo_labels(pseudo_path, run_ctx.classes)
+    if run_ctx.config.student_data == "pseudo":
+        return TrainSet(run_ctx.rows(paths), torch.from_numpy(targets), copies)
+    rows = torch.cat([run_ctx.rows(labelled[manifest.PATH]), run_ctx.rows(paths)])
     all_targets = torch.from_numpy(np.concatenate([one_hot, targets]).astype(np.float32))
     all_copies = np.concatenate([np.ones(len(labelled), dtype=np.int64), copies])
     return TrainSet(rows, all_targets, all_copies)
@@ -317,53 +319,53 @@ def _label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return np.array([lookup[label] for label in frame[manifest.LABEL]], dtype=np.int64)
 
 
-def predict_round(ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
+def predict_round(run_ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     """Probabilities of this round's model on validation, test and masked images; the pool's go to pool_predictions.csv.
 
     The pool is predicted only where a next round needs its pseudo-labels, and
     streamed a chunk at a time (``_predict_pool``), so that its size does not
     bound the memory. Returns predictions.csv, read back as a resume reads it.
     """
-    folder = layout.round_dir(ctx.run, fold, round_)
+    folder = layout.round_dir(run_ctx.run, fold, round_)
     out, pool_out = folder / layout.PREDICTIONS, folder / layout.POOL_PREDICTIONS
-    pool_count = pool_size(ctx.folds, ctx.pool) if round_ < ctx.config.rounds else 0
+    pool_count = pool_size(run_ctx.fold_table, run_ctx.pool) if round_ < run_ctx.config.rounds else 0
     # not once pseudo_labels.csv exists: it is all the pool's predictions were for
     pool_missing = pool_count > 0 and not pool_out.exists() and not (folder / layout.PSEUDO_LABELS).exists()
     if out.exists() and not pool_missing:
         return results.read_predictions(out)
-    model, payload = load_model_file(folder / layout.MODEL, ctx.device, ctx.config.channels_last)
-    frame = _evaluated_rows(ctx, fold)
-    predict = _round_predictor(ctx, model, payload["spec"]["arch"], (0 if out.exists() else len(frame)) + pool_count)
+    model, payload = load_model_file(folder / layout.MODEL, run_ctx.device, run_ctx.config.channels_last)
+    frame = _evaluated_rows(run_ctx, fold)
+    predict = _round_predictor(run_ctx, model, payload["spec"]["arch"], (0 if out.exists() else len(frame)) + pool_count)
     if not out.exists():
-        ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
-        probs = distributed.gather_rows(predict, ctx.rows(frame[manifest.PATH]))  # torchrun: a slice per rank, gathered in order
-        ctx.progress.stop("predict")
+        run_ctx.progress.start("predict", f"fold {fold} round {round_}: predicting", total=len(frame))
+        probs = distributed.gather_rows(predict, run_ctx.rows(frame[manifest.PATH]))  # torchrun: a slice per rank, gathered in order
+        run_ctx.progress.stop("predict")
         _check_finite(probs, folder)
-        table = prediction_table(frame[[manifest.PATH, manifest.LABEL, manifest.PATIENT, layout.SPLIT]], probs, ctx.classes)
+        table = prediction_table(frame[[manifest.PATH, manifest.LABEL, manifest.PATIENT, layout.SPLIT]], probs, run_ctx.classes)
         if distributed.is_main():
             atomic.write_csv(out, table)
     if pool_missing:
-        _predict_pool(ctx, pool_count, predict, pool_out, f"fold {fold} round {round_}: predicting the pool")
+        _predict_pool(run_ctx, pool_count, predict, pool_out, f"fold {fold} round {round_}: predicting the pool")
     distributed.barrier()
     return results.read_predictions(out)  # exactly what a resume reads
 
 
-def _evaluated_rows(ctx: RunContext, fold: int) -> pd.DataFrame:
+def _evaluated_rows(run_ctx: RunContext, fold: int) -> pd.DataFrame:
     """The fold's validation, test and masked images, with their split: the rows of predictions.csv."""
-    return pd.concat([fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split})
+    return pd.concat([fold_rows(run_ctx.fold_table, fold, role).assign(**{layout.SPLIT: split})
                       for role, split in SPLIT_OF_ROLE.items() if role != manifest.ROLE_POOL], ignore_index=True)
 
 
-def _predict_pool(ctx: RunContext, count: int, predict, out: Path, description: str) -> None:
+def _predict_pool(run_ctx: RunContext, count: int, predict, out: Path, description: str) -> None:
     """pool_predictions.csv written POOL_CHUNK rows at a time: one chunk of the table in memory, whatever the pool's size."""
-    ctx.progress.start("predict", description, total=count)
+    run_ctx.progress.start("predict", description, total=count)
 
     def tables():
         done = 0
-        for chunk, rows in pool_chunks(ctx.folds, ctx.pool, ctx.cache, POOL_CHUNK):
+        for chunk, rows in pool_chunks(run_ctx.fold_table, run_ctx.pool, run_ctx.cache, POOL_CHUNK):
             probs = distributed.gather_rows(lambda part: predict(part, done), rows)  # noqa: B023
             _check_finite(probs, out.parent)
-            yield prediction_table(chunk.assign(**{layout.SPLIT: SPLIT_OF_ROLE[manifest.ROLE_POOL]}), probs, ctx.classes)
+            yield prediction_table(chunk.assign(**{layout.SPLIT: SPLIT_OF_ROLE[manifest.ROLE_POOL]}), probs, run_ctx.classes)
             done += len(chunk)
 
     if distributed.is_main():
@@ -371,7 +373,7 @@ def _predict_pool(ctx: RunContext, count: int, predict, out: Path, description: 
     else:
         for _ in tables():  # the other ranks predict their slices of every chunk
             pass
-    ctx.progress.stop("predict")
+    run_ctx.progress.stop("predict")
 
 
 def _check_finite(probs: np.ndarray, folder: Path) -> None:
@@ -382,31 +384,31 @@ def _check_finite(probs: np.ndarray, folder: Path) -> None:
         )
 
 
-def _round_predictor(ctx: RunContext, model: torch.nn.Module, arch: str, n_images: int):
+def _round_predictor(run_ctx: RunContext, model: torch.nn.Module, arch: str, n_images: int):
     """``predict(rows, done_before=0)`` -> (N, C) probabilities of one model for cache rows.
 
     ONNX Runtime on a CPU when it pays off for the round's ``n_images``, else
     PyTorch; chosen and exported once per round, so that every chunk of a pool
     goes through the same backend (the two differ by float rounding).
     """
-    config = ctx.config
+    config = run_ctx.config
     normalization = models.input_normalization(arch)  # Lite0: (x - 127) / 128
-    backend = backends.pipeline_backend(ctx.device, n_images, config.image_size)
-    predictor = None if backend == "torch" else backends.model_predictor(model, normalization, ctx.device, config.tta, config, backend)
+    backend = backends.pipeline_backend(run_ctx.device, n_images, config.image_size)
+    predictor = None if backend == "torch" else backends.model_predictor(model, normalization, run_ctx.device, config.tta, config, backend)
 
     def predict(rows: torch.Tensor, done_before: int = 0) -> np.ndarray:
-        on_progress = lambda done: ctx.progress.update("predict", completed=done_before + done)  # noqa: E731
+        on_progress = lambda done: run_ctx.progress.update("predict", completed=done_before + done)  # noqa: E731
         if predictor is None:
             return predict_probs(
-                model, ctx.load_batch, rows, ctx.device, config.eval_batch_size, config.tta, amp_dtype(config.amp, ctx.device),
-                channels_last=ctx.device.type == "cuda" and config.channels_last, on_progress=on_progress,
+                model, run_ctx.load_batch, rows, run_ctx.device, config.eval_batch_size, config.tta, amp_dtype(config.amp, run_ctx.device),
+                channels_last=run_ctx.device.type == "cuda" and config.channels_last, on_progress=on_progress,
                 normalization=normalization,
             )
         parts = []
         for start in range(0, len(rows), config.eval_batch_size):
-            parts.append(predictor(ctx.load_batch(rows[start : start + config.eval_batch_size]).numpy())[0])
+            parts.append(predictor(run_ctx.load_batch(rows[start : start + config.eval_batch_size]).numpy())[0])
             on_progress(start + len(parts[-1]))
-        return np.concatenate(parts) if parts else np.zeros((0, len(ctx.classes)), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, len(run_ctx.classes)), np.float32)
 
     return predict
 
@@ -419,13 +421,13 @@ def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str])
     return table
 
 
-def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:
+def _pseudo_labels(run_ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:
     """pseudo_labels.csv from the masked images' predictions and, streamed, the pool's."""
-    folder = layout.round_dir(ctx.run, fold, round_)
+    folder = layout.round_dir(run_ctx.run, fold, round_)
     out = folder / layout.PSEUDO_LABELS
     if distributed.broadcast(out.exists()):  # rank 0 may write it before another rank looks
         return
-    config = ctx.config
+    config = run_ctx.config
     pool_file = folder / layout.POOL_PREDICTIONS
     # runs written before pool_predictions.csv existed hold the pool in predictions.csv
     splits = ("unlabelled",) if pool_file.exists() else PSEUDO_SPLITS
@@ -439,7 +441,7 @@ def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.Data
     kept = None
     if distributed.is_main():
         kept = pseudo_labels.write_streamed(
-            chunks, ctx.classes, out, mode=config.pseudo_mode, temperature=config.pseudo_temperature,
+            chunks, run_ctx.classes, out, mode=config.pseudo_mode, temperature=config.pseudo_temperature,
             threshold=config.pseudo_threshold, balance=config.pseudo_balance,
             seed=derive_seed(config.seed, "pseudo", fold, round_), per_class=config.pseudo_per_class,
         )
