@@ -54,14 +54,14 @@ def test_offline_imagenet_weights_stop_the_run_before_any_data_is_read(tmp_path,
 
     from noisystudent.errors import CheckpointError
     from noisystudent.models import pretrained
-    from noisystudent.run import pipeline
+    from noisystudent.run import pipeline, session
 
     def offline(url):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(pretrained, "download_state_dict", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
-    monkeypatch.setattr(pipeline, "load_run_images", lambda *a: pytest.fail("the data was read before the weights"))
+    monkeypatch.setattr(session, "load_run_images", lambda *a: pytest.fail("the data was read before the weights"))
     config = make_config(write_class_folders(tmp_path / "data"), weights="imagenet", patient_regex=PATIENT_REGEX, positive="malignant")
     started = time.perf_counter()
     with pytest.raises(CheckpointError, match="could not be downloaded"):

@@ -1,4 +1,4 @@
-"""``noisystudent kfold``: the k-fold Noisy Student orchestrator.
+"""``noisystudent kfold``: the k-fold Noisy Student method, read top-down.
 
 For each fold: train the teacher (round 0) on the labelled part, let it label
 the masked part and the unlabelled pool, train a noised student on labelled +
@@ -8,14 +8,13 @@ once that artifact exists:
 
     folds.csv -> cache -> per fold and round: model.pt -> predictions.csv -> pseudo_labels.csv
               -> results/metrics.csv
+
+How processes share the run folder (its lock, fold claims, torchrun's ranks,
+run.log, the shared state and the results) is run/session.py's job.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,55 +22,27 @@ import pandas as pd
 import torch
 
 from noisystudent import atomic, layout, models
-from noisystudent.config.provenance import GIVEN, origin
 from noisystudent.config.run_config import RunConfig
-from noisystudent.data import folds as folds_module
 from noisystudent.data import manifest
-from noisystudent.data.cache import ImageCache, build_cache
-from noisystudent.data import pool as pool_files
-from noisystudent.data.pool import PoolFile, cache_rows, pool_chunks, pool_size
-from noisystudent.data.preprocess import PreprocessSpec
-from noisystudent.data.run_images import RunImages, load_run_images
-from noisystudent.device import amp_dtype, resolve_device
-from noisystudent.errors import ConfigError, UserError
+from noisystudent.data.pool import pool_chunks, pool_size
+from noisystudent.device import amp_dtype
+from noisystudent.errors import ConfigError
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import claims, evidence, pseudo_labels, results
+from noisystudent.run import claims, pseudo_labels, results, session
 from noisystudent.run.collapse import warn_if_single_class
-from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
 from noisystudent.run.preflight import check_before_writing
-from noisystudent.run.tables import TABLE_CHUNK, read_table, read_table_chunks
+from noisystudent.run.session import RunContext
+from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
 from noisystudent.training import backends, distributed
 from noisystudent.training.engine import TrainSet, predict_probs
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
 
-logger = logging.getLogger(__name__)
-
 # predictions.csv split names for each fold role
 SPLIT_OF_ROLE = {manifest.ROLE_VALIDATION: "validation", manifest.ROLE_TEST: "test", manifest.ROLE_UNLABELLED: "unlabelled", manifest.ROLE_POOL: "pool"}
 PSEUDO_SPLITS = ("unlabelled", "pool")
 POOL_CHUNK = TABLE_CHUNK  # pool rows predicted and written at a time (about 10 MB of table, whatever the pool's size)
-
-
-@dataclass
-class RunContext:
-    """What every stage of a run reads: its folder, settings, classes, fold table (folds.csv), image cache and pool."""
-
-    run: Path
-    config: RunConfig
-    classes: list[str]
-    fold_table: pd.DataFrame  # folds.csv; config.folds is how many folds it has
-    cache: ImageCache
-    device: torch.device
-    progress: Progress
-    pool: PoolFile | None = None  # RUN/pool.csv; None without a pool or in runs with the pool in folds.csv
-
-    def load_batch(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.cache.batch(rows, self.device)
-
-    def rows(self, paths) -> torch.Tensor:
-        return cache_rows(self.cache, self.pool, [str(p) for p in paths])
 
 
 def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Progress = NULL_PROGRESS,
@@ -86,169 +57,17 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     wanted = claims.select_folds(only_folds, config.folds)
     join = join or only_folds is not None
     check_before_writing(config, run)  # a refused setting leaves no trace
-    check_run_folder(run, config, resume or (join and saved_config(run) is not None))
-    started_group = distributed.init_from_env(resolve_device(config.device))  # under torchrun: one rank per device
-    try:
-        with new_run_folder(run), run_log(run):
-            run_ctx = _prepare_run(config, run, resume, join, progress)
-            _train_folds(run_ctx, wanted)
-            return _finish(run_ctx, recompute=resume and not join)
-    finally:
-        if started_group:
-            distributed.shutdown()
-
-
-def _prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progress: Progress) -> RunContext:
-    """What every process shares, made once under the run folder's lock: config.json, folds.csv, the cache.
-
-    Under torchrun rank 0 prepares; the other ranks then read what it wrote.
-    """
-    device = distributed.local_device(resolve_device(config.device))
-    if not distributed.is_main():
-        distributed.barrier()
-        data = load_run_images(config, run)  # the pool is not listed again: rank 0 wrote pool.csv
-        fold_table = folds_module.load_folds(run / layout.FOLDS)
-        pool = pool_files.open_saved(run, fold_table)
-        return RunContext(run, config, data.classes, fold_table, _build_cache(run, fold_table, config, progress, pool),
-                          device, progress, pool)
-    with lock_run_folder(run):
-        # again under the lock: another process may have begun the run since the check above
-        check_run_folder(run, config, resume or (join and saved_config(run) is not None))
-        remove_shared_temps(run)
-        logger.info("noisystudent kfold into %s (%s)", run, "join" if join else "resume" if resume else "new run")
-        try:
-            data = load_run_images(config, run, progress, list_pool=True)
-            fold_table = _load_or_assign_folds(run, data, config)  # before config.json: may refuse the data
-            evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
-            write_config(run, config, data.fingerprint())
-            pool = pool_files.install(run, data.pool, fold_table)
-        finally:
-            pool_files.discard_listing(run)  # refused: the run keeps the pool it had
-        if not (run / layout.FOLDS).exists():
-            folds_module.save_folds(fold_table, run / layout.FOLDS)
-        cache = _build_cache(run, fold_table, config, progress, pool)
-    distributed.barrier()  # the other ranks may read now
-    return RunContext(run, config, data.classes, fold_table, cache, device, progress, pool)
-
-
-def _train_folds(run_ctx: RunContext, wanted: list[int]) -> None:
-    """Train every fold of ``wanted`` that is unfinished and not claimed by another live process."""
-    run_ctx.progress.start("fold", "folds", total=len(wanted))
-    for done, fold in enumerate(wanted, start=1):
-        if not distributed.broadcast(claims.fold_finished(run_ctx.run, fold, run_ctx.config.rounds)):  # one answer for all ranks
-            _train_claimed_fold(run_ctx, fold)
-        run_ctx.progress.update("fold", completed=done)
-    run_ctx.progress.stop("fold")
-
-
-def _train_claimed_fold(run_ctx: RunContext, fold: int) -> None:
-    holder = None
-    if distributed.is_main():  # under torchrun the job claims once, through rank 0
-        with lock_run_folder(run_ctx.run):
-            holder = claims.claim_fold(run_ctx.run, fold)
-    holder = distributed.broadcast(holder)
-    if holder is not None:
-        logger.info("Moving on: %s.", claims.holder_sentence(fold, holder))
-        return
-    try:
-        run_fold(run_ctx, fold)
-    finally:
-        if distributed.is_main():
-            claims.release_fold(run_ctx.run, fold)
-
-
-def _finish(run_ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
-    """Results by rank 0 under the lock; the other ranks read them afterwards."""
-    if distributed.is_main():
-        with lock_run_folder(run_ctx.run):
-            table = _finish_run(run_ctx, recompute)
-    distributed.barrier()
-    if distributed.is_main():
-        return table
-    metrics_path = layout.results_dir(run_ctx.run) / layout.METRICS
-    return read_table(metrics_path) if metrics_path.exists() else None
-
-
-def _finish_run(run_ctx: RunContext, recompute: bool) -> pd.DataFrame | None:
-    """Write the results once every fold is finished (call under the lock); None while some are not.
-
-    The process that finishes the last fold finds results/metrics.csv missing
-    and writes it; others read it. A plain ``--resume`` recomputes it.
-    """
-    config, run = run_ctx.config, run_ctx.run
-    unfinished = [fold for fold in range(config.folds) if not claims.fold_finished(run, fold, config.rounds)]
-    if unfinished:
-        held = [claims.holder_sentence(f, c) for f in unfinished if (c := claims.read_claim(run, f)) is not None]
-        logger.warning("Folds %s are not finished%s; the process that finishes the last one writes the results, "
-                       "or run noisystudent kfold --out %s --resume then.", ", ".join(map(str, unfinished)),
-                       f" ({'; '.join(held)})" if held else "", run)
-        return None
-    for fold in range(config.folds):
-        claims.clear_stale_claim(run, fold)
-    metrics_path = layout.results_dir(run) / layout.METRICS
-    if recompute or not metrics_path.exists():
-        table = results.write_results(run, config, run_ctx.classes)
-        logger.info("Wrote the results to %s.", metrics_path)
-        return table
-    return read_table(metrics_path)
-
-
-@contextmanager
-def new_run_folder(run: Path):
-    """Create ``run``; if this session created it and the data is refused before config.json, remove it again.
-
-    Before config.json the folder holds only what this session wrote (run.log, .lock,
-    the generated demo data), so a refused command leaves no trace.
-    """
-    created = not run.exists()
-    run.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except UserError:
-        if created and not (run / layout.CONFIG).exists():
-            shutil.rmtree(run, ignore_errors=True)
-        raise
-
-
-@contextmanager
-def run_log(run: Path):
-    """Append this session's log records (from the whole package) to RUN/run.log."""
-    handler = logging.FileHandler(run / layout.LOG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    package_logger = logging.getLogger("noisystudent")
-    package_logger.addHandler(handler)
-    previous = package_logger.level
-    package_logger.setLevel(min(previous or logging.INFO, logging.INFO))
-    try:
-        yield
-    finally:
-        package_logger.removeHandler(handler)
-        package_logger.setLevel(previous)
-        handler.close()
-
-
-def _load_or_assign_folds(run: Path, data: RunImages, config: RunConfig) -> pd.DataFrame:
-    """The saved folds.csv, or new folds (saved by the caller once config.json is written)."""
-    path = run / layout.FOLDS
-    if path.exists():
-        return folds_module.load_folds(path)
-    ratio_given = origin(config.to_dict(), "split_ratio") == GIVEN  # warn about the user's ratio, not the preset's
-    pool_patients = data.pool.patients() if data.pool is not None else set()
-    return folds_module.assign_folds(data.manifest, config.folds, config.split_ratio, config.test_fraction, config.seed,
-                                     ratio_given, pool_patients)
-
-
-def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress, pool: PoolFile | None) -> ImageCache:
-    """The fold table's images (sorted by path), then the pool's in pool.csv's order."""
-    paths = sorted(fold_table[manifest.PATH].unique())
-    cache_dir = Path(config.cache_dir) if config.cache_dir else run / layout.CACHE
-    progress.start("cache", "decoding images", total=len(paths) + (pool.count if pool is not None else 0))
-    cache = build_cache(
-        paths, PreprocessSpec.from_config(config), cache_dir, workers=config.workers,
-        progress=lambda done, total: progress.update("cache", completed=done), pool=pool,
-    )
-    progress.stop("cache")
-    return cache
+    with session.open_run(config, run, resume, join, progress) as run_ctx:  # config.json, folds.csv, the cache
+        run_ctx.progress.start("fold", "folds", total=len(wanted))
+        for done, fold in enumerate(wanted, start=1):
+            if session.claim_fold(run_ctx, fold):  # unfinished, and no other live process trains it
+                try:
+                    run_fold(run_ctx, fold)
+                finally:
+                    session.release_fold(run_ctx, fold)
+            run_ctx.progress.update("fold", completed=done)
+        run_ctx.progress.stop("fold")
+        return session.finish(run_ctx, recompute=resume and not join)  # once every fold is finished
 
 
 def run_fold(run_ctx: RunContext, fold: int) -> None:
@@ -263,12 +82,6 @@ def run_fold(run_ctx: RunContext, fold: int) -> None:
         warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
         if round_ < run_ctx.config.rounds:
             _pseudo_labels(run_ctx, fold, round_, predictions)
-
-
-def fold_rows(fold_table: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:
-    """Rows of ``role`` in ``fold``; test and pool rows are shared by all folds."""
-    fold_value = manifest.SHARED_FOLD if role in (manifest.ROLE_TEST, manifest.ROLE_POOL) else fold
-    return fold_table[(fold_table[manifest.FOLD] == fold_value) & (fold_table[manifest.ROLE] == role)]
 
 
 def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
@@ -312,6 +125,12 @@ def _train_set(run_ctx: RunContext, fold: int, round_: int) -> TrainSet:
     all_targets = torch.from_numpy(np.concatenate([one_hot, targets]).astype(np.float32))
     all_copies = np.concatenate([np.ones(len(labelled), dtype=np.int64), copies])
     return TrainSet(rows, all_targets, all_copies)
+
+
+def fold_rows(fold_table: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:
+    """Rows of ``role`` in ``fold``; test and pool rows are shared by all folds."""
+    fold_value = manifest.SHARED_FOLD if role in (manifest.ROLE_TEST, manifest.ROLE_POOL) else fold
+    return fold_table[(fold_table[manifest.FOLD] == fold_value) & (fold_table[manifest.ROLE] == role)]
 
 
 def _label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
