@@ -236,7 +236,7 @@ def _train_set(cache_rows: int, count: int) -> TrainSet:
 def bench_full_step(model, cache, ctx: StepContext, args) -> dict:
     """engine.train_one_epoch over cache rows with the students' strong noise, whole batches only."""
     augment = create_augment("strong", image_size=args.size)
-    load_batch = lambda rows: cache.batch(rows, ctx.device)  # noqa: E731  (pipeline.RunContext.load_batch)
+    load_batch = lambda rows: cache.batch(rows, ctx.device)  # noqa: E731  (session.RunContext.load_batch)
     generator = torch.Generator().manual_seed(0)
 
     def epoch(steps: int) -> None:

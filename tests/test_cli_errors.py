@@ -174,7 +174,7 @@ def _uncertain_predictions(ctx, fold, round_):
     from noisystudent import layout
     from noisystudent.run.pipeline import SPLIT_OF_ROLE, fold_rows, prediction_table
 
-    frame = pd.concat([fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
+    frame = pd.concat([fold_rows(ctx.fold_table, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
                       ignore_index=True)
     return prediction_table(frame[["path", "label", "patient", layout.SPLIT]], np.full((len(frame), 2), 0.5), ctx.classes)
 

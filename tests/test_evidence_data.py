@@ -31,7 +31,7 @@ def _csv_with_pool(root):
 @pytest.mark.parametrize("pool", [False, True])
 def test_pool_flag_keeps_or_drops_the_unlabelled_images_of_the_data(tmp_path, pool):
     config = make_config(_csv_with_pool(tmp_path), preset="smoke", pool=pool, positive="a")
-    images = load_run_images(config, tmp_path / "run", pool_out=tmp_path / "pool.csv")
+    images = load_run_images(config, tmp_path, list_pool=True)
     assert not (images.manifest[SUBSET] == "unlabelled").any()  # the pool lives in its file, never in the manifest
     assert (images.pool.count if images.pool else 0) == (3 if pool else 0)
     if pool:
@@ -44,7 +44,7 @@ def test_unlabelled_folder_gets_patient_ids_from_the_regex(tmp_path):
     save_cell(extra / "p01_9.png", 0)
     save_cell(extra / "loose.png", 0)
     config = make_config(data, preset="smoke", patient_regex=PATIENT_REGEX, unlabelled=str(extra), positive="malignant")
-    pool = load_run_images(config, tmp_path / "run", pool_out=tmp_path / "pool.csv").pool
+    pool = load_run_images(config, tmp_path, list_pool=True).pool
     table = read_table(pool.path).set_index(read_table(pool.path)["path"].map(lambda p: p.split("/")[-1]))
     assert table.loc["p01_9.png", PATIENT] == "P01" and table.loc["loose.png", PATIENT] == ""
 
@@ -54,14 +54,14 @@ def test_offline_imagenet_weights_stop_the_run_before_any_data_is_read(tmp_path,
 
     from noisystudent.errors import CheckpointError
     from noisystudent.models import pretrained
-    from noisystudent.run import pipeline
+    from noisystudent.run import pipeline, session
 
     def offline(url):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(pretrained, "download_state_dict", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
-    monkeypatch.setattr(pipeline, "load_run_images", lambda *a: pytest.fail("the data was read before the weights"))
+    monkeypatch.setattr(session, "load_run_images", lambda *a: pytest.fail("the data was read before the weights"))
     config = make_config(write_class_folders(tmp_path / "data"), weights="imagenet", patient_regex=PATIENT_REGEX, positive="malignant")
     started = time.perf_counter()
     with pytest.raises(CheckpointError, match="could not be downloaded"):

@@ -13,7 +13,7 @@ from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.manifest import LABEL, PATH
 from noisystudent.report.build import write_report
-from noisystudent.run import pipeline, pseudo_labels
+from noisystudent.run import pipeline, pseudo_labels, session
 from noisystudent.run.tables import read_table
 
 CLASSES = ["benign", "malignant"]
@@ -141,10 +141,10 @@ def test_a_changed_pool_is_refused_on_resume_and_the_run_keeps_its_pool_list(tmp
                        image_size=16, weights="none", test_fraction=0, device="cpu", workers=1)
     run = tmp_path / "run"
     run.mkdir()
-    ctx = pipeline._prepare_run(config, run, resume=False, join=False, progress=pipeline.NULL_PROGRESS)  # no training
-    assert ctx.pool.count == POOL_IMAGES and len(ctx.cache) == len(ctx.folds["path"].unique()) + POOL_IMAGES
+    ctx = session.prepare_run(config, run, resume=False, join=False, progress=pipeline.NULL_PROGRESS)  # no training
+    assert ctx.pool.count == POOL_IMAGES and len(ctx.cache) == len(ctx.fold_table["path"].unique()) + POOL_IMAGES
     before = (run / layout.POOL).read_bytes()
     save_image(pool / "slide-9" / "new.png", size=(24, 24))
     with pytest.raises(pipeline.ConfigError, match="have changed since it began"):
-        pipeline._prepare_run(config, run, resume=True, join=False, progress=pipeline.NULL_PROGRESS)
+        session.prepare_run(config, run, resume=True, join=False, progress=pipeline.NULL_PROGRESS)
     assert (run / layout.POOL).read_bytes() == before and not list(run.glob(".pool*"))

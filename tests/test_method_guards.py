@@ -45,7 +45,7 @@ def _context(tmp_path, **settings):
 
 def _wrong_teacher(ctx, fold, round_):
     """Predictions whose class is the wrong one for every masked image (and right elsewhere)."""
-    frame = pd.concat([pipeline.fold_rows(ctx.folds, fold, role).assign(**{layout.SPLIT: split})
+    frame = pd.concat([pipeline.fold_rows(ctx.fold_table, fold, role).assign(**{layout.SPLIT: split})
                        for role, split in pipeline.SPLIT_OF_ROLE.items()], ignore_index=True)
     right = (frame[LABEL] == "all").to_numpy(float)
     p_all = np.where(frame[layout.SPLIT] == "unlabelled", 0.9 - 0.8 * right, 0.1 + 0.8 * right)
@@ -74,32 +74,32 @@ def _training_images(ctx, job) -> list[tuple[str, str]]:
 
 def test_teacher_trains_on_the_labelled_part_only_with_its_true_labels(recorded):
     ctx, jobs = recorded(pool=True)
-    labelled = pipeline.fold_rows(ctx.folds, 0, "labelled")
+    labelled = pipeline.fold_rows(ctx.fold_table, 0, "labelled")
     seen = _training_images(ctx, jobs[0])
     assert sorted(seen) == sorted(zip(labelled[PATH], labelled[LABEL]))
-    others = ctx.folds[(ctx.folds[ROLE] != "labelled") | (ctx.folds["fold"] != 0)]
+    others = ctx.fold_table[(ctx.fold_table[ROLE] != "labelled") | (ctx.fold_table["fold"] != 0)]
     assert not {p for p, _ in seen} & set(others.loc[others[ROLE].isin(["unlabelled", "validation", "test", "pool"]) & ~others[PATH].isin(labelled[PATH]), PATH])
 
 
 def test_student_learns_the_teachers_labels_not_the_hidden_ones_and_rows_stay_aligned(recorded):
     ctx, jobs = recorded(student_data="pseudo", pseudo_mode="hard", pool=True)
     seen = dict(_training_images(ctx, jobs[1]))
-    masked = pipeline.fold_rows(ctx.folds, 0, "unlabelled")
-    assert set(seen) == set(masked[PATH]) | set(pipeline.fold_rows(ctx.folds, 0, "pool")[PATH])
+    masked = pipeline.fold_rows(ctx.fold_table, 0, "unlabelled")
+    assert set(seen) == set(masked[PATH]) | set(pipeline.fold_rows(ctx.fold_table, 0, "pool")[PATH])
     # The fake teacher is wrong on every masked image: each target must be the wrong class,
     # and for the right image (a misaligned row would pair some image with another's target).
     for path, hidden in zip(masked[PATH], masked[LABEL]):
         assert seen[path] != hidden
-    validation_or_test = pd.concat([pipeline.fold_rows(ctx.folds, 0, r) for r in ("validation", "test")])
+    validation_or_test = pd.concat([pipeline.fold_rows(ctx.fold_table, 0, r) for r in ("validation", "test")])
     assert not set(seen) & set(validation_or_test[PATH])
 
 
 def test_student_data_both_keeps_every_labelled_row_with_its_true_label(recorded):
     ctx, jobs = recorded(student_data="both", pseudo_mode="soft")
     seen = _training_images(ctx, jobs[1])
-    labelled = pipeline.fold_rows(ctx.folds, 0, "labelled")
+    labelled = pipeline.fold_rows(ctx.fold_table, 0, "labelled")
     assert set(zip(labelled[PATH], labelled[LABEL])) <= set(seen)
-    pseudo = len(pipeline.fold_rows(ctx.folds, 0, "unlabelled")) + len(pipeline.fold_rows(ctx.folds, 0, "pool"))
+    pseudo = len(pipeline.fold_rows(ctx.fold_table, 0, "unlabelled")) + len(pipeline.fold_rows(ctx.fold_table, 0, "pool"))
     assert len(seen) == len(labelled) + pseudo
 
 

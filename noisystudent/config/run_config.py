@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from noisystudent.config.choices import (
     AMP,
@@ -39,6 +39,8 @@ from noisystudent.config.choices import (
 from noisystudent.config.parsing import parse_label_map, parse_progressive_resize
 from noisystudent.errors import ConfigError
 
+DEFAULT_POSITIVE = "all"  # ALL (leukaemic blast) is the positive class of C-NMC
+BINARY_POSITIVE = "positive"  # --binary names the classes 'negative' and 'positive', whatever --positive says
 
 def _opt(default: Any, help: str, affects_results: bool = True, **kwargs: Any) -> Any:
     metadata = {"help": help, "affects_results": affects_results}
@@ -144,7 +146,7 @@ class RunConfig:
     unlabelled: str | None = _opt(None, "Extra folder or CSV of unlabelled images to pseudo-label in every fold.")
     test: str | None = _opt(None, "Labelled data set held out as the outer test set.")
     test_fraction: float = _opt(0.2, "Fraction of patients (per class) held out as the outer test set when DATA has none and no --test is given; 0: no test set, every number selection-biased.")
-    positive: str = _opt("all", "Positive class of two-class data (sensitivity, PPV, F1 and AUC are about it); optional with more "
+    positive: str = _opt(DEFAULT_POSITIVE, "Positive class of two-class data (sensitivity, PPV, F1 and AUC are about it); optional with more "
                                 "classes, where metrics are per class and macro/weighted averages, and it names the class of patient calls.")
     binary: str | None = _opt(None, "Map classes to a binary task, e.g. 'Benign=negative,rest=positive'.")
     label_map: str | None = _opt(None, "Rename labels first, e.g. 'ALL=all,Hem=hem' for class folders that differ only in case.")
@@ -246,6 +248,11 @@ class RunConfig:
         """The students' architecture: ``student_arch``, or the teacher's ``arch`` when that is None."""
         return self.student_arch or self.arch
 
+    @property
+    def positive_class(self) -> str:
+        """The class binary metrics are about: ``positive`` after --binary, else --positive."""
+        return positive_class_of(vars(self))
+
     def to_dict(self) -> dict[str, Any]:
         """Every field by name (``dataclasses.asdict``), as written to config.json."""
         return asdict(self)
@@ -339,6 +346,11 @@ def _check_class_weights(spec: str) -> None:
         raise ConfigError(f"class_weights must be {', '.join(CLASS_WEIGHTS)} or comma-separated numbers; got {spec!r}.") from None
     if any(not math.isfinite(v) or v < 0 for v in values) or not any(values):
         raise ConfigError(f"class_weights must be non-negative numbers, not all zero; got {spec!r}.")
+
+
+def positive_class_of(settings: Mapping[str, Any]) -> str:
+    """``RunConfig.positive_class`` of settings as config.json saves them (a missing --positive is the default)."""
+    return BINARY_POSITIVE if settings.get("binary") else settings.get("positive", DEFAULT_POSITIVE)
 
 
 def load_config_json(path: Path) -> dict[str, Any]:

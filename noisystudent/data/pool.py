@@ -1,4 +1,4 @@
-"""The unlabelled pool on disk: listed, sorted and checked a chunk at a time into one CSV.
+"""The unlabelled pool, from listing to cache rows: sorted and checked into RUN/pool.csv, then read in chunks.
 
 Noisy Student's gains grow with the unlabelled pool, so a pool may hold
 millions of images and no stage holds its list in memory:
@@ -15,6 +15,12 @@ millions of images and no stage holds its list in memory:
   images, in this order).
 
 Memory is bounded by these chunk sizes, not by the pool's size.
+
+In a run folder the pool is listed into ``layout.POOL_LISTING`` while the
+data is read and installed as ``layout.POOL`` only once config.json accepts
+the data, so a refused or changed pool never replaces the run's record of its
+pool. Runs made before pool.csv existed hold the pool in folds.csv (role
+``pool``); they resume as they were, with the pool in the image cache's path index.
 """
 
 from __future__ import annotations
@@ -22,18 +28,21 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import torch
 
-from noisystudent import atomic
+from noisystudent import atomic, layout
 from noisystudent.data.images import PROBE_CHUNK, find_unreadable
-from noisystudent.data.manifest import PATH, PATIENT
+from noisystudent.data.manifest import LABEL, PATH, PATIENT, ROLE, ROLE_POOL
 from noisystudent.errors import DataError, DiskFullError
 from noisystudent.progress import NULL_PROGRESS, Progress
 
@@ -239,3 +248,94 @@ def _read_csv_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
 def _batched(items: Iterator, size: int) -> Iterator[list]:
     while batch := list(itertools.islice(items, size)):
         yield batch
+
+
+# --- the pool of a run folder ---
+
+
+def list_into_run(records: Iterable[Record], run: Path, labelled: set[str], skip_unreadable: bool, source: str,
+                  progress: Progress = NULL_PROGRESS) -> tuple[PoolFile, list[tuple[str, str]]]:
+    """``write_pool`` into the run's listing (``install`` moves it into place); files RUN/pool.csv holds are not decoded again."""
+    return write_pool(records, Path(run) / layout.POOL_LISTING, labelled, skip_unreadable, source=source,
+                      progress=progress, checked=saved(run))
+
+
+def discard_listing(run: Path) -> None:
+    """Remove this session's listing: a refused pool leaves the run with the pool it had."""
+    (Path(run) / layout.POOL_LISTING).unlink(missing_ok=True)
+
+
+def install(run: Path, listed: PoolFile | None, folds: pd.DataFrame) -> PoolFile | None:
+    """Move this session's listing into place as RUN/pool.csv (call once config.json has accepted it).
+
+    A run that has pool.csv keeps it (the fingerprint matched), and a run whose
+    folds.csv holds the pool keeps it there: the listing only served the fingerprint.
+    """
+    if listed is None:
+        return None
+    if in_fold_table(folds):
+        listed.path.unlink(missing_ok=True)
+        return None
+    target = Path(run) / layout.POOL
+    if target.exists():  # the fingerprint matched: the same list, which other processes may be reading
+        listed.path.unlink(missing_ok=True)
+    else:
+        os.replace(listed.path, target)
+    return PoolFile(target, listed.count)
+
+
+def saved(run: Path) -> PoolFile | None:
+    """RUN/pool.csv as an earlier session wrote it (its files were checked then), or None."""
+    path = Path(run) / layout.POOL
+    return PoolFile.open(path) if path.exists() else None
+
+
+def open_saved(run: Path, folds: pd.DataFrame) -> PoolFile | None:
+    """RUN/pool.csv as rank 0 installed it (torchrun's other ranks), or None."""
+    return None if in_fold_table(folds) else saved(run)
+
+
+def in_fold_table(folds: pd.DataFrame) -> bool:
+    """True for a run made before pool.csv: its pool rows are in folds.csv."""
+    return bool((folds[ROLE] == ROLE_POOL).any())
+
+
+# --- the pool's rows of the image cache ---
+
+
+class CacheIndex(Protocol):
+    """What the pool needs of the image cache (data/cache.py's ImageCache, which reads PoolFile)."""
+
+    pool_start: int  # row of the pool's first image: the pool follows the labelled images, in pool.csv's order
+
+    def index_of(self, paths: Iterable[str], missing_ok: bool = False) -> np.ndarray: ...
+
+
+def pool_size(folds: pd.DataFrame, pool: PoolFile | None) -> int:
+    return pool.count if pool is not None else int((folds[ROLE] == ROLE_POOL).sum())
+
+
+def pool_chunks(folds: pd.DataFrame, pool: PoolFile | None, cache: CacheIndex, rows: int) -> Iterator[tuple[pd.DataFrame, torch.Tensor]]:
+    """(path, label, patient) tables of ``rows`` pool images and their cache rows, in the pool's order."""
+    if pool is None:  # a run made before pool.csv
+        legacy = folds[folds[ROLE] == ROLE_POOL][[PATH, LABEL, PATIENT]]
+        for start in range(0, len(legacy), rows):
+            chunk = legacy.iloc[start : start + rows].reset_index(drop=True)
+            yield chunk, torch.as_tensor(cache.index_of(chunk[PATH].tolist()), dtype=torch.long)
+        return
+    start = cache.pool_start
+    for chunk in pool.chunks(rows):
+        table = pd.DataFrame({PATH: chunk[PATH], LABEL: "", PATIENT: chunk[PATIENT]})
+        yield table, torch.arange(start, start + len(table), dtype=torch.long)
+        start += len(table)
+
+
+def cache_rows(cache: CacheIndex, pool: PoolFile | None, paths: list[str]) -> torch.Tensor:
+    """Cache rows of ``paths``: labelled images through the cache's index, pool images by their position in pool.csv."""
+    if pool is None:
+        return torch.as_tensor(cache.index_of(paths), dtype=torch.long)
+    found = cache.index_of(paths, missing_ok=True)
+    unknown = np.flatnonzero(found < 0)
+    if len(unknown):
+        found[unknown] = cache.pool_start + pool.positions([paths[i] for i in unknown])
+    return torch.as_tensor(found, dtype=torch.long)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import os
@@ -12,17 +13,17 @@ from pathlib import Path
 import pandas as pd
 
 from noisystudent import layout
-from noisystudent.config.run_config import RunConfig
-from noisystudent.data import demo, readers
+from noisystudent.config.run_config import DEFAULT_POSITIVE, RunConfig
+from noisystudent.data import demo, pool, readers
 from noisystudent.data import manifest as schema  # column names and checks of the manifest
 from noisystudent.data.label_names import apply_label_map, check_distinct_labels
 from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping, positive_index_of
-from noisystudent.data.pool import PoolFile, write_pool
+from noisystudent.data.cache import fingerprint_files, fingerprint_sorted
+from noisystudent.data.pool import PoolFile
 from noisystudent.errors import ConfigError, DataError
 from noisystudent.progress import NULL_PROGRESS, Progress
 
 logger = logging.getLogger(__name__)
-DEFAULT_POSITIVE = RunConfig.__dataclass_fields__["positive"].default  # 'all': C-NMC's blasts
 
 @dataclass
 class RunImages:
@@ -34,16 +35,26 @@ class RunImages:
     skipped: list[str] = field(default_factory=list)
     pool: PoolFile | None = None
 
+    def fingerprint(self) -> str:
+        """The fingerprint of every image of the run, labelled and pool, as config.json keeps it.
 
-def load_run_images(config: RunConfig, run: Path, pool_out: Path | None = None, progress: Progress = NULL_PROGRESS,
-                    checked_pool: PoolFile | None = None) -> RunImages:
-    """Read DATA (or generate the demo data), add --test, apply --binary; list the pool into ``pool_out``.
+        The pool's sorted file is merged with the sorted labelled paths, so the
+        value equals that of the whole list sorted in memory (runs made before
+        pool.csv resume with the fingerprint they saved).
+        """
+        paths = self.manifest[schema.PATH].tolist()
+        if self.pool is None:
+            return fingerprint_files(paths)
+        return fingerprint_sorted(heapq.merge(sorted(paths), self.pool.paths()))
+
+
+def load_run_images(config: RunConfig, run: Path, progress: Progress = NULL_PROGRESS, list_pool: bool = False) -> RunImages:
+    """Read DATA (or generate the demo data), add --test, apply --binary; with ``list_pool``, list the pool into ``run``.
 
     The pool (--unlabelled, and with --pool DATA's own unlabelled images) is
-    written to ``pool_out`` a chunk at a time (data/pool.py), never held in
-    memory; without ``pool_out`` it is not read (torchrun's other ranks open
-    the file rank 0 wrote). Files of ``checked_pool`` (a resumed run's pool.csv)
-    are not decoded again.
+    listed a chunk at a time (data/pool.py), never held in memory; without
+    ``list_pool`` it is not read (torchrun's other ranks open the file rank 0
+    wrote). Files of the run's pool.csv (a resumed run) are not decoded again.
     """
     root = Path(config.data) if config.data else demo.generate_demo(Path(run) / layout.DEMO_DATA)
     manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
@@ -67,14 +78,14 @@ def load_run_images(config: RunConfig, run: Path, pool_out: Path | None = None, 
     classes = schema.class_names(combined[combined[schema.SUBSET] == schema.SUBSET_TRAIN])
     _check_labels(combined, classes)
     check_positive(config, classes)
-    pool = None
-    if pool_out is not None and (config.unlabelled or (config.pool and len(own_pool))):
+    listed = None
+    if list_pool and (config.unlabelled or (config.pool and len(own_pool))):
         own = own_pool if config.pool else own_pool.iloc[:0]
-        pool, pool_skipped = _write_pool(config, own, set(combined[schema.PATH]), pool_out, progress, checked_pool)
+        listed, pool_skipped = _list_pool(config, own, set(combined[schema.PATH]), run, progress)
         skipped += pool_skipped
     logger.info("data: %d labelled images (%s format), classes %s%s", len(combined), data_format, ", ".join(classes),
-                f"; an unlabelled pool of {pool.count} images" if pool else "")
-    return RunImages(combined, classes, data_format, skipped, pool)
+                f"; an unlabelled pool of {listed.count} images" if listed else "")
+    return RunImages(combined, classes, data_format, skipped, listed)
 
 
 def check_positive(config: RunConfig, classes: list[str]) -> None:
@@ -85,18 +96,17 @@ def check_positive(config: RunConfig, classes: list[str]) -> None:
     averages, no patient calls); a class named by the user must exist.
     """
     if len(classes) == 2:
-        positive_index_of(classes, "positive" if config.binary else config.positive)
+        positive_index_of(classes, config.positive_class)
     elif config.positive not in classes and config.positive != DEFAULT_POSITIVE:
         raise ConfigError(f"--positive {config.positive!r} is not one of the classes {', '.join(classes)}; "
                           "name one of them, or leave --positive out for macro averages only.")
-def _write_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], out: Path, progress: Progress,
-                checked: PoolFile | None) -> tuple[PoolFile, list]:
-    """The pool file from DATA's own unlabelled images (``own``) and --unlabelled, streamed."""
+def _list_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], run: Path, progress: Progress) -> tuple[PoolFile, list]:
+    """The run's pool listing from DATA's own unlabelled images (``own``) and --unlabelled, streamed."""
     records = itertools.chain(zip(own[schema.PATH].tolist(), own[schema.PATIENT].tolist()),
                               _with_patients(readers.unlabelled_records(config.unlabelled), config.patient_regex)
                               if config.unlabelled else ())
     source = f"The unlabelled data {config.unlabelled}" if config.unlabelled else "The unlabelled images of the data"
-    return write_pool(records, out, labelled, config.skip_unreadable, source=source, progress=progress, checked=checked)
+    return pool.list_into_run(records, run, labelled, config.skip_unreadable, source, progress)
 
 
 def _with_patients(records: Iterable[tuple[str, str]], patient_regex: str | None) -> Iterator[tuple[str, str]]:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from noisystudent import atomic, layout
-from noisystudent.config.run_config import RunConfig, load_config_json
+from noisystudent.config.run_config import RunConfig, load_config_json, positive_class_of
 from noisystudent.data.labels import as_labels
 from noisystudent.data.manifest import LABEL, PATH, ROLE, ROLE_TEST, SUBSET, SUBSET_TEST
 from noisystudent.errors import RunFolderError
@@ -236,4 +236,4 @@ def _positive_of(run: Path, classes: list[str]) -> str | None:
     saved = load_config_json(run / layout.CONFIG)
     if len(classes) != 2:
         return None
-    return "positive" if saved.get("binary") else saved.get("positive", metrics.DEFAULT_POSITIVE)
+    return positive_class_of(saved)

@@ -65,7 +65,7 @@ def evaluation_positive(config: RunConfig, classes: list[str]) -> str | None:
     """The positive class for binary metrics; None (macro averages) for more than two classes."""
     if len(classes) != 2:
         return None
-    return "positive" if config.binary else config.positive
+    return config.positive_class
 
 
 def write_results(run: Path, config: RunConfig, classes: list[str]) -> pd.DataFrame:

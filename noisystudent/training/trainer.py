@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from noisystudent import atomic, layout, models
 from noisystudent.config.parsing import parse_progressive_resize
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 # torch.compile options of the training model (tests use the "eager" backend: same guards, no codegen).
 COMPILE_OPTIONS: dict = {}
+
+LoadBatch = Callable[[torch.Tensor], torch.Tensor]  # cache rows -> uint8 images on the device
+Scheduler = LRScheduler | ReduceLROnPlateau
 
 
 @dataclass
@@ -68,7 +73,19 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.device, progress: Progress = NULL_PROGRESS) -> Path:
+@dataclass
+class Training:
+    """One model being trained: what steps it and where it stands, everything checkpoint.pt saves."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler | None
+    scaler: torch.amp.GradScaler | None
+    state: TrainState = field(default_factory=TrainState)
+
+
+def train_model(job: ModelJob, config: RunConfig, load_batch: LoadBatch, device: torch.device,
+                progress: Progress = NULL_PROGRESS) -> Path:
     """Train ``job`` unless its model.pt exists; return the path of model.pt."""
     model_path = job.out_dir / layout.MODEL
     if model_path.exists():
@@ -79,15 +96,16 @@ def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.devi
     optimizer = optim.create_optimizer(model.parameters(), config, device)
     scheduler = optim.create_scheduler(optimizer, config, config.epochs)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype(config.amp, device) == torch.float16 else None
-    state = _resume(job, model, optimizer, scheduler, scaler)
-    _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress)
+    training = Training(model, optimizer, scheduler, scaler)
+    training.state = _resume(job, training)
+    _run_epochs(job, config, training, load_batch, device, progress)
     if distributed.is_main():  # under torchrun rank 0 alone writes
-        _save_model(job, config, _selected(config, state, model), model_path)
+        _save_model(job, config, _selected(config, training.state, model), model_path)
     distributed.barrier()  # every rank reads model.pt next
     return model_path
 
 
-def _selected(config: RunConfig, state: TrainState, model) -> TrainState:
+def _selected(config: RunConfig, state: TrainState, model: torch.nn.Module) -> TrainState:
     """--select last keeps the weights of the last epoch trained, not the best one on validation."""
     if config.select == "best" or not state.history:
         return state
@@ -110,18 +128,19 @@ def build_model(job: ModelJob, config: RunConfig, device: torch.device) -> torch
     return model
 
 
-def _resume(job: ModelJob, model, optimizer, scheduler, scaler) -> TrainState:
+def _resume(job: ModelJob, training: Training) -> TrainState:
+    """Load checkpoint.pt into ``training`` (model, optimizer, scheduler, scaler, RNGs); return its state."""
     path = job.out_dir / layout.CHECKPOINT
     if not path.exists():
         return TrainState()
     saved = checkpoint.load(path)
     try:
-        model.load_state_dict(saved["model"])
-        optim.load_optimizer_state(optimizer, saved["optimizer"])  # keeps this device's fused/foreach
-        if scheduler is not None and saved.get("scheduler") is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved.get("scaler") is not None:
-            scaler.load_state_dict(saved["scaler"])
+        training.model.load_state_dict(saved["model"])
+        optim.load_optimizer_state(training.optimizer, saved["optimizer"])  # keeps this device's fused/foreach
+        if training.scheduler is not None and saved.get("scheduler") is not None:
+            training.scheduler.load_state_dict(saved["scheduler"])
+        if training.scaler is not None and saved.get("scaler") is not None:
+            training.scaler.load_state_dict(saved["scaler"])
         checkpoint.restore_rng_state(saved["rng"])
         state = TrainState(**saved["train_state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
@@ -134,10 +153,13 @@ def _resume(job: ModelJob, model, optimizer, scheduler, scaler) -> TrainState:
     return state
 
 
-def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress) -> None:
+def _run_epochs(job: ModelJob, config: RunConfig, training: Training, load_batch: LoadBatch, device: torch.device,
+                progress: Progress) -> None:
+    """The epochs from ``training.state.next_epoch`` on, a checkpoint after each; stops early on a stale score."""
+    model, state = training.model, training.state
     sizes = parse_progressive_resize(config.progressive_resize, config.epochs, config.image_size)
-    ctx = engine.StepContext(
-        optimizer=optimizer, device=device, amp_dtype=amp_dtype(config.amp, device), scaler=scaler,
+    step = engine.StepContext(
+        optimizer=training.optimizer, device=device, amp_dtype=amp_dtype(config.amp, device), scaler=training.scaler,
         class_weights=_class_weights(job, config, device), label_smoothing=config.label_smoothing,
         channels_last=device.type == "cuda" and config.channels_last,
     )
@@ -149,11 +171,11 @@ def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_ba
     for epoch in range(state.next_epoch, config.epochs):
         if _stopped_early(job, config, state):  # checked first: a resumed run stops where the original did
             break
-        row = _one_epoch(job, config, model, training_model, ctx, epoch, sizes[epoch], load_batch, progress)
-        optim.step_scheduler(scheduler, row["score"])
+        row = _one_epoch(job, config, model, training_model, step, epoch, sizes[epoch], load_batch, progress)
+        optim.step_scheduler(training.scheduler, row["score"])
         _record_epoch(state, model, row, epoch)
         if distributed.is_main():
-            _save_checkpoint(job, model, optimizer, scheduler, scaler, state)
+            _save_checkpoint(job, training)
         progress.update("epoch", completed=epoch + 1, loss=row[layout.TRAIN_LOSS], val=row[f"val_{config.select_metric}"])
     progress.stop("epoch")
 
@@ -165,7 +187,9 @@ def _stopped_early(job: ModelJob, config: RunConfig, state: TrainState) -> bool:
     return False
 
 
-def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch, progress) -> dict:
+def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, training_model: torch.nn.Module,
+               step: engine.StepContext, epoch: int, size: int, load_batch: LoadBatch, progress: Progress) -> dict:
+    """Train one epoch (``training_model``: compiled or DDP-wrapped ``model``), then validate; return its history row."""
     seed_everything(derive_seed(job.seed, "epoch", epoch, *distributed.seed_parts()))  # dropout and drop-connect draws
     generator = make_generator(derive_seed(job.seed, "data", epoch))
     frozen = config.freeze == "backbone" or epoch < config.head_warmup_epochs
@@ -179,7 +203,7 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
     progress.start("batch", f"epoch {epoch + 1}/{config.epochs}", total=len(job.train_set))
     started = time.perf_counter()
     stats = engine.train_one_epoch(
-        training_model, load_batch, job.train_set, augment, ctx, generator, config.batch_size,
+        training_model, load_batch, job.train_set, augment, step, generator, config.batch_size,
         config.sampler, config.log_every,
         on_progress=lambda done, loss: progress.update("batch", completed=done, loss=loss),
         # no recompile for the last batch (under DDP every batch must go through the wrapper)
@@ -189,17 +213,17 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
     if config.precise_bn_batches and not frozen:
         engine.recalibrate_batchnorm(
             model, load_batch, job.train_set.rows, lambda images: augment.normalize(images), generator,
-            config.batch_size, config.precise_bn_batches, ctx.amp_dtype, ctx.channels_last,
+            config.batch_size, config.precise_bn_batches, step.amp_dtype, step.channels_last,
         )
     distributed.broadcast_buffers(model)  # every rank validates the model rank 0 saves
     probs = distributed.gather_rows(lambda rows: engine.predict_probs(
-        model, load_batch, rows, ctx.device, config.eval_batch_size,
-        amp_dtype=ctx.amp_dtype, image_size=size, channels_last=ctx.channels_last, normalization=(mean, std),
+        model, load_batch, rows, step.device, config.eval_batch_size,
+        amp_dtype=step.amp_dtype, image_size=size, channels_last=step.channels_last, normalization=(mean, std),
     ), job.val_rows)
-    return _history_row(job, config, optim.current_lr(ctx.optimizer), stats, probs, epoch, size, started)
+    return _history_row(job, config, optim.current_lr(step.optimizer), stats, probs, epoch, size, started)
 
 
-def _set_frozen(model, frozen: bool) -> None:
+def _set_frozen(model: torch.nn.Module, frozen: bool) -> None:
     """Freeze the backbone (feature extraction, head warm-up) or train everything; then train mode."""
     if frozen:
         models.freeze_backbone(model)
@@ -208,10 +232,10 @@ def _set_frozen(model, frozen: bool) -> None:
     models.set_train_mode(model, frozen)
 
 
-def _history_row(job, config, lr, stats, probs, epoch, size, started) -> dict:
-    # --binary names the classes 'negative'/'positive', whatever --positive says (as run_images and results do)
-    positive = "positive" if config.binary else config.positive
-    val = validation_metrics(job.val_labels, probs, job.classes, positive)
+def _history_row(job: ModelJob, config: RunConfig, lr: float, stats: dict[str, float], probs: np.ndarray, epoch: int,
+                 size: int, started: float) -> dict:
+    """history.csv's row of an epoch, plus its model-selection ``score``."""
+    val = validation_metrics(job.val_labels, probs, job.classes, config.positive_class)
     val["loss"] = probabilities_loss(job.val_labels, probs)
     row = {
         layout.EPOCH: epoch + 1, layout.LR: lr, layout.TRAIN_LOSS: stats["train_loss"],
@@ -223,7 +247,7 @@ def _history_row(job, config, lr, stats, probs, epoch, size, started) -> dict:
     return row
 
 
-def _record_epoch(state: TrainState, model, row: dict, epoch: int) -> None:
+def _record_epoch(state: TrainState, model: torch.nn.Module, row: dict, epoch: int) -> None:
     score = row.pop("score")
     state.history.append(row)
     state.next_epoch = epoch + 1
@@ -234,11 +258,12 @@ def _record_epoch(state: TrainState, model, row: dict, epoch: int) -> None:
         state.stale_epochs += 1
 
 
-def _save_checkpoint(job, model, optimizer, scheduler, scaler, state: TrainState) -> None:
+def _save_checkpoint(job: ModelJob, training: Training) -> None:
+    state, scheduler, scaler = training.state, training.scheduler, training.scaler
     train_state = {k: getattr(state, k) for k in ("next_epoch", "best_score", "best_epoch", "best_state", "stale_epochs", "history")}
     checkpoint.save(job.out_dir / layout.CHECKPOINT, {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": training.model.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "next_epoch": state.next_epoch,
@@ -249,7 +274,7 @@ def _save_checkpoint(job, model, optimizer, scheduler, scaler, state: TrainState
     atomic.write_csv(job.out_dir / layout.HISTORY, pd.DataFrame(state.history))
 
 
-def _class_weights(job: ModelJob, config: RunConfig, device: torch.device):
+def _class_weights(job: ModelJob, config: RunConfig, device: torch.device) -> torch.Tensor | None:
     weights = class_weights(job.train_set.labels, len(job.classes), config.class_weights)
     return None if weights is None else weights.to(device)
 
