@@ -6,14 +6,21 @@ a half-written file. If writing fails (full disk, interruption), the temporary
 file is removed and the previous file is left untouched. A full disk or an
 exhausted quota becomes ``DiskFullError``, one sentence naming the file.
 
-Temporary files are named ``.<target name>.<random>.tmp``; one left behind by
-a killed process is removed by ``remove_stale_temps`` when the run resumes.
+Temporary files are named ``.<target name>.<writer>.<random>.tmp``, where
+``<writer>`` (pid, process start time, host) names the process writing it. One
+left behind by a killed process is removed by ``remove_stale_temps`` when the
+run resumes; one whose writer is still running (``processes.is_alive``) is kept,
+so that processes sharing a folder never remove each other's files.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
+import hashlib
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,9 +29,12 @@ from typing import Any
 
 import pandas as pd
 
+from noisystudent import processes
 from noisystudent.errors import DiskFullError
 
 TEMP_SUFFIX = ".tmp"
+# <pid>-<start time, or x where unknown>-<host tag>, between the target's name and the random part
+WRITER = re.compile(r"(?P<pid>[0-9]+)-(?P<start>[0-9]+|x)-(?P<host>[0-9a-f]{8})")
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 FULL_BELOW_BYTES = 1 << 20  # a write that failed with less than this free ran out of space
 
@@ -36,7 +46,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     temp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.{_writer()}.", suffix=TEMP_SUFFIX, dir=target.parent)
         os.close(handle)
         temp = Path(temp_name)
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
@@ -101,17 +111,55 @@ def is_temp(path: Path) -> bool:
 
 
 def remove_stale_temps(folder: Path, recursive: bool = True) -> list[Path]:
-    """Delete the temporary files that interrupted writes left under ``folder`` (in it only, unless ``recursive``).
+    """Delete the temporary files that writers which died left under ``folder`` (in it only, unless ``recursive``).
 
-    Only call this while no other process writes into the folders it clears.
+    A temporary file whose writer may still be running (on this host, or any
+    on another host) is kept. One that names no writer (written by a version
+    before writers were named) is removed: call this only where such a version
+    cannot be writing, as under ``lock_run_folder`` or a fold's claim.
+    Returns the removed files.
     """
-    removed = []
     pattern = f".*{TEMP_SUFFIX}"
-    for path in sorted(Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern)):
-        if path.is_file() and is_temp(path):
+    return _remove_dead(Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern))
+
+
+def remove_stale_temps_of(target: Path) -> list[Path]:
+    """Delete the temporary files of ``target`` whose writer died, as ``remove_stale_temps`` does for a folder.
+
+    For a folder that several processes write into without a common lock (a
+    shared image cache): the temporary files of live writers are kept.
+    """
+    target = Path(target)
+    found = target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}")
+    return _remove_dead(p for p in found if p.name.rsplit(".", 3)[0] == f".{target.name}")
+
+
+def _remove_dead(paths: Iterable[Path]) -> list[Path]:
+    removed = []
+    for path in sorted(paths):
+        if path.is_file() and is_temp(path) and not _writer_alive(path):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def _writer() -> str:
+    """This process as temporary files name their writer: pid, start time and a tag of the host."""
+    pid = os.getpid()
+    return f"{pid}-{processes.process_start(pid) or 'x'}-{_host_tag()}"
+
+
+def _host_tag() -> str:
+    # a hash: host names may hold dots, which separate the parts of a temporary file's name
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _writer_alive(path: Path) -> bool:
+    match = WRITER.fullmatch(path.name.rsplit(".", 3)[1])  # .<target>.<writer>.<random>.tmp
+    if match is None:
+        return False  # an older version's temporary file, which names no writer
+    start = None if match["start"] == "x" else match["start"]
+    return processes.is_alive(int(match["pid"]), start, on_other_host=match["host"] != _host_tag())
 
 
 def _caused_by_full_disk(error: BaseException) -> bool:

@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +110,37 @@ def test_interrupted_build_leaves_nothing_complete_and_is_cleaned(tmp_path):
     cache = build_cache(paths, SPEC, cache_dir)
     assert _cache_files(cache_dir) == [f"{stem}.json", f"{stem}.npy"]
     np.testing.assert_array_equal(cache.array[0], preprocess(load_rgb(paths[0]), SPEC))
+
+
+def _writer_in_the_middle(target: Path) -> tuple[subprocess.Popen, Path]:
+    """A process writing ``target`` through atomic_path, stopped in the middle; and its temporary file."""
+    code = ("import sys, time\nfrom pathlib import Path\nfrom noisystudent import atomic\n"
+            "with atomic.atomic_path(Path(sys.argv[1])) as temp:\n"
+            "    temp.write_bytes(b'partial'); print(temp, flush=True); time.sleep(120)\n")
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    return child, Path(child.stdout.readline().strip())
+
+
+def test_a_build_removes_the_temporary_files_of_dead_builds_and_keeps_a_live_ones(tmp_path):
+    paths = _write_images(tmp_path / "data", 3)
+    npy = tmp_path / "cache" / f"images-{cache_fingerprint(paths, SPEC)[:24]}.npy"
+    live, live_temp = _writer_in_the_middle(npy)  # e.g. another run sharing --cache-dir
+    dead, dead_temp = _writer_in_the_middle(npy.with_suffix(".json"))
+    dead.kill()  # kill -9: its temporary file stays behind
+    dead.wait()
+    older = {pid: npy.with_name(f"{npy.name}.tmp-{pid}") for pid in (live.pid, dead.pid, os.getpid())}  # earlier versions' names
+    for path in older.values():
+        path.write_bytes(b"partial")
+    try:
+        assert live_temp.name.startswith(f".{npy.name}.{live.pid}-") and dead_temp.exists()
+        build_cache(paths, SPEC, tmp_path / "cache")
+        assert live_temp.exists() and older[live.pid].exists()
+        assert not dead_temp.exists() and not older[dead.pid].exists() and not older[os.getpid()].exists()
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_unreadable_image_names_the_file(tmp_path):

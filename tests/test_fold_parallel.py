@@ -21,7 +21,7 @@ import torch
 from helpers import ForkingCli, run_files, tiny_flags, torch_threads, write_class_folders
 from typer.testing import CliRunner
 
-from noisystudent import layout
+from noisystudent import atomic, layout, processes
 from noisystudent.cli.commands import app
 from noisystudent.errors import ConfigError
 from noisystudent.run import claims
@@ -96,6 +96,22 @@ def test_a_reused_pid_is_not_taken_for_the_claimant(tmp_path):
     saved = json.loads(claims.claim_path(tmp_path, 0).read_text())
     claims.claim_path(tmp_path, 0).write_text(json.dumps({**saved, "process_start": "1"}))  # started at another time
     assert claims.is_stale(claims.read_claim(tmp_path, 0))
+
+
+def test_claims_and_temporary_files_ask_one_liveness_check(tmp_path, monkeypatch):
+    asked = []
+
+    def is_alive(pid, start=None, on_other_host=False):
+        asked.append((pid, start))
+        return True
+
+    monkeypatch.setattr(processes, "is_alive", is_alive)
+    _fake_claim(tmp_path, 0, os.getppid())
+    assert not claims.is_stale(claims.read_claim(tmp_path, 0))
+    with atomic.atomic_path(tmp_path / "results.csv") as temp:
+        temp.write_text("partial")
+        assert atomic.remove_stale_temps(tmp_path) == [] and temp.exists()
+    assert asked == [(os.getppid(), processes.process_start(os.getppid())), (os.getpid(), processes.process_start(os.getpid()))]
 
 
 @pytest.mark.parametrize("spec", ["2", "0,x", "-1", ""])

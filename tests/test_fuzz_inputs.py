@@ -1,6 +1,7 @@
 """Property: whatever value a numeric option gets and whatever kind of file a path argument names,
 the command either works or ends with exit status 2 and one sentence, never a traceback or a hang,
-and a refused kfold leaves no run folder behind.
+and a refused kfold leaves no run folder behind. Which of the two is expected is decided for each
+case beforehand (``must_refuse``), so a check that lets a bad value through fails the test.
 
 A seeded generator picks the cases (set NOISYSTUDENT_FUZZ_SEED to explore others; a failure
 prints the case). kfold is stopped where training would begin, by a stub for ``run_fold``: exit
@@ -9,6 +10,7 @@ prints the case). kfold is stopped where training would begin, by a stub for ``r
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -16,22 +18,30 @@ import signal
 from dataclasses import fields
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from helpers import PATIENT_REGEX, torch_threads, write_class_folders
+from helpers import PATIENT_REGEX, tiny_flags, torch_threads, write_class_folders
 from typer.testing import CliRunner
 
 from noisystudent.cli import app
 from noisystudent.config.run_config import RunConfig
+from noisystudent.config.settings import make_config
+from noisystudent.ensemble.classifier import MAX_BATCH_SIZE
+from noisystudent.errors import ConfigError
 from noisystudent.run.folder import write_config
 
 SEED = int(os.environ.get("NOISYSTUDENT_FUZZ_SEED", "13"))
-FLAGS = [
-    "--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--rounds", "1", "--epochs", "1",
-    "--image-size", "16", "--batch-size", "8", "--weights", "none", "--arch", "resnet18", "--device", "cpu",
-    "--workers", "1", "--quiet",
-]
+SETTINGS = {"patient_regex": PATIENT_REGEX, "positive": "malignant", "folds": 2, "rounds": 1, "epochs": 1, "image_size": 16,
+            "batch_size": 8, "weights": "none", "arch": "resnet18", "device": "cpu", "workers": 1}
+FLAGS = [*(part for name, value in SETTINGS.items() for part in ("--" + name.replace("_", "-"), str(value))), "--quiet"]
+PATIENTS = 4  # per class in the data: more than the folds that the test set holdout leaves room for
 SPECIAL_NUMBERS = ["nan", "inf", "-inf", "0", "-1", "-0.0", "1e308", "12345678901234567890123", "0.5", "1", "2", "abc", ""]
-NUMERIC_OPTIONS = [f.name for f in fields(RunConfig) if str(f.type) in ("int", "float")]
+OPTION_TYPES = {f.name: str(f.type) for f in fields(RunConfig) if str(f.type) in ("int", "float")}
+NUMERIC_OPTIONS = list(OPTION_TYPES)
+# The path arguments that take these kinds of path; every other case must be refused (the run
+# given to the ensemble commands has no models, the other kinds are no usable file or folder).
+ACCEPTED_PATHS = {("kfold --out", "missing"), ("kfold --out", "empty folder"),
+                  ("kfold --cache-dir", "missing"), ("kfold --cache-dir", "empty folder")}
 FILE_KINDS = ["missing", "empty file", "text file", "random bytes", "empty folder", "fifo", "dev null", "dangling link"]
 
 
@@ -74,15 +84,52 @@ def invoke(*args) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())
 
 
-def assert_sentence_or_success(code: int, line: str, case) -> None:
-    assert code in (0, 2, 130), (case, code, line)
-    if code == 2:
-        assert len(re.findall(r"\bError\b", line)) == 1, (case, line)  # ours ("Error: ...") or click's usage box
+def assert_refused(code: int, line: str, case, naming: str = "") -> None:
+    """Exit status 2 and one sentence (ours, "Error: ...", or click's usage box) that contains ``naming``."""
+    assert code == 2, (case, code, line)
+    assert len(re.findall(r"\bError\b", line)) == 1 and naming in line, (case, line)
+
+
+def assert_accepted(code: int, line: str, case, stopped: bool = False) -> None:
+    """Exit status 0, or 130 where a stub stopped the command where training would begin."""
+    assert code == (130 if stopped else 0), (case, code, line)
+
+
+def parsed_number(name: str, value: str) -> int | float | None:
+    """``value`` as the command line reads a number for option ``name``; None where it is not one."""
+    if OPTION_TYPES[name] == "int":  # whole numbers, written with an optional .0: '-0.0' is 0, '1e308' is refused
+        return int(value.strip().split(".")[0]) if re.fullmatch(r"\s*[+-]?\d+(\.0*)?\s*", value) else None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def must_refuse(name: str, value: str) -> bool:
+    """kfold must refuse ``value`` for ``name``: not a number, out of its range, or more folds than the data allow."""
+    number = parsed_number(name, value)
+    if number is None:
+        return True
+    try:
+        config = make_config("data", **{**SETTINGS, name: number})
+    except ConfigError:
+        return True
+    held_out = max(1, math.floor(config.test_fraction * PATIENTS + 0.5)) if config.test_fraction > 0 else 0
+    return PATIENTS - held_out < config.folds
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_class_folders(tmp_path_factory.mktemp("fuzz") / "data", patients_per_class=2, images_per_patient=2, size=(16, 16))
+    return write_class_folders(tmp_path_factory.mktemp("fuzz") / "data", patients_per_class=PATIENTS, images_per_patient=2, size=(16, 16))
+
+
+@pytest.fixture(scope="module")
+def trained_run(data, tmp_path_factory) -> Path:
+    """A run with fold models: 2 folds, teacher and student, one epoch at 16 px."""
+    run = tmp_path_factory.mktemp("fuzz-run") / "run"
+    code, line = invoke("kfold", data, "--out", run, *tiny_flags(epochs=1, image_size=16))
+    assert_accepted(code, line, "training the run for the ensemble")
+    return run
 
 
 @pytest.fixture
@@ -110,30 +157,38 @@ def test_random_values_of_every_numeric_option(tmp_path, data, stop_before_train
         run = tmp_path / f"run{i}"
         flag = "--" + name.replace("_", "-")
         code, line = invoke("kfold", data, "--out", run, *FLAGS, flag, value)
-        assert_sentence_or_success(code, line, (flag, value))
-        if code == 2:
+        if must_refuse(name, value):
+            assert_refused(code, line, (flag, value))
             assert not run.exists(), (flag, value, "a refused command left", sorted(p.name for p in run.iterdir()))
+        else:
+            assert_accepted(code, line, (flag, value), stopped=True)
 
 
-def test_random_numbers_for_the_ensemble_batch_size(tmp_path, data):
-    run = tmp_path / "run"
-    run.mkdir()
-    write_config(run, RunConfig(data=str(data), folds=2, rounds=1, arch="resnet18", weights="none"), "fingerprint")
-    for value in SPECIAL_NUMBERS + ["-4", "100000000"]:
-        code, line = invoke("ensemble", "predict", run, data, "--out", tmp_path / "p.csv", "--batch-size", value, "--device", "cpu")
-        assert code == 2 and len(re.findall(r"\bError\b", line)) == 1, (value, line)  # every value is refused: there is no model
+@pytest.mark.slow
+def test_random_numbers_for_the_ensemble_batch_size(tmp_path, data, trained_run):
+    for value in SPECIAL_NUMBERS + ["-4", "3", str(MAX_BATCH_SIZE), str(MAX_BATCH_SIZE + 1), "100000000"]:
+        out = tmp_path / f"p{value}.csv"
+        code, line = invoke("ensemble", "predict", trained_run, data, "--out", out, "--batch-size", value, "--device", "cpu")
+        number = int(value) if re.fullmatch(r"-?\d+", value) else None
+        if number is None:  # not a whole number: the command line's parser refuses it
+            assert_refused(code, line, value, naming="--batch-size")
+        elif not 1 <= number <= MAX_BATCH_SIZE:  # a whole number out of range: the batch-size check refuses it
+            assert_refused(code, line, value, naming=f"--batch-size must be a whole number between 1 and {MAX_BATCH_SIZE}")
+        else:
+            assert_accepted(code, line, value)
+            assert len(pd.read_csv(out)) == PATIENTS * 2 * 2, value  # every image predicted
 
 
 def path_cases(data: Path, run: Path) -> list[tuple[str, list, str]]:
-    """(name, argv with {} where the path goes, suffix of the path)."""
+    """(name, argv with {} where the path goes and {out} where a new run folder of its own goes, suffix of the path)."""
     kfold = ["kfold", data, "--out", "{}", *FLAGS]
     return [
-        ("kfold DATA", ["kfold", "{}", "--out", run.parent / "new-run", *FLAGS], ".csv"),
+        ("kfold DATA", ["kfold", "{}", "--out", "{out}", *FLAGS], ".csv"),
         ("kfold --out", kfold, ""),
-        ("kfold --test", [*kfold[:3], run.parent / "r-test", *FLAGS, "--test", "{}"], ".csv"),
-        ("kfold --unlabelled", [*kfold[:3], run.parent / "r-unl", *FLAGS, "--unlabelled", "{}"], ""),
-        ("kfold --cache-dir", [*kfold[:3], run.parent / "r-cache", *FLAGS, "--cache-dir", "{}"], ""),
-        ("kfold --weights", [*kfold[:3], run.parent / "r-weights", *FLAGS, "--weights", "{}"], "model.pt"),
+        ("kfold --test", [*kfold[:3], "{out}", *FLAGS, "--test", "{}"], ".csv"),
+        ("kfold --unlabelled", [*kfold[:3], "{out}", *FLAGS, "--unlabelled", "{}"], ""),
+        ("kfold --cache-dir", [*kfold[:3], "{out}", *FLAGS, "--cache-dir", "{}"], ""),
+        ("kfold --weights", [*kfold[:3], "{out}", *FLAGS, "--weights", "{}"], "model.pt"),
         ("predict RUN", ["ensemble", "predict", "{}", data, "--out", run.parent / "p.csv", "--device", "cpu"], ""),
         ("predict INPUT", ["ensemble", "predict", run, "{}", "--out", run.parent / "p.csv", "--device", "cpu"], ".csv"),
         ("predict --out", ["ensemble", "predict", run, data, "--out", "{}", "--device", "cpu"], ".csv"),
@@ -154,6 +209,10 @@ def test_every_kind_of_file_at_every_path_argument(tmp_path, data, stop_before_t
     for i, (name, argv, suffix) in enumerate(path_cases(data, run)):
         kinds = FILE_KINDS if name != "demo OUT_DIR" else [k for k in FILE_KINDS if k not in ("missing", "empty folder")]
         for kind in rng.sample(kinds, 3):
-            path = make_path(tmp_path / f"case{i}-{kind.replace(' ', '-')}", kind, suffix)
-            code, line = invoke(*[path if part == "{}" else part for part in argv])
-            assert_sentence_or_success(code, line, (name, kind))
+            case = tmp_path / f"case{i}-{kind.replace(' ', '-')}"
+            path = make_path(case, kind, suffix)
+            code, line = invoke(*[{"{}": path, "{out}": case / "run"}.get(part, part) for part in argv])
+            if (name, kind) in ACCEPTED_PATHS:
+                assert_accepted(code, line, (name, kind), stopped=name.startswith("kfold"))
+            else:
+                assert_refused(code, line, (name, kind))

@@ -10,13 +10,16 @@ The fingerprint covers every file's path, size and modification time, the
 preprocessing settings and ``CACHE_VERSION``; changing any of them gives a new
 file. The .npy is written under a temporary name and renamed when complete,
 then a JSON sidecar (paths in row order, fingerprint, spec) is written the same
-way: a cache counts as complete only when both exist, so an interrupted build
-leaves nothing that looks complete.
+way (both through ``atomic.py``): a cache counts as complete only when both
+exist, so an interrupted build leaves nothing that looks complete. Several
+processes may share a cache folder; a build removes only the temporary files
+of builds whose process has died.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import itertools
 import json
@@ -33,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from noisystudent import atomic, processes
 from noisystudent.atomic import NO_SPACE_ERRNOS, no_space_message
 from noisystudent.data import preprocess as _preprocess
 from noisystudent.data.pool import PoolFile
@@ -255,10 +259,8 @@ def build_cache(
         try:
             _decode_all(_Rows(paths, pool), spec, npy_path, workers, progress)
             _write_sidecar(npy_path, paths, fingerprint, spec, pool_count)
-        except OSError as error:  # name the cache, not its temporary file
-            if error.errno in NO_SPACE_ERRNOS:
-                raise DiskFullError(no_space_message(npy_path)) from error
-            raise
+        except DiskFullError as error:  # name the cache the user knows, also when its sidecar did not fit
+            raise DiskFullError(no_space_message(npy_path)) from error
         cache = ImageCache(npy_path, paths, fingerprint, pool_count)
     elif progress is not None:
         progress(len(cache), len(cache))
@@ -289,10 +291,6 @@ def _sidecar_path(npy_path: Path) -> Path:
     return npy_path.with_suffix(".json")
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
 def _open_complete(npy_path: Path, fingerprint: str) -> ImageCache | None:
     """The cache at ``npy_path`` if it is complete and matches, else None."""
     if not (npy_path.exists() and _sidecar_path(npy_path).exists()):
@@ -306,30 +304,29 @@ def _open_complete(npy_path: Path, fingerprint: str) -> ImageCache | None:
 
 
 def _remove_stale_temps(npy_path: Path) -> None:
-    """Delete temporary files of this cache left by builds that died."""
-    for prefix in (npy_path.name, _sidecar_path(npy_path).name):
-        for temp in npy_path.parent.glob(f"{prefix}.tmp-*"):
-            pid = temp.name.rsplit("-", 1)[-1]
-            if not (pid.isdigit() and _process_alive(int(pid))) or int(pid) == os.getpid():
-                log.info("Removing %s left by an interrupted build.", temp)
-                temp.unlink(missing_ok=True)
+    """Delete temporary files of this cache left by builds that died (another live build's are kept)."""
+    for target in (npy_path, _sidecar_path(npy_path)):
+        for temp in atomic.remove_stale_temps_of(target) + _remove_old_temps(target):
+            log.info("Removing %s left by an interrupted build.", temp)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
+def _remove_old_temps(target: Path) -> list[Path]:
+    """Delete ``<target>.tmp-<pid>`` files, as earlier versions named their temporary files, whose process is gone."""
+    removed = []
+    for temp in target.parent.glob(f"{glob.escape(target.name)}.tmp-*"):
+        pid = temp.name.rsplit("-", 1)[-1]
+        # this version never writes such a name: one with this process's pid had it before us
+        if not pid.isdigit() or int(pid) == os.getpid() or not processes.is_alive(int(pid)):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
 
 
 def _decode_all(rows: _Rows, spec: PreprocessSpec, npy_path: Path, workers: int, progress: Progress | None) -> None:
     """Decode every image into a temporary .npy, then rename it into place."""
-    temp = _temp_path(npy_path)
     shape = (len(rows), 3, spec.image_size, spec.image_size)
-    try:
+    # the temporary file stays in place while the worker processes write into it through their memory maps
+    with atomic.atomic_path(npy_path) as temp:
         array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
         del array  # header written; workers open the file themselves
         reserve_space(temp, npy_path)
@@ -339,9 +336,6 @@ def _decode_all(rows: _Rows, spec: PreprocessSpec, npy_path: Path, workers: int,
             _decode_serial(rows, spec, temp, progress)
         else:
             _decode_parallel(rows, spec, temp, workers, progress)
-        os.replace(temp, npy_path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def reserve_space(temp: Path, target: Path) -> None:
@@ -415,13 +409,7 @@ def _collect(finished: Iterable[Future], done: int, total: int, progress: Progre
 
 
 def _write_sidecar(npy_path: Path, paths: list[str], fingerprint: str, spec: PreprocessSpec, pool_count: int) -> None:
-    sidecar = _sidecar_path(npy_path)
-    temp = _temp_path(sidecar)
     record = {"version": CACHE_VERSION, "fingerprint": fingerprint, "spec": asdict(spec), "paths": paths}
     if pool_count:  # the pool's paths are the pool file's, in its order (the fingerprint covers them)
         record["pool"] = pool_count
-    try:
-        temp.write_text(json.dumps(record))
-        os.replace(temp, sidecar)
-    finally:
-        temp.unlink(missing_ok=True)
+    atomic.write_text(_sidecar_path(npy_path), json.dumps(record))

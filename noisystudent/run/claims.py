@@ -23,8 +23,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from noisystudent import atomic, layout
+from noisystudent import atomic, layout, processes
 from noisystudent.errors import ConfigError
+from noisystudent.processes import process_start
 
 logger = logging.getLogger(__name__)
 
@@ -51,37 +52,9 @@ def this_process() -> Claim:
     return Claim(socket.gethostname(), os.getpid(), process_start(os.getpid()), time.time())
 
 
-def process_start(pid: int) -> str | None:
-    """The start time of ``pid`` as the kernel reports it, or None where it cannot be read."""
-    fields = _proc_stat(pid)
-    return fields[19] if fields else None  # field 22 of /proc/<pid>/stat: starttime
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (which may hold spaces), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()
-
-
 def is_stale(claim: Claim) -> bool:
     """True when ``claim``'s process is certainly gone; a claim from another host is never stale here."""
-    if claim.host != socket.gethostname():
-        return False
-    try:
-        os.kill(claim.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # running, as another user
-    fields = _proc_stat(claim.pid)
-    if fields is None:
-        return False  # no /proc: a running pid is taken as the holder
-    zombie = fields[0] == "Z"  # killed, not yet reaped by its parent
-    reused = claim.process_start is not None and fields[19] != claim.process_start
-    return zombie or reused
+    return not processes.is_alive(claim.pid, claim.process_start, on_other_host=claim.host != socket.gethostname())
 
 
 def claim_path(run: Path, fold: int) -> Path:
