@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "noisystudent"
 
 # Bottom to top. A module may import from its own stage and from stages below it, never above.
-STAGES = ["foundation", "config", "data", "models", "evaluation", "training", "run", "ensemble", "report", "cli"]
+STAGES = ["foundation", "config", "data", "models", "evaluation", "inference", "training", "run", "ensemble", "report", "cli"]
 FOUNDATION = {"errors", "atomic", "layout", "progress", "device", "safe_paths"}
 
 

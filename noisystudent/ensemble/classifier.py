@@ -46,13 +46,13 @@ from noisystudent.data.readers import read_manifest
 from noisystudent.device import resolve_device
 from noisystudent.errors import CheckpointError, ConfigError, DataError, OutputError, RunFolderError
 from noisystudent.evaluation import metrics
+from noisystudent.inference.backends import ensemble_predictor
 from noisystudent.models import input_normalization
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import results
 from noisystudent.run.folder import load_run_config
 from noisystudent.safe_paths import check_output_file
-from noisystudent.training.backends import ensemble_predictor
 
 logger = logging.getLogger(__name__)
 

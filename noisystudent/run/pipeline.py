@@ -33,6 +33,8 @@ from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.run_images import RunImages, load_run_images
 from noisystudent.device import amp_dtype, resolve_device
 from noisystudent.errors import ConfigError, UserError
+from noisystudent.inference import backends
+from noisystudent.inference.predict import predict_probs
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import claims, evidence, pool_source, pseudo_labels, results
@@ -40,8 +42,8 @@ from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
 from noisystudent.run.preflight import check_before_writing
 from noisystudent.run.tables import TABLE_CHUNK, read_table, read_table_chunks
-from noisystudent.training import backends, distributed
-from noisystudent.training.engine import TrainSet, predict_probs
+from noisystudent.training import distributed
+from noisystudent.training.engine import TrainSet
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
 

@@ -25,6 +25,7 @@ from noisystudent.config.run_config import RunConfig
 from noisystudent.device import amp_dtype
 from noisystudent.errors import CheckpointError
 from noisystudent.evaluation.scoring import probabilities_loss, selection_score, validation_metrics
+from noisystudent.inference.predict import predict_probs
 from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.training import distributed, engine, optim
@@ -192,7 +193,7 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
             config.batch_size, config.precise_bn_batches, ctx.amp_dtype, ctx.channels_last,
         )
     distributed.broadcast_buffers(model)  # every rank validates the model rank 0 saves
-    probs = distributed.gather_rows(lambda rows: engine.predict_probs(
+    probs = distributed.gather_rows(lambda rows: predict_probs(
         model, load_batch, rows, ctx.device, config.eval_batch_size,
         amp_dtype=ctx.amp_dtype, image_size=size, channels_last=ctx.channels_last, normalization=(mean, std),
     ), job.val_rows)

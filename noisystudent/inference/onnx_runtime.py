@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from noisystudent.errors import ConfigError
-from noisystudent.training import onnx_export
+from noisystudent.inference import onnx_export
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import torch
 
 from noisystudent.device import amp_dtype, to_device
 from noisystudent.errors import ConfigError
-from noisystudent.training import onnx_backend, onnx_export
-from noisystudent.training.engine import predict_probs
+from noisystudent.inference import onnx_export, onnx_runtime
+from noisystudent.inference.predict import predict_probs
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ def resolve_backend(name: str, device: torch.device) -> str:
     if name not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {name!r}.")
     if name == "auto":
-        return "onnx" if device.type == "cpu" and onnx_backend.available() else "torch"
-    if name == "onnx" and not onnx_backend.available():
-        raise ConfigError(f"--backend onnx needs onnx and onnxruntime; {onnx_backend.INSTALL_HINT} or use --backend torch.")
+        return "onnx" if device.type == "cpu" and onnx_runtime.available() else "torch"
+    if name == "onnx" and not onnx_runtime.available():
+        raise ConfigError(f"--backend onnx needs onnx and onnxruntime; {onnx_runtime.INSTALL_HINT} or use --backend torch.")
     return name
 
 
@@ -48,9 +48,9 @@ def ensemble_predictor(ensemble, tta_mode: str, backend: str = "auto") -> BatchP
     if chosen == "torch":
         return TorchModels([(m.model, m.normalization) for m in ensemble.members], ensemble.device, tta_mode, ensemble.config)
     # The run's own rule: fold_probs do not depend on it, so every --voting shares one cached graph.
-    model = onnx_backend.cached_ensemble_export(ensemble, tta_mode, ensemble.config.voting)
+    model = onnx_runtime.cached_ensemble_export(ensemble, tta_mode, ensemble.config.voting)
     # As many ONNX Runtime threads as PyTorch uses: the caller's torch.set_num_threads holds for both.
-    return onnx_backend.OrtEnsemble(model, torch.get_num_threads(), onnx_backend.providers_for(ensemble.device.type))
+    return onnx_runtime.OrtEnsemble(model, torch.get_num_threads(), onnx_runtime.providers_for(ensemble.device.type))
 
 
 def model_predictor(model: torch.nn.Module, normalization: tuple, device: torch.device, tta_mode: str, config,
@@ -60,13 +60,13 @@ def model_predictor(model: torch.nn.Module, normalization: tuple, device: torch.
         return TorchModels([(model, normalization)], device, tta_mode, config)
     graph = onnx_export.build_graph([model], [normalization], tta_mode, "soft")
     model_bytes = onnx_export.export_graph(graph, config.image_size, {"format": onnx_export.EXPORT_FORMAT})
-    return onnx_backend.OrtEnsemble(model_bytes, torch.get_num_threads(), onnx_backend.providers_for(device.type))
+    return onnx_runtime.OrtEnsemble(model_bytes, torch.get_num_threads(), onnx_runtime.providers_for(device.type))
 
 
 def pipeline_backend(device: torch.device, n_images: int, image_size: int) -> str:
     """The backend of kfold's per-model predictions: ONNX Runtime on a CPU when the work pays for the export."""
     work = n_images * (image_size / 224) ** 2
-    if device.type == "cpu" and onnx_backend.available() and work >= EXPORT_PAYS_OFF:
+    if device.type == "cpu" and onnx_runtime.available() and work >= EXPORT_PAYS_OFF:
         return "onnx"
     return "torch"
 

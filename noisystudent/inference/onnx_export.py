@@ -37,7 +37,7 @@ from torch import nn
 
 from noisystudent import __version__, atomic
 from noisystudent.errors import ConfigError
-from noisystudent.training import tta
+from noisystudent.inference import tta
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class EnsembleGraph(nn.Module):
         super().__init__()
         self.classifiers = nn.ModuleList(classifiers)
         for k, (mean, std) in enumerate(normalizations):
-            # the same constants as augment.normalize: (x - 255 mean) * 1 / (255 std)
+            # the same constants as normalize.normalize: (x - 255 mean) * 1 / (255 std)
             self.register_buffer(f"shift{k}", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
             self.register_buffer(f"scale{k}", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0))
         self.tta_mode = tta_mode
