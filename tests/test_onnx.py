@@ -33,6 +33,7 @@ from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed  # no
 from noisystudent.errors import ConfigError  # noqa: E402
 from noisystudent.evaluation.voting import majority_vote  # noqa: E402
 from noisystudent.inference import backends, onnx_export, onnx_runtime  # noqa: E402
+from noisystudent.inference.model_set import ModelSet  # noqa: E402
 from noisystudent.models import create_model  # noqa: E402
 from noisystudent.run.pipeline import run_kfold  # noqa: E402
 
@@ -198,10 +199,9 @@ def test_b0_graph_matches_eager_at_224():
             module.running_var.uniform_(0.5, 2.0)
             module.running_mean.uniform_(-0.2, 0.2)
     pixels = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
-    predict = backends.model_predictor(model, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), torch.device("cpu"), "none",
-                                       RunConfig(image_size=224), "onnx")
-    eager = backends.model_predictor(model, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), torch.device("cpu"), "none",
-                                     RunConfig(image_size=224), "torch")
+    one_model = ModelSet((model,), (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),), torch.device("cpu"), "auto", False, 224)
+    predict = backends.model_predictor(one_model, "none", "onnx")
+    eager = backends.model_predictor(one_model, "none", "torch")
     assert np.abs(predict(pixels.numpy()) - eager(pixels.numpy())).max() < TOLERANCE
 
 

@@ -26,6 +26,7 @@ from noisystudent.data.cache import build_cache
 from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_VALIDATION
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
 from noisystudent.errors import ConfigError
+from noisystudent.inference import backends
 from noisystudent.inference.predict import predict_probs
 from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
@@ -457,13 +458,13 @@ def test_pipeline_predicts_with_the_model_arch_normalisation_and_tta(tmp_path, m
     ctx = pipeline.RunContext(tmp_path, RunConfig(tta="flips", image_size=8), CLASSES, folds,
                               _FakeCache(GREY_127[:2]), CPU, NULL_PROGRESS)
     calls = []
-    original = pipeline.predict_probs
+    original = backends.predict_probs
 
     def spy(*args, **kwargs):
         calls.append((args, kwargs))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "predict_probs", spy)
+    monkeypatch.setattr(backends, "predict_probs", spy)
     table = pipeline.predict_round(ctx, 0, 0)
     args, kwargs = calls[0]
     passed = inspect.signature(original).bind(*args, **kwargs).arguments

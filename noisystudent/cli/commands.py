@@ -389,7 +389,7 @@ def ensemble_export(
     ensemble.check_outputs(out_path, run, [], out_path)
     models_ = ensemble.load_ensemble(run, models, "cpu")
     rule, tta_mode = ensemble.checked_rule(voting or models_.config.voting), ensemble.checked_tta(tta or models_.config.tta)
-    onnx_export.write_export(onnx_export.export_ensemble_bytes(models_, tta_mode, rule), out_path)
+    onnx_export.write_export(onnx_export.export_ensemble_bytes(models_.model_set(), models_.export_record(), tta_mode, rule), out_path)
     out.print(f"Written: {out_path} ({len(models_.members)} {models_.kind}s, {rule} voting, tta {tta_mode}, "
               f"{models_.spec.image_size} px; run it with scripts/onnx_predict.py)", highlight=False)
 

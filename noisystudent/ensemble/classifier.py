@@ -27,7 +27,7 @@ Files (written atomically, never inside the run folder):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,8 @@ from noisystudent.data.readers import read_manifest
 from noisystudent.device import resolve_device
 from noisystudent.errors import CheckpointError, ConfigError, DataError, OutputError, RunFolderError
 from noisystudent.evaluation import metrics
-from noisystudent.inference.backends import ensemble_predictor
+from noisystudent.inference.backends import BatchPredictor, ensemble_predictor
+from noisystudent.inference.model_set import ExportRecord, ModelSet
 from noisystudent.models import input_normalization
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
@@ -85,10 +86,24 @@ class Ensemble:
     # (tta, backend) -> batch predictor, built once per loaded ensemble (an ONNX Runtime session takes seconds)
     predictors: dict = field(default_factory=dict, repr=False)
 
-    def predictor(self, tta: str, backend: str):
+    def predictor(self, tta: str, backend: str) -> BatchPredictor:
         if (tta, backend) not in self.predictors:
-            self.predictors[(tta, backend)] = ensemble_predictor(self, tta, backend)
+            self.predictors[(tta, backend)] = ensemble_predictor(self.model_set(), self.export_record(), tta, backend)
         return self.predictors[(tta, backend)]
+
+    def model_set(self) -> ModelSet:
+        """The fold models as inference runs them."""
+        return ModelSet(tuple(m.model for m in self.members), tuple(m.normalization for m in self.members), self.device,
+                        self.config.amp, self.config.channels_last, self.spec.image_size)
+
+    def export_record(self) -> ExportRecord:
+        """Where the fold models come from, as an ONNX export records it."""
+        return ExportRecord(
+            run=self.run, files=tuple(m.path for m in self.members), folds=tuple(m.fold for m in self.members),
+            kind=self.kind, round=self.round,
+            architecture=self.config.student_architecture if self.round else self.config.arch,
+            classes=tuple(self.classes), positive=self.positive, preprocess=asdict(self.spec), voting=self.config.voting,
+        )
 
     @property
     def kind(self) -> str:

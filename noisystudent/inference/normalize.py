@@ -18,6 +18,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Stats = tuple[float, float, float]
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) a model expects (models.input_normalization)
 
 
 @lru_cache(maxsize=None)

@@ -14,9 +14,7 @@ import torch
 
 from noisystudent.device import autocast
 from noisystudent.inference import tta
-from noisystudent.inference.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
-
-Normalization = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) a model expects (models.input_normalization)
+from noisystudent.inference.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalization, normalize
 
 
 @torch.no_grad()

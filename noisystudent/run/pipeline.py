@@ -31,10 +31,10 @@ from noisystudent.data.cache import ImageCache, build_cache
 from noisystudent.data.pool import PoolFile
 from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.run_images import RunImages, load_run_images
-from noisystudent.device import amp_dtype, resolve_device
+from noisystudent.device import resolve_device
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.inference import backends
-from noisystudent.inference.predict import predict_probs
+from noisystudent.inference.model_set import ModelSet
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import claims, evidence, pool_source, pseudo_labels, results
@@ -384,33 +384,13 @@ def _check_finite(probs: np.ndarray, folder: Path) -> None:
         )
 
 
-def _round_predictor(ctx: RunContext, model: torch.nn.Module, arch: str, n_images: int):
-    """``predict(rows, done_before=0)`` -> (N, C) probabilities of one model for cache rows.
-
-    ONNX Runtime on a CPU when it pays off for the round's ``n_images``, else
-    PyTorch; chosen and exported once per round, so that every chunk of a pool
-    goes through the same backend (the two differ by float rounding).
-    """
+def _round_predictor(ctx: RunContext, model: torch.nn.Module, arch: str, n_images: int) -> backends.RowPredictor:
+    """``predict(rows, done_before=0)`` -> (N, C) probabilities of one model for cache rows (``backends.row_predictor``)."""
     config = ctx.config
-    normalization = models.input_normalization(arch)  # Lite0: (x - 127) / 128
-    backend = backends.pipeline_backend(ctx.device, n_images, config.image_size)
-    predictor = None if backend == "torch" else backends.model_predictor(model, normalization, ctx.device, config.tta, config, backend)
-
-    def predict(rows: torch.Tensor, done_before: int = 0) -> np.ndarray:
-        on_progress = lambda done: ctx.progress.update("predict", completed=done_before + done)  # noqa: E731
-        if predictor is None:
-            return predict_probs(
-                model, ctx.load_batch, rows, ctx.device, config.eval_batch_size, config.tta, amp_dtype(config.amp, ctx.device),
-                channels_last=ctx.device.type == "cuda" and config.channels_last, on_progress=on_progress,
-                normalization=normalization,
-            )
-        parts = []
-        for start in range(0, len(rows), config.eval_batch_size):
-            parts.append(predictor(ctx.load_batch(rows[start : start + config.eval_batch_size]).numpy())[0])
-            on_progress(start + len(parts[-1]))
-        return np.concatenate(parts) if parts else np.zeros((0, len(ctx.classes)), np.float32)
-
-    return predict
+    # Lite0 expects (x - 127) / 128
+    one_model = ModelSet((model,), (models.input_normalization(arch),), ctx.device, config.amp, config.channels_last, config.image_size)
+    return backends.row_predictor(one_model, config.tta, ctx.load_batch, config.eval_batch_size, n_images, len(ctx.classes),
+                                  lambda done: ctx.progress.update("predict", completed=done))
 
 
 def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
