@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,11 +31,14 @@ from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.training import distributed, engine, optim
 from noisystudent.training.augment import create_augment
+from noisystudent.training.optim import Scheduler
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.sampling import class_weights
 from noisystudent.training.seeding import derive_seed, make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
+
+LoadBatch = Callable[[torch.Tensor], torch.Tensor]  # cache rows -> uint8 images (B, 3, H, W) on the device
 
 # torch.compile options of the training model (tests use the "eager" backend: same guards, no codegen).
 COMPILE_OPTIONS: dict = {}
@@ -69,7 +73,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.device, progress: Progress = NULL_PROGRESS) -> Path:
+def train_model(job: ModelJob, config: RunConfig, load_batch: LoadBatch, device: torch.device,
+                progress: Progress = NULL_PROGRESS) -> Path:
     """Train ``job`` unless its model.pt exists; return the path of model.pt."""
     model_path = job.out_dir / layout.MODEL
     if model_path.exists():
@@ -88,7 +93,7 @@ def train_model(job: ModelJob, config: RunConfig, load_batch, device: torch.devi
     return model_path
 
 
-def _selected(config: RunConfig, state: TrainState, model) -> TrainState:
+def _selected(config: RunConfig, state: TrainState, model: torch.nn.Module) -> TrainState:
     """--select last keeps the weights of the last epoch trained, not the best one on validation."""
     if config.select == "best" or not state.history:
         return state
@@ -111,7 +116,8 @@ def build_model(job: ModelJob, config: RunConfig, device: torch.device) -> torch
     return model
 
 
-def _resume(job: ModelJob, model, optimizer, scheduler, scaler) -> TrainState:
+def _resume(job: ModelJob, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Scheduler | None,
+            scaler: torch.amp.GradScaler | None) -> TrainState:
     path = job.out_dir / layout.CHECKPOINT
     if not path.exists():
         return TrainState()
@@ -135,7 +141,9 @@ def _resume(job: ModelJob, model, optimizer, scheduler, scaler) -> TrainState:
     return state
 
 
-def _run_epochs(job, config, model, optimizer, scheduler, scaler, state, load_batch, device, progress) -> None:
+def _run_epochs(job: ModelJob, config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: Scheduler | None, scaler: torch.amp.GradScaler | None, state: TrainState, load_batch: LoadBatch,
+                device: torch.device, progress: Progress) -> None:
     sizes = parse_progressive_resize(config.progressive_resize, config.epochs, config.image_size)
     ctx = engine.StepContext(
         optimizer=optimizer, device=device, amp_dtype=amp_dtype(config.amp, device), scaler=scaler,
@@ -166,7 +174,8 @@ def _stopped_early(job: ModelJob, config: RunConfig, state: TrainState) -> bool:
     return False
 
 
-def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch, progress) -> dict:
+def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, training_model: torch.nn.Module,
+               ctx: engine.StepContext, epoch: int, size: int, load_batch: LoadBatch, progress: Progress) -> dict:
     seed_everything(derive_seed(job.seed, "epoch", epoch, *distributed.seed_parts()))  # dropout and drop-connect draws
     generator = make_generator(derive_seed(job.seed, "data", epoch))
     frozen = config.freeze == "backbone" or epoch < config.head_warmup_epochs
@@ -200,7 +209,7 @@ def _one_epoch(job, config, model, training_model, ctx, epoch, size, load_batch,
     return _history_row(job, config, optim.current_lr(ctx.optimizer), stats, probs, epoch, size, started)
 
 
-def _set_frozen(model, frozen: bool) -> None:
+def _set_frozen(model: torch.nn.Module, frozen: bool) -> None:
     """Freeze the backbone (feature extraction, head warm-up) or train everything; then train mode."""
     if frozen:
         models.freeze_backbone(model)
@@ -209,7 +218,8 @@ def _set_frozen(model, frozen: bool) -> None:
     models.set_train_mode(model, frozen)
 
 
-def _history_row(job, config, lr, stats, probs, epoch, size, started) -> dict:
+def _history_row(job: ModelJob, config: RunConfig, lr: float, stats: dict[str, float], probs: np.ndarray, epoch: int,
+                 size: int, started: float) -> dict:
     # --binary names the classes 'negative'/'positive', whatever --positive says (as run_images and results do)
     positive = "positive" if config.binary else config.positive
     val = validation_metrics(job.val_labels, probs, job.classes, positive)
@@ -224,7 +234,7 @@ def _history_row(job, config, lr, stats, probs, epoch, size, started) -> dict:
     return row
 
 
-def _record_epoch(state: TrainState, model, row: dict, epoch: int) -> None:
+def _record_epoch(state: TrainState, model: torch.nn.Module, row: dict, epoch: int) -> None:
     score = row.pop("score")
     state.history.append(row)
     state.next_epoch = epoch + 1
@@ -235,7 +245,8 @@ def _record_epoch(state: TrainState, model, row: dict, epoch: int) -> None:
         state.stale_epochs += 1
 
 
-def _save_checkpoint(job, model, optimizer, scheduler, scaler, state: TrainState) -> None:
+def _save_checkpoint(job: ModelJob, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Scheduler | None,
+                     scaler: torch.amp.GradScaler | None, state: TrainState) -> None:
     train_state = {k: getattr(state, k) for k in ("next_epoch", "best_score", "best_epoch", "best_state", "stale_epochs", "history")}
     checkpoint.save(job.out_dir / layout.CHECKPOINT, {
         "model": model.state_dict(),
