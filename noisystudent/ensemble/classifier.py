@@ -48,6 +48,7 @@ from noisystudent.errors import CheckpointError, ConfigError, DataError, OutputE
 from noisystudent.evaluation import metrics
 from noisystudent.inference.backends import BatchPredictor, ensemble_predictor
 from noisystudent.inference.model_set import ExportRecord, ModelSet
+from noisystudent.inference.tables import prediction_table
 from noisystudent.models import input_normalization
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
@@ -362,22 +363,13 @@ def evaluate(
     base = fold_probs.images[[PATH, LABEL, PATIENT]]
     tables = []
     for m, member in enumerate(ensemble.members):
-        tables.append(_identified(ensemble, member.fold, "", _single_model_table(base, fold_probs.probs[m], ensemble.classes)))
+        tables.append(_identified(ensemble, member.fold, "", prediction_table(base, fold_probs.probs[m], ensemble.classes)))
     for rule in rules:
         tables.append(_identified(ensemble, ENSEMBLE, rule, results.vote_table(base, fold_probs.probs, ensemble.classes, rule)))
     rows = [row for t in tables for row in _metrics_rows(t, ensemble)]
     columns = EVAL_ID_COLUMNS + [metrics.CLASS_COLUMN] + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS
     table = metrics.with_integer_counts(pd.DataFrame(rows, columns=columns))
     return Evaluation(pd.concat(tables, ignore_index=True), table, fold_probs.skipped)
-
-
-def _single_model_table(images: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """One fold model's predictions: its probabilities and its most probable class."""
-    table = images.reset_index(drop=True).copy()
-    for i, name in enumerate(classes):
-        table[layout.prob_column(name)] = probs[:, i].astype(np.float64)
-    table[layout.PRED] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
-    return table
 
 
 def _identified(ensemble: Ensemble, fold: int | str, voting: str, table: pd.DataFrame) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from noisystudent.device import resolve_device
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.inference import backends
 from noisystudent.inference.model_set import ModelSet
+from noisystudent.inference.tables import prediction_table
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import claims, evidence, pool_source, pseudo_labels, results
@@ -391,14 +392,6 @@ def _round_predictor(ctx: RunContext, model: torch.nn.Module, arch: str, n_image
     one_model = ModelSet((model,), (models.input_normalization(arch),), ctx.device, config.amp, config.channels_last, config.image_size)
     return backends.row_predictor(one_model, config.tta, ctx.load_batch, config.eval_batch_size, n_images, len(ctx.classes),
                                   lambda done: ctx.progress.update("predict", completed=done))
-
-
-def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    table = frame.reset_index(drop=True).copy()
-    for i, name in enumerate(classes):
-        table[layout.prob_column(name)] = probs[:, i].astype(np.float64)
-    table[layout.PRED] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)] if len(probs) else []
-    return table
 
 
 def _pseudo_labels(ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:
