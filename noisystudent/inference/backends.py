@@ -5,6 +5,8 @@ Both are callables from uint8 pixels (B, 3, S, S) to fold probabilities
 ``auto`` picks the fastest available on the device: ONNX Runtime on a CPU when
 the ``onnx`` extra is installed (3.7x eager PyTorch for EfficientNet-B0 on 2 cores,
 docs/throughput.md), PyTorch on a GPU (bf16 autocast, channels_last).
+``row_predictor`` serves kfold's rounds: one model, cache rows in, (N, C) out,
+in ONNX Runtime only where the work pays for the export (``pipeline_backend``).
 """
 
 from __future__ import annotations
