@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 
 from noisystudent.errors import ConfigError
@@ -45,3 +47,10 @@ def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
         if not tensor.is_pinned():
             tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Mixed precision in ``dtype`` on ``device`` (``amp_dtype``); a no-op context for None (fp32)."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

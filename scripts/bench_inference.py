@@ -50,9 +50,9 @@ from noisystudent.config.run_config import RunConfig
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
 from noisystudent.ensemble import classifier as ensemble
+from noisystudent.inference import onnx_export, onnx_runtime
 from noisystudent.models import checkpoint
 from noisystudent.run.folder import write_config
-from noisystudent.training import onnx_backend, onnx_export
 
 ARCH = "efficientnet-b0"
 CLASSES = ["all", "hem"]
@@ -220,11 +220,11 @@ def model_ceilings(model, batches, labels, device, args, folder: Path, rows: lis
     if provider is None:
         rows.append(("1 model: ONNX Runtime fp32", None, f"skipped: this onnxruntime has no {device.type.upper()} provider"))
     else:
-        session = onnx_backend.OrtEnsemble(model_bytes, args.threads, provider)
+        session = onnx_runtime.OrtEnsemble(model_bytes, args.threads, provider)
         found["ort fp32"], fp32 = ceiling(session, batches, device, args.repeats)
         rows.append((f"1 model: ONNX Runtime fp32 ({provider[0]})", found["ort fp32"], ""))
         if not args.no_int8 and device.type == "cpu":
-            int8_session = onnx_backend.OrtEnsemble(quantized(model_bytes, batches[0], folder), args.threads)
+            int8_session = onnx_runtime.OrtEnsemble(quantized(model_bytes, batches[0], folder), args.threads)
             found["ort int8"], int8 = ceiling(int8_session, batches, device, args.repeats)
             same = float((fp32[0].argmax(1) == int8[0].argmax(1)).mean())
             auc_fp32, auc_int8 = auc(labels, fp32[0][:, 0]), auc(labels, int8[0][:, 0])
@@ -236,7 +236,7 @@ def model_ceilings(model, batches, labels, device, args, folder: Path, rows: lis
 
 def ort_providers(device: torch.device) -> list[str] | None:
     try:
-        return onnx_backend.providers_for(device.type)
+        return onnx_runtime.providers_for(device.type)
     except Exception:
         return None
 
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         folder = Path(tmp)
-        os.environ.setdefault(onnx_backend.CACHE_ENV, str(folder / "onnx-cache"))
+        os.environ.setdefault(onnx_runtime.CACHE_ENV, str(folder / "onnx-cache"))
         images = folder_images(args.image_dir) if args.image_dir else write_images(folder / "images", args.images, args.source_size)
         spec = PreprocessSpec(image_size=args.size)
         pixels = np.stack([load_preprocessed(p, spec) for p, _ in images])

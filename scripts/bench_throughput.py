@@ -10,7 +10,7 @@ a. model-only ceiling: EfficientNet-B0 training steps (forward, backward, SGD)
    on a synthetic float batch already on the device;
 b. full training step through the real data path: ``engine.train_one_epoch``
    over cache rows (cache.batch -> strong augment -> the same step), and b/a;
-c. inference / pseudo-labelling: ``engine.predict_probs`` over the cache;
+c. inference / pseudo-labelling: ``predict.predict_probs`` over the cache;
 d. peak GPU memory of each phase;
 
 then projects the full C-NMC protocol (5 folds x teacher + 3 students) from
@@ -50,6 +50,7 @@ if __name__ != "__mp_main__":
     from noisystudent.data.cache import build_cache
     from noisystudent.data.preprocess import PreprocessSpec
     from noisystudent.device import amp_dtype, resolve_device
+    from noisystudent.inference.predict import predict_probs
     from noisystudent.models import checkpoint
     from noisystudent.training import engine, optim
     from noisystudent.training.augment import create_augment
@@ -270,14 +271,14 @@ def count_host_syncs(fn, device: torch.device) -> int | None:
 
 
 def bench_inference(model, cache, ctx: StepContext, args, eval_batch: int) -> dict:
-    """engine.predict_probs (eval mode, uncompiled, as the pipeline predicts) over every cache row."""
+    """predict_probs (eval mode, uncompiled, as the pipeline predicts) over every cache row."""
     load_batch = lambda rows: cache.batch(rows, ctx.device)  # noqa: E731
     channels_last = ctx.device.type == "cuda"
     rows = torch.arange(len(cache), dtype=torch.long)
 
     def predict(selection: torch.Tensor) -> None:
-        engine.predict_probs(model, load_batch, selection, ctx.device, eval_batch,
-                             amp_dtype=ctx.amp_dtype, image_size=args.size, channels_last=channels_last)
+        predict_probs(model, load_batch, selection, ctx.device, eval_batch,
+                      amp_dtype=ctx.amp_dtype, image_size=args.size, channels_last=channels_last)
 
     predict(rows[: eval_batch * max(1, min(args.warmup, 2))])
     out: dict = {}

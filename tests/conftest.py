@@ -11,7 +11,7 @@ import helpers
 import pytest
 import torch
 
-# Exported ONNX graphs (onnx_backend.cache_dir) go to a temporary folder, not the user's ~/.cache.
+# Exported ONNX graphs (onnx_runtime.cache_dir) go to a temporary folder, not the user's ~/.cache.
 os.environ.setdefault("NOISYSTUDENT_CACHE_DIR", tempfile.mkdtemp(prefix="noisystudent-test-cache-"))
 
 # Tiny tensors run faster on one thread, and a busy 2-core machine stops thrashing.

@@ -172,7 +172,8 @@ def _uncertain_predictions(ctx, fold, round_):
     import pandas as pd
 
     from noisystudent import layout
-    from noisystudent.run.pipeline import SPLIT_OF_ROLE, fold_rows, prediction_table
+    from noisystudent.inference.tables import prediction_table
+    from noisystudent.run.pipeline import SPLIT_OF_ROLE, fold_rows
 
     frame = pd.concat([fold_rows(ctx.fold_table, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
                       ignore_index=True)

@@ -15,6 +15,7 @@ from noisystudent import layout
 from noisystudent.config.settings import make_config
 from noisystudent.data.folds import assign_folds
 from noisystudent.data.manifest import LABEL, PATH, PATIENT, ROLE, make_manifest
+from noisystudent.inference.tables import prediction_table
 from noisystudent.progress import NULL_PROGRESS
 from noisystudent.run import pipeline
 from noisystudent.training.trainer import build_model
@@ -50,7 +51,7 @@ def _wrong_teacher(ctx, fold, round_):
     right = (frame[LABEL] == "all").to_numpy(float)
     p_all = np.where(frame[layout.SPLIT] == "unlabelled", 0.9 - 0.8 * right, 0.1 + 0.8 * right)
     p_all = np.where(frame[LABEL] == "", 0.7, p_all)
-    return pipeline.prediction_table(frame[[PATH, LABEL, PATIENT, layout.SPLIT]], np.stack([p_all, 1 - p_all], axis=1), CLASSES)
+    return prediction_table(frame[[PATH, LABEL, PATIENT, layout.SPLIT]], np.stack([p_all, 1 - p_all], axis=1), CLASSES)
 
 
 @pytest.fixture

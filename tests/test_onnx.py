@@ -32,9 +32,10 @@ from noisystudent.data import prefetch  # noqa: E402
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed  # noqa: E402
 from noisystudent.errors import ConfigError  # noqa: E402
 from noisystudent.evaluation.voting import majority_vote  # noqa: E402
+from noisystudent.inference import backends, onnx_export, onnx_runtime  # noqa: E402
+from noisystudent.inference.model_set import ModelSet  # noqa: E402
 from noisystudent.models import create_model  # noqa: E402
 from noisystudent.run.pipeline import run_kfold  # noqa: E402
-from noisystudent.training import backends, onnx_backend, onnx_export
 
 TOLERANCE = 1e-4
 CLASSES = ["all", "hem"]
@@ -79,7 +80,7 @@ def b0_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _export_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "onnx-cache"))
+    monkeypatch.setenv(onnx_runtime.CACHE_ENV, str(tmp_path / "onnx-cache"))
 
 
 def _invoke(*args) -> None:
@@ -151,7 +152,7 @@ def test_cnmc_sample_same_probabilities_and_calls(b0_run, cnmc_sample, tmp_path)
 def test_second_predict_reads_the_cached_export(b0_run, tmp_path, monkeypatch):
     images = _cells(tmp_path / "new", 4, seed=1)
     first = _predict(b0_run, images, tmp_path / "a.csv", "onnx")
-    assert len(list(onnx_backend.cache_dir().glob("*.onnx"))) == 1
+    assert len(list(onnx_runtime.cache_dir().glob("*.onnx"))) == 1
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
@@ -180,7 +181,7 @@ def test_graph_majority_vote_breaks_ties_like_voting_module():
     pixels = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 4, 4).contiguous()
     expected = majority_vote(torch.softmax(logits, dim=2).numpy())
     model = onnx_export.export_graph(graph, 4, {"format": onnx_export.EXPORT_FORMAT})
-    session = onnx_backend.create_session(model, threads=1)
+    session = onnx_runtime.create_session(model, threads=1)
     fold_probs, probs, pred, agreement = session.run(list(onnx_export.OUTPUTS), {onnx_export.INPUT: pixels.numpy()})
     np.testing.assert_array_equal(pred, expected.pred)
     np.testing.assert_allclose(probs, expected.probs, atol=1e-6)
@@ -198,10 +199,9 @@ def test_b0_graph_matches_eager_at_224():
             module.running_var.uniform_(0.5, 2.0)
             module.running_mean.uniform_(-0.2, 0.2)
     pixels = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
-    predict = backends.model_predictor(model, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), torch.device("cpu"), "none",
-                                       RunConfig(image_size=224), "onnx")
-    eager = backends.model_predictor(model, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), torch.device("cpu"), "none",
-                                     RunConfig(image_size=224), "torch")
+    one_model = ModelSet((model,), (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),), torch.device("cpu"), "auto", False, 224)
+    predict = backends.model_predictor(one_model, "none", "onnx")
+    eager = backends.model_predictor(one_model, "none", "torch")
     assert np.abs(predict(pixels.numpy()) - eager(pixels.numpy())).max() < TOLERANCE
 
 
@@ -226,7 +226,7 @@ def test_prefetch_keeps_order_lists_unreadable_and_decodes_only_ahead(tmp_path, 
 
 
 def test_onnx_backend_missing_is_one_sentence(monkeypatch):
-    monkeypatch.setattr(onnx_backend, "available", lambda: False)
+    monkeypatch.setattr(onnx_runtime, "available", lambda: False)
     assert backends.resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(ConfigError, match="onnx extra"):
         backends.resolve_backend("onnx", torch.device("cpu"))

@@ -26,6 +26,8 @@ from noisystudent.data.cache import build_cache
 from noisystudent.data.manifest import FOLD, LABEL, PATH, PATIENT, ROLE, ROLE_VALIDATION
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
 from noisystudent.errors import ConfigError
+from noisystudent.inference import backends
+from noisystudent.inference.predict import predict_probs
 from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import pipeline
@@ -221,7 +223,7 @@ def test_preprocessing_options_change_the_cache(tmp_path):
 def test_predict_probs_calls_the_model_once_per_view(mode, views):
     model = Tiny()
     images = _images(8, 16)
-    probs = engine.predict_probs(model, lambda rows: images[rows], torch.arange(8), CPU, batch_size=4, tta_mode=mode)
+    probs = predict_probs(model, lambda rows: images[rows], torch.arange(8), CPU, batch_size=4, tta_mode=mode)
     assert len(model.inputs) == 2 * views  # 2 batches of 4
     assert all(batch.shape == (4, 3, 16, 16) for _, batch in model.inputs)
     first_batch = [batch for _, batch in model.inputs[:views]]
@@ -428,9 +430,9 @@ def test_trainer_feeds_each_arch_its_normalisation(tmp_path, tiny_models, arch):
 
 def test_predict_probs_normalization_argument():
     model = Tiny()
-    engine.predict_probs(model, lambda rows: GREY_127[rows], torch.arange(2), CPU,
+    predict_probs(model, lambda rows: GREY_127[rows], torch.arange(2), CPU,
                          normalization=models.input_normalization(LITE))
-    engine.predict_probs(model, lambda rows: GREY_127[rows], torch.arange(2), CPU)
+    predict_probs(model, lambda rows: GREY_127[rows], torch.arange(2), CPU)
     torch.testing.assert_close(model.inputs[0][1], torch.zeros(2, 3, 8, 8), atol=1e-6, rtol=0)
     torch.testing.assert_close(model.inputs[1][1], normalize(GREY_127[:2]))
 
@@ -456,13 +458,13 @@ def test_pipeline_predicts_with_the_model_arch_normalisation_and_tta(tmp_path, m
     ctx = pipeline.RunContext(tmp_path, RunConfig(tta="flips", image_size=8), CLASSES, folds,
                               _FakeCache(GREY_127[:2]), CPU, NULL_PROGRESS)
     calls = []
-    original = pipeline.predict_probs
+    original = backends.predict_probs
 
     def spy(*args, **kwargs):
         calls.append((args, kwargs))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "predict_probs", spy)
+    monkeypatch.setattr(backends, "predict_probs", spy)
     table = pipeline.predict_round(ctx, 0, 0)
     args, kwargs = calls[0]
     passed = inspect.signature(original).bind(*args, **kwargs).arguments

@@ -13,6 +13,7 @@ from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.demo import generate_demo
 from noisystudent.data.manifest import PATH
+from noisystudent.inference.predict import predict_probs
 from noisystudent.run import pipeline, pseudo_labels
 from noisystudent.training import engine
 from noisystudent.training.augment import create_augment, normalize
@@ -55,8 +56,8 @@ def test_student_batches_are_noised_and_teacher_predictions_are_not():
     assert distances.min(dim=1).values.min() > 1.0
 
     model.inputs.clear()
-    first = engine.predict_probs(model, lambda rows: images[rows], torch.arange(8), torch.device("cpu"), batch_size=8)
-    second = engine.predict_probs(model, lambda rows: images[rows], torch.arange(8), torch.device("cpu"), batch_size=8)
+    first = predict_probs(model, lambda rows: images[rows], torch.arange(8), torch.device("cpu"), batch_size=8)
+    second = predict_probs(model, lambda rows: images[rows], torch.arange(8), torch.device("cpu"), batch_size=8)
     assert torch.equal(model.inputs[0], clean)  # the teacher sees the clean images ...
     assert not model.training  # ... in eval mode: no dropout
     np.testing.assert_array_equal(first, second)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from noisystudent.errors import ConfigError
-from noisystudent.training.tta import N_VIEWS, predict_tta, tta_views
+from noisystudent.inference.tta import N_VIEWS, predict_tta, tta_views
 
 
 def _batch(count=3, size=16, seed=0):

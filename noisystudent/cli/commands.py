@@ -380,16 +380,16 @@ def ensemble_export(
     """Export the K fold models of RUN, their normalisation and the vote as one ONNX file (docs/onnx.md)."""
     from noisystudent.ensemble import classifier as ensemble
     from noisystudent.errors import ConfigError
-    from noisystudent.training import onnx_backend, onnx_export
+    from noisystudent.inference import onnx_export, onnx_runtime
 
     setup_logging(quiet)
-    if not onnx_backend.available():
-        raise ConfigError(f"Exporting needs onnx and onnxruntime; {onnx_backend.INSTALL_HINT}.")
+    if not onnx_runtime.available():
+        raise ConfigError(f"Exporting needs onnx and onnxruntime; {onnx_runtime.INSTALL_HINT}.")
     ensemble.check_options(models, tta, None, [voting] if voting else [], "cpu")
     ensemble.check_outputs(out_path, run, [], out_path)
     models_ = ensemble.load_ensemble(run, models, "cpu")
     rule, tta_mode = ensemble.checked_rule(voting or models_.config.voting), ensemble.checked_tta(tta or models_.config.tta)
-    onnx_export.write_export(onnx_export.export_ensemble_bytes(models_, tta_mode, rule), out_path)
+    onnx_export.write_export(onnx_export.export_ensemble_bytes(models_.model_set(), models_.export_record(), tta_mode, rule), out_path)
     out.print(f"Written: {out_path} ({len(models_.members)} {models_.kind}s, {rule} voting, tta {tta_mode}, "
               f"{models_.spec.image_size} px; run it with scripts/onnx_predict.py)", highlight=False)
 

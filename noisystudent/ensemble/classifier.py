@@ -27,7 +27,7 @@ Files (written atomically, never inside the run folder):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +46,15 @@ from noisystudent.data.readers import read_manifest
 from noisystudent.device import resolve_device
 from noisystudent.errors import CheckpointError, ConfigError, DataError, OutputError, RunFolderError
 from noisystudent.evaluation import metrics
+from noisystudent.inference.backends import BatchPredictor, ensemble_predictor
+from noisystudent.inference.model_set import ExportRecord, ModelSet
+from noisystudent.inference.tables import prediction_table
 from noisystudent.models import input_normalization
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import results
 from noisystudent.run.folder import load_run_config
 from noisystudent.safe_paths import check_output_file
-from noisystudent.training.backends import ensemble_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +87,24 @@ class Ensemble:
     # (tta, backend) -> batch predictor, built once per loaded ensemble (an ONNX Runtime session takes seconds)
     predictors: dict = field(default_factory=dict, repr=False)
 
-    def predictor(self, tta: str, backend: str):
+    def predictor(self, tta: str, backend: str) -> BatchPredictor:
         if (tta, backend) not in self.predictors:
-            self.predictors[(tta, backend)] = ensemble_predictor(self, tta, backend)
+            self.predictors[(tta, backend)] = ensemble_predictor(self.model_set(), self.export_record(), tta, backend)
         return self.predictors[(tta, backend)]
+
+    def model_set(self) -> ModelSet:
+        """The fold models as inference runs them."""
+        return ModelSet(tuple(m.model for m in self.members), tuple(m.normalization for m in self.members), self.device,
+                        self.config.amp, self.config.channels_last, self.spec.image_size)
+
+    def export_record(self) -> ExportRecord:
+        """Where the fold models come from, as an ONNX export records it."""
+        return ExportRecord(
+            run=self.run, files=tuple(m.path for m in self.members), folds=tuple(m.fold for m in self.members),
+            kind=self.kind, round=self.round,
+            architecture=self.config.student_architecture if self.round else self.config.arch,
+            classes=tuple(self.classes), positive=self.positive, preprocess=asdict(self.spec), voting=self.config.voting,
+        )
 
     @property
     def kind(self) -> str:
@@ -480,22 +496,13 @@ def evaluate(
     base = fold_probs.images[[PATH, LABEL, PATIENT]]
     tables = []
     for m, member in enumerate(ensemble.members):
-        tables.append(_identified(ensemble, member.fold, "", _single_model_table(base, fold_probs.probs[m], ensemble.classes)))
+        tables.append(_identified(ensemble, member.fold, "", prediction_table(base, fold_probs.probs[m], ensemble.classes)))
     for rule in rules:
         tables.append(_identified(ensemble, ENSEMBLE, rule, results.vote_table(base, fold_probs.probs, ensemble.classes, rule)))
     rows = [row for t in tables for row in _metrics_rows(t, ensemble)]
     columns = EVAL_ID_COLUMNS + [metrics.CLASS_COLUMN] + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS
     table = metrics.with_integer_counts(pd.DataFrame(rows, columns=columns))
     return Evaluation(pd.concat(tables, ignore_index=True), table, fold_probs.skipped)
-
-
-def _single_model_table(images: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """One fold model's predictions: its probabilities and its most probable class."""
-    table = images.reset_index(drop=True).copy()
-    for i, name in enumerate(classes):
-        table[layout.prob_column(name)] = probs[:, i].astype(np.float64)
-    table[layout.PRED] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
-    return table
 
 
 def _identified(ensemble: Ensemble, fold: int | str, voting: str, table: pd.DataFrame) -> pd.DataFrame:

@@ -25,8 +25,10 @@ from noisystudent import atomic, layout, models
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import manifest
 from noisystudent.data.pool import pool_chunks, pool_size
-from noisystudent.device import amp_dtype
 from noisystudent.errors import ConfigError
+from noisystudent.inference import backends
+from noisystudent.inference.model_set import ModelSet
+from noisystudent.inference.tables import prediction_table
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import claims, pseudo_labels, results, session
@@ -34,8 +36,8 @@ from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.preflight import check_before_writing
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
-from noisystudent.training import backends, distributed
-from noisystudent.training.engine import TrainSet, predict_probs
+from noisystudent.training import distributed
+from noisystudent.training.engine import TrainSet
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
 
@@ -246,41 +248,13 @@ def _check_finite(probs: np.ndarray, folder: Path) -> None:
         )
 
 
-def _round_predictor(run_ctx: RunContext, model: torch.nn.Module, arch: str, n_images: int):
-    """``predict(rows, done_before=0)`` -> (N, C) probabilities of one model for cache rows.
-
-    ONNX Runtime on a CPU when it pays off for the round's ``n_images``, else
-    PyTorch; chosen and exported once per round, so that every chunk of a pool
-    goes through the same backend (the two differ by float rounding).
-    """
+def _round_predictor(run_ctx: RunContext, model: torch.nn.Module, arch: str, n_images: int) -> backends.RowPredictor:
+    """``predict(rows, done_before=0)`` -> (N, C) probabilities of one model for cache rows (``backends.row_predictor``)."""
     config = run_ctx.config
-    normalization = models.input_normalization(arch)  # Lite0: (x - 127) / 128
-    backend = backends.pipeline_backend(run_ctx.device, n_images, config.image_size)
-    predictor = None if backend == "torch" else backends.model_predictor(model, normalization, run_ctx.device, config.tta, config, backend)
-
-    def predict(rows: torch.Tensor, done_before: int = 0) -> np.ndarray:
-        on_progress = lambda done: run_ctx.progress.update("predict", completed=done_before + done)  # noqa: E731
-        if predictor is None:
-            return predict_probs(
-                model, run_ctx.load_batch, rows, run_ctx.device, config.eval_batch_size, config.tta, amp_dtype(config.amp, run_ctx.device),
-                channels_last=run_ctx.device.type == "cuda" and config.channels_last, on_progress=on_progress,
-                normalization=normalization,
-            )
-        parts = []
-        for start in range(0, len(rows), config.eval_batch_size):
-            parts.append(predictor(run_ctx.load_batch(rows[start : start + config.eval_batch_size]).numpy())[0])
-            on_progress(start + len(parts[-1]))
-        return np.concatenate(parts) if parts else np.zeros((0, len(run_ctx.classes)), np.float32)
-
-    return predict
-
-
-def prediction_table(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    table = frame.reset_index(drop=True).copy()
-    for i, name in enumerate(classes):
-        table[layout.prob_column(name)] = probs[:, i].astype(np.float64)
-    table[layout.PRED] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)] if len(probs) else []
-    return table
+    # Lite0 expects (x - 127) / 128
+    one_model = ModelSet((model,), (models.input_normalization(arch),), run_ctx.device, config.amp, config.channels_last, config.image_size)
+    return backends.row_predictor(one_model, config.tta, run_ctx.load_batch, config.eval_batch_size, n_images, len(run_ctx.classes),
+                                  lambda done: run_ctx.progress.update("predict", completed=done))
 
 
 def _pseudo_labels(run_ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:

@@ -20,11 +20,10 @@ Levels (``create_augment``):
   noise): ``RANDAUGMENT_LAYERS`` more operations per sample, each picked at random from identity, posterize, solarize,
   sharpness and autocontrast at magnitude ``RANDAUGMENT_MAGNITUDE`` of 10.
 
-Outputs are float32 in normalised units: ``(x / 255 - mean) / std`` with the
-ImageNet mean and std by default, or the ``mean``/``std`` that an architecture's
-weights expect (``models.input_normalization``; EfficientNet-Lite0's TF Lite
-weights expect ``(pixel - 127) / 128``). ``normalize`` is the same conversion
-without noise, for evaluation.
+Outputs are float32 in normalised units, as ``inference.normalize`` makes them:
+``(x / 255 - mean) / std`` with the ImageNet mean and std by default, or the
+``mean``/``std`` that an architecture's weights expect. ``normalize`` is the
+same conversion without noise, for evaluation.
 """
 
 from __future__ import annotations
@@ -37,9 +36,7 @@ import torch.nn.functional as F
 
 from noisystudent.config.run_config import AUGMENTS
 from noisystudent.errors import ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from noisystudent.inference.normalize import IMAGENET_MEAN, IMAGENET_STD, Stats, device_of, normalize, standardize, to_unit
 
 MAX_ROTATION_DEG = 15.0
 SCALE_RANGE = (0.9, 1.1)
@@ -50,22 +47,6 @@ RANDAUGMENT_LAYERS = 2
 RANDAUGMENT_MAGNITUDE = 9  # of 10
 
 _LUMA = (0.299, 0.587, 0.114)
-
-
-Stats = tuple[float, float, float]
-
-
-@lru_cache(maxsize=None)
-def _normalisation(device: torch.device, mean: Stats, std: Stats) -> dict[str, torch.Tensor]:
-    """Normalisation constants per (device, mean, std), made once (creating them on a GPU syncs)."""
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return {
-        "mean": mean_t,
-        "inv_std": 1.0 / std_t,
-        "shift": mean_t * 255.0,  # normalisation straight from uint8
-        "scale": 1.0 / (std_t * 255.0),
-    }
 
 
 @lru_cache(maxsize=None)
@@ -79,36 +60,6 @@ def _constants(device: torch.device) -> dict[str, torch.Tensor]:
         "yiq_to_rgb": torch.linalg.inv(rgb_to_yiq).to(device),
         "smooth": smooth.expand(3, 1, 3, 3).contiguous().to(device),
     }
-
-
-def _device(x: torch.Tensor) -> torch.device:
-    device = x.device
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def to_unit(x: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 in [0, 1], resized (antialiased) to image_size."""
-    x = x.float().div_(255.0)
-    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
-def standardize(x: torch.Tensor, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> torch.Tensor:
-    """float in [0, 1] -> (x - mean) / std (ImageNet statistics by default)."""
-    c = _normalisation(_device(x), tuple(mean), tuple(std))
-    return (x - c["mean"]) * c["inv_std"]
-
-
-def normalize(x: torch.Tensor, image_size: int | None = None,
-              mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 (x / 255 - mean) / std, no noise."""
-    if image_size is None or tuple(x.shape[-2:]) == (image_size, image_size):
-        c = _normalisation(_device(x), tuple(mean), tuple(std))
-        return (x.float() - c["shift"]) * c["scale"]
-    return standardize(to_unit(x, image_size), mean, std)
 
 
 def _per_sample(mask: torch.Tensor) -> torch.Tensor:
@@ -152,7 +103,7 @@ def random_affine(x: torch.Tensor, generator: torch.Generator | None) -> torch.T
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    return (x * _constants(_device(x))["luma"]).sum(dim=1, keepdim=True)
+    return (x * _constants(device_of(x))["luma"]).sum(dim=1, keepdim=True)
 
 
 def colour_jitter(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -168,7 +119,7 @@ def colour_jitter(x: torch.Tensor, generator: torch.Generator | None) -> torch.T
 
 def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rotate the chroma plane (I, Q of YIQ) by ``angle`` radians per sample."""
-    c = _constants(_device(x))
+    c = _constants(device_of(x))
     cos, sin = torch.cos(angle), torch.sin(angle)
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rotation = torch.stack(
@@ -189,7 +140,7 @@ def _solarize(x: torch.Tensor, magnitude: float, sign: torch.Tensor) -> torch.Te
 
 
 def _sharpness(x: torch.Tensor, magnitude: float, sign: torch.Tensor) -> torch.Tensor:
-    smooth = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), _constants(_device(x))["smooth"], groups=3)
+    smooth = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), _constants(device_of(x))["smooth"], groups=3)
     factor = _per_sample(1 + 0.9 * magnitude * sign)  # sharpen or blur
     return (smooth + factor * (x - smooth)).clamp(0, 1)
 

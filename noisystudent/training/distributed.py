@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from noisystudent.training import sampling
+
+T = TypeVar("T")
 
 
 def init_from_env(device: torch.device) -> bool:
@@ -93,7 +96,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast(value):
+def broadcast(value: T) -> T:
     """Rank 0's ``value`` on every rank."""
     if not active():
         return value

@@ -1,4 +1,4 @@
-"""One training epoch and batched prediction. These touch no files and return values.
+"""One training epoch and precise BatchNorm. These touch no files and return values.
 
 Images come from the decoded uint8 cache by row index; noise (augmentation) is
 applied to whole batches on the device. The step loop never synchronises with
@@ -12,16 +12,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from noisystudent.device import to_device
+from noisystudent.device import autocast, to_device
 from noisystudent.errors import UserError
-from noisystudent.training import distributed, sampling, tta
-from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
+from noisystudent.training import distributed, sampling
 from noisystudent.training.losses import soft_cross_entropy
 
 
@@ -56,12 +54,6 @@ class StepContext:
     class_weights: torch.Tensor | None = None
     label_smoothing: float = 0.0
     channels_last: bool = False
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def train_one_epoch(
@@ -149,48 +141,6 @@ def _checked_mean(loss_sum: torch.Tensor, count: int) -> float:
             "(--resume keeps the old settings), or check the data."
         )
     return value
-
-
-@torch.no_grad()
-def predict_probs(
-    model: torch.nn.Module,
-    load_batch: Callable[[torch.Tensor], torch.Tensor],
-    rows: torch.Tensor,
-    device: torch.device,
-    batch_size: int = 256,
-    tta_mode: str = "none",
-    amp_dtype: torch.dtype | None = None,
-    image_size: int | None = None,
-    channels_last: bool = False,
-    on_progress: Callable[[int], None] | None = None,
-    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-) -> np.ndarray:
-    """Class probabilities (N, C) of an un-noised model (eval mode) for cache rows.
-
-    ``normalization`` is the (mean, std) the model expects
-    (``models.input_normalization(arch)``); None means ImageNet's.
-    """
-    model.eval()
-    outputs = []
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            return model(x).float()
-
-    mean, std = normalization or (IMAGENET_MEAN, IMAGENET_STD)
-    done = 0
-    for start in range(0, len(rows), batch_size):
-        batch_rows = rows[start : start + batch_size]
-        images = normalize(load_batch(batch_rows), image_size, mean, std)
-        outputs.append(tta.predict_tta(forward, images, tta_mode))
-        done += len(batch_rows)
-        if on_progress:
-            on_progress(done)
-    if not outputs:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(outputs).cpu().numpy().astype(np.float32)
 
 
 @torch.no_grad()

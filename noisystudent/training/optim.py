@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from noisystudent.config.run_config import RunConfig
 
+# What create_scheduler makes (None: a constant learning rate)
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 
-def create_optimizer(parameters, config: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+
+def create_optimizer(parameters: Iterable[torch.nn.Parameter], config: RunConfig, device: torch.device) -> torch.optim.Optimizer:
     # fused kernels exist on CUDA only; on CPU the default (foreach/for-loop) path is exact
     fused = {"fused": True} if device.type == "cuda" else {}
     if config.optimizer == "sgd":
@@ -62,7 +67,7 @@ def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
                     state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, epochs: int):
+def create_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, epochs: int) -> Scheduler | None:
     """A per-epoch scheduler, or None. ``plateau`` steps on the validation selection metric."""
     if config.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
@@ -74,7 +79,7 @@ def create_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, epochs
     return None
 
 
-def step_scheduler(scheduler, metric: float) -> None:
+def step_scheduler(scheduler: Scheduler | None, metric: float) -> None:
     if scheduler is None:
         return
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from noisystudent import atomic, layout, models
 from noisystudent.config.parsing import parse_progressive_resize
@@ -27,21 +26,23 @@ from noisystudent.config.run_config import RunConfig
 from noisystudent.device import amp_dtype
 from noisystudent.errors import CheckpointError
 from noisystudent.evaluation.scoring import probabilities_loss, selection_score, validation_metrics
+from noisystudent.inference.predict import predict_probs
 from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.training import distributed, engine, optim
 from noisystudent.training.augment import create_augment
+from noisystudent.training.optim import Scheduler
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.sampling import class_weights
 from noisystudent.training.seeding import derive_seed, make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
 
+LoadBatch = Callable[[torch.Tensor], torch.Tensor]  # cache rows -> uint8 images (B, 3, H, W) on the device
+
 # torch.compile options of the training model (tests use the "eager" backend: same guards, no codegen).
 COMPILE_OPTIONS: dict = {}
 
-LoadBatch = Callable[[torch.Tensor], torch.Tensor]  # cache rows -> uint8 images on the device
-Scheduler = LRScheduler | ReduceLROnPlateau
 
 
 @dataclass
@@ -216,7 +217,7 @@ def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, trainin
             config.batch_size, config.precise_bn_batches, step.amp_dtype, step.channels_last,
         )
     distributed.broadcast_buffers(model)  # every rank validates the model rank 0 saves
-    probs = distributed.gather_rows(lambda rows: engine.predict_probs(
+    probs = distributed.gather_rows(lambda rows: predict_probs(
         model, load_batch, rows, step.device, config.eval_batch_size,
         amp_dtype=step.amp_dtype, image_size=size, channels_last=step.channels_last, normalization=(mean, std),
     ), job.val_rows)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from noisystudent.errors import ConfigError
-from noisystudent.training import onnx_export
+from noisystudent.inference import onnx_export
+from noisystudent.inference.model_set import ExportRecord, ModelSet
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +96,13 @@ def export_key(files: list[Path], tta_mode: str, rule: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached_ensemble_export(ensemble, tta_mode: str, rule: str) -> bytes:
-    """The exported graph of ``ensemble``, from the cache when it has been exported before."""
-    path = cache_dir() / f"{export_key([m.path for m in ensemble.members], tta_mode, rule)}.onnx"
+def cached_ensemble_export(models: ModelSet, record: ExportRecord, tta_mode: str, rule: str) -> bytes:
+    """The exported graph of ``models``, from the cache when it has been exported before."""
+    path = cache_dir() / f"{export_key(list(record.files), tta_mode, rule)}.onnx"
     if path.is_file():
         logger.info("ONNX graph from the cache %s", path)
         return path.read_bytes()
-    model = onnx_export.export_ensemble_bytes(ensemble, tta_mode, rule)
+    model = onnx_export.export_ensemble_bytes(models, record, tta_mode, rule)
     try:
         onnx_export.write_export(model, path)
     except OSError as error:  # a read-only home only costs the next call another export

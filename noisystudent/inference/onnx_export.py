@@ -28,7 +28,6 @@ import io
 import json
 import logging
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,8 @@ from torch import nn
 
 from noisystudent import __version__, atomic
 from noisystudent.errors import ConfigError
-from noisystudent.training import tta
+from noisystudent.inference import tta
+from noisystudent.inference.model_set import ExportRecord, ModelSet
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class EnsembleGraph(nn.Module):
         super().__init__()
         self.classifiers = nn.ModuleList(classifiers)
         for k, (mean, std) in enumerate(normalizations):
-            # the same constants as augment.normalize: (x - 255 mean) * 1 / (255 std)
+            # the same constants as normalize.normalize: (x - 255 mean) * 1 / (255 std)
             self.register_buffer(f"shift{k}", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
             self.register_buffer(f"scale{k}", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0))
         self.tta_mode = tta_mode
@@ -133,33 +133,33 @@ def export_graph(graph: EnsembleGraph, image_size: int, metadata: dict[str, Any]
     return model.SerializeToString()
 
 
-def ensemble_metadata(ensemble, tta_mode: str, rule: str) -> dict[str, Any]:
+def ensemble_metadata(record: ExportRecord, tta_mode: str, rule: str) -> dict[str, Any]:
     """What a reader of the exported file needs besides the graph."""
     return {
         "format": EXPORT_FORMAT,
         "input": INPUT,
         "outputs": list(OUTPUTS),
-        "classes": list(ensemble.classes),
-        "positive": ensemble.positive,
+        "classes": list(record.classes),
+        "positive": record.positive,
         "voting": rule,
         "tta": tta_mode,
-        "preprocess": asdict(ensemble.spec),
-        "models": ensemble.kind + "s",
-        "round": ensemble.round,
-        "folds": [m.fold for m in ensemble.members],
-        "architectures": [ensemble.config.student_architecture if ensemble.round else ensemble.config.arch] * len(ensemble.members),
-        "run": str(Path(ensemble.run).resolve()),
+        "preprocess": record.preprocess,
+        "models": record.kind + "s",
+        "round": record.round,
+        "folds": list(record.folds),
+        "architectures": [record.architecture] * len(record.folds),
+        "run": str(Path(record.run).resolve()),
         "noisystudent_version": __version__,
     }
 
 
-def export_ensemble_bytes(ensemble, tta_mode: str, rule: str) -> bytes:
-    """The ONNX model of ``ensemble`` (see the module doc), serialised."""
+def export_ensemble_bytes(models: ModelSet, record: ExportRecord, tta_mode: str, rule: str) -> bytes:
+    """The ONNX model of ``models`` (see the module doc), serialised; ``record`` goes into its metadata."""
     if rule not in ("majority", "soft"):
         raise ConfigError(f"--voting must be majority or soft; got {rule!r}.")
-    graph = build_graph([m.model for m in ensemble.members], [m.normalization for m in ensemble.members], tta_mode, rule)
-    logger.info("exporting %d %ss to ONNX (%s voting, tta %s)", len(ensemble.members), ensemble.kind, rule, tta_mode)
-    return export_graph(graph, ensemble.spec.image_size, ensemble_metadata(ensemble, tta_mode, rule))
+    graph = build_graph(list(models.models), list(models.normalizations), tta_mode, rule)
+    logger.info("exporting %d %ss to ONNX (%s voting, tta %s)", len(models.models), record.kind, rule, tta_mode)
+    return export_graph(graph, models.image_size, ensemble_metadata(record, tta_mode, rule))
 
 
 def write_export(model: bytes, out: Path) -> Path:
