@@ -131,7 +131,7 @@ def path_cases(data: Path, run: Path) -> list[tuple[str, list, str]]:
         ("kfold DATA", ["kfold", "{}", "--out", run.parent / "new-run", *FLAGS], ".csv"),
         ("kfold --out", kfold, ""),
         ("kfold --test", [*kfold[:3], run.parent / "r-test", *FLAGS, "--test", "{}"], ".csv"),
-        ("kfold --unlabelled", [*kfold[:3], run.parent / "r-unl", *FLAGS, "--unlabelled", "{}"], ""),
+        ("kfold --pool-images", [*kfold[:3], run.parent / "r-unl", *FLAGS, "--pool-images", "{}"], ""),
         ("kfold --cache-dir", [*kfold[:3], run.parent / "r-cache", *FLAGS, "--cache-dir", "{}"], ""),
         ("kfold --weights", [*kfold[:3], run.parent / "r-weights", *FLAGS, "--weights", "{}"], "model.pt"),
         ("predict RUN", ["ensemble", "predict", "{}", data, "--out", run.parent / "p.csv", "--device", "cpu"], ""),
