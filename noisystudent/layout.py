@@ -6,7 +6,7 @@ here atomically, and a stage whose artifact exists is never recomputed.
     runs/<name>/
       config.json            every setting, package version, data fingerprint
       folds.csv              path, label, patient, subset, fold, role
-      pool.csv               the unlabelled pool: path, patient (runs with --unlabelled or --pool)
+      pool.csv               the unlabelled pool: path, patient (runs with --pool-images or --pool)
       run.log                log of every session that worked on this run
       cache/                 decoded images (uint8), keyed by fingerprint
       demo-data/             the built-in synthetic images (demo runs only)
@@ -53,7 +53,9 @@ IMAGES_PER_S = "images_per_s"
 IMAGE_SIZE = "image_size"
 
 # predictions.csv columns: path, label, patient, split, prob_<class>..., pred.
-SPLIT = "split"  # validation, test, unlabelled (masked), pool
+SPLIT = "split"  # one of the values below
+SPLIT_VALIDATION, SPLIT_TEST, SPLIT_MASKED, SPLIT_POOL = "validation", "test", "masked", "pool"
+LEGACY_SPLITS = {"unlabelled": SPLIT_MASKED}  # the masked part's split in predictions.csv of runs made before 0.2
 PRED = "pred"
 PROB_PREFIX = "prob_"
 
@@ -65,6 +67,14 @@ COPIES = "copies"  # times the image appears in the student's epoch (balancing)
 # Round 0 is the teacher trained on labelled images; rounds >= 1 are students.
 TEACHER = "teacher"
 STUDENT = "student"
+# --models: the fold models an ensemble is made of. One spelling everywhere, the plural; the singular
+# (compare's before 0.2) is accepted as an alias. The value is the kind of the models: the name in files.
+MODEL_SETS = {"students": STUDENT, "teachers": TEACHER, STUDENT: STUDENT, TEACHER: TEACHER}
+
+
+def model_set_kind(models: str) -> str | None:
+    """'student' or 'teacher' for ``--models`` in either spelling; None for anything else."""
+    return MODEL_SETS.get(str(models).strip().lower())
 
 
 def model_kind(round_: int) -> str:
@@ -81,7 +91,7 @@ def model_label(round_: int) -> str:
 MODEL_KIND = "model"  # teacher or student
 FOLD_COLUMN = "fold"  # 0..K-1, or "mean", "variance", "ensemble"
 ROUND = "round"
-EVAL_SPLIT = "split"  # validation (out-of-fold) or test
+EVAL_SPLIT = "split"  # SPLIT_VALIDATION (out-of-fold), SPLIT_TEST, or SPLIT_MASKED: pseudo-label quality against hidden labels
 VOTING = "voting"  # empty for single models, majority or soft for ensembles
 # Honesty of a row: how its models were selected, and whether the selection saw these images.
 SELECTION = "selection"  # "best epoch" or "last epoch" (empty for rows of no model)
@@ -89,7 +99,6 @@ SELECTION_BIASED = "selection_biased"  # True where the best epoch was chosen on
 FOLDS_AVERAGED = "folds_averaged"  # mean/variance rows: how many fold rows they summarise
 AUC_FROM = "auc_from"  # "probability", "vote fraction", or empty when there is no AUC
 VOTE_PREFIX = "vote_fold"  # ensemble tables: vote_fold<k> is fold model k's vote
-MASKED = "masked"  # metrics.csv split of pseudo-label quality against the masked part's hidden labels
 
 
 def fold_dir(run: Path, fold: int) -> Path:

@@ -4,7 +4,7 @@
 For each pool size this script generates that many small PNG files (once, in
 --scratch), then runs the real command line on them in a child process:
 
-    python -m noisystudent kfold LABELLED --unlabelled POOL --out RUN --only-folds 0 ...
+    python -m noisystudent kfold LABELLED --pool-images POOL --out RUN --only-folds 0 ...
 
 so the pool is listed (sorted and checked into RUN/pool.csv), decoded into the cache, predicted by
 the teacher (streamed into pool_predictions.csv) and pseudo-labelled (streamed
@@ -135,7 +135,7 @@ def _write_folder(task) -> None:
 def run_one(labelled: Path, pool: Path, run: Path, size: int, args) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     command = [
-        sys.executable, "-m", "noisystudent", "kfold", str(labelled), "--unlabelled", str(pool), "--out", str(run),
+        sys.executable, "-m", "noisystudent", "kfold", str(labelled), "--pool-images", str(pool), "--out", str(run),
         "--folds", "2", "--only-folds", "0", "--rounds", "1", "--epochs", "1", "--weights", "none",
         "--image-size", str(args.image_size), "--batch-size", "32", "--eval-batch-size", str(args.eval_batch_size),
         *(["--pseudo-per-class", str(args.pseudo_per_class)] if args.pseudo_per_class else []), "--workers", str(args.workers), "--quiet", *args.extra.split(),

@@ -248,7 +248,7 @@ def pseudo_label_accuracy(run: Path) -> tuple[float, float, float]:
     from noisystudent.evaluation.comparison import score_interval
 
     classes, _ = _classes_positive(run)
-    masked = pd.concat([_split(run, fold, 0, "unlabelled") for fold in _folds(run)], ignore_index=True)
+    masked = pd.concat([_split(run, fold, 0, "masked") for fold in _folds(run)], ignore_index=True)
     row = score_interval([masked], classes, None).set_index("metric").loc[PRIMARY]
     return row["value"], row["low"], row["high"]
 

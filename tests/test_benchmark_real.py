@@ -29,10 +29,10 @@ def test_the_upper_bound_run_has_the_same_test_and_validation_images_and_labels_
     for role in ("test", "validation"):
         assert set(map(tuple, ns[ns["role"] == role][["fold", "path"]].values)) == \
             set(map(tuple, upper[upper["role"] == role][["fold", "path"]].values))
-    trained = ns["role"].isin(["labelled", "unlabelled"])
+    trained = ns["role"].isin(["labelled", "masked"])
     assert set(map(tuple, ns[trained][["fold", "path"]].values)) == \
         set(map(tuple, upper[upper["role"] == "labelled"][["fold", "path"]].values))
-    assert not (upper["role"] == "unlabelled").any()
+    assert not (upper["role"] == "masked").any()
 
 
 def test_a_changed_flag_appears_once_with_its_new_value(bench):

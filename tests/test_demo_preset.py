@@ -27,6 +27,6 @@ def test_every_demo_fold_has_few_labels_and_a_masked_part_several_times_larger(s
     folds = assign_folds(_demo_like_manifest(), config.folds, config.split_ratio, config.test_fraction, config.seed)
     for fold in range(config.folds):
         roles = folds[folds["fold"] == fold]["role"].value_counts()
-        assert roles["unlabelled"] >= 3 * roles["labelled"]
+        assert roles["masked"] >= 3 * roles["labelled"]
     test_patients = folds.loc[folds["role"] == "test", "patient"].nunique()
     assert test_patients >= 10  # enough patients for the paired bootstrap to mean something

@@ -23,7 +23,7 @@ def test_defaults_hold_out_a_fifth_of_patients_without_pool_as_the_study():
 def _csv_with_pool(root):
     rows = [{"path": str(save_cell(root / f"p{p}_{i}.png", p % 2, seed=p * 10 + i)), "label": "ab"[p % 2], "patient": f"p{p}"}
             for p in range(4) for i in range(2)]
-    rows += [{"path": str(save_cell(root / f"q{i}.png", 0, seed=99 + i)), "label": "", "patient": "q", "subset": "unlabelled"}
+    rows += [{"path": str(save_cell(root / f"q{i}.png", 0, seed=99 + i)), "label": "", "patient": "q", "subset": "pool"}
              for i in range(3)]
     return write_csv(root / "data.csv", rows, ["path", "label", "patient", "subset"])
 
@@ -32,7 +32,7 @@ def _csv_with_pool(root):
 def test_pool_flag_keeps_or_drops_the_unlabelled_images_of_the_data(tmp_path, pool):
     config = make_config(_csv_with_pool(tmp_path), preset="smoke", pool=pool, positive="a")
     images = load_run_images(config, tmp_path, list_pool=True)
-    assert not (images.manifest[SUBSET] == "unlabelled").any()  # the pool lives in its file, never in the manifest
+    assert not (images.manifest[SUBSET] == "pool").any()  # the pool lives in its file, never in the manifest
     assert (images.pool.count if images.pool else 0) == (3 if pool else 0)
     if pool:
         assert read_table(images.pool.path)[PATIENT].tolist() == ["Q"] * 3 and images.pool.patients() == {"Q"}
@@ -43,7 +43,7 @@ def test_unlabelled_folder_gets_patient_ids_from_the_regex(tmp_path):
     extra = tmp_path / "extra"
     save_cell(extra / "p01_9.png", 0)
     save_cell(extra / "loose.png", 0)
-    config = make_config(data, preset="smoke", patient_regex=PATIENT_REGEX, unlabelled=str(extra), positive="malignant")
+    config = make_config(data, preset="smoke", patient_regex=PATIENT_REGEX, pool_images=str(extra), positive="malignant")
     pool = load_run_images(config, tmp_path, list_pool=True).pool
     table = read_table(pool.path).set_index(read_table(pool.path)["path"].map(lambda p: p.split("/")[-1]))
     assert table.loc["p01_9.png", PATIENT] == "P01" and table.loc["loose.png", PATIENT] == ""

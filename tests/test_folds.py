@@ -14,7 +14,7 @@ from noisystudent.data.manifest import (
     ROLE_LABELLED,
     ROLE_POOL,
     ROLE_TEST,
-    ROLE_UNLABELLED,
+    ROLE_MASKED,
     ROLE_VALIDATION,
     SHARED_FOLD,
     make_manifest,
@@ -22,7 +22,7 @@ from noisystudent.data.manifest import (
 from noisystudent.errors import ConfigError, DataError
 
 CLASSES = ("all", "hem")
-SPLIT_ROLES = (ROLE_LABELLED, ROLE_UNLABELLED, ROLE_VALIDATION, ROLE_TEST)
+SPLIT_ROLES = (ROLE_LABELLED, ROLE_MASKED, ROLE_VALIDATION, ROLE_TEST)
 
 
 def manifest(patients=20, images=5, subset="train", with_patient=True, prefix=""):
@@ -54,7 +54,7 @@ def assert_no_patient_crosses(folds):
                 assert not {a, b} <= roles, f"patient {patient} is {a} and {b} in fold {k}"
 
 
-def test_no_patient_crosses_labelled_unlabelled_validation_test():
+def test_no_patient_crosses_labelled_masked_validation_test():
     folds = assign_folds(manifest(), n_folds=5, test_fraction=0.2, seed=3)
     assert set(folds[ROLE]) == set(SPLIT_ROLES)
     assert_no_patient_crosses(folds)
@@ -70,7 +70,7 @@ def test_default_sizes_are_40_40_20_and_every_class_in_every_part():
     assert list(folds.columns) == FOLD_COLUMNS
     assert len(folds) == 200 * 5
     for k in range(5):
-        for role, share in ((ROLE_LABELLED, 0.4), (ROLE_UNLABELLED, 0.4), (ROLE_VALIDATION, 0.2)):
+        for role, share in ((ROLE_LABELLED, 0.4), (ROLE_MASKED, 0.4), (ROLE_VALIDATION, 0.2)):
             part = fold_frame(folds, k, role)
             assert len(part) / 200 == pytest.approx(share, abs=0.05)
             assert set(part[LABEL]) == set(CLASSES)
@@ -95,9 +95,9 @@ def test_validation_share_far_from_one_over_k_warns(caplog):
     assert "1/5" in caplog.records[0].getMessage()
 
 
-def test_unlabelled_ratio_zero_gives_no_unlabelled_rows():
+def test_masked_ratio_zero_gives_no_masked_rows():
     folds = assign_folds(manifest(), n_folds=4, split_ratio=(3, 0, 1))
-    assert ROLE_UNLABELLED not in set(folds[ROLE])
+    assert ROLE_MASKED not in set(folds[ROLE])
     assert len(fold_frame(folds, 2, ROLE_LABELLED)) == 150
 
 
@@ -150,12 +150,12 @@ def test_test_fraction_holds_out_whole_patients():
     assert len(trained) == 30
 
 
-def test_test_and_unlabelled_subsets_are_shared_rows():
+def test_test_and_pool_subsets_are_shared_rows():
     frame = pd.concat(
-        [manifest(), manifest(patients=2, subset="test", prefix="t"), manifest(patients=1, subset="unlabelled", prefix="u")],
+        [manifest(), manifest(patients=2, subset="test", prefix="t"), manifest(patients=1, subset="pool", prefix="u")],
         ignore_index=True,
     )
-    frame.loc[frame["subset"] == "unlabelled", LABEL] = ""
+    frame.loc[frame["subset"] == "pool", LABEL] = ""
     folds = assign_folds(frame, n_folds=5)
     assert len(fold_frame(folds, 3, ROLE_TEST)) == 20
     pool = fold_frame(folds, 0, ROLE_POOL)
@@ -183,7 +183,7 @@ def test_check_no_patient_leakage_names_patient_and_roles():
 
 def test_fold_without_a_class_in_labelled_part_is_an_error():
     # Mixed-label patients: every 'hem' image belongs to a mostly-'all' patient, so the
-    # patient-wise labelled:unlabelled split (1:3) can leave a fold's labelled part without 'hem'.
+    # patient-wise labelled:masked split (1:3) can leave a fold's labelled part without 'hem'.
     rows = [{PATH: f"/a/{p}_{i}.png", LABEL: "all", PATIENT: f"P{p}", "subset": "train"} for p in range(10) for i in range(5)]
     rows += [{PATH: f"/h/{p}.png", LABEL: "hem", PATIENT: f"P{p}", "subset": "train"} for p in range(5)]
     with pytest.raises(DataError, match=r"^Fold 0 has no 'hem' images in its labelled part"):
@@ -252,9 +252,9 @@ def test_test_fraction_hold_out_is_class_stratified_and_patient_disjoint():
 def test_pool_patient_who_is_also_evaluated_is_leakage(role_of_twin):
     folds = assign_folds(manifest(), n_folds=5, test_fraction=0.2, seed=0)
     evaluated = folds[folds[ROLE] == role_of_twin].iloc[0]
-    pool = pd.DataFrame([{PATH: "/pool/x.png", LABEL: "", PATIENT: evaluated[PATIENT], "subset": "unlabelled",
+    pool = pd.DataFrame([{PATH: "/pool/x.png", LABEL: "", PATIENT: evaluated[PATIENT], "subset": "pool",
                           FOLD: SHARED_FOLD, ROLE: ROLE_POOL}])
-    with pytest.raises(DataError, match=rf"Patient '{evaluated[PATIENT]}' appears as both pool \(unlabelled\) and {role_of_twin}"):
+    with pytest.raises(DataError, match=rf"Patient '{evaluated[PATIENT]}' appears as both pool and {role_of_twin}"):
         check_no_patient_leakage(pd.concat([folds, pool], ignore_index=True))
 
 
@@ -262,5 +262,5 @@ def test_pool_patient_seen_only_in_training_parts_is_allowed():
     folds = assign_folds(manifest(), n_folds=5, test_fraction=0.2, seed=0)
     never_evaluated = set(folds[PATIENT]) - set(folds.loc[folds[ROLE].isin([ROLE_VALIDATION, ROLE_TEST]), PATIENT])
     assert not never_evaluated  # every training patient is validation in some fold ...
-    pool = pd.DataFrame([{PATH: "/pool/x.png", LABEL: "", PATIENT: "NEW", "subset": "unlabelled", FOLD: SHARED_FOLD, ROLE: ROLE_POOL}])
+    pool = pd.DataFrame([{PATH: "/pool/x.png", LABEL: "", PATIENT: "NEW", "subset": "pool", FOLD: SHARED_FOLD, ROLE: ROLE_POOL}])
     check_no_patient_leakage(pd.concat([folds, pool], ignore_index=True))  # ... so only new patients may be pool

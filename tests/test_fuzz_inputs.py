@@ -186,7 +186,7 @@ def path_cases(data: Path, run: Path) -> list[tuple[str, list, str]]:
         ("kfold DATA", ["kfold", "{}", "--out", "{out}", *FLAGS], ".csv"),
         ("kfold --out", kfold, ""),
         ("kfold --test", [*kfold[:3], "{out}", *FLAGS, "--test", "{}"], ".csv"),
-        ("kfold --unlabelled", [*kfold[:3], "{out}", *FLAGS, "--unlabelled", "{}"], ""),
+        ("kfold --pool-images", [*kfold[:3], "{out}", *FLAGS, "--pool-images", "{}"], ""),
         ("kfold --cache-dir", [*kfold[:3], "{out}", *FLAGS, "--cache-dir", "{}"], ""),
         ("kfold --weights", [*kfold[:3], "{out}", *FLAGS, "--weights", "{}"], "model.pt"),
         ("predict RUN", ["ensemble", "predict", "{}", data, "--out", run.parent / "p.csv", "--device", "cpu"], ""),

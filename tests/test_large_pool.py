@@ -34,7 +34,7 @@ def pool_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pool")
     data = write_class_folders(root / "data", patients_per_class=4, images_per_patient=3)
     config = RunConfig(
-        data=str(data), unlabelled=str(_pool(root / "pool")), patient_regex=PATIENT_REGEX, positive="malignant",
+        data=str(data), pool_images=str(_pool(root / "pool")), patient_regex=PATIENT_REGEX, positive="malignant",
         folds=2, rounds=1, epochs=1, image_size=32, batch_size=8, weights="none", arch="resnet18", test_fraction=0,
         optimizer="adamw", lr=0.003, scheduler="cosine",
         device="cpu", workers=1, eval_batch_size=4, pseudo_mode="soft", pseudo_temperature=2.0, pseudo_per_class=9,
@@ -71,7 +71,7 @@ def test_streamed_pseudo_labels_equal_those_of_the_whole_table(pool_run, tmp_pat
     for fold in range(config.folds):
         teacher = layout.round_dir(run, fold, 0)
         predictions = read_table(teacher / layout.PREDICTIONS)
-        whole = pd.concat([predictions[predictions[layout.SPLIT] == "unlabelled"], read_table(teacher / layout.POOL_PREDICTIONS)])
+        whole = pd.concat([predictions[predictions[layout.SPLIT] == "masked"], read_table(teacher / layout.POOL_PREDICTIONS)])
         expected = pseudo_labels.make_pseudo_labels(
             whole[PATH].tolist(), pseudo_labels.teacher_logits(whole, CLASSES), CLASSES, mode="soft", temperature=2.0,
             per_class=9, seed=pipeline.derive_seed(config.seed, "pseudo", fold, 0),
@@ -111,7 +111,7 @@ def test_resume_makes_the_same_pseudo_labels_from_the_saved_pool_predictions(poo
 def _as_made_before_the_pool_file(run, pool_paths):
     """The run folder as versions before pool.csv wrote it: the pool as rows of folds.csv, no pool.csv."""
     folds = read_table(run / layout.FOLDS)
-    pool = pd.DataFrame({PATH: pool_paths, LABEL: "", "patient": "", "subset": "unlabelled", "fold": -1, "role": "pool"})
+    pool = pd.DataFrame({PATH: pool_paths, LABEL: "", "patient": "", "subset": "pool", "fold": -1, "role": "pool"})
     pd.concat([folds, pool], ignore_index=True).to_csv(run / layout.FOLDS, index=False)
     (run / layout.POOL).unlink()
 
@@ -137,7 +137,7 @@ def test_a_run_with_its_pool_in_folds_csv_resumes_with_the_same_pseudo_labels(po
 def test_a_changed_pool_is_refused_on_resume_and_the_run_keeps_its_pool_list(tmp_path):
     data = write_class_folders(tmp_path / "data", patients_per_class=4, images_per_patient=3)
     pool = _pool(tmp_path / "pool")
-    config = RunConfig(data=str(data), unlabelled=str(pool), patient_regex=PATIENT_REGEX, positive="malignant", folds=2,
+    config = RunConfig(data=str(data), pool_images=str(pool), patient_regex=PATIENT_REGEX, positive="malignant", folds=2,
                        image_size=16, weights="none", test_fraction=0, device="cpu", workers=1)
     run = tmp_path / "run"
     run.mkdir()

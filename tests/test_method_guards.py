@@ -37,7 +37,7 @@ class PathCache:
 def _context(tmp_path, **settings):
     rows = [{PATH: f"/d/{label}/p{p}_{i}.png", LABEL: label, PATIENT: f"{label}{p}", "subset": "train"}
             for label in CLASSES for p in range(10) for i in range(3)]
-    rows += [{PATH: f"/pool/q{i}.png", LABEL: "", PATIENT: "", "subset": "unlabelled"} for i in range(4)]
+    rows += [{PATH: f"/pool/q{i}.png", LABEL: "", PATIENT: "", "subset": "pool"} for i in range(4)]
     folds = assign_folds(make_manifest(rows), n_folds=2, test_fraction=0.2, seed=0)
     config = make_config("/d", preset="smoke", rounds=1, weights="none", **settings)
     cache = PathCache(folds[PATH].unique())
@@ -49,7 +49,7 @@ def _wrong_teacher(ctx, fold, round_):
     frame = pd.concat([pipeline.fold_rows(ctx.fold_table, fold, role).assign(**{layout.SPLIT: split})
                        for role, split in pipeline.SPLIT_OF_ROLE.items()], ignore_index=True)
     right = (frame[LABEL] == "all").to_numpy(float)
-    p_all = np.where(frame[layout.SPLIT] == "unlabelled", 0.9 - 0.8 * right, 0.1 + 0.8 * right)
+    p_all = np.where(frame[layout.SPLIT] == "masked", 0.9 - 0.8 * right, 0.1 + 0.8 * right)
     p_all = np.where(frame[LABEL] == "", 0.7, p_all)
     return prediction_table(frame[[PATH, LABEL, PATIENT, layout.SPLIT]], np.stack([p_all, 1 - p_all], axis=1), CLASSES)
 
@@ -79,13 +79,13 @@ def test_teacher_trains_on_the_labelled_part_only_with_its_true_labels(recorded)
     seen = _training_images(ctx, jobs[0])
     assert sorted(seen) == sorted(zip(labelled[PATH], labelled[LABEL]))
     others = ctx.fold_table[(ctx.fold_table[ROLE] != "labelled") | (ctx.fold_table["fold"] != 0)]
-    assert not {p for p, _ in seen} & set(others.loc[others[ROLE].isin(["unlabelled", "validation", "test", "pool"]) & ~others[PATH].isin(labelled[PATH]), PATH])
+    assert not {p for p, _ in seen} & set(others.loc[others[ROLE].isin(["masked", "validation", "test", "pool"]) & ~others[PATH].isin(labelled[PATH]), PATH])
 
 
 def test_student_learns_the_teachers_labels_not_the_hidden_ones_and_rows_stay_aligned(recorded):
     ctx, jobs = recorded(student_data="pseudo", pseudo_mode="hard", pool=True)
     seen = dict(_training_images(ctx, jobs[1]))
-    masked = pipeline.fold_rows(ctx.fold_table, 0, "unlabelled")
+    masked = pipeline.fold_rows(ctx.fold_table, 0, "masked")
     assert set(seen) == set(masked[PATH]) | set(pipeline.fold_rows(ctx.fold_table, 0, "pool")[PATH])
     # The fake teacher is wrong on every masked image: each target must be the wrong class,
     # and for the right image (a misaligned row would pair some image with another's target).
@@ -100,7 +100,7 @@ def test_student_data_both_keeps_every_labelled_row_with_its_true_label(recorded
     seen = _training_images(ctx, jobs[1])
     labelled = pipeline.fold_rows(ctx.fold_table, 0, "labelled")
     assert set(zip(labelled[PATH], labelled[LABEL])) <= set(seen)
-    pseudo = len(pipeline.fold_rows(ctx.fold_table, 0, "unlabelled")) + len(pipeline.fold_rows(ctx.fold_table, 0, "pool"))
+    pseudo = len(pipeline.fold_rows(ctx.fold_table, 0, "masked")) + len(pipeline.fold_rows(ctx.fold_table, 0, "pool"))
     assert len(seen) == len(labelled) + pseudo
 
 

@@ -64,7 +64,7 @@ def _predictions(rng, fold: int, round_: int, skill: float) -> pd.DataFrame:
 def _folds_csv(run: Path) -> None:
     rows = []
     for fold in range(2):
-        for role, n in (("labelled", 30), ("unlabelled", 30), ("validation", 40)):
+        for role, n in (("labelled", 30), ("masked", 30), ("validation", 40)):
             rows += [{"path": f"{role}{fold}_{i}.png", "label": CLASSES[i % 4], "patient": f"P{fold}{role[0]}{i // 5}",
                       "subset": "train", "fold": fold, "role": role} for i in range(n)]
     rows += [{"path": f"t_{i}.png", "label": CLASSES[i % 4], "patient": f"tP{i // 5}", "subset": "test", "fold": -1, "role": "test"}

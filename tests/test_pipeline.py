@@ -103,7 +103,7 @@ def test_each_student_trains_on_the_previous_rounds_pseudo_labels(tiny_run):
         probs = predictions[[layout.prob_column(c) for c in classes]].to_numpy()
         expected = pseudo_labels.softmax(np.log(probs), temperature=2.0)
         np.testing.assert_allclose(targets, expected, atol=1e-6)
-        assert set(predictions[layout.SPLIT]) <= {"unlabelled", "pool"}
+        assert set(predictions[layout.SPLIT]) <= {"masked", "pool"}
 
 
 @pytest.mark.slow
@@ -121,7 +121,7 @@ def test_run_folder_holds_every_artifact(tiny_run):
     saved = json.loads((run / layout.CONFIG).read_text())
     assert saved["rounds"] == 2 and saved["data_fingerprint"]
     folds = pd.read_csv(run / layout.FOLDS)
-    assert set(folds["role"]) >= {"labelled", "unlabelled", "validation"}
+    assert set(folds["role"]) >= {"labelled", "masked", "validation"}
     for fold in range(config.folds):
         for round_ in range(config.rounds + 1):
             out = layout.round_dir(run, fold, round_)

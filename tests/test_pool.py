@@ -12,7 +12,7 @@ from helpers import save_image, truncate
 
 from noisystudent.data import pool as pool_module
 from noisystudent.data.pool import PoolFile, external_sort, write_pool
-from noisystudent.data.readers import unlabelled_records
+from noisystudent.data.readers import pool_records
 from noisystudent.errors import DataError, DiskFullError
 from noisystudent.progress import Progress
 from noisystudent.run.tables import read_table
@@ -55,7 +55,7 @@ def _pool_folder(root: Path) -> Path:
 
 def test_a_folder_is_listed_recursively_sorted_without_hidden_files_or_other_entries(tmp_path, caplog):
     folder = _pool_folder(tmp_path / "pool")
-    pool, skipped = write_pool(unlabelled_records(folder), tmp_path / "pool.csv", set(), skip_unreadable=False, workers=1)
+    pool, skipped = write_pool(pool_records(folder), tmp_path / "pool.csv", set(), skip_unreadable=False, workers=1)
     table = read_table(pool.path)
     assert table["path"].tolist() == [str(folder / "a" / "deeper" / "y.bmp"), str(folder / "b" / "x.png")]
     assert table["patient"].tolist() == ["", ""] and pool.count == 2 and skipped == []
@@ -68,7 +68,7 @@ def test_a_csv_pool_drops_labels_keeps_patients_and_resolves_relative_paths(tmp_
         save_image(tmp_path / "images" / name)
     csv = tmp_path / "images" / "pool.csv"
     csv.write_text("path,label,patient\nb.png,x,p9\na.png,,\n")
-    pool, _ = write_pool(unlabelled_records(csv), tmp_path / "pool.csv", set(), skip_unreadable=False, workers=1)
+    pool, _ = write_pool(pool_records(csv), tmp_path / "pool.csv", set(), skip_unreadable=False, workers=1)
     table = read_table(pool.path)
     assert table.values.tolist() == [[str(tmp_path / "images" / "a.png"), ""], [str(tmp_path / "images" / "b.png"), "P9"]]
 
@@ -77,7 +77,7 @@ def test_duplicates_labelled_images_and_empty_pools_are_refused(tmp_path):
     image = str(save_image(tmp_path / "x.png"))
     with pytest.raises(DataError, match="listed more than once"):
         write_pool(iter([(image, ""), (image, "")]), tmp_path / "pool.csv", set(), False, 1)
-    with pytest.raises(DataError, match="both a labelled image and in the unlabelled data"):
+    with pytest.raises(DataError, match="both a labelled image and in the pool"):
         write_pool(iter([(image, "")]), tmp_path / "pool.csv", {image}, False, 1)
     with pytest.raises(DataError, match="The folder pool contains no readable images"):
         write_pool(iter([]), tmp_path / "pool.csv", set(), False, 1, source="The folder pool")

@@ -80,7 +80,7 @@ def test_cnmc_preliminary_and_final_test_sets(small_cnmc, make_image):
     assert test.loc[str(prelim / "1.bmp"), [LABEL, PATIENT]].tolist() == ["all", "57"]
     assert test.loc[str(prelim / "2.bmp"), [LABEL, PATIENT]].tolist() == ["hem", "H49"]
     assert test.loc[str(prelim / "3.bmp"), [LABEL, PATIENT]].tolist() == ["all", "P77"]
-    final = manifest[manifest[SUBSET] == "unlabelled"]
+    final = manifest[manifest[SUBSET] == "pool"]
     assert final[PATH].tolist() == [str(small_cnmc / "testing_data/C-NMC_test_final_phase_data/9.bmp")]
     assert final[[LABEL, PATIENT]].values.tolist() == [["", ""]]
 
@@ -165,7 +165,7 @@ def test_csv_relative_and_absolute_paths(csv_images):
     assert rows.loc[str(csv_images / "a.png")].tolist() == ["x", "P1", "train"]
     assert rows.loc[str(csv_images / "sub/d.png")].tolist() == ["y", "P2", "test"]
     assert rows.loc[str(csv_images / "b.png")].tolist() == ["y", "P3", "train"]
-    assert rows.loc[str(csv_images / "c.png")].tolist() == ["", "", "unlabelled"]
+    assert rows.loc[str(csv_images / "c.png")].tolist() == ["", "", "pool"]
 
 
 def test_csv_unknown_column_is_named(csv_images):
@@ -206,7 +206,7 @@ def test_csv_empty_label_only_for_unlabelled(csv_images):
     with pytest.raises(DataError, match="line 3 .* has no label"):
         read_csv_manifest(csv)
     pool = read_csv_manifest(csv, allow_unlabelled=True)
-    assert pool.set_index(PATH).loc[str(csv_images / "b.png"), SUBSET] == "unlabelled"
+    assert pool.set_index(PATH).loc[str(csv_images / "b.png"), SUBSET] == "pool"
     assert pool.set_index(PATH).loc[str(csv_images / "a.png"), SUBSET] == "train"
 
 

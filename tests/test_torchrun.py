@@ -52,7 +52,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def _kfold(data: Path, run: Path) -> list[str]:
-    return ["kfold", str(data), "--out", str(run), "--unlabelled", str(data.parent / "pool"), *FLAGS]
+    return ["kfold", str(data), "--out", str(run), "--pool-images", str(data.parent / "pool"), *FLAGS]
 
 
 @pytest.fixture(scope="module")

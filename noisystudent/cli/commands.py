@@ -23,7 +23,7 @@ from noisystudent import __version__
 from noisystudent.cli.progress import RichProgress
 from noisystudent.config.presets import DESCRIPTIONS
 from noisystudent.config.provenance import banner, help_default
-from noisystudent.config.run_config import RunConfig
+from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig
 from noisystudent.config.settings import default_run_folder, make_config, resume_config
 from noisystudent.errors import UserError, os_error_sentence
 
@@ -175,7 +175,13 @@ def _kfold_signature() -> inspect.Signature:
             bool, typer.Option("--join", help="Start the run in --out or join it if it exists, and train every fold no other "
                                "process has claimed (one process per GPU or machine).")]),
     ]
-    return inspect.Signature(base + [_option(f) for f in fields(RunConfig) if f.name not in KFOLD_SKIP])
+    return inspect.Signature(base + [_option(f) for f in fields(RunConfig) if f.name not in KFOLD_SKIP] + _renamed_options())
+
+
+def _renamed_options() -> list[inspect.Parameter]:
+    """The old flags of renamed settings, hidden from --help; make_config warns and maps them to the new name."""
+    return [inspect.Parameter(old, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[str], typer.Option("--" + old.replace("_", "-"), hidden=True)]) for old in RENAMED_SETTINGS]
 
 
 kfold.__signature__ = _kfold_signature()
@@ -198,7 +204,7 @@ def report(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
 def compare(
     run_a: Annotated[Path, typer.Argument(help="The reference run folder (A).")],
     run_b: Annotated[Path, typer.Argument(help="The run folder compared with it (B), evaluated on the same outer test set.")],
-    models: Annotated[str, typer.Option(help="Ensembles to compare: student (final students) or teacher.")] = "student",
+    models: Annotated[str, typer.Option(help="Ensembles to compare: students (the final round) or teachers (round 0).")] = "students",
     voting: Annotated[str, typer.Option(help="Ensemble rule: majority or soft.")] = "majority",
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
     out_csv: Annotated[Optional[Path], typer.Option("--out", help="Also write the table to this CSV file.")] = None,
@@ -208,8 +214,8 @@ def compare(
     from noisystudent.evaluation.comparison import comparison_table
     from noisystudent.run.evidence import compare_runs
 
-    if models not in ("student", "teacher") or voting not in ("majority", "soft"):
-        raise typer.BadParameter("--models must be student or teacher and --voting majority or soft.")
+    if voting not in ("majority", "soft"):  # --models is checked by compare_runs
+        raise typer.BadParameter("--voting must be majority or soft.")
     comparison = compare_runs(run_a, run_b, voting=voting, models=models, seed=seed)
     print_comparison(comparison, out)
     if out_csv is not None:

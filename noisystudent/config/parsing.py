@@ -6,13 +6,13 @@ from noisystudent.errors import ConfigError
 
 
 def parse_split_ratio(text: str) -> tuple[float, float, float]:
-    """'2:2:1' (or '2,2,1') -> (2.0, 2.0, 1.0): labelled : unlabelled : validation."""
+    """'2:2:1' (or '2,2,1') -> (2.0, 2.0, 1.0): labelled : masked : validation."""
     try:
         parts = tuple(float(x) for x in text.replace(",", ":").split(":"))
     except ValueError:
         parts = ()
     if len(parts) != 3:
-        raise ConfigError(f"--split-ratio must look like 2:2:1 (labelled:unlabelled:validation); got {text!r}.")
+        raise ConfigError(f"--split-ratio must look like 2:2:1 (labelled:masked:validation); got {text!r}.")
     return parts
 
 

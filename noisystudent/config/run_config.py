@@ -143,7 +143,7 @@ class RunConfig:
     data: str | None = _opt(None, "Data set folder or CSV; none generates the built-in demo data.")
     data_format: str = _opt("auto", "Layout of DATA: auto, cnmc, folders or csv.")
     patient_regex: str | None = _opt(None, "Regex with one group that extracts the patient id from a file name (folders layout).")
-    unlabelled: str | None = _opt(None, "Extra folder or CSV of unlabelled images to pseudo-label in every fold.")
+    pool_images: str | None = _opt(None, "Folder or CSV of pool images (no labels needed) to pseudo-label in every fold.")
     test: str | None = _opt(None, "Labelled data set held out as the outer test set.")
     test_fraction: float = _opt(0.2, "Fraction of patients (per class) held out as the outer test set when DATA has none and no --test is given; 0: no test set, every number selection-biased.")
     positive: str = _opt(DEFAULT_POSITIVE, "Positive class of two-class data (sensitivity, PPV, F1 and AUC are about it); optional with more "
@@ -154,7 +154,7 @@ class RunConfig:
     skip_unreadable: bool = _opt(False, "Skip (and report) unreadable images instead of stopping.")
     # --- folds ---
     folds: int = _opt(5, "Number of patient-disjoint, class-stratified folds.")
-    split_ratio: tuple[float, float, float] = _opt((2.0, 2.0, 1.0), "labelled : unlabelled : validation inside each fold.")
+    split_ratio: tuple[float, float, float] = _opt((2.0, 2.0, 1.0), "labelled : masked : validation inside each fold.")
     seed: int = _opt(0, "Seed of folds, initialisation, sampling and augmentation.")
     # --- method ---
     rounds: int = _opt(3, "Noisy Student rounds after the teacher (round 0).")
@@ -236,7 +236,7 @@ class RunConfig:
         _check_device(self.device)
         if (len(self.split_ratio) != 3 or not all(map(math.isfinite, self.split_ratio)) or min(self.split_ratio) < 0
                 or self.split_ratio[0] <= 0 or self.split_ratio[2] <= 0):
-            raise ConfigError(f"split_ratio must be three non-negative numbers labelled:unlabelled:validation with labelled and validation > 0, got {self.split_ratio}.")
+            raise ConfigError(f"split_ratio must be three non-negative numbers labelled:masked:validation with labelled and validation > 0, got {self.split_ratio}.")
         _check_class_weights(self.class_weights)
         if self.label_map:
             parse_label_map(self.label_map)
@@ -353,6 +353,19 @@ def positive_class_of(settings: Mapping[str, Any]) -> str:
     return BINARY_POSITIVE if settings.get("binary") else settings.get("positive", DEFAULT_POSITIVE)
 
 
+# Settings renamed since 0.1 (old name -> new): config.json of older runs is read with the new names,
+# and the command line still takes the old flag for one release, with a deprecation warning.
+RENAMED_SETTINGS = {"unlabelled": "pool_images"}
+
+
+def with_current_names(document: dict[str, Any]) -> dict[str, Any]:
+    """A config.json document with renamed settings under their new names, in its settings digest too."""
+    renamed = {RENAMED_SETTINGS.get(k, k): v for k, v in document.items()}
+    if isinstance(renamed.get("settings_digest"), dict):
+        renamed["settings_digest"] = {RENAMED_SETTINGS.get(k, k): v for k, v in renamed["settings_digest"].items()}
+    return renamed
+
+
 def load_config_json(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(Path(path).read_text())
@@ -360,7 +373,7 @@ def load_config_json(path: Path) -> dict[str, Any]:
         raise ConfigError(f"The run configuration {path} cannot be read ({error}).") from error
     if not isinstance(document, dict):
         raise ConfigError(f"The run configuration {path} is not a JSON object of settings.")
-    return document
+    return with_current_names(document)
 
 
 def config_from_saved(path: Path, values: dict[str, Any]) -> RunConfig:

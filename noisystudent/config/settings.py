@@ -7,12 +7,15 @@ folder then refuses any change that would alter results).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from noisystudent.config.parsing import parse_split_ratio
 from noisystudent.config.presets import preset_settings
-from noisystudent.config.run_config import RunConfig, config_from_saved
+from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig, config_from_saved
+
+logger = logging.getLogger(__name__)
 
 # Keys of config.json that are not settings (written by the run folder).
 META_KEYS = ("version", "created_with", "data_fingerprint", "settings_digest")
@@ -101,6 +104,11 @@ def resume_config(saved: dict[str, Any], data: str | Path | None = None, source:
 def given_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings actually given (None means not given), text forms parsed."""
     given = {k: v for k, v in settings.items() if v is not None}
+    for old, new in RENAMED_SETTINGS.items():
+        if old in given:
+            logger.warning("--%s (setting %s) is deprecated: it is now --%s (%s); the old name works until the next release.",
+                           old.replace("_", "-"), old, new.replace("_", "-"), new)
+            given.setdefault(new, given.pop(old))
     if isinstance(given.get("split_ratio"), str):
         given["split_ratio"] = parse_split_ratio(given["split_ratio"])
     return given

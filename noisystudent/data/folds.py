@@ -2,11 +2,11 @@
 
 Every training image gets one row per fold with its role in that fold:
 ``validation`` (fold k's part of a StratifiedGroupKFold split), or, among the
-remaining training patients, ``labelled`` or ``unlabelled`` (labels masked,
+remaining training patients, ``labelled`` or ``masked`` (labels hidden,
 pseudo-labelled by the teacher). Outer-test images (``test``) and truly
 unlabelled images (``pool``) appear once, with fold ``SHARED_FOLD``.
 
-No patient ever appears in two of labelled, unlabelled, validation and test
+No patient ever appears in two of labelled, masked, validation and test
 within a fold; ``assign_folds`` asserts this with ``check_no_patient_leakage``
 before returning.
 """
@@ -24,20 +24,21 @@ from noisystudent import atomic
 from noisystudent.data.manifest import (
     FOLD,
     LABEL,
+    LEGACY_ROLES,
     PATH,
     PATIENT,
     ROLE,
+    ROLES,
     ROLE_LABELLED,
+    ROLE_MASKED,
     ROLE_POOL,
     ROLE_TEST,
-    ROLE_UNLABELLED,
     ROLE_VALIDATION,
-    ROLES,
     SHARED_FOLD,
     SUBSET,
+    SUBSET_POOL,
     SUBSET_TEST,
     SUBSET_TRAIN,
-    SUBSET_UNLABELLED,
 )
 from noisystudent.errors import ConfigError, DataError
 
@@ -65,7 +66,7 @@ def assign_folds(
     ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` split of
     the training images, grouped by patient and stratified by label, so **its
     size is fixed by K (about 1/K of the training images); split_ratio only
-    picks the labelled:unlabelled split of the rest** (patient-wise, per class,
+    picks the labelled:masked split of the rest** (patient-wise, per class,
     seeded by (seed, k)). The default 2:2:1 with K=5 gives 40/40/20 %; a
     validation share in split_ratio far from 1/K is logged as a warning when
     the user gave it (``ratio_given``); a preset's 2:2:1 with K=3 is not their doing.
@@ -73,7 +74,7 @@ def assign_folds(
     ``test_fraction`` > 0 first holds out that fraction of the training
     patients of each class (class = the patient's majority label) as the
     outer test set. Images with subset ``test`` are always test; images with
-    subset ``unlabelled`` are the pseudo-label pool (runs before the pool file;
+    subset ``pool`` are the pseudo-label pool (runs before the pool file;
     now the pool lives in pool.csv and only its ``pool_patients`` are checked).
 
     Images without a patient id are each their own group (with a warning);
@@ -98,7 +99,7 @@ def assign_folds(
     held = frame[_GROUP].isin(held_out) & (frame[SUBSET] == SUBSET_TRAIN)
     test_rows = frame[(frame[SUBSET] == SUBSET_TEST) | held]
     parts.append(_shared_rows(test_rows, ROLE_TEST))
-    parts.append(_shared_rows(frame[frame[SUBSET] == SUBSET_UNLABELLED], ROLE_POOL))
+    parts.append(_shared_rows(frame[frame[SUBSET] == SUBSET_POOL], ROLE_POOL))
     folds = pd.concat(parts, ignore_index=True)[FOLD_COLUMNS]
     folds[FOLD] = folds[FOLD].astype(int)
     _check_classes_in_folds(folds, sorted(train[LABEL].unique()))
@@ -108,7 +109,7 @@ def assign_folds(
 
 
 def check_no_patient_leakage(folds: pd.DataFrame, pool_patients: set[str] = frozenset()) -> None:
-    """Raise DataError if a patient has two of labelled/unlabelled/validation/test in a fold,
+    """Raise DataError if a patient has two of labelled/masked/validation/test in a fold,
     or is in the unlabelled pool and also validation or test (students would train on their images).
 
     Test and pool rows (fold SHARED_FOLD) count for every fold; ``pool_patients``
@@ -118,7 +119,7 @@ def check_no_patient_leakage(folds: pd.DataFrame, pool_patients: set[str] = froz
     _check_pool_patients(known, pool_patients)
     test = known[known[ROLE] == ROLE_TEST]
     fold_ids = sorted(int(k) for k in known[FOLD].unique() if int(k) != SHARED_FOLD)
-    checked = known[known[ROLE].isin([ROLE_LABELLED, ROLE_UNLABELLED, ROLE_VALIDATION])]
+    checked = known[known[ROLE].isin([ROLE_LABELLED, ROLE_MASKED, ROLE_VALIDATION])]
     shared = [test.assign(**{FOLD: k}) for k in fold_ids] if fold_ids else [test]
     table = pd.concat([checked, *shared])[[FOLD, PATIENT, ROLE]].drop_duplicates()
     roles = table.groupby([FOLD, PATIENT], sort=True)[ROLE].agg(sorted)
@@ -134,8 +135,8 @@ def _check_pool_patients(known: pd.DataFrame, pool_patients: set[str]) -> None:
     evaluated = known[known[ROLE].isin([ROLE_VALIDATION, ROLE_TEST]) & known[PATIENT].isin(pool)]
     if not evaluated.empty:
         row = evaluated.sort_values([PATIENT, ROLE]).iloc[0]
-        raise DataError(f"Patient {row[PATIENT]!r} appears as both pool (unlabelled) and {row[ROLE]}; "
-                        "remove that patient's images from the unlabelled data.")
+        raise DataError(f"Patient {row[PATIENT]!r} appears as both pool and {row[ROLE]}; "
+                        "remove that patient's images from the pool.")
 
 
 def save_folds(folds: pd.DataFrame, path: Path) -> None:
@@ -157,6 +158,7 @@ def load_folds(path: Path) -> pd.DataFrame:
         folds[FOLD] = folds[FOLD].astype(int)
     except ValueError as error:
         raise DataError(f"The folds file {path} has a non-integer fold value ({error}).") from error
+    folds[ROLE] = folds[ROLE].replace(LEGACY_ROLES)  # runs made before the masked part had its own name
     unknown = set(folds[ROLE]) - set(ROLES)
     if unknown:
         raise DataError(f"The folds file {path} has the unknown role {sorted(unknown)[0]!r}.")
@@ -186,7 +188,7 @@ def _check_arguments(n_folds: int, split_ratio: tuple[float, float, float], test
     if n_folds < 2:
         raise ConfigError(f"The number of folds must be at least 2, got {n_folds}.")
     if len(split_ratio) != 3 or min(split_ratio) < 0 or split_ratio[0] <= 0 or split_ratio[2] <= 0:
-        raise ConfigError(f"split_ratio must be labelled:unlabelled:validation with labelled and validation > 0, got {tuple(split_ratio)}.")
+        raise ConfigError(f"split_ratio must be labelled:masked:validation with labelled and validation > 0, got {tuple(split_ratio)}.")
     if seed < 0:
         raise ConfigError(f"The seed must be a non-negative integer, got {seed}.")
     if not 0.0 <= test_fraction < 1.0:
@@ -195,7 +197,7 @@ def _check_arguments(n_folds: int, split_ratio: tuple[float, float, float], test
     if ratio_given and abs(share - 1.0 / n_folds) > _VALIDATION_SHARE_TOLERANCE:
         log.warning(
             "split_ratio gives validation a share of %.0f%%, but with %d folds validation is always 1/%d (%.0f%%); "
-            "the ratio only sets the labelled:unlabelled split of the rest.",
+            "the ratio only sets the labelled:masked split of the rest.",
             100 * share, n_folds, n_folds, 100 / n_folds,
         )
 
@@ -269,7 +271,7 @@ def _fold_rows(train: pd.DataFrame, group_class: pd.Series, k: int, validation_i
     rest_class = group_class[group_class.index.isin(rest[_GROUP].unique())]
     labelled = _split_labelled(rest_class, split_ratio, np.random.default_rng([seed, k]))
     in_rest = rows.index.isin(rest.index)
-    rows.loc[in_rest, ROLE] = np.where(rows.loc[in_rest, _GROUP].isin(labelled), ROLE_LABELLED, ROLE_UNLABELLED)
+    rows.loc[in_rest, ROLE] = np.where(rows.loc[in_rest, _GROUP].isin(labelled), ROLE_LABELLED, ROLE_MASKED)
     return rows
 
 
@@ -280,7 +282,7 @@ def _split_labelled(rest_class: pd.Series, split_ratio, rng: np.random.Generator
     for _, groups in _classes_to_groups(rest_class):
         n = len(groups)
         n_labelled = int(np.floor(share * n + 0.5))
-        # At least one labelled patient per class; at least one unlabelled when asked for.
+        # At least one labelled patient per class; at least one masked when asked for.
         n_labelled = max(1, min(n_labelled, n - 1 if split_ratio[1] > 0 and n > 1 else n))
         labelled.update(rng.permutation(groups)[:n_labelled].tolist())
     return labelled
@@ -306,8 +308,8 @@ def _log_sizes(folds: pd.DataFrame) -> None:
     for k in fold_ids(folds):
         sizes = folds[folds[FOLD] == k][ROLE].value_counts()
         log.info(
-            "Fold %d: %d labelled, %d unlabelled, %d validation images.",
-            k, sizes.get(ROLE_LABELLED, 0), sizes.get(ROLE_UNLABELLED, 0), sizes.get(ROLE_VALIDATION, 0),
+            "Fold %d: %d labelled, %d masked, %d validation images.",
+            k, sizes.get(ROLE_LABELLED, 0), sizes.get(ROLE_MASKED, 0), sizes.get(ROLE_VALIDATION, 0),
         )
     shared = folds[folds[FOLD] == SHARED_FOLD][ROLE].value_counts()
     pool = f", {shared[ROLE_POOL]} pool" if shared.get(ROLE_POOL, 0) else ""  # runs made before pool.csv

@@ -23,16 +23,20 @@ ROLE = "role"
 # Values of SUBSET.
 SUBSET_TRAIN = "train"  # labelled images used for k-fold cross-validation
 SUBSET_TEST = "test"  # labelled images held out from every fold (outer test)
-SUBSET_UNLABELLED = "unlabelled"  # images without labels (extra pseudo-label pool)
-SUBSETS = (SUBSET_TRAIN, SUBSET_TEST, SUBSET_UNLABELLED)
+SUBSET_POOL = "pool"  # images without labels: the pool, pseudo-labelled in every fold
+SUBSETS = (SUBSET_TRAIN, SUBSET_TEST, SUBSET_POOL)
+# The subset's spelling in data CSVs written for versions before 0.2, still read (docs/architecture.md, Vocabulary).
+LEGACY_SUBSETS = {"unlabelled": SUBSET_POOL}
 
 # Values of ROLE in folds.csv.
 ROLE_LABELLED = "labelled"
-ROLE_UNLABELLED = "unlabelled"  # labelled images whose labels are masked
+ROLE_MASKED = "masked"  # labelled images whose labels are hidden from training; pseudo-labelled
 ROLE_VALIDATION = "validation"
 ROLE_TEST = "test"
 ROLE_POOL = "pool"  # truly unlabelled images, pseudo-labelled in every fold
-ROLES = (ROLE_LABELLED, ROLE_UNLABELLED, ROLE_VALIDATION, ROLE_TEST, ROLE_POOL)
+ROLES = (ROLE_LABELLED, ROLE_MASKED, ROLE_VALIDATION, ROLE_TEST, ROLE_POOL)
+# The masked part's role in folds.csv of runs made before 0.2, read as ROLE_MASKED.
+LEGACY_ROLES = {"unlabelled": ROLE_MASKED}
 SHARED_FOLD = -1  # FOLD value of rows shared by all folds (test, pool)
 
 MANIFEST_COLUMNS = [PATH, LABEL, PATIENT, SUBSET]

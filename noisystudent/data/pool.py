@@ -110,7 +110,7 @@ class PoolFile:
 
 
 def write_pool(records: Iterable[Record], out: Path, labelled: set[str], skip_unreadable: bool,
-               workers: int | None = None, source: str = "The unlabelled data", progress: Progress = NULL_PROGRESS,
+               workers: int | None = None, source: str = "The pool images", progress: Progress = NULL_PROGRESS,
                checked: PoolFile | None = None) -> tuple[PoolFile, list[tuple[str, str]]]:
     """Sort ``records``, check them and write ``out``; return the pool and the (path, reason) of skipped files.
 
@@ -178,7 +178,7 @@ class _Checker:
             if path == self.previous:
                 raise DataError(f"The unlabelled image {path} is listed more than once.")
             if path in self.labelled:
-                raise DataError(f"The image {path} is both a labelled image and in the unlabelled data.")
+                raise DataError(f"The image {path} is both a labelled image and in the pool.")
             self.previous = path
         bad = find_unreadable([path for path in paths if not self._known(path)], self.workers)
         if bad and not self.skip:

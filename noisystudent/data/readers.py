@@ -29,13 +29,14 @@ from noisystudent.data.images import find_unreadable
 from noisystudent.data.manifest import (
     IMAGE_EXTENSIONS,
     LABEL,
+    LEGACY_SUBSETS,
     PATH,
     PATIENT,
     SUBSET,
+    SUBSETS,
+    SUBSET_POOL,
     SUBSET_TEST,
     SUBSET_TRAIN,
-    SUBSET_UNLABELLED,
-    SUBSETS,
     check_manifest,
     make_manifest,
     normalise_patient,
@@ -97,7 +98,7 @@ def read_dataset(
         tuple[pandas.DataFrame, str]: The manifest, one row per image sorted by
         path, with string columns ``path`` (absolute), ``label``, ``patient``
         (upper-cased; "" when unknown) and ``subset`` (train, test or
-        unlabelled); and the layout actually read (``"cnmc"``, ``"folders"`` or ``"csv"``).
+        pool); and the layout actually read (``"cnmc"``, ``"folders"`` or ``"csv"``).
 
     Raises:
         DataError: The path does not exist, the layout does not match, an image
@@ -148,7 +149,7 @@ def detect_format(path: str | Path) -> str:
     return "cnmc" if _cnmc_root(path) is not None else "folders"
 
 
-def unlabelled_records(path: str | Path) -> Iterator[tuple[str, str]]:
+def pool_records(path: str | Path) -> Iterator[tuple[str, str]]:
     """(path, patient) of every image of an extra pool, unsorted and unchecked, one at a time.
 
     A folder is searched recursively; a CSV gives path[, label][, patient][, subset]
@@ -160,7 +161,7 @@ def unlabelled_records(path: str | Path) -> Iterator[tuple[str, str]]:
     if not path.is_file():
         return _pool_image_paths(path)
     if path.suffix.lower() != ".csv":
-        raise DataError(f"The unlabelled data {path} is a file but not a CSV file.")
+        raise DataError(f"The pool images {path} are a file but not a CSV file.")
     return _csv_pool_records(path)
 
 
@@ -276,11 +277,11 @@ def _warn_unlisted(folder: Path, listed: set[str], labels_csv: Path) -> None:
 
 
 def _cnmc_final(cnmc: Path) -> list[dict]:
-    """Final-phase test images have no published labels: subset unlabelled."""
+    """Final-phase test images have no published labels: subset pool."""
     folder = cnmc / _FINAL_IMAGES
     if not folder.is_dir():
         return []
-    return [_row(f, "", "", SUBSET_UNLABELLED) for f in _image_files(folder)]
+    return [_row(f, "", "", SUBSET_POOL) for f in _image_files(folder)]
 
 
 # --- one folder per class ------------------------------------------------------------
@@ -339,8 +340,8 @@ def read_csv_manifest(
 ) -> pd.DataFrame:
     """CSV with columns path, label[, patient][, subset]; relative paths start at the CSV's folder.
 
-    A row may lack a label only when its subset is 'unlabelled', or when
-    ``allow_unlabelled`` is set (such rows then become subset 'unlabelled').
+    A row may lack a label only when its subset is 'pool' ('unlabelled' before 0.2), or when
+    ``allow_unlabelled`` is set (such rows then become subset 'pool').
     """
     csv_path = Path(csv_path)
     _require_exists(csv_path)
@@ -390,13 +391,14 @@ def _check_csv_columns(table: pd.DataFrame, csv_path: Path) -> None:
 def _csv_row(record: dict, line: int, csv_path: Path, classes: list[str] | None, allow_unlabelled: bool) -> dict:
     path = _csv_image_path(record[PATH], line, csv_path)
     subset = record.get(SUBSET, "").strip().lower() or SUBSET_TRAIN
+    subset = LEGACY_SUBSETS.get(subset, subset)  # 'unlabelled', the pool's name before 0.2
     if subset not in SUBSETS:
         raise DataError(f"Unknown subset {subset!r} on line {line} of {csv_path}; expected one of {', '.join(SUBSETS)}.")
     label = record.get(LABEL, "").strip()
     if not label and allow_unlabelled:
-        subset = SUBSET_UNLABELLED
-    if not label and subset != SUBSET_UNLABELLED:
-        raise DataError(f"The image on line {line} of {csv_path} has no label, but only 'unlabelled' rows may omit it.")
+        subset = SUBSET_POOL
+    if not label and subset != SUBSET_POOL:
+        raise DataError(f"The image on line {line} of {csv_path} has no label, but only rows of subset 'pool' may omit it.")
     if label and classes is not None and label not in classes:
         raise DataError(f"Unknown label {label!r} on line {line} of {csv_path}; expected one of {', '.join(classes)}.")
     return {PATH: path, LABEL: label, PATIENT: normalise_patient(record.get(PATIENT, "")), SUBSET: subset}

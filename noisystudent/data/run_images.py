@@ -51,7 +51,7 @@ class RunImages:
 def load_run_images(config: RunConfig, run: Path, progress: Progress = NULL_PROGRESS, list_pool: bool = False) -> RunImages:
     """Read DATA (or generate the demo data), add --test, apply --binary; with ``list_pool``, list the pool into ``run``.
 
-    The pool (--unlabelled, and with --pool DATA's own unlabelled images) is
+    The pool (--pool-images, and with --pool DATA's own unlabelled images) is
     listed a chunk at a time (data/pool.py), never held in memory; without
     ``list_pool`` it is not read (torchrun's other ranks open the file rank 0
     wrote). Files of the run's pool.csv (a resumed run) are not decoded again.
@@ -59,16 +59,16 @@ def load_run_images(config: RunConfig, run: Path, progress: Progress = NULL_PROG
     root = Path(config.data) if config.data else demo.generate_demo(Path(run) / layout.DEMO_DATA)
     manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
     skipped = list(manifest.attrs.get("skipped", []))
-    own_pool = manifest[manifest[schema.SUBSET] == schema.SUBSET_UNLABELLED]
+    own_pool = manifest[manifest[schema.SUBSET] == schema.SUBSET_POOL]
     if len(own_pool) and not config.pool:
         logger.info("--no-pool: the %d unlabelled images that come with the data are not used.", len(own_pool))
-    parts = [manifest[manifest[schema.SUBSET] != schema.SUBSET_UNLABELLED]]
+    parts = [manifest[manifest[schema.SUBSET] != schema.SUBSET_POOL]]
     if config.test:
         # not read_dataset: a test set may hold a single class (checked below against the training classes)
         test, _ = readers.read_manifest(Path(config.test), "auto", config.patient_regex)
         test = readers.drop_unreadable(test, config.skip_unreadable)
         skipped += list(test.attrs.get("skipped", []))
-        parts.append(test[test[schema.SUBSET] != schema.SUBSET_UNLABELLED].assign(**{schema.SUBSET: schema.SUBSET_TEST}))
+        parts.append(test[test[schema.SUBSET] != schema.SUBSET_POOL].assign(**{schema.SUBSET: schema.SUBSET_TEST}))
     combined = apply_label_map(schema.make_manifest(pd.concat(parts, ignore_index=True)), config.label_map)
     check_distinct_labels(combined)
     if config.binary:
@@ -79,7 +79,7 @@ def load_run_images(config: RunConfig, run: Path, progress: Progress = NULL_PROG
     _check_labels(combined, classes)
     check_positive(config, classes)
     listed = None
-    if list_pool and (config.unlabelled or (config.pool and len(own_pool))):
+    if list_pool and (config.pool_images or (config.pool and len(own_pool))):
         own = own_pool if config.pool else own_pool.iloc[:0]
         listed, pool_skipped = _list_pool(config, own, set(combined[schema.PATH]), run, progress)
         skipped += pool_skipped
@@ -101,16 +101,16 @@ def check_positive(config: RunConfig, classes: list[str]) -> None:
         raise ConfigError(f"--positive {config.positive!r} is not one of the classes {', '.join(classes)}; "
                           "name one of them, or leave --positive out for macro averages only.")
 def _list_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], run: Path, progress: Progress) -> tuple[PoolFile, list]:
-    """The run's pool listing from DATA's own unlabelled images (``own``) and --unlabelled, streamed."""
+    """The run's pool listing from DATA's own unlabelled images (``own``) and --pool-images, streamed."""
     records = itertools.chain(zip(own[schema.PATH].tolist(), own[schema.PATIENT].tolist()),
-                              _with_patients(readers.unlabelled_records(config.unlabelled), config.patient_regex)
-                              if config.unlabelled else ())
-    source = f"The unlabelled data {config.unlabelled}" if config.unlabelled else "The unlabelled images of the data"
+                              _with_patients(readers.pool_records(config.pool_images), config.patient_regex)
+                              if config.pool_images else ())
+    source = f"The pool images {config.pool_images}" if config.pool_images else "The unlabelled images of the data"
     return pool.list_into_run(records, run, labelled, config.skip_unreadable, source, progress)
 
 
 def _with_patients(records: Iterable[tuple[str, str]], patient_regex: str | None) -> Iterator[tuple[str, str]]:
-    """--unlabelled records with patient ids from --patient-regex where a file name has one,
+    """--pool-images records with patient ids from --patient-regex where a file name has one,
     so the leakage check can see a pool patient who is also a validation or test patient."""
     pattern = readers.compile_patient_regex(patient_regex)
     for path, given in records:

@@ -58,7 +58,6 @@ from noisystudent.safe_paths import check_output_file
 
 logger = logging.getLogger(__name__)
 
-MODEL_SETS = ("students", "teachers")
 MAX_BATCH_SIZE = 32768  # images per forward pass at most (--batch-size)
 N_CELLS = "n_cells"
 CALL = "call"
@@ -175,11 +174,10 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
         >>> len(ensemble.members), ensemble.classes  # doctest: +SKIP
         (3, ['all', 'hem'])
     """
-    if models not in MODEL_SETS:
-        raise ConfigError(f"--models must be one of {', '.join(MODEL_SETS)}; got {models!r}.")
+    kind = checked_models(models)
     run = Path(run)
     config = load_run_config(run)
-    round_ = 0 if models == "teachers" else config.rounds
+    round_ = 0 if kind == layout.TEACHER else config.rounds
     device = resolve_device(device) if isinstance(device, str) else device
     members, payloads = [], []
     for fold in range(config.folds):
@@ -528,10 +526,17 @@ def rows_of(predictions: pd.DataFrame, fold, voting: str) -> pd.DataFrame:
 # --- output files -----------------------------------------------------------------------
 
 
+def checked_models(models: str) -> str:
+    """The kind ('student' or 'teacher') of ``--models students|teachers`` (the singular is an alias)."""
+    kind = layout.model_set_kind(models)
+    if kind is None:
+        raise ConfigError(f"--models must be students or teachers; got {models!r}.")
+    return kind
+
+
 def check_options(models: str, tta: str | None, batch_size: int | None, rules: list[str], device: str) -> None:
     """The options of predict / evaluate, checked before any file is read."""
-    if models not in MODEL_SETS:
-        raise ConfigError(f"--models must be one of {', '.join(MODEL_SETS)}; got {models!r}.")
+    checked_models(models)
     if tta is not None:
         checked_tta(tta)
     if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_SIZE:

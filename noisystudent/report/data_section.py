@@ -12,9 +12,9 @@ from noisystudent.data import manifest as schema  # column names and checks of t
 from noisystudent.data.pool import PoolFile
 
 IMAGES, PATIENTS = "images", "patients"
-ROLE_WORDS = {schema.ROLE_LABELLED: "labelled (teacher training)", schema.ROLE_UNLABELLED: "masked (labels hidden, pseudo-labelled)",
+ROLE_WORDS = {schema.ROLE_LABELLED: "labelled (teacher training)", schema.ROLE_MASKED: "masked (labels hidden, pseudo-labelled)",
               schema.ROLE_VALIDATION: "validation", schema.ROLE_TEST: "outer test set", schema.ROLE_POOL: "unlabelled pool"}
-FOLD_ROLES = (schema.ROLE_LABELLED, schema.ROLE_UNLABELLED, schema.ROLE_VALIDATION)
+FOLD_ROLES = (schema.ROLE_LABELLED, schema.ROLE_MASKED, schema.ROLE_VALIDATION)
 
 
 def parts_table(folds: pd.DataFrame, classes: list[str], pool: PoolFile | None = None) -> pd.DataFrame:

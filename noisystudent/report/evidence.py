@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MASKED, ROUND, results_dir
+from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, ROUND, SPLIT_MASKED, results_dir
 from noisystudent.report.html import FigureEntry
 from noisystudent.report.plots import round_colour, save
 from noisystudent.run.evidence import COMPARISON
@@ -31,9 +31,9 @@ def read_comparisons(run: Path) -> pd.DataFrame | None:
 
 def pseudo_quality_figures(metrics: pd.DataFrame | None, folder: Path) -> list[FigureEntry]:
     """Accuracy, calibration and kept count of the pseudo-labels per round (one line per fold)."""
-    if metrics is None or EVAL_SPLIT not in metrics or not (metrics[EVAL_SPLIT] == MASKED).any():
+    if metrics is None or EVAL_SPLIT not in metrics or not (metrics[EVAL_SPLIT] == SPLIT_MASKED).any():
         return []
-    rows = metrics[(metrics[EVAL_SPLIT] == MASKED) & metrics[FOLD_COLUMN].astype(str).str.fullmatch(r"\d+")]
+    rows = metrics[(metrics[EVAL_SPLIT] == SPLIT_MASKED) & metrics[FOLD_COLUMN].astype(str).str.fullmatch(r"\d+")]
     figure = Figure(figsize=(12, 3.6), layout="constrained")
     for axes, (column, title) in zip(figure.subplots(1, len(QUALITY_PANELS)), QUALITY_PANELS):
         for index, (fold, part) in enumerate(rows.groupby(FOLD_COLUMN)):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from noisystudent.data.manifest import LEGACY_ROLES, ROLE
 from noisystudent.data.pool import PoolFile
 from noisystudent.errors import ConfigError
 from noisystudent.evaluation.metrics import CLASS_COLUMN, headline_class_rows
@@ -33,19 +34,21 @@ from noisystudent.layout import (
     PSEUDO_LABELS,
     ROUND,
     SPLIT,
+    SPLIT_TEST,
     VOTING,
     model_label,
     results_dir,
     round_dir,
 )
 from noisystudent.run.folder import saved_config
+from noisystudent.run.results import read_predictions
 from noisystudent.run.tables import read_table
 
 log = logging.getLogger(__name__)
 
 METRIC_TEXT_COLUMNS = (MODEL_KIND, FOLD_COLUMN, EVAL_SPLIT, VOTING, CLASS_COLUMN)
 ENSEMBLE_PATTERN = re.compile(r"^predictions_(?P<models>.+)_(?P<voting>[^_]+)\.csv$")
-TEST = "test"  # value of SPLIT for the outer test set
+TEST = SPLIT_TEST  # the outer test set
 ROUND_PATTERN = re.compile(r"^(?:fold|round)-(\d+)$")
 
 Key = tuple[int, int]  # (fold, round)
@@ -107,6 +110,14 @@ class RunContents:
         return set(self.histories) | set(self.predictions) | set(self.pseudo_labels)
 
 
+def _read_fold_table(path: Path) -> pd.DataFrame:
+    """folds.csv as written, except that the masked part of runs made before 0.2 ('unlabelled') reads as 'masked'."""
+    table = read_table(path)
+    if ROLE in table.columns:
+        table[ROLE] = table[ROLE].replace(LEGACY_ROLES)
+    return table
+
+
 def load_run(run: Path) -> RunContents:
     """Read config, per-model tables and results of ``run``; note what is absent."""
     run = Path(run)
@@ -114,7 +125,7 @@ def load_run(run: Path) -> RunContents:
     unreadable: list[str] = []
     for fold, round_ in _round_folders(run):
         folder = round_dir(run, fold, round_)
-        readers = ((data.histories, HISTORY, read_table), (data.predictions, PREDICTIONS, read_table),
+        readers = ((data.histories, HISTORY, read_table), (data.predictions, PREDICTIONS, read_predictions),
                    (data.pseudo_labels, PSEUDO_LABELS, read_pseudo_confidence))
         for table, name, reader in readers:
             frame = _try_read(folder / name, reader, unreadable)
@@ -122,7 +133,7 @@ def load_run(run: Path) -> RunContents:
                 table[(fold, round_)] = frame
     data.all_metrics = _try_read(results_dir(run) / METRICS, read_metrics, unreadable)
     data.metrics = None if data.all_metrics is None else headline_class_rows(data.all_metrics)
-    data.folds_table = _try_read(run / FOLDS, read_table, unreadable)
+    data.folds_table = _try_read(run / FOLDS, _read_fold_table, unreadable)
     data.pool = _try_read(run / POOL, PoolFile.open, unreadable)
     for path in sorted(results_dir(run).glob("predictions_*.csv")):
         match = ENSEMBLE_PATTERN.match(path.name)

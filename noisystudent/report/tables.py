@@ -17,10 +17,10 @@ import pandas as pd
 from noisystudent.config.choices import VOTING as VOTING_RULES
 from noisystudent.evaluation.comparison import BETTER, PRIMARY_METRIC, WORSE
 from noisystudent.evaluation.metrics import MEAN_ROW, METRIC_COLUMNS, VARIANCE_ROW
-from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, ROUND, STUDENT, TEACHER, VOTING, model_label
+from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, ROUND, SPLIT_TEST, SPLIT_VALIDATION, STUDENT, TEACHER, VOTING, model_label
 
 ENSEMBLE_ROW = "ensemble"
-TEST, VALIDATION = "test", "validation"
+TEST, VALIDATION = SPLIT_TEST, SPLIT_VALIDATION  # short names: the report reads them on every line
 VOTING_ORDER = VOTING_RULES  # preferred ensemble for the headline: majority, then soft
 HEADLINE_METRICS = ("accuracy", "f1", "auc")
 DISPLAY_NAMES = {"f1": "F1", "f1_weighted": "weighted F1", "auc": "AUC", "ppv": "PPV", "npv": "NPV",

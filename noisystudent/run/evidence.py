@@ -23,7 +23,7 @@ from noisystudent import atomic, layout
 from noisystudent.config.run_config import RunConfig, load_config_json, positive_class_of
 from noisystudent.data.labels import as_labels
 from noisystudent.data.manifest import LABEL, PATH, ROLE, ROLE_TEST, SUBSET, SUBSET_TEST
-from noisystudent.errors import RunFolderError
+from noisystudent.errors import ConfigError, RunFolderError
 from noisystudent.evaluation import metrics
 from noisystudent.evaluation.calibration import expected_calibration_error
 from noisystudent.evaluation.comparison import Comparison, compare_predictions, comparison_table, verdict
@@ -33,7 +33,6 @@ from noisystudent.run.tables import TABLE_CHUNK, read_table, read_table_chunks
 logger = logging.getLogger(__name__)
 
 SELECTION_WORDS = {"best": "best epoch", "last": "last epoch"}
-MASKED_SPLIT = "unlabelled"  # predictions.csv name of the masked part
 QUALITY_COLUMNS = ["ece", "kept", "kept_copies", "kept_accuracy"]
 EVIDENCE_COLUMNS = [layout.SELECTION, layout.SELECTION_BIASED, layout.FOLDS_AVERAGED, layout.AUC_FROM]
 COMPARISON = "comparison.csv"
@@ -78,13 +77,13 @@ def masked_rows(run: Path, predictions: dict, config: RunConfig, classes: list[s
     """One split=masked row per teacher of a round: its pseudo-labels against the hidden labels."""
     rows = []
     for (fold, round_), table in sorted(predictions.items()):
-        masked = table[table[layout.SPLIT] == MASKED_SPLIT]
+        masked = table[table[layout.SPLIT] == layout.SPLIT_MASKED]
         if round_ >= config.rounds or masked.empty:
             continue
         values = metrics.metrics_from_predictions(masked, classes, positive)
         kept = _kept(run, fold, round_, masked)
         rows.append({layout.MODEL_KIND: layout.model_kind(round_), layout.FOLD_COLUMN: fold, layout.ROUND: round_,
-                     layout.EVAL_SPLIT: layout.MASKED, layout.VOTING: "", **values,
+                     layout.EVAL_SPLIT: layout.SPLIT_MASKED, layout.VOTING: "", **values,
                      layout.AUC_FROM: "probability" if np.isfinite(values.get("auc", np.nan)) else "",
                      "ece": _ece(masked, classes), **kept})
     return rows
@@ -113,7 +112,7 @@ def pseudo_label_quality(predictions: dict, config: RunConfig, classes: list[str
     """Per fold, round and class: precision and recall of the pseudo-labels on the masked part."""
     rows = []
     for (fold, round_), table in sorted(predictions.items()):
-        masked = table[table[layout.SPLIT] == MASKED_SPLIT]
+        masked = table[table[layout.SPLIT] == layout.SPLIT_MASKED]
         if round_ >= config.rounds or masked.empty:
             continue
         truth, guess = as_labels(masked[LABEL]), as_labels(masked[layout.PRED])
@@ -181,7 +180,7 @@ def _fold_tests(predictions: dict, config: RunConfig, round_: int) -> list[pd.Da
     return tests if all(len(t) for t in tests) else []
 
 
-def compare_runs(run_a: Path, run_b: Path, voting: str = "majority", models: str = "student",
+def compare_runs(run_a: Path, run_b: Path, voting: str = "majority", models: str = "students",
                  n_resamples: int = MIN_RESAMPLES, seed: int = 0) -> Comparison:
     """RUN_B's ensemble vs RUN_A's on their shared outer test set (same bootstrap as within a run).
 
@@ -194,8 +193,8 @@ def compare_runs(run_a: Path, run_b: Path, voting: str = "majority", models: str
         run_a: The baseline run folder (side A).
         run_b: The run compared with it (side B).
         voting: Which ensemble: ``"majority"`` (default) or ``"soft"``.
-        models: ``"student"`` (default: the final students) or ``"teacher"``;
-            note the singular, as in the file names.
+        models: ``"students"`` (default: the final students) or
+            ``"teachers"``, as everywhere; the singular is accepted as an alias.
         n_resamples: Bootstrap resamples; default 2000, the minimum.
         seed: Seed of the resampling; default 0.
 
@@ -215,20 +214,23 @@ def compare_runs(run_a: Path, run_b: Path, voting: str = "majority", models: str
         >>> result = ns.compare_runs("runs/cnmc-study", "runs/noisy-student", voting="soft")  # doctest: +SKIP
         >>> result.row("accuracy")[["difference", "low", "high"]]  # doctest: +SKIP
     """
+    kind = layout.model_set_kind(models)
+    if kind is None:
+        raise ConfigError(f"--models must be students or teachers; got {models!r}.")
     tables, classes = [], None
     for run in (Path(run_a), Path(run_b)):
-        table = _ensemble_table(run, models, voting)
+        table = _ensemble_table(run, kind, voting)
         if table is None:
-            raise RunFolderError(f"{run} has no {models} ensemble on an outer test set "
-                                 f"({layout.RESULTS}/predictions_{models}_{voting}.csv); finish that run first.")
+            raise RunFolderError(f"{run} has no {kind} ensemble on an outer test set "
+                                 f"({layout.RESULTS}/predictions_{kind}_{voting}.csv); finish that run first.")
         tables.append(table)
         run_classes = [c[len(layout.PROB_PREFIX):] for c in table.columns if c.startswith(layout.PROB_PREFIX)]
         if classes is not None and run_classes != classes:
             raise RunFolderError(f"{run_a} and {run_b} have different classes ({', '.join(classes)} vs {', '.join(run_classes)}).")
         classes = run_classes
     positive = _positive_of(Path(run_a), classes)
-    return compare_predictions([tables[0]], [tables[1]], classes, positive, f"{Path(run_a).name} {models} ensemble ({voting})",
-                               f"{Path(run_b).name} {models} ensemble ({voting})", n_resamples, seed,
+    return compare_predictions([tables[0]], [tables[1]], classes, positive, f"{Path(run_a).name} {kind} ensemble ({voting})",
+                               f"{Path(run_b).name} {kind} ensemble ({voting})", n_resamples, seed,
                                majority_a=voting == "majority", majority_b=voting == "majority")
 
 

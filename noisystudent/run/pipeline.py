@@ -42,8 +42,9 @@ from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
 
 # predictions.csv split names for each fold role
-SPLIT_OF_ROLE = {manifest.ROLE_VALIDATION: "validation", manifest.ROLE_TEST: "test", manifest.ROLE_UNLABELLED: "unlabelled", manifest.ROLE_POOL: "pool"}
-PSEUDO_SPLITS = ("unlabelled", "pool")
+SPLIT_OF_ROLE = {manifest.ROLE_VALIDATION: layout.SPLIT_VALIDATION, manifest.ROLE_TEST: layout.SPLIT_TEST,
+                 manifest.ROLE_MASKED: layout.SPLIT_MASKED, manifest.ROLE_POOL: layout.SPLIT_POOL}
+PSEUDO_SPLITS = (layout.SPLIT_MASKED, layout.SPLIT_POOL)
 POOL_CHUNK = TABLE_CHUNK  # pool rows predicted and written at a time (about 10 MB of table, whatever the pool's size)
 
 
@@ -266,7 +267,7 @@ def _pseudo_labels(run_ctx: RunContext, fold: int, round_: int, predictions: pd.
     config = run_ctx.config
     pool_file = folder / layout.POOL_PREDICTIONS
     # runs written before pool_predictions.csv existed hold the pool in predictions.csv
-    splits = ("unlabelled",) if pool_file.exists() else PSEUDO_SPLITS
+    splits = (layout.SPLIT_MASKED,) if pool_file.exists() else PSEUDO_SPLITS
     masked = predictions[predictions[layout.SPLIT].isin(splits)]
 
     def chunks():

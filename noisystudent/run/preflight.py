@@ -49,9 +49,9 @@ def check_run_entries(run: Path) -> None:
 
 
 def _check_inputs(config: RunConfig) -> list[Path]:
-    """DATA, --test and --unlabelled must exist; returns them."""
+    """DATA, --test and --pool-images must exist; returns them."""
     inputs = []
-    for flag, value in (("data path", config.data), ("--test path", config.test), ("--unlabelled path", config.unlabelled)):
+    for flag, value in (("data path", config.data), ("--test path", config.test), ("--pool-images path", config.pool_images)):
         if value is None:
             continue
         path = Path(value)

@@ -47,7 +47,11 @@ ENSEMBLE = "ensemble"
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
-    return read_table(path)
+    """A predictions.csv; the masked part's split of runs made before 0.2 ('unlabelled') reads as 'masked'."""
+    table = read_table(path)
+    if layout.SPLIT in table.columns:
+        table[layout.SPLIT] = table[layout.SPLIT].replace(layout.LEGACY_SPLITS)
+    return table
 
 
 def collect_predictions(run: Path, config: RunConfig) -> dict[tuple[int, int], pd.DataFrame]:
