@@ -150,7 +150,7 @@ def test_a_run_folder_of_another_configuration(data, tmp_path, monkeypatch):
                    f"The run in {run} was made with other settings; differing: seed (0 -> 3), batch_size (8 -> 4).")
 
 
-def _interrupt(ctx, fold):
+def _interrupt(run_ctx, fold):
     raise KeyboardInterrupt
 
 
@@ -167,7 +167,7 @@ def test_no_pseudo_label_passing_the_threshold(tmp_path, monkeypatch):
                    "No image of fold 0 passed the pseudo-label threshold 0.99")
 
 
-def _uncertain_predictions(ctx, fold, round_):
+def _uncertain_predictions(run_ctx, fold, round_):
     import numpy as np
     import pandas as pd
 
@@ -175,9 +175,9 @@ def _uncertain_predictions(ctx, fold, round_):
     from noisystudent.inference.tables import prediction_table
     from noisystudent.run.pipeline import SPLIT_OF_ROLE, fold_rows
 
-    frame = pd.concat([fold_rows(ctx.fold_table, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
+    frame = pd.concat([fold_rows(run_ctx.fold_table, fold, role).assign(**{layout.SPLIT: split}) for role, split in SPLIT_OF_ROLE.items()],
                       ignore_index=True)
-    return prediction_table(frame[["path", "label", "patient", layout.SPLIT]], np.full((len(frame), 2), 0.5), ctx.classes)
+    return prediction_table(frame[["path", "label", "patient", layout.SPLIT]], np.full((len(frame), 2), 0.5), run_ctx.classes)
 
 
 @pytest.mark.slow

@@ -154,7 +154,7 @@ def test_a_full_disk_while_building_the_cache_is_one_sentence_and_the_run_resume
     assert full.exit_code == 2 and "Traceback" not in full.output, line
     assert f"No space left on device while writing {run / 'cache'}/images-" in line and "was not written" in line
     monkeypatch.undo()
-    monkeypatch.setattr(pipeline, "run_fold", lambda ctx, fold: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(pipeline, "run_fold", lambda run_ctx, fold: (_ for _ in ()).throw(KeyboardInterrupt))
     with torch_threads(1):
         resumed = CliRunner().invoke(app, ["kfold", "--out", str(run), "--resume"])
     assert resumed.exit_code == 130, resumed.output  # past the cache: built this time

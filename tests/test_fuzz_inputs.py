@@ -136,7 +136,7 @@ def trained_run(data, tmp_path_factory) -> Path:
 def stop_before_training(monkeypatch):
     from noisystudent.run import pipeline
 
-    def stop(ctx, fold):
+    def stop(run_ctx, fold):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "run_fold", stop)

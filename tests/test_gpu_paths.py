@@ -215,9 +215,9 @@ def test_partial_batches_train_on_the_uncompiled_model():
 
     inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
     images = torch.randint(0, 256, (11, 3, 4, 4), dtype=torch.uint8)
-    ctx = StepContext(optimizer=torch.optim.SGD(inner.parameters(), lr=0.1), device=torch.device("cpu"))
+    step = StepContext(optimizer=torch.optim.SGD(inner.parameters(), lr=0.1), device=torch.device("cpu"))
     engine.train_one_epoch(Tag(inner, "full"), lambda rows: images[rows], TrainSet(torch.arange(11), torch.eye(2)[torch.arange(11) % 2]),
-                           create_augment("none"), ctx, make_generator(0), batch_size=4,
+                           create_augment("none"), step, make_generator(0), batch_size=4,
                            partial_batch_model=Tag(inner, "partial"))
     assert seen == {"full": [4, 4], "partial": [3]}
 
@@ -266,14 +266,14 @@ def test_training_loop_syncs_only_to_report_the_loss(monkeypatch, log_every):
     images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
     model(torch.zeros(2, 3, 8, 8))
     train_set = TrainSet(torch.arange(40), torch.eye(2)[torch.arange(40) % 2])
-    ctx = StepContext(optimizer=torch.optim.SGD(model.parameters(), lr=0.01), device=torch.device("cpu"))
+    step = StepContext(optimizer=torch.optim.SGD(model.parameters(), lr=0.01), device=torch.device("cpu"))
     counter = SyncCounter(monkeypatch)
     augment = create_augment("strong", image_size=8)
     augment(images[:2], make_generator(0))  # makes the noise's constants on the device once (lru_cache)
     labels = train_set.labels  # numpy labels are read before the loop
     monkeypatch.setattr(TrainSet, "labels", property(lambda self: labels))
     counter.active = True
-    engine.train_one_epoch(model, lambda rows: images[rows], train_set, augment, ctx, make_generator(0),
+    engine.train_one_epoch(model, lambda rows: images[rows], train_set, augment, step, make_generator(0),
                            batch_size=4, log_every=log_every)  # 10 steps
     counter.active = False
     expected = 1 + (10 // log_every if log_every else 0)  # the final loss read and every log_every-th step

@@ -44,9 +44,9 @@ def _context(tmp_path, **settings):
     return pipeline.RunContext(tmp_path, config, CLASSES, folds, cache, torch.device("cpu"), NULL_PROGRESS)
 
 
-def _wrong_teacher(ctx, fold, round_):
+def _wrong_teacher(run_ctx, fold, round_):
     """Predictions whose class is the wrong one for every masked image (and right elsewhere)."""
-    frame = pd.concat([pipeline.fold_rows(ctx.fold_table, fold, role).assign(**{layout.SPLIT: split})
+    frame = pd.concat([pipeline.fold_rows(run_ctx.fold_table, fold, role).assign(**{layout.SPLIT: split})
                        for role, split in pipeline.SPLIT_OF_ROLE.items()], ignore_index=True)
     right = (frame[LABEL] == "all").to_numpy(float)
     p_all = np.where(frame[layout.SPLIT] == "masked", 0.9 - 0.8 * right, 0.1 + 0.8 * right)
@@ -60,58 +60,58 @@ def recorded(monkeypatch, tmp_path):
         jobs = []
         monkeypatch.setattr(pipeline, "train_model", lambda job, *a, **k: jobs.append(job))
         monkeypatch.setattr(pipeline, "predict_round", _wrong_teacher)
-        ctx = _context(tmp_path / str(len(jobs)), **settings)
-        pipeline.run_fold(ctx, 0)
-        return ctx, {job.extra["round"]: job for job in jobs}
+        run_ctx = _context(tmp_path / str(len(jobs)), **settings)
+        pipeline.run_fold(run_ctx, 0)
+        return run_ctx, {job.extra["round"]: job for job in jobs}
     return run
 
 
-def _training_images(ctx, job) -> list[tuple[str, str]]:
+def _training_images(run_ctx, job) -> list[tuple[str, str]]:
     """(path, target class) of every row the job trains on, read through the cache's row order."""
-    paths = [ctx.cache.paths[int(r)] for r in job.train_set.rows]
+    paths = [run_ctx.cache.paths[int(r)] for r in job.train_set.rows]
     targets = np.asarray(job.train_set.targets).argmax(axis=1)
     return [(p, CLASSES[t]) for p, t in zip(paths, targets)]
 
 
 def test_teacher_trains_on_the_labelled_part_only_with_its_true_labels(recorded):
-    ctx, jobs = recorded(pool=True)
-    labelled = pipeline.fold_rows(ctx.fold_table, 0, "labelled")
-    seen = _training_images(ctx, jobs[0])
+    run_ctx, jobs = recorded(pool=True)
+    labelled = pipeline.fold_rows(run_ctx.fold_table, 0, "labelled")
+    seen = _training_images(run_ctx, jobs[0])
     assert sorted(seen) == sorted(zip(labelled[PATH], labelled[LABEL]))
-    others = ctx.fold_table[(ctx.fold_table[ROLE] != "labelled") | (ctx.fold_table["fold"] != 0)]
+    others = run_ctx.fold_table[(run_ctx.fold_table[ROLE] != "labelled") | (run_ctx.fold_table["fold"] != 0)]
     assert not {p for p, _ in seen} & set(others.loc[others[ROLE].isin(["masked", "validation", "test", "pool"]) & ~others[PATH].isin(labelled[PATH]), PATH])
 
 
 def test_student_learns_the_teachers_labels_not_the_hidden_ones_and_rows_stay_aligned(recorded):
-    ctx, jobs = recorded(student_data="pseudo", pseudo_mode="hard", pool=True)
-    seen = dict(_training_images(ctx, jobs[1]))
-    masked = pipeline.fold_rows(ctx.fold_table, 0, "masked")
-    assert set(seen) == set(masked[PATH]) | set(pipeline.fold_rows(ctx.fold_table, 0, "pool")[PATH])
+    run_ctx, jobs = recorded(student_data="pseudo", pseudo_mode="hard", pool=True)
+    seen = dict(_training_images(run_ctx, jobs[1]))
+    masked = pipeline.fold_rows(run_ctx.fold_table, 0, "masked")
+    assert set(seen) == set(masked[PATH]) | set(pipeline.fold_rows(run_ctx.fold_table, 0, "pool")[PATH])
     # The fake teacher is wrong on every masked image: each target must be the wrong class,
     # and for the right image (a misaligned row would pair some image with another's target).
     for path, hidden in zip(masked[PATH], masked[LABEL]):
         assert seen[path] != hidden
-    validation_or_test = pd.concat([pipeline.fold_rows(ctx.fold_table, 0, r) for r in ("validation", "test")])
+    validation_or_test = pd.concat([pipeline.fold_rows(run_ctx.fold_table, 0, r) for r in ("validation", "test")])
     assert not set(seen) & set(validation_or_test[PATH])
 
 
 def test_student_data_both_keeps_every_labelled_row_with_its_true_label(recorded):
-    ctx, jobs = recorded(student_data="both", pseudo_mode="soft")
-    seen = _training_images(ctx, jobs[1])
-    labelled = pipeline.fold_rows(ctx.fold_table, 0, "labelled")
+    run_ctx, jobs = recorded(student_data="both", pseudo_mode="soft")
+    seen = _training_images(run_ctx, jobs[1])
+    labelled = pipeline.fold_rows(run_ctx.fold_table, 0, "labelled")
     assert set(zip(labelled[PATH], labelled[LABEL])) <= set(seen)
-    pseudo = len(pipeline.fold_rows(ctx.fold_table, 0, "masked")) + len(pipeline.fold_rows(ctx.fold_table, 0, "pool"))
+    pseudo = len(pipeline.fold_rows(run_ctx.fold_table, 0, "masked")) + len(pipeline.fold_rows(run_ctx.fold_table, 0, "pool"))
     assert len(seen) == len(labelled) + pseudo
 
 
 def test_students_are_built_with_their_dropout_and_stochastic_depth(recorded):
-    ctx, jobs = recorded()
-    student = build_model(jobs[1], ctx.config, torch.device("cpu"))
-    teacher = build_model(jobs[0], ctx.config, torch.device("cpu"))
+    run_ctx, jobs = recorded()
+    student = build_model(jobs[1], run_ctx.config, torch.device("cpu"))
+    teacher = build_model(jobs[0], run_ctx.config, torch.device("cpu"))
     dropouts = [m.p for m in student.modules() if isinstance(m, torch.nn.Dropout)]
-    assert dropouts and max(dropouts) == ctx.config.student_dropout == 0.5
-    assert student._global_params.drop_connect_rate == ctx.config.student_drop_connect == 0.2
-    assert max(m.p for m in teacher.modules() if isinstance(m, torch.nn.Dropout)) == ctx.config.teacher_dropout
+    assert dropouts and max(dropouts) == run_ctx.config.student_dropout == 0.5
+    assert student._global_params.drop_connect_rate == run_ctx.config.student_drop_connect == 0.2
+    assert max(m.p for m in teacher.modules() if isinstance(m, torch.nn.Dropout)) == run_ctx.config.teacher_dropout
 
 
 def test_select_last_keeps_the_last_epochs_weights_and_best_keeps_the_best():

@@ -115,9 +115,9 @@ def _epoch_spy(monkeypatch, sampler: str, labels: list[int], batch_size: int = 6
         return images[rows]
 
     model = Tiny()
-    ctx = StepContext(optimizer=torch.optim.SGD(model.parameters(), lr=0.01), device=CPU)
+    step = StepContext(optimizer=torch.optim.SGD(model.parameters(), lr=0.01), device=CPU)
     train_set = TrainSet(torch.arange(len(labels)), torch.eye(2)[labels])
-    engine.train_one_epoch(model, load_batch, train_set, create_augment("none"), ctx, make_generator(0),
+    engine.train_one_epoch(model, load_batch, train_set, create_augment("none"), step, make_generator(0),
                            batch_size, sampler_mode=sampler)
     return batches, rows_seen
 
@@ -160,9 +160,9 @@ def test_class_weighted_loss_is_weighted_cross_entropy(spec):
         logits = model(normalize(images))
     expected = F.cross_entropy(logits, labels, weight=weights)
     assert not math.isclose(float(expected), float(F.cross_entropy(logits, labels)), rel_tol=1e-3)
-    ctx = StepContext(optimizer=torch.optim.SGD(model.parameters(), lr=0.01), device=CPU, class_weights=weights)
+    step = StepContext(optimizer=torch.optim.SGD(model.parameters(), lr=0.01), device=CPU, class_weights=weights)
     stats = engine.train_one_epoch(model, lambda rows: images[rows], TrainSet(torch.arange(16), torch.eye(2)[labels]),
-                                   create_augment("none"), ctx, make_generator(0), batch_size=16)
+                                   create_augment("none"), step, make_generator(0), batch_size=16)
     assert stats["train_loss"] == pytest.approx(float(expected), rel=1e-5)  # one batch: the loss before the step
 
 
@@ -171,18 +171,18 @@ def test_train_model_passes_optimizer_weights_smoothing_and_sampler_to_the_loop(
     calls = []
     original = engine.train_one_epoch
 
-    def spy(model, load_batch, train_set, augment, ctx, generator, batch_size, sampler_mode="none", *args, **kwargs):
-        calls.append((ctx, sampler_mode))
-        return original(model, load_batch, train_set, augment, ctx, generator, batch_size, sampler_mode, *args, **kwargs)
+    def spy(model, load_batch, train_set, augment, step, generator, batch_size, sampler_mode="none", *args, **kwargs):
+        calls.append((step, sampler_mode))
+        return original(model, load_batch, train_set, augment, step, generator, batch_size, sampler_mode, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_one_epoch", spy)
     job, load_batch = _job(tmp_path, size=8)
     config = _config(class_weights="1,3", label_smoothing=0.1, sampler="oversample", optimizer="adamw")
     train_model(job, config, load_batch, CPU)
-    ctx, sampler_mode = calls[0]
-    assert type(ctx.optimizer) is torch.optim.AdamW
-    assert ctx.class_weights.tolist() == [1.0, 3.0]
-    assert ctx.label_smoothing == 0.1
+    step, sampler_mode = calls[0]
+    assert type(step.optimizer) is torch.optim.AdamW
+    assert step.class_weights.tolist() == [1.0, 3.0]
+    assert step.label_smoothing == 0.1
     assert sampler_mode == "oversample"
 
 
@@ -455,7 +455,7 @@ def test_pipeline_predicts_with_the_model_arch_normalisation_and_tta(tmp_path, m
     checkpoint.save(out / layout.MODEL, {"spec": model.noisystudent_spec, "model": model.state_dict()})
     folds = pd.DataFrame({PATH: ["img0", "img1"], LABEL: CLASSES, PATIENT: ["p1", "p2"],
                           FOLD: [0, 0], ROLE: [ROLE_VALIDATION] * 2})
-    ctx = pipeline.RunContext(tmp_path, RunConfig(tta="flips", image_size=8), CLASSES, folds,
+    step = pipeline.RunContext(tmp_path, RunConfig(tta="flips", image_size=8), CLASSES, folds,
                               _FakeCache(GREY_127[:2]), CPU, NULL_PROGRESS)
     calls = []
     original = backends.predict_probs
@@ -465,7 +465,7 @@ def test_pipeline_predicts_with_the_model_arch_normalisation_and_tta(tmp_path, m
         return original(*args, **kwargs)
 
     monkeypatch.setattr(backends, "predict_probs", spy)
-    table = pipeline.predict_round(ctx, 0, 0)
+    table = pipeline.predict_round(step, 0, 0)
     args, kwargs = calls[0]
     passed = inspect.signature(original).bind(*args, **kwargs).arguments
     assert passed["normalization"] == models.input_normalization(LITE)

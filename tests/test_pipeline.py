@@ -45,9 +45,9 @@ def test_student_batches_are_noised_and_teacher_predictions_are_not():
     images = _images()
     model = Recorder()
     train_set = TrainSet(torch.arange(8), torch.eye(2)[torch.tensor([0, 1] * 4)])
-    ctx = StepContext(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"))
+    step = StepContext(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"))
     model.train()
-    engine.train_one_epoch(model, lambda rows: images[rows], train_set, create_augment("strong", image_size=16), ctx,
+    engine.train_one_epoch(model, lambda rows: images[rows], train_set, create_augment("strong", image_size=16), step,
                            make_generator(1), batch_size=8)
     seen = model.inputs[0]
     clean = normalize(images)

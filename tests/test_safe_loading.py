@@ -110,7 +110,7 @@ def test_a_malicious_checkpoint_runs_nothing_on_resume(tmp_path, data, monkeypat
     assert_refused_without_running(code, line, saved, marker)
 
 
-def _interrupt(ctx, fold):
+def _interrupt(run_ctx, fold):
     raise KeyboardInterrupt
 
 

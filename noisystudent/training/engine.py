@@ -61,7 +61,7 @@ def train_one_epoch(
     load_batch: Callable[[torch.Tensor], torch.Tensor],
     train_set: TrainSet,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    ctx: StepContext,
+    step: StepContext,
     generator: torch.Generator,
     batch_size: int,
     sampler_mode: str = "none",
@@ -80,14 +80,14 @@ def train_one_epoch(
     """
     order = sampling.epoch_indices(train_set.labels, train_set.copies, sampler_mode, generator)
     noise = distributed.rank_generator(generator)  # under torchrun: this rank's own draws
-    loss_sum = torch.zeros((), device=ctx.device)
+    loss_sum = torch.zeros((), device=step.device)
     seen, started = 0, time.perf_counter()
-    targets_on_device = to_device(train_set.targets, ctx.device)
+    targets_on_device = to_device(train_set.targets, step.device)
     # under torchrun each rank gets its slice of every global batch (training/distributed.py)
     for step, (batch, weight) in enumerate(distributed.local_batches(order, batch_size)):
-        images = augment(load_batch(train_set.rows[batch]), _augment_generator(noise, ctx.device))
+        images = augment(load_batch(train_set.rows[batch]), _augment_generator(noise, step.device))
         step_model = model if len(batch) == batch_size or partial_batch_model is None else partial_batch_model
-        loss = _train_step(step_model, images, targets_on_device[to_device(batch, ctx.device)], ctx, weight)
+        loss = _train_step(step_model, images, targets_on_device[to_device(batch, step.device)], step, weight)
         loss_sum += loss.detach() * len(batch)
         seen += len(batch)
         running = None
@@ -113,23 +113,23 @@ def _augment_generator(generator: torch.Generator, device: torch.device) -> torc
     return sub
 
 
-def _train_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext,
+def _train_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, step: StepContext,
                 weight: float = 1.0) -> torch.Tensor:
     """One optimizer step; ``weight`` scales the gradient (a rank's share of the global batch under DDP)."""
-    if ctx.channels_last:
+    if step.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with autocast(ctx.device, ctx.amp_dtype):
+    with autocast(step.device, step.amp_dtype):
         logits = model(images)
-    loss = soft_cross_entropy(logits, targets, ctx.class_weights, ctx.label_smoothing)
-    ctx.optimizer.zero_grad(set_to_none=True)
+    loss = soft_cross_entropy(logits, targets, step.class_weights, step.label_smoothing)
+    step.optimizer.zero_grad(set_to_none=True)
     scaled = loss if weight == 1.0 else loss * weight
-    if ctx.scaler is not None:
-        ctx.scaler.scale(scaled).backward()
-        ctx.scaler.step(ctx.optimizer)
-        ctx.scaler.update()
+    if step.scaler is not None:
+        step.scaler.scale(scaled).backward()
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
     else:
         scaled.backward()
-        ctx.optimizer.step()
+        step.optimizer.step()
     return loss
 
 
