@@ -106,7 +106,7 @@ def test_a_refused_setting_does_not_block_the_corrected_command(tmp_path, data, 
     assert json.loads((run / "config.json").read_text())["gamma"] == 0.5
 
 
-def _interrupt(ctx, fold):
+def _interrupt(run_ctx, fold):
     raise KeyboardInterrupt
 
 

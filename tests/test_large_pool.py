@@ -141,8 +141,8 @@ def test_a_changed_pool_is_refused_on_resume_and_the_run_keeps_its_pool_list(tmp
                        image_size=16, weights="none", test_fraction=0, device="cpu", workers=1)
     run = tmp_path / "run"
     run.mkdir()
-    ctx = session.prepare_run(config, run, resume=False, join=False, progress=pipeline.NULL_PROGRESS)  # no training
-    assert ctx.pool.count == POOL_IMAGES and len(ctx.cache) == len(ctx.fold_table["path"].unique()) + POOL_IMAGES
+    run_ctx = session.prepare_run(config, run, resume=False, join=False, progress=pipeline.NULL_PROGRESS)  # no training
+    assert run_ctx.pool.count == POOL_IMAGES and len(run_ctx.cache) == len(run_ctx.fold_table["path"].unique()) + POOL_IMAGES
     before = (run / layout.POOL).read_bytes()
     save_image(pool / "slide-9" / "new.png", size=(24, 24))
     with pytest.raises(pipeline.ConfigError, match="have changed since it began"):
