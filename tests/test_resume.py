@@ -274,7 +274,7 @@ def test_changed_images_are_refused_on_resume(tmp_path, monkeypatch):
     data = write_class_folders(tmp_path / "data", patients_per_class=2, images_per_patient=2)
     run = tmp_path / "run"
 
-    def interrupt(ctx, fold):
+    def interrupt(run_ctx, fold):
         raise KeyboardInterrupt  # Ctrl-C once config, folds and cache are written
 
     monkeypatch.setattr(pipeline, "run_fold", interrupt)
