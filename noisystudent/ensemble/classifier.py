@@ -466,12 +466,8 @@ def evaluate(
             (e.g. from :func:`read_labelled`).
         rules: Voting rules to evaluate; default ``("majority", "soft")``.
         progress: Receives progress events; default ``NULL_PROGRESS`` ignores them.
-        **options: Passed to ``predict_fold_probs``: ``tta`` (none, flips,
-            dihedral, five_crop, ten_crop; default: the run's), ``batch_size``
-            (default: the run's eval_batch_size), ``skip_unreadable`` (default
-            ``False``: the first unreadable image stops with DataError),
-            ``workers`` (decoding threads) and ``backend`` (``"auto"``: ONNX
-            Runtime on a CPU when installed, else PyTorch; ``"onnx"``; ``"torch"``).
+        **options: ``tta``, ``batch_size``, ``skip_unreadable``, ``workers`` and
+            ``backend``, as for :func:`predict`.
 
     Returns:
         Evaluation: ``metrics``, one row per fold model and per voting rule
