@@ -17,8 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "noisystudent"
 STAGES = ["foundation", "config", "data", "models", "evaluation", "inference", "training", "run", "ensemble", "report", "cli"]
 FOUNDATION = {"errors", "atomic", "processes", "layout", "progress", "device", "safe_paths"}
 # Stages whose every parameter is annotated, so that no object of a higher stage reaches them unseen.
-# data, models and evaluation still have a few unannotated parameters: add them here once those are typed.
-TYPED_STAGES = ("foundation", "config", "inference", "training")
+TYPED_STAGES = ("foundation", "config", "data", "models", "evaluation", "inference", "training")
 
 
 def module_name(path: Path) -> str:

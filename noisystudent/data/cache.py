@@ -372,7 +372,7 @@ def _chunk_size(count: int, workers: int) -> int:
     return max(1, min(MAX_CHUNK, math.ceil(count / (4 * workers))))
 
 
-def _decode_serial(rows: _Rows, spec, temp: Path, progress: Progress | None) -> None:
+def _decode_serial(rows: _Rows, spec: PreprocessSpec, temp: Path, progress: Progress | None) -> None:
     done = 0
     for start, paths in rows.chunks(1):
         done += _preprocess.decode_into(temp, start, paths, spec)
@@ -380,7 +380,7 @@ def _decode_serial(rows: _Rows, spec, temp: Path, progress: Progress | None) -> 
             progress(done, len(rows))
 
 
-def _decode_parallel(rows: _Rows, spec, temp: Path, workers: int, progress: Progress | None) -> None:
+def _decode_parallel(rows: _Rows, spec: PreprocessSpec, temp: Path, workers: int, progress: Progress | None) -> None:
     """Chunks sent to worker processes, at most IN_FLIGHT per worker pending: the task list is never whole in memory."""
     # forkserver/spawn: safe after CUDA or threads started, and the workers
     # import only the preprocessing module (numpy + PIL), not torch.

@@ -264,7 +264,7 @@ def _validation_parts(train: pd.DataFrame, n_folds: int, seed: int, per_image: b
     return [train.index[validation] for _, validation in splits]
 
 
-def _fold_rows(train: pd.DataFrame, group_class: pd.Series, k: int, validation_index: pd.Index, split_ratio, seed: int) -> pd.DataFrame:
+def _fold_rows(train: pd.DataFrame, group_class: pd.Series, k: int, validation_index: pd.Index, split_ratio: tuple[float, float, float], seed: int) -> pd.DataFrame:
     """All training images with their role in fold k."""
     rows = train.assign(**{FOLD: k, ROLE: ROLE_VALIDATION})
     rest = train.drop(index=validation_index)
@@ -275,7 +275,7 @@ def _fold_rows(train: pd.DataFrame, group_class: pd.Series, k: int, validation_i
     return rows
 
 
-def _split_labelled(rest_class: pd.Series, split_ratio, rng: np.random.Generator) -> set[str]:
+def _split_labelled(rest_class: pd.Series, split_ratio: tuple[float, float, float], rng: np.random.Generator) -> set[str]:
     """Groups that keep their labels: split_ratio[0] : split_ratio[1] of each class's patients."""
     share = split_ratio[0] / (split_ratio[0] + split_ratio[1])
     labelled: set[str] = set()

@@ -7,6 +7,8 @@ unless ``--label-map 'ALL=all,Hem=hem'`` says what each one is.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 
 from noisystudent.config.parsing import parse_label_map
@@ -14,7 +16,7 @@ from noisystudent.data.manifest import LABEL
 from noisystudent.errors import DataError
 
 
-def similar_labels(labels) -> list[list[str]]:
+def similar_labels(labels: Iterable[str]) -> list[list[str]]:
     """Groups of two or more distinct labels that are equal after stripping spaces and ignoring case."""
     groups: dict[str, set[str]] = {}
     for label in set(labels) - {""}:

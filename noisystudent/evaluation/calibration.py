@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 ECE_BINS = 15  # equal-width confidence bins, as Guo et al. 2017
 
 
-def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike, bins: int = ECE_BINS) -> float:
     """Sum over equal-width confidence bins of (share of images) x |accuracy - mean confidence|; NaN when empty.
 
     Bins are (lo, hi], the first [0, hi]: a confidence of exactly 1 falls in the last bin.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy.stats import binomtest
 
 BOOTSTRAP_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "f1", "auc")
@@ -96,7 +97,7 @@ def weighted_auc(truth: np.ndarray, score: np.ndarray | None, unit_of_image: np.
     return result
 
 
-def side_metrics(truth, models: list[Scored], unit_of_image, weights) -> pd.DataFrame:
+def side_metrics(truth: np.ndarray, models: list[Scored], unit_of_image: np.ndarray, weights: np.ndarray) -> pd.DataFrame:
     """The metrics of one side: a single model, or the mean over fold models (per resample)."""
     tables = [metric_matrix(truth, model, unit_of_image, weights).to_numpy() for model in models]
     with np.errstate(invalid="ignore"):
@@ -104,7 +105,7 @@ def side_metrics(truth, models: list[Scored], unit_of_image, weights) -> pd.Data
     return pd.DataFrame(mean, columns=list(BOOTSTRAP_METRICS))
 
 
-def paired_bootstrap(truth, side_a: list[Scored], side_b: list[Scored], groups, n_resamples: int = MIN_RESAMPLES,
+def paired_bootstrap(truth: ArrayLike, side_a: list[Scored], side_b: list[Scored], groups: ArrayLike, n_resamples: int = MIN_RESAMPLES,
                      seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per metric: A, B, B - A on the data, and the percentile interval of B - A over resamples of ``groups``.
 
@@ -161,7 +162,7 @@ def paired_bootstrap(truth, side_a: list[Scored], side_b: list[Scored], groups, 
     ])
 
 
-def bootstrap_interval(truth, side: list[Scored], groups, n_resamples: int = MIN_RESAMPLES, seed: int = 0,
+def bootstrap_interval(truth: ArrayLike, side: list[Scored], groups: ArrayLike, n_resamples: int = MIN_RESAMPLES, seed: int = 0,
                        level: float = 0.95) -> pd.DataFrame:
     """Per metric: one side's value on the data and its percentile interval over resamples of ``groups``.
 
@@ -193,7 +194,7 @@ def _percentile_interval(values: np.ndarray, level: float) -> dict:
     return {"low": float(low), "high": float(high), "resamples": len(finite)}
 
 
-def mcnemar_exact(truth, called_a, called_b) -> McNemar:
+def mcnemar_exact(truth: ArrayLike, called_a: ArrayLike, called_b: ArrayLike) -> McNemar:
     """McNemar's exact (binomial) test on the discordant images of two sets of calls; two-sided.
 
     Only the images exactly one of the two gets right count: under the null

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,7 +111,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         restore_cuda_rng_state(state["cuda"], torch.cuda.current_device())
 
 
-def restore_cuda_rng_state(states, device_index: int, set_state=None) -> bool:
+def restore_cuda_rng_state(states: Sequence[torch.Tensor] | None, device_index: int,
+                           set_state: Callable[[torch.Tensor, int], None] | None = None) -> bool:
     """Restore the saved CUDA RNG state of the device this run trains on; True if restored.
 
     ``states`` holds one state per GPU that was visible when the checkpoint was
