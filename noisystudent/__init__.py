@@ -40,6 +40,8 @@ _EXPORTS = {
     # the k-fold run
     "run_kfold": "noisystudent.run.pipeline",
     "write_results": "noisystudent.run.results",
+    # did the method help? seeds x arms, two-level bootstrap
+    "run_experiment": "noisystudent.experiment.study",
     # ensembles of a finished run
     "load_ensemble": "noisystudent.ensemble.classifier",
     "predict": "noisystudent.ensemble.classifier",

@@ -60,7 +60,7 @@ def recorded(monkeypatch, tmp_path):
         jobs = []
         monkeypatch.setattr(pipeline, "train_model", lambda job, *a, **k: jobs.append(job))
         monkeypatch.setattr(pipeline, "predict_round", _wrong_teacher)
-        run_ctx = _context(tmp_path / str(len(jobs)), **settings)
+        run_ctx = _context(tmp_path / f"run-{len(list(tmp_path.iterdir()))}", **settings)  # each call its own run folder
         pipeline.run_fold(run_ctx, 0)
         return run_ctx, {job.extra["round"]: job for job in jobs}
     return run
@@ -124,3 +124,16 @@ def test_select_last_keeps_the_last_epochs_weights_and_best_keeps_the_best():
     kept = _selected(make_config("/d", select="last"), state, model)
     assert kept.best_epoch == 3 and torch.equal(kept.best_state["weight"], model.weight)
     assert _selected(make_config("/d", select="best"), state, model) is state
+
+
+def test_the_control_arm_trains_its_students_on_the_labelled_part_with_the_students_noise(recorded):
+    """--student-data labelled (the control arm): the student of Noisy Student in every respect but the pseudo-labels."""
+    _, ns_jobs = recorded(student_data="both", pseudo_mode="soft", pool=True)
+    run_ctx, jobs = recorded(student_data="labelled", pseudo_mode="soft", pool=True)
+    labelled = pipeline.fold_rows(run_ctx.fold_table, 0, "labelled")
+    seen = _training_images(run_ctx, jobs[1])
+    assert sorted(seen) == sorted(zip(labelled[PATH], labelled[LABEL]))  # exactly the labelled images, true labels, once each
+    for field in ("arch", "weights", "dropout", "drop_connect", "augment_level", "seed", "val_labels"):
+        assert np.array_equal(getattr(jobs[1], field), getattr(ns_jobs[1], field)), field  # the students' noise and start
+    assert (jobs[1].dropout, jobs[1].augment_level) == (run_ctx.config.student_dropout, run_ctx.config.student_augment)
+    assert not (run_ctx.run / "fold-0" / "round-0" / "pseudo_labels.csv").exists()  # no pseudo-labels are made

@@ -189,6 +189,77 @@ kfold.__annotations__ = {p.name: p.annotation for p in kfold.__signature__.param
 app.command("kfold")(kfold)
 
 
+# --- experiment: every arm of every seed, then the method-level answer ---
+
+EXPERIMENT_SKIP = {"data", "seed"}  # the positional argument; --seeds replaces --seed
+
+
+@user_errors
+def experiment(
+    data: Optional[Path] = None,
+    out: Optional[Path] = None,
+    seeds: str = "0,1,2",
+    arms: str = "ns,control,upper",
+    quiet: bool = False,
+    **settings: Any,
+) -> None:
+    """Did Noisy Student help? Run each arm (ns, control, upper) for each seed and answer over seeds and patients.
+
+    Every arm of every seed is an ordinary run folder STUDY/seed-<s>/<arm>/ (resumable, joinable);
+    the answer is in STUDY/results/study.csv and STUDY/report/report.html. Running it again continues.
+    """
+    from noisystudent.experiment import run_experiment
+
+    setup_logging(quiet)
+    config = make_config(data, **settings)
+    study = out or Path(str(default_run_folder(config)) + "-study")
+    console.print(f"[bold]noisystudent experiment[/] -> {study} (seeds {seeds}; arms {arms})", highlight=False)
+    console.print(banner(config), highlight=False, soft_wrap=True)
+    with RichProgress(console) as progress:
+        result = run_experiment(config, study, _numbers(seeds, "--seeds"), _names(arms), progress=progress)
+    print_study(result)
+
+
+def _numbers(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"{flag} takes whole numbers separated by commas or spaces (e.g. 0,1,2); got {text!r}.") from None
+
+
+def _names(text: str) -> list[str]:
+    return [part for part in text.replace(",", " ").split()]
+
+
+def print_study(result: Any) -> None:
+    from noisystudent.cli.tables import print_study_table
+
+    print_study_table(result, out)
+
+
+def _experiment_signature() -> inspect.Signature:
+    kfold_base = {p.name: p for p in _kfold_signature().parameters.values()}
+    base = [
+        kfold_base["data"].replace(annotation=Annotated[Optional[Path], typer.Argument(
+            help="Data set: C-NMC folder, class folders, or CSV manifest. Omit for the demo data.", show_default=False)]),
+        kfold_base["out"].replace(annotation=Annotated[Optional[Path], typer.Option(
+            "--out", "-o", help="Study folder (default: runs/<data name>-study).", show_default=False)]),
+        inspect.Parameter("seeds", inspect.Parameter.KEYWORD_ONLY, default="0,1,2", annotation=Annotated[
+            str, typer.Option("--seeds", help="Seeds to run, e.g. 0,1,2 (at least two for an answer about the method).")]),
+        inspect.Parameter("arms", inspect.Parameter.KEYWORD_ONLY, default="ns,control,upper", annotation=Annotated[
+            str, typer.Option("--arms", help="Arms of each seed: ns (Noisy Student), control (the students without "
+                              "pseudo-labels), upper (true labels for the masked part); ns is required.")]),
+        kfold_base["quiet"],
+    ]
+    return inspect.Signature(base + [p for name, p in kfold_base.items() if name not in {"data", "out", "resume", "quiet", "only_folds",
+                                                                                       "join", *EXPERIMENT_SKIP}])
+
+
+experiment.__signature__ = _experiment_signature()
+experiment.__annotations__ = {p.name: p.annotation for p in experiment.__signature__.parameters.values()}
+app.command("experiment")(experiment)
+
+
 @app.command()
 @user_errors
 def report(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:

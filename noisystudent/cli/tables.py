@@ -183,3 +183,21 @@ def print_prediction_summary(console: Console, prediction, ensemble, voting: str
         calls = prediction.patients["call"].value_counts().sort_index()
         console.print(f"Patients: {len(prediction.patients)}, called " + ", ".join(f"{c} {n}" for c, n in calls.items()))
     console.print(f"Skipped unreadable images: {len(prediction.skipped)}")
+
+
+def print_study_table(result, console: Console) -> None:
+    """The primary comparison per seed and for the method, the headline, and where the rest is."""
+    table = result.table
+    primary = table[table["role"] == "primary"] if not table.empty else table
+    if not primary.empty:
+        view = Table(title="Primary comparison: each seed (its test patients) and the method (seeds and patients)", box=box.SIMPLE)
+        for column in ("comparison", "level", "estimate", "95% interval", "verdict"):
+            view.add_column(column, justify="left" if column in ("comparison", "level", "verdict") else "right")
+        for row in primary.itertuples():
+            level = "method" if row.level == "method" else f"seed {row.seed}"
+            verdict = row.verdict if row.level == "method" else ("excludes 0" if row.excludes_zero else "includes 0")
+            view.add_row(row.comparison, level, f"{row.estimate:+.3f}", f"[{row.low:+.3f}, {row.high:+.3f}]", verdict)
+        console.print(view)
+    console.print(result.headline, highlight=False, soft_wrap=True)
+    console.print(f"Every metric, per seed and for the method: {Path(result.study) / layout.RESULTS / 'study.csv'}")
+    console.print(f"The study's page: {Path(result.study) / 'report' / 'report.html'}")

@@ -13,7 +13,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "plateau", "none")
 AUGMENTS = ("none", "light", "strong")
 PSEUDO_MODES = ("soft", "hard")
-STUDENT_DATA = ("both", "pseudo")
+STUDENT_DATA = ("both", "pseudo", "labelled")  # labelled: no pseudo-labels, the control arm of an experiment
 STUDENT_INIT = ("weights", "teacher")
 SAMPLERS = ("none", "oversample", "undersample")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -22,5 +22,9 @@ TTA = ("none", "flips", "dihedral", "five_crop", "ten_crop")
 FREEZE = ("none", "backbone")
 VOTING = ("majority", "soft")
 AMP = ("auto", "bf16", "fp16", "off")
+# Scores of metrics.csv where higher is better (not the no-information rate, a property of the data):
+# the metric of the one primary comparison (--primary-metric), and of model selection.
+PRIMARY_METRICS = ("balanced_accuracy", "accuracy", "mcc", "kappa", "f1", "f1_weighted", "sensitivity", "specificity",
+                   "ppv", "npv", "auc")
 SELECT_METRICS = ("accuracy", "f1", "balanced_accuracy", "loss", "auc")
 SELECT = ("best", "last")  # keep the best epoch on validation (selection-biased there) or the last one

@@ -26,6 +26,7 @@ from noisystudent.config.choices import (
     EQUALIZE,
     FREEZE,
     OPTIMIZERS,
+    PRIMARY_METRICS,
     PSEUDO_MODES,
     SAMPLERS,
     SCHEDULERS,
@@ -97,6 +98,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
     "pseudo_mode": PSEUDO_MODES, "student_data": STUDENT_DATA, "student_init": STUDENT_INIT, "sampler": SAMPLERS,
     "equalize": EQUALIZE, "tta": TTA, "freeze": FREEZE, "voting": VOTING, "amp": AMP, "select_metric": SELECT_METRICS, "select": SELECT,
+    "primary_metric": PRIMARY_METRICS,
 }
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 
@@ -162,7 +164,8 @@ class RunConfig:
     student_arch: str | None = _opt(None, "Student architecture (default: same as teacher).")
     weights: str = _opt("imagenet", "Initial weights: imagenet, none, or a file.")
     student_init: str = _opt("weights", "Students start from --weights (weights) or from their teacher's final weights (teacher).")
-    student_data: str = _opt("pseudo", "Student trains on labelled + pseudo-labelled images (both) or pseudo-labelled only (pseudo).")
+    student_data: str = _opt("pseudo", "Student trains on labelled + pseudo-labelled images (both), pseudo-labelled only (pseudo), "
+                                                  "or the labelled part only (labelled: the control arm of noisystudent experiment).")
     pseudo_mode: str = _opt("hard", "Pseudo-labels as probabilities (soft) or one-hot (hard).")
     pseudo_temperature: float = _opt(1.0, "Temperature applied to teacher logits for soft pseudo-labels.")
     pseudo_threshold: float = _opt(0.0, "Drop pseudo-labelled images whose top probability is below this.")
@@ -206,7 +209,9 @@ class RunConfig:
     equalize: str = _opt("none", "Histogram equalisation: none, grey, channels or luminance.")
     center_crop: float = _opt(1.0, "Keep this central fraction of each side before resizing.")
     tta: str = _opt("none", "Test-time augmentation for evaluation: none, flips, dihedral, five_crop, ten_crop.")
-    voting: str = _opt("majority", "Ensemble rule: majority or soft.")
+    voting: str = _opt("majority", "Ensemble rule: majority or soft; its ensembles make the primary comparison.")
+    primary_metric: str = _opt("balanced_accuracy", "Metric of the one primary comparison (final students vs teachers, "
+                                                    "--voting ensembles, outer test set); every other comparison is secondary.")
     # --- execution (do not change results) ---
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", affects_results=False)
     amp: str = _opt("auto", "Mixed precision: auto (bf16 on GPUs with native bf16, else fp16), bf16, fp16 or off.")

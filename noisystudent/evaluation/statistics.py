@@ -194,6 +194,39 @@ def _percentile_interval(values: np.ndarray, level: float) -> dict:
     return {"low": float(low), "high": float(high), "resamples": len(finite)}
 
 
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided p-value of a difference from its bootstrap resamples: twice the smaller tail beyond 0.
+
+    ``min(1, 2 * min(share <= 0, share >= 0))`` over the defined resamples: the
+    smallest two-sided level whose percentile interval would reach 0, so it
+    agrees with the interval (p < 0.05 exactly when the 95 % interval excludes 0,
+    up to ties at 0). NaN when no resample is defined.
+    """
+    finite = differences[np.isfinite(differences)]
+    if not len(finite):
+        return float("nan")
+    return float(min(1.0, 2 * min(np.mean(finite <= 0), np.mean(finite >= 0))))
+
+
+def holm_adjust(p_values: ArrayLike) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (Holm 1979), in the order given.
+
+    The k-th smallest of m p-values is multiplied by m - k + 1, made non-decreasing
+    along the sorted order and capped at 1; NaN p-values are left out of the family.
+
+    Example:
+        >>> holm_adjust([0.01, 0.04, 0.03]).tolist()
+        [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    defined = np.flatnonzero(np.isfinite(p))
+    order = defined[np.argsort(p[defined], kind="stable")]
+    scaled = p[order] * (len(order) - np.arange(len(order)))
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return adjusted
+
+
 def mcnemar_exact(truth: ArrayLike, called_a: ArrayLike, called_b: ArrayLike) -> McNemar:
     """McNemar's exact (binomial) test on the discordant images of two sets of calls; two-sided.
 

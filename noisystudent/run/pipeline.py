@@ -126,8 +126,12 @@ def run_fold(run_ctx: RunContext, fold: int) -> None:
         train_model(_model_job(run_ctx, fold, round_, name), run_ctx.config, run_ctx.load_batch, run_ctx.device, run_ctx.progress)
         predictions = predict_round(run_ctx, fold, round_)
         warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
-        if round_ < run_ctx.config.rounds:
+        if round_ < run_ctx.config.rounds and _learns_from_pseudo_labels(run_ctx.config):
             _pseudo_labels(run_ctx, fold, round_, predictions)
+
+
+def _learns_from_pseudo_labels(config: RunConfig) -> bool:
+    return config.student_data != "labelled"
 
 
 def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
@@ -158,10 +162,12 @@ def _initial_weights(run_ctx: RunContext, fold: int, round_: int) -> str:
 
 
 def _train_set(run_ctx: RunContext, fold: int, round_: int) -> TrainSet:
-    """Round 0: the labelled part. Round r: pseudo-labels of round r-1 (+ labelled part)."""
+    """Round 0: the labelled part. Round r: pseudo-labels of round r-1 (+ labelled part), or with
+    ``--student-data labelled`` the labelled part again (the control arm: the student's noise, epochs and
+    initialisation without pseudo-labels)."""
     labelled = fold_rows(run_ctx.fold_table, fold, manifest.ROLE_LABELLED)
     one_hot = np.eye(len(run_ctx.classes), dtype=np.float32)[_label_indices(labelled, run_ctx.classes)]
-    if round_ == 0:
+    if round_ == 0 or run_ctx.config.student_data == "labelled":  # the control: a student without pseudo-labels
         return TrainSet(run_ctx.rows(labelled[manifest.PATH]), torch.from_numpy(one_hot))
     pseudo_path = layout.round_dir(run_ctx.run, fold, round_ - 1) / layout.PSEUDO_LABELS
     paths, targets, copies = pseudo_labels.load_pseudo_labels(pseudo_path, run_ctx.classes)
@@ -193,7 +199,8 @@ def predict_round(run_ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     """
     folder = layout.round_dir(run_ctx.run, fold, round_)
     out, pool_out = folder / layout.PREDICTIONS, folder / layout.POOL_PREDICTIONS
-    pool_count = pool_size(run_ctx.fold_table, run_ctx.pool) if round_ < run_ctx.config.rounds else 0
+    needed = round_ < run_ctx.config.rounds and _learns_from_pseudo_labels(run_ctx.config)
+    pool_count = pool_size(run_ctx.fold_table, run_ctx.pool) if needed else 0
     # not once pseudo_labels.csv exists: it is all the pool's predictions were for
     pool_missing = pool_count > 0 and not pool_out.exists() and not (folder / layout.PSEUDO_LABELS).exists()
     if out.exists() and not pool_missing:
