@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import load_script
 
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
@@ -120,6 +121,7 @@ def test_run_folder_holds_every_artifact(tiny_run):
     run, config, _, table = tiny_run
     saved = json.loads((run / layout.CONFIG).read_text())
     assert saved["rounds"] == 2 and saved["data_fingerprint"]
+    assert saved["machine"]["packages"]["noisystudent"] and saved["machine"]["cpu_count"] >= 1
     folds = pd.read_csv(run / layout.FOLDS)
     assert set(folds["role"]) >= {"labelled", "masked", "validation"}
     for fold in range(config.folds):
@@ -135,6 +137,17 @@ def test_run_folder_holds_every_artifact(tiny_run):
     for column in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"):
         assert column in metrics.columns
     assert len(table) == len(metrics)
+
+
+@pytest.mark.slow
+def test_the_demo_numbers_script_reads_a_real_run_folder(tiny_run):
+    """scripts/demo_numbers.py on real results: every comparison and each round's pseudo-labels become rows."""
+    run = tiny_run[0]
+    rows = [line for line in load_script("demo_numbers").render(run).splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| quantity | accuracy |")
+    assert sum(" - teacher ensemble (majority)" in row for row in rows) == 1
+    assert [row.split(" |")[0] for row in rows if "pseudo-labels" in row] == [
+        "| pseudo-labels of the round-0 teacher, fold mean (each fold)", "| pseudo-labels of the round-1 student, fold mean (each fold)"]
 
 
 def test_precise_batchnorm_sets_running_stats_to_the_mean_of_clean_batches():

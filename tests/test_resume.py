@@ -245,6 +245,21 @@ def test_resume_accepts_changed_execution_settings_and_keeps_the_results(tmp_pat
     assert saved["eval_batch_size"] == 5 and saved["workers"] == 2
 
 
+@pytest.mark.slow
+def test_a_run_that_recorded_no_machine_resumes_and_its_log_says_where(tmp_path, reference_run):
+    reference = reference_run()
+    assert json.loads((reference / layout.CONFIG).read_text())["machine"]["cpu_count"] >= 1
+    run = _link_copy(reference, tmp_path / "run")
+    older = {k: v for k, v in json.loads((run / layout.CONFIG).read_text()).items() if k != "machine"}
+    (run / layout.CONFIG).write_text(json.dumps(older))  # config.json of a version before the entry
+    sessions = (run / layout.LOG).read_text().count("Session machine: CPU ")
+    result = _invoke("kfold", "--out", run, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert run_files(run) == run_files(reference)
+    assert json.loads((run / layout.CONFIG).read_text())["machine"] is None  # not made up afterwards
+    assert sessions == 1 and (run / layout.LOG).read_text().count("Session machine: CPU ") == 2
+
+
 def test_resume_in_an_empty_or_missing_folder_says_there_is_nothing_to_resume(tmp_path, data):
     (tmp_path / "empty").mkdir()
     for run in (tmp_path / "empty", tmp_path / "missing"):

@@ -18,7 +18,7 @@ from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig, config_f
 logger = logging.getLogger(__name__)
 
 # Keys of config.json that are not settings (written by the run folder).
-META_KEYS = ("version", "created_with", "data_fingerprint", "settings_digest")
+META_KEYS = ("version", "created_with", "data_fingerprint", "settings_digest", "machine")
 
 
 def make_config(data: str | Path | None = None, preset: str | None = None, **settings: Any) -> RunConfig:
@@ -69,8 +69,8 @@ def resume_config(saved: dict[str, Any], data: str | Path | None = None, source:
 
     Args:
         saved: The parsed config.json of the run (its ``version``,
-            ``created_with``, ``data_fingerprint`` and ``settings_digest``
-            entries are ignored).
+            ``created_with``, ``data_fingerprint``, ``settings_digest`` and
+            ``machine`` entries are ignored).
         data: A new location of the data set; ``None`` (default) keeps the
             saved one.
         source: The config.json file ``saved`` was read from; when given, a bad

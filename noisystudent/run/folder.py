@@ -31,6 +31,7 @@ from typing import Any, Iterator
 from noisystudent import __version__, atomic, layout
 from noisystudent.config.run_config import RunConfig, config_from_saved, differing_result_keys, load_config_json, result_keys
 from noisystudent.config.settings import META_KEYS
+from noisystudent.environment import describe_machine
 from noisystudent.errors import ConfigError, RunFolderError
 
 try:
@@ -124,13 +125,19 @@ def process_name() -> str:
 
 
 def write_config(run: Path, config: RunConfig, data_fingerprint: str) -> None:
-    """Write config.json; on resume, refuse if the data changed since the run began."""
+    """Write config.json; on resume, refuse if the data changed since the run began.
+
+    Its ``machine`` entry describes where the session that created the run ran
+    (environment.py); later sessions keep it (a run begun before the entry existed
+    keeps none) and say where they run in run.log.
+    """
     saved = saved_config(run)
     if saved is not None and saved.get("data_fingerprint") not in (None, data_fingerprint):
         raise ConfigError(f"The images of the run in {run} have changed since it began (data fingerprint differs); start a new run with --out.")
     created_with = saved.get("created_with", __version__) if saved else __version__
+    machine = saved.get("machine") if saved else describe_machine()
     document = {**config.to_dict(), "version": __version__, "created_with": created_with, "data_fingerprint": data_fingerprint,
-                "settings_digest": settings_digest(config.to_dict())}
+                "settings_digest": settings_digest(config.to_dict()), "machine": machine}
     atomic.write_text(Path(run) / layout.CONFIG, json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 

@@ -38,6 +38,7 @@ from noisystudent.data.pool import PoolFile, cache_rows
 from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.run_images import RunImages, load_run_images
 from noisystudent.device import resolve_device
+from noisystudent.environment import describe_machine, machine_line
 from noisystudent.errors import UserError
 from noisystudent.progress import Progress
 from noisystudent.run import claims, evidence, results
@@ -103,7 +104,7 @@ def new_run_folder(run: Path) -> Iterator[None]:
 
 @contextmanager
 def run_log(run: Path) -> Iterator[None]:
-    """Append this session's log records (from the whole package) to RUN/run.log."""
+    """Append this session's log records (from the whole package) to RUN/run.log, the first saying where it runs."""
     handler = logging.FileHandler(run / layout.LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_logger = logging.getLogger("noisystudent")
@@ -111,6 +112,7 @@ def run_log(run: Path) -> Iterator[None]:
     previous = package_logger.level
     package_logger.setLevel(min(previous or logging.INFO, logging.INFO))
     try:
+        logger.info("Session machine: %s", machine_line(describe_machine()))  # a resumed run's log: where each session ran
         yield
     finally:
         package_logger.removeHandler(handler)
