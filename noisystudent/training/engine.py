@@ -84,14 +84,14 @@ def train_one_epoch(
     seen, started = 0, time.perf_counter()
     targets_on_device = to_device(train_set.targets, step.device)
     # under torchrun each rank gets its slice of every global batch (training/distributed.py)
-    for step, (batch, weight) in enumerate(distributed.local_batches(order, batch_size)):
+    for index, (batch, weight) in enumerate(distributed.local_batches(order, batch_size)):
         images = augment(load_batch(train_set.rows[batch]), _augment_generator(noise, step.device))
         step_model = model if len(batch) == batch_size or partial_batch_model is None else partial_batch_model
         loss = _train_step(step_model, images, targets_on_device[to_device(batch, step.device)], step, weight)
         loss_sum += loss.detach() * len(batch)
         seen += len(batch)
         running = None
-        if log_every and (step + 1) % log_every == 0:
+        if log_every and (index + 1) % log_every == 0:
             running = _checked_mean(loss_sum, seen)  # the only host sync in the loop
         if on_progress:
             on_progress(seen, running)
