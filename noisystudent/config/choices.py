@@ -22,5 +22,9 @@ TTA = ("none", "flips", "dihedral", "five_crop", "ten_crop")
 FREEZE = ("none", "backbone")
 VOTING = ("majority", "soft")
 AMP = ("auto", "bf16", "fp16", "off")
-SELECT_METRICS = ("accuracy", "f1", "balanced_accuracy", "loss", "auc")
+# Scores of metrics.csv where higher is better (not the no-information rate, a property of the data):
+# the metric of the one primary comparison (--primary-metric), and of model selection.
+PRIMARY_METRICS = ("balanced_accuracy", "accuracy", "mcc", "kappa", "f1", "f1_weighted", "sensitivity", "specificity",
+                   "ppv", "npv", "auc")
+SELECT_METRICS = PRIMARY_METRICS + ("loss",)
 SELECT = ("best", "last")  # keep the best epoch on validation (selection-biased there) or the last one
