@@ -141,6 +141,14 @@ def test_the_headline_speaks_of_these_models_on_the_primary_metric():
     assert "noisystudent experiment DATA --out STUDY --seeds 0 1 2" in sentence
 
 
+def test_an_undefined_primary_metric_gives_no_verdict_and_no_nan():
+    undefined = {**DEMO_INTERVALS, "balanced_accuracy": (np.nan, np.nan)}
+    table = comparisons_frame({"majority": _comparison(undefined, DEMO_P)}, "majority", "balanced_accuracy")
+    table.loc[0, ["a", "b", "difference"]] = np.nan  # e.g. four classes: only accuracy is compared
+    sentence = report_tables.tested_sentence(table, "majority")
+    assert "balanced accuracy is undefined here" in sentence and "no verdict" in sentence and "nan" not in sentence
+
+
 def test_an_old_comparison_csv_still_reads_its_accuracy_verdict():
     old = comparisons_frame({"majority": _comparison(DEMO_INTERVALS, DEMO_P)}, "majority", "accuracy")
     old = old.drop(columns=["endpoint", "pair", "p_value", "p_holm"]).assign(verdict="better")  # as written before 0.2

@@ -138,8 +138,12 @@ def tested_sentence(comparisons: pd.DataFrame, voting: str = "majority") -> str:
         return (f"results/comparison.csv has no primary comparison (the {voting} vote ensembles are missing): no verdict. "
                 + METHOD_CLAIM)
     level = f"{100 * float(row['level']):g}%"
-    text = (f"These students ({row['b_name']}) vs these teachers ({row['a_name']}) on this test set ({int(row['images'])} images, "
-            f"{plural(int(row['units']), str(row['unit']))}): {display_name(row['metric'])} {float(row['b']):.3f} vs "
+    sides = (f"These students ({row['b_name']}) vs these teachers ({row['a_name']}) on this test set ({int(row['images'])} images, "
+             f"{plural(int(row['units']), str(row['unit']))})")
+    if not _finite(row["difference"]) or not _finite(row["low"]):
+        return (f"{sides}: {display_name(row['metric'])} is undefined here (with more than two classes only accuracy is "
+                f"compared: --primary-metric accuracy), so no verdict. {METHOD_CLAIM}")
+    text = (f"{sides}: {display_name(row['metric'])} {float(row['b']):.3f} vs "
             f"{float(row['a']):.3f}, {float(row['difference']):+.3f} [{float(row['low']):+.3f}, {float(row['high']):+.3f}] "
             f"({level} percentile interval, paired bootstrap over {row['unit']}s, {int(row['n_resamples'])} resamples")
     if _finite(row.get("p_value")):
