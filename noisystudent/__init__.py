@@ -53,6 +53,7 @@ _EXPORTS = {
     "vote": "noisystudent.evaluation.voting",
     "paired_bootstrap": "noisystudent.evaluation.statistics",
     "mcnemar_exact": "noisystudent.evaluation.statistics",
+    "holm": "noisystudent.evaluation.statistics",
     "compare_predictions": "noisystudent.evaluation.comparison",
     "compare_runs": "noisystudent.run.evidence",
     # report

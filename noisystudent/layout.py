@@ -95,10 +95,16 @@ EVAL_SPLIT = "split"  # SPLIT_VALIDATION (out-of-fold), SPLIT_TEST, or SPLIT_MAS
 VOTING = "voting"  # empty for single models, majority or soft for ensembles
 # Honesty of a row: how its models were selected, and whether the selection saw these images.
 SELECTION = "selection"  # "best epoch" or "last epoch" (empty for rows of no model)
-SELECTION_BIASED = "selection_biased"  # True where the best epoch was chosen on the row's images
-FOLDS_AVERAGED = "folds_averaged"  # mean/variance rows: how many fold rows they summarise
+SELECTION_BIASED = "selection_biased"  # True where the model's epoch was chosen with the row's (validation) images
+FOLDS_AVERAGED = "folds_averaged"  # mean/variance rows: how many folds define the run's primary metric
+FOLDS_PREFIX = "folds_"  # mean/variance rows: folds_<metric>, how many folds define that metric (the mean's count)
 AUC_FROM = "auc_from"  # "probability", "vote fraction", or empty when there is no AUC
 VOTE_PREFIX = "vote_fold"  # ensemble tables: vote_fold<k> is fold model k's vote
+
+
+def folds_column(metric: str) -> str:
+    """folds_<metric>: on a mean or variance row, the number of folds whose ``metric`` is defined."""
+    return f"{FOLDS_PREFIX}{metric}"
 
 
 def fold_dir(run: Path, fold: int) -> Path:

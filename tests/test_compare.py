@@ -38,7 +38,7 @@ def test_compare_prints_interval_mcnemar_and_verdict_and_writes_the_table(tmp_pa
     assert (table["unit"] == "patient").all() and (table["units"] == 20).all()
     expected_p = mcnemar_exact(labels, pred_a, pred_b).p_value
     assert f"McNemar exact p = {expected_p:.3g}" in " ".join(result.output.split())
-    assert "Verdict on accuracy: better." in result.output
+    assert "Verdict on the primary metric, accuracy: better." in " ".join(result.output.split())  # run A made before --primary-metric
 
 
 def test_compare_refuses_runs_with_different_test_sets(tmp_path):

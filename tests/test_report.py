@@ -227,11 +227,12 @@ def test_headline_gives_a_verdict_only_where_the_interval_excludes_zero():
         return pd.DataFrame([{"metric": "accuracy", "a_name": "teacher ensemble (majority)", "b_name": "student ensemble (majority, round 1)",
                               "a": 0.8, "b": 0.85, "difference": 0.05, "low": low, "high": high, "unit": "patient", "units": 30,
                               "images": 900, "level": 0.95, "n_resamples": 2000, "mcnemar_p": 0.04, "verdict": verdict}])
-    assert headline(metrics, tested(0.01, 0.09, "better")).endswith("McNemar exact p = 0.04 — Noisy Student helped.")
-    assert headline(metrics, tested(-0.09, -0.01, "worse")).endswith("— Noisy Student hurt.")
+    # a comparison.csv of a run made before --primary-metric: its primary endpoint was accuracy
+    assert "McNemar exact p = 0.04), helped. This is about these models" in headline(metrics, tested(0.01, 0.09, "better"))
+    assert "), hurt. This is about these models" in headline(metrics, tested(-0.09, -0.01, "worse"))
     sentence = headline(metrics, tested(-0.02, 0.12, "no detectable difference"))
-    assert "difference +0.050 (95% CI -0.020 to +0.120, paired bootstrap over patients, 2000 resamples)" in sentence
-    assert sentence.endswith("— no detectable difference.")
+    assert "accuracy 0.850 vs 0.800, +0.050 [-0.020, +0.120] (95% percentile interval, paired bootstrap over patients, 2000 resamples" in sentence
+    assert "), no detectable difference." in sentence and "noisystudent experiment" in sentence
     untested = headline(metrics)  # a point estimate alone never says "helped"
     assert "accuracy 0.850 vs 0.800 (+0.050)" in untested and "helped" not in untested and "no verdict" in untested
 

@@ -7,7 +7,18 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from noisystudent.evaluation.statistics import Scored, mcnemar_exact, metric_matrix, paired_bootstrap, resample_weights, weighted_auc
+from noisystudent.evaluation.metrics import binary_metrics
+from noisystudent.evaluation.statistics import (
+    BOOTSTRAP_METRICS,
+    Scored,
+    bootstrap_p_value,
+    holm,
+    mcnemar_exact,
+    metric_matrix,
+    paired_bootstrap,
+    resample_weights,
+    weighted_auc,
+)
 
 
 def _data(n=60, seed=0):
@@ -30,6 +41,19 @@ def test_resampled_metrics_equal_sklearn_on_the_repeated_images():
         assert table["sensitivity"][r] == pytest.approx(c[t].mean())
         assert table["f1"][r] == pytest.approx(f1_score(t, c))
         assert table["auc"][r] == pytest.approx(roc_auc_score(t, s))
+        reference = binary_metrics(t, c, s, positive=True)  # every metric as metrics.csv computes it
+        for metric in BOOTSTRAP_METRICS:
+            assert table[metric][r] == pytest.approx(reference[metric], nan_ok=True), metric
+
+
+def test_resampled_metrics_are_nan_where_metrics_csv_says_nan():
+    truth = np.array([True, True, False, False])
+    called = np.array([True, True, True, True])  # no negative calls: NPV and MCC undefined
+    table = metric_matrix(truth, Scored(called, None), np.arange(4), np.ones((1, 4)))
+    reference = binary_metrics(truth, called, None, positive=True)
+    for metric in BOOTSTRAP_METRICS:
+        assert table[metric][0] == pytest.approx(reference[metric], nan_ok=True), metric
+    assert np.isnan(table["npv"][0]) and np.isnan(table["mcc"][0]) and table["kappa"][0] == 0
 
 
 def test_auc_without_both_classes_is_nan():
@@ -137,3 +161,35 @@ def test_score_interval_of_a_multiclass_side_gives_accuracy_only():
     assert result.loc["accuracy", "value"] == pytest.approx(np.mean(np.array(labels) == np.array(calls)))
     assert result.loc["accuracy", "low"] < result.loc["accuracy", "value"] < result.loc["accuracy", "high"]
     assert result.drop(index="accuracy")["value"].isna().all()
+
+
+def test_holm_by_hand():
+    # sorted: 0.01 x 4 = 0.04, 0.03 x 3 = 0.09, 0.04 x 2 = 0.08 -> 0.09 (monotone), 0.5 x 1 = 0.5
+    assert holm([0.01, 0.04, 0.03, 0.5]).tolist() == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.3, 0.4]).tolist() == pytest.approx([0.6, 0.6])
+    assert holm([0.6, 0.9, 0.9]).tolist() == pytest.approx([1.0, 1.0, 1.0])  # capped at 1
+
+
+def test_holm_leaves_undefined_p_values_out_of_the_family():
+    adjusted = holm([0.01, np.nan, 0.02])
+    assert np.isnan(adjusted[1]) and adjusted[[0, 2]].tolist() == pytest.approx([0.02, 0.02])
+
+
+def test_holm_equals_statsmodels():
+    multipletests = pytest.importorskip("statsmodels.stats.multitest", reason="statsmodels (the test extra) is the reference").multipletests
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 5, 33):
+        p = rng.random(size) ** 3  # many small values
+        p[rng.random(size) < 0.2] = p[0]  # ties
+        assert holm(p) == pytest.approx(multipletests(p, method="holm")[1])
+
+
+def test_bootstrap_p_value_is_two_sided_and_agrees_with_the_interval():
+    assert bootstrap_p_value(np.array([0.1, 0.2, 0.3, -0.1])) == pytest.approx(0.5)
+    assert bootstrap_p_value(np.array([0.1, 0.2, np.nan])) == 0.0
+    assert bootstrap_p_value(np.zeros(5)) == 1.0 and np.isnan(bootstrap_p_value(np.array([np.nan])))
+    truth, score = _data(200, seed=4)
+    table = paired_bootstrap(truth, [Scored(score > 0.9, score)], [Scored(score > 0.5, score)], np.arange(200), seed=2).set_index("metric")
+    for metric, row in table.iterrows():
+        if np.isfinite(row["p_value"]):
+            assert (row["p_value"] < 0.05) == (row["low"] > 0 or row["high"] < 0), metric

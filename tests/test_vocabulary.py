@@ -77,7 +77,7 @@ def test_models_has_one_spelling_and_accepts_the_singular(tmp_path, spelling):
     b, *_ = _run(tmp_path / "b", right=30, seed=1)
     assert compare_runs(a, b, models=spelling).name_b == "b student ensemble (majority)"
     code, line = invoke_cli("compare", a, b, "--models", spelling)
-    assert code == 0 and "Verdict on accuracy" in line
+    assert code == 0 and "Verdict on the primary metric, accuracy" in line  # run a was made before --primary-metric
 
 
 def test_an_unknown_model_set_is_refused_in_one_sentence(tmp_path):

@@ -33,6 +33,8 @@ def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None 
     if table.empty:
         console.print("No finished models yet.")
         return
+    if headline:  # the one primary comparison first
+        console.print(headline, highlight=False, soft_wrap=True)
     main, per_class = headline_class_rows(table), one_vs_rest_rows(table)
     main = main[~main[layout.FOLD_COLUMN].astype(str).isin(HIDDEN_FOLDS)]
     split, title = next(((s, t) for s, t in SPLIT_TITLES if (main[layout.EVAL_SPLIT] == s).any()), SPLIT_TITLES[-1])
@@ -44,8 +46,6 @@ def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None 
     console.print(LEGEND, highlight=False)
     for sentence in no_information_warnings(table):
         console.print(f"[bold yellow]Warning:[/] {sentence}", highlight=False)
-    if headline:
-        console.print(headline, highlight=False, soft_wrap=True)
     console.print(f"All rows, with variances: {Path(run) / layout.RESULTS / layout.METRICS}")
     console.print(f"Plots and tables: noisystudent report {run}")
 
@@ -91,17 +91,19 @@ def _biased_title(table: pd.DataFrame, split: str, title: str) -> str:
 
 def print_comparison(comparison, console: Console) -> None:
     """The paired-bootstrap table of ``noisystudent compare`` and its verdict."""
-    from noisystudent.evaluation.comparison import interval_text, mcnemar_text, verdict
+    from noisystudent.evaluation.comparison import interval_text, interval_verdict, mcnemar_text, verdict
 
-    table = Table(title=f"{comparison.name_b} minus {comparison.name_a}", box=box.SIMPLE_HEAD)
-    for column in ("metric", "A", "B", "B - A", f"{100 * comparison.level:g}% interval", "resamples"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for _, row in comparison.table.iterrows():
+    table = Table(title=f"{comparison.name_b} minus {comparison.name_a} (primary metric first)", box=box.SIMPLE_HEAD)
+    for column in ("metric", "A", "B", "B - A", f"{100 * comparison.level:g}% interval", "p", "verdict"):
+        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+    rows = comparison.table.sort_values("metric", key=lambda m: m != comparison.primary_metric, kind="stable")
+    for _, row in rows.iterrows():
         table.add_row(row["metric"], _fmt(row["a"]), _fmt(row["b"]), _signed(row["difference"]),
-                      f"{_signed(row['low'])} to {_signed(row['high'])}", str(row["resamples"]))
+                      f"{_signed(row['low'])} to {_signed(row['high'])}", _fmt(row["p_value"]), interval_verdict(row["low"], row["high"]))
     console.print(table)
     console.print(f"{interval_text(comparison)}; {mcnemar_text(comparison)}" if comparison.mcnemar else interval_text(comparison))
-    console.print(f"Verdict on accuracy: {verdict(comparison)}.")
+    console.print(f"Verdict on the primary metric, {comparison.primary_metric}: {verdict(comparison)}. The other rows are "
+                  "secondary: each verdict is its own interval's, without a correction for their number.")
     for note in comparison.notes:
         console.print(f"Note: {note}")
 

@@ -26,5 +26,5 @@ AMP = ("auto", "bf16", "fp16", "off")
 # the metric of the one primary comparison (--primary-metric), and of model selection.
 PRIMARY_METRICS = ("balanced_accuracy", "accuracy", "mcc", "kappa", "f1", "f1_weighted", "sensitivity", "specificity",
                    "ppv", "npv", "auc")
-SELECT_METRICS = ("accuracy", "f1", "balanced_accuracy", "loss", "auc")
+SELECT_METRICS = PRIMARY_METRICS + ("loss",)
 SELECT = ("best", "last")  # keep the best epoch on validation (selection-biased there) or the last one

@@ -194,7 +194,8 @@ class RunConfig:
     class_weights: str = _opt("none", "Loss weights: none, balanced (inverse frequency), or comma-separated numbers.")
     sampler: str = _opt("none", "Class balancing of batches: none, oversample (minority) or undersample (majority).")
     early_stopping: int = _opt(0, "Stop after this many epochs without improvement of the selection metric (0: never).")
-    select_metric: str = _opt("accuracy", "Validation metric that picks the best epoch.")
+    select_metric: str | None = _opt(None, "Validation metric that picks the best epoch (and drives early stopping and the "
+                                           "plateau schedule); default: the primary metric.")
     select: str = _opt("best", "Keep each model's best epoch on its validation part (best; validation numbers then selection-biased) or its last epoch (last).")
     freeze: str = _opt("none", "none (fine-tune all) or backbone (train only the head).")
     head_warmup_epochs: int = _opt(0, "Epochs training only the head before fine-tuning all.")
@@ -254,6 +255,11 @@ class RunConfig:
         return self.student_arch or self.arch
 
     @property
+    def selection_metric(self) -> str:
+        """The metric that picks each model's epoch: ``select_metric``, or ``primary_metric`` when that is None."""
+        return self.select_metric or self.primary_metric
+
+    @property
     def positive_class(self) -> str:
         """The class binary metrics are about: ``positive`` after --binary, else --positive."""
         return positive_class_of(vars(self))
@@ -278,9 +284,12 @@ def result_keys() -> list[str]:
 
 
 def differing_result_keys(saved: dict[str, Any], current: RunConfig) -> list[str]:
-    """Result-affecting settings that differ between a saved config and this one."""
-    now = json.loads(json.dumps(current.to_dict()))  # same JSON normalisation as saved
-    return [key for key in result_keys() if saved.get(key) != now.get(key)]
+    """Result-affecting settings that differ between a saved config and this one.
+
+    A setting the saved config lacks (a run made before the setting existed) counts as its default.
+    """
+    now, default = (json.loads(json.dumps(c.to_dict())) for c in (current, RunConfig()))  # same JSON normalisation as saved
+    return [key for key in result_keys() if saved.get(key, default.get(key)) != now.get(key)]
 
 
 def help_of(name: str) -> str:
@@ -290,8 +299,8 @@ def help_of(name: str) -> str:
     raise KeyError(name)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
+def _check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:  # None: an optional choice left to its default (select_metric)
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
 
 

@@ -1,9 +1,10 @@
 """Did B beat A? Two sets of predictions on the same test images, compared with intervals.
 
 A side is one prediction table (an ensemble) or several (fold models, whose
-metric is averaged). The verdict rests on one pre-specified metric, accuracy;
-the other metrics are shown with their intervals but decide nothing, so the
-verdict is not a pick of the best-looking of six tests (docs/evidence.md).
+metric is averaged). Every metric row has its own interval and its own verdict
+(does that interval exclude 0?); one pre-specified metric (``primary_metric``,
+balanced accuracy unless chosen otherwise) is the primary endpoint, and the
+others are secondary, to be read with Holm-adjusted p-values (docs/evidence.md).
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ import pandas as pd
 
 from noisystudent.data.labels import as_labels
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
-from noisystudent.errors import DataError
-from noisystudent.evaluation.statistics import MIN_RESAMPLES, McNemar, Scored, bootstrap_interval, mcnemar_exact, paired_bootstrap
+from noisystudent.errors import ConfigError, DataError
+from noisystudent.evaluation.statistics import (
+    BOOTSTRAP_METRICS,
+    MIN_RESAMPLES,
+    McNemar,
+    Scored,
+    bootstrap_interval,
+    mcnemar_exact,
+    paired_bootstrap,
+)
 from noisystudent.layout import PRED, VOTE_PREFIX, prob_column
 
-PRIMARY_METRIC = "accuracy"
-BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
+PRIMARY_METRIC = "balanced_accuracy"  # RunConfig.primary_metric's default
+BETTER, WORSE, NO_DIFFERENCE, NOT_COMPARABLE = "better", "worse", "no detectable difference", "not comparable"
 FEW_UNITS = 10  # below this many patients a bootstrap interval is too coarse to lean on
-BINARY_ONLY = ("sensitivity", "specificity", "ppv", "f1", "auc")  # NaN with more than two classes
+BINARY_ONLY = tuple(m for m in BOOTSTRAP_METRICS if m != "accuracy")  # NaN with more than two classes
 
 
 @dataclass
@@ -40,19 +49,23 @@ class Comparison:
     level: float
     mcnemar: McNemar | None = None
     notes: list[str] = field(default_factory=list)
+    primary_metric: str = PRIMARY_METRIC  # the metric whose verdict is the comparison's
 
-    def row(self, metric: str = PRIMARY_METRIC) -> pd.Series:
-        return self.table.set_index("metric").loc[metric]
+    def row(self, metric: str | None = None) -> pd.Series:
+        """One metric's row; the primary metric's by default."""
+        return self.table.set_index("metric").loc[metric or self.primary_metric]
 
 
 def compare_predictions(side_a: list[pd.DataFrame], side_b: list[pd.DataFrame], classes: list[str], positive: str | None,
                         name_a: str = "A", name_b: str = "B", n_resamples: int = MIN_RESAMPLES, seed: int = 0,
-                        level: float = 0.95, majority_a: bool = False, majority_b: bool = False) -> Comparison:
+                        level: float = 0.95, majority_a: bool = False, majority_b: bool = False,
+                        primary_metric: str = PRIMARY_METRIC) -> Comparison:
     """Paired bootstrap of B - A (and McNemar's test for single tables) on the images both sides share.
 
-    Resamples patients when every image has one, else images. The verdict
-    rests on accuracy alone; the other metrics are shown but decide nothing.
-    Rows without a label are ignored.
+    Resamples patients when every image has one, else images. Each metric gets
+    its interval, a two-sided bootstrap p-value and its own verdict; the
+    comparison's verdict is that of ``primary_metric``. Rows without a label
+    are ignored.
 
     Args:
         side_a: Side A: one prediction table (an ensemble) or several (fold
@@ -71,17 +84,21 @@ def compare_predictions(side_a: list[pd.DataFrame], side_b: list[pd.DataFrame], 
             ``vote_fold<k>`` columns voting positive (it has no probability of
             its own). Default ``False``.
         majority_b: The same for side B.
+        primary_metric: The metric whose verdict is the comparison's (one of
+            BOOTSTRAP_METRICS); default ``"balanced_accuracy"``.
 
     Returns:
         Comparison: ``table`` (metric, a, b, difference, low, high,
-        resamples), ``unit`` ("patient" or "image"), ``n_units``,
+        resamples, p_value), ``unit`` ("patient" or "image"), ``n_units``,
         ``n_images``, the bootstrap settings, ``mcnemar`` (a McNemar when both
-        sides are single tables, else ``None``) and ``notes``; ``row(metric)``
-        gives one metric's row.
+        sides are single tables, else ``None``), ``notes`` and
+        ``primary_metric``; ``row(metric)`` gives one metric's row (the
+        primary metric's by default).
 
     Raises:
         DataError: Fewer than 2000 resamples, or the sides were not evaluated
             on the same labelled images (or label them differently).
+        ConfigError: ``primary_metric`` is not a compared metric.
 
     Example:
         >>> import pandas as pd
@@ -97,9 +114,13 @@ def compare_predictions(side_a: list[pd.DataFrame], side_b: list[pd.DataFrame], 
         ('patient', 4, McNemar(a_only=0, b_only=2, p_value=0.5))
         >>> result.row("accuracy")[["a", "b", "difference", "low", "high"]].round(3).tolist()
         [0.625, 0.875, 0.25, 0.0, 0.5]
+        >>> result.primary_metric, result.row().name  # row(): the primary metric's
+        ('balanced_accuracy', 'balanced_accuracy')
     """
     if n_resamples < MIN_RESAMPLES:
         raise DataError(f"The bootstrap needs at least {MIN_RESAMPLES} resamples for a 95% interval; got {n_resamples}.")
+    if primary_metric not in BOOTSTRAP_METRICS:
+        raise ConfigError(f"The primary metric must be one of {', '.join(BOOTSTRAP_METRICS)}; got {primary_metric!r}.")
     tables = [_sorted(t) for t in side_a + side_b]
     _check_same_images(tables, name_a, name_b)
     reference = tables[0]
@@ -114,12 +135,14 @@ def compare_predictions(side_a: list[pd.DataFrame], side_b: list[pd.DataFrame], 
     if n_units < FEW_UNITS:
         notes.append(f"Only {n_units} {unit}s in the test set: the interval rests on very few independent units.")
     if not binary:
-        table.loc[table["metric"].isin(BINARY_ONLY), ["a", "b", "difference", "low", "high"]] = np.nan
+        table.loc[table["metric"].isin(BINARY_ONLY), ["a", "b", "difference", "low", "high", "p_value"]] = np.nan
+        if primary_metric != "accuracy":
+            notes.append(f"The primary metric {primary_metric} is not compared with {len(classes)} classes; see accuracy.")
     test = None
     if len(side_a) == 1 and len(side_b) == 1:
         labels = as_labels(reference[LABEL])
         test = mcnemar_exact(labels, as_labels(tables[0][PRED]), as_labels(tables[1][PRED]))
-    return Comparison(name_a, name_b, table, unit, n_units, len(reference), n_resamples, seed, level, test, notes)
+    return Comparison(name_a, name_b, table, unit, n_units, len(reference), n_resamples, seed, level, test, notes, primary_metric)
 
 
 def score_interval(side: list[pd.DataFrame], classes: list[str], positive: str | None, n_resamples: int = MIN_RESAMPLES,
@@ -143,20 +166,26 @@ def score_interval(side: list[pd.DataFrame], classes: list[str], positive: str |
     return table
 
 
-def verdict(comparison: Comparison) -> str:
-    """'better' or 'worse' (B vs A) when the interval of the primary metric excludes 0, else 'no detectable difference'."""
-    row = comparison.row()
-    if not np.isfinite(row["low"]) or not np.isfinite(row["high"]):
-        return NO_DIFFERENCE
-    if row["low"] > 0:
+def interval_verdict(low: float, high: float) -> str:
+    """'better' or 'worse' (B vs A) when the interval [low, high] excludes 0; 'not comparable' when it is undefined."""
+    if not np.isfinite(low) or not np.isfinite(high):
+        return NOT_COMPARABLE
+    if low > 0:
         return BETTER
-    if row["high"] < 0:
+    if high < 0:
         return WORSE
     return NO_DIFFERENCE
 
 
-def interval_text(comparison: Comparison, metric: str = PRIMARY_METRIC) -> str:
-    """'accuracy +0.012 (95% CI -0.020 to +0.041; 2000 resamples of 24 patients)'."""
+def verdict(comparison: Comparison, metric: str | None = None) -> str:
+    """The verdict of ``metric``'s own interval (the primary metric's by default)."""
+    row = comparison.row(metric)
+    return interval_verdict(row["low"], row["high"])
+
+
+def interval_text(comparison: Comparison, metric: str | None = None) -> str:
+    """'accuracy +0.012 (95% CI -0.020 to +0.041; 2000 resamples of 24 patients)'; the primary metric by default."""
+    metric = metric or comparison.primary_metric
     row = comparison.row(metric)
     if not np.isfinite(row["difference"]):
         return f"{metric} not comparable"
@@ -175,9 +204,11 @@ def mcnemar_text(comparison: Comparison) -> str:
 
 
 def comparison_table(comparison: Comparison) -> pd.DataFrame:
-    """The table with the sides named (a_name, b_name) and the bootstrap's unit, for CSV files and reports."""
-    return comparison.table.assign(a_name=comparison.name_a, b_name=comparison.name_b, unit=comparison.unit, units=comparison.n_units, images=comparison.n_images,
-                        seed=comparison.seed, level=comparison.level)
+    """The table with each row's own verdict, the sides named (a_name, b_name) and the bootstrap's unit, for CSV files and reports."""
+    table = comparison.table
+    return table.assign(verdict=[interval_verdict(low, high) for low, high in zip(table["low"], table["high"])],
+                        a_name=comparison.name_a, b_name=comparison.name_b, unit=comparison.unit, units=comparison.n_units,
+                        images=comparison.n_images, seed=comparison.seed, level=comparison.level)
 
 
 # --- helpers -------------------------------------------------------------------

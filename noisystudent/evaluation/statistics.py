@@ -1,4 +1,4 @@
-"""Paired bootstrap over patients and McNemar's exact test: is model B better than model A?
+"""Paired bootstrap over patients, McNemar's exact test and Holm's correction: is model B better than model A?
 
 Both models (or sides: a side may be several fold models whose metric is
 averaged) are scored on the same images. A resample draws the *units* (the
@@ -21,7 +21,9 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.stats import binomtest
 
-BOOTSTRAP_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "f1", "auc")
+# Every score of metrics.csv where higher is better (config.choices.PRIMARY_METRICS), in metrics.csv's order.
+BOOTSTRAP_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "f1_weighted", "balanced_accuracy", "auc",
+                     "kappa", "mcc")
 MIN_RESAMPLES = 2000  # the issue's floor; fewer gives unstable 2.5 % / 97.5 % percentiles
 CHUNK = 256  # resamples per matrix product: bounds memory at CHUNK x distinct scores
 
@@ -61,17 +63,38 @@ def metric_matrix(truth: np.ndarray, model: Scored, unit_of_image: np.ndarray, w
     cells = np.stack([truth & called, ~truth & called, ~truth & ~called, truth & ~called], axis=1).astype(np.float64)
     per_unit = np.zeros((weights.shape[1], 4))
     np.add.at(per_unit, unit_of_image, cells)
-    tp, fp, tn, fn = (weights @ per_unit).T
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = {
-            "accuracy": (tp + tn) / (tp + fp + tn + fn),
-            "sensitivity": tp / (tp + fn),
-            "specificity": tn / (tn + fp),
-            "ppv": tp / (tp + fp),
-            "f1": 2 * tp / (2 * tp + fp + fn),
-            "auc": weighted_auc(truth, model.score, unit_of_image, weights),
-        }
+    values = count_metrics(*(weights @ per_unit).T)
+    values["auc"] = weighted_auc(truth, model.score, unit_of_image, weights)
     return pd.DataFrame(values, columns=list(BOOTSTRAP_METRICS))
+
+
+def count_metrics(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
+    """Every BOOTSTRAP_METRICS value but AUC from (weighted) confusion counts, as evaluation.metrics defines it.
+
+    NaN where metrics.py gives NaN: a zero denominator (MCC with an empty row or
+    column, kappa with chance agreement 1); balanced accuracy is the mean recall
+    of the classes present, weighted F1 weighs each class by its true images.
+    """
+    positives, negatives = tp + fn, tn + fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity, specificity = tp / positives, tn / negatives
+        f1, f1_negative = 2 * tp / (2 * tp + fp + fn), 2 * tn / (2 * tn + fp + fn)
+        mcc_denominator = np.sqrt((tp + fp) * positives * negatives * (tn + fn))
+        kappa_denominator = (tp + fp) * negatives + positives * (fn + tn)
+        return {
+            "accuracy": (tp + tn) / (positives + negatives),
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "ppv": tp / (tp + fp),
+            "npv": tn / (tn + fn),
+            "f1": f1,
+            "f1_weighted": (np.where(positives > 0, positives * f1, 0) + np.where(negatives > 0, negatives * f1_negative, 0))
+                           / np.where(positives + negatives > 0, positives + negatives, np.nan),
+            "balanced_accuracy": np.where(np.isnan(sensitivity), specificity,
+                                          np.where(np.isnan(specificity), sensitivity, (sensitivity + specificity) / 2)),
+            "kappa": np.where(kappa_denominator > 0, 2 * (tp * tn - fn * fp) / kappa_denominator, np.nan),
+            "mcc": np.where(mcc_denominator > 0, (tp * tn - fp * fn) / mcc_denominator, np.nan),
+        }
 
 
 def weighted_auc(truth: np.ndarray, score: np.ndarray | None, unit_of_image: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -128,11 +151,13 @@ def paired_bootstrap(truth: ArrayLike, side_a: list[Scored], side_b: list[Scored
         level: Coverage of the central percentile interval; default 0.95.
 
     Returns:
-        pandas.DataFrame: One row per metric (accuracy, sensitivity,
-        specificity, ppv, f1, auc) with columns metric, a, b, difference
-        (b - a on the data), low, high (the interval of the difference) and
-        resamples (those where the difference is defined; the interval uses
-        only those). Undefined values are NaN.
+        pandas.DataFrame: One row per metric (BOOTSTRAP_METRICS: accuracy,
+        sensitivity, specificity, ppv, npv, f1, f1_weighted,
+        balanced_accuracy, auc, kappa, mcc) with columns metric, a, b,
+        difference (b - a on the data), low, high (the interval of the
+        difference), resamples (those where the difference is defined; the
+        interval uses only those) and p_value (two-sided, of "no difference":
+        :func:`bootstrap_p_value`). Undefined values are NaN.
 
     Raises:
         ValueError: ``n_resamples`` < 1 or ``level`` outside (0, 1).
@@ -157,7 +182,7 @@ def paired_bootstrap(truth: ArrayLike, side_a: list[Scored], side_b: list[Scored
     diffs = side_metrics(truth, side_b, unit_of_image, weights) - side_metrics(truth, side_a, unit_of_image, weights)
     return pd.DataFrame([
         {"metric": metric, "a": a[metric][0], "b": b[metric][0], "difference": b[metric][0] - a[metric][0],
-         **_percentile_interval(diffs[metric].to_numpy(), level)}
+         **_percentile_interval(diffs[metric].to_numpy(), level), "p_value": bootstrap_p_value(diffs[metric].to_numpy())}
         for metric in BOOTSTRAP_METRICS
     ])
 
@@ -195,34 +220,44 @@ def _percentile_interval(values: np.ndarray, level: float) -> dict:
 
 
 def bootstrap_p_value(differences: np.ndarray) -> float:
-    """Two-sided p-value of a difference from its bootstrap resamples: twice the smaller tail beyond 0.
+    """Two-sided bootstrap p-value of "no difference": min(1, 2 x the smaller share of resamples <= 0 or >= 0).
 
-    ``min(1, 2 * min(share <= 0, share >= 0))`` over the defined resamples: the
-    smallest two-sided level whose percentile interval would reach 0, so it
-    agrees with the interval (p < 0.05 exactly when the 95 % interval excludes 0,
-    up to ties at 0). NaN when no resample is defined.
+    Only resamples where the difference is defined count; NaN without any. It
+    agrees with the percentile interval: p < 1 - level exactly when that interval
+    excludes 0 (up to ties at 0).
     """
-    finite = differences[np.isfinite(differences)]
+    finite = np.asarray(differences, np.float64)
+    finite = finite[np.isfinite(finite)]
     if not len(finite):
         return float("nan")
-    return float(min(1.0, 2 * min(np.mean(finite <= 0), np.mean(finite >= 0))))
+    return float(min(1.0, 2 * min((finite <= 0).mean(), (finite >= 0).mean())))
 
 
-def holm_adjust(p_values: ArrayLike) -> np.ndarray:
-    """Holm's step-down adjustment of a family of p-values (Holm 1979), in the order given.
+def holm(p_values: ArrayLike) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN ones stay NaN and are not counted).
 
-    The k-th smallest of m p-values is multiplied by m - k + 1, made non-decreasing
-    along the sorted order and capped at 1; NaN p-values are left out of the family.
+    The i-th smallest of m p-values is multiplied by m - i + 1, the running
+    maximum keeps the order, and 1 caps it: rejecting where the adjusted value
+    is below alpha keeps the family-wise error rate at alpha under any
+    dependence. Equals statsmodels' ``multipletests(p, method="holm")[1]``.
+
+    Args:
+        p_values: Raw p-values of the family, in any order; NaN for a test that
+            could not be made.
+
+    Returns:
+        numpy.ndarray: The adjusted p-values, in the order given.
 
     Example:
-        >>> holm_adjust([0.01, 0.04, 0.03]).tolist()
-        [0.03, 0.06, 0.06]
+        >>> import noisystudent as ns
+        >>> ns.holm([0.01, 0.04, 0.03, 0.5]).round(3).tolist()
+        [0.04, 0.09, 0.09, 0.5]
     """
-    p = np.asarray(p_values, dtype=np.float64)
+    p = np.asarray(p_values, np.float64)
     adjusted = np.full(p.shape, np.nan)
     defined = np.flatnonzero(np.isfinite(p))
     order = defined[np.argsort(p[defined], kind="stable")]
-    scaled = p[order] * (len(order) - np.arange(len(order)))
+    scaled = (len(order) - np.arange(len(order))) * p[order]
     adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
     return adjusted
 

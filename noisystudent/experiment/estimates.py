@@ -24,7 +24,7 @@ import pandas as pd
 from noisystudent import layout
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
 from noisystudent.errors import RunFolderError
-from noisystudent.evaluation.statistics import MIN_RESAMPLES, holm_adjust
+from noisystudent.evaluation.statistics import MIN_RESAMPLES, holm
 from noisystudent.evaluation.two_level import CONFUSION_METRICS, MethodEstimate, SeedPair, confusion_metric, seed_pair, two_level_bootstrap
 from noisystudent.experiment.arms import arm_folder
 from noisystudent.run.tables import read_table
@@ -152,7 +152,7 @@ def with_holm(table: pd.DataFrame) -> pd.DataFrame:
     table["p_holm"] = np.nan
     secondary = (table["level"] == "method") & (table["role"] == "secondary") & table["p_value"].notna()
     if secondary.any():
-        table.loc[secondary, "p_holm"] = holm_adjust(table.loc[secondary, "p_value"].to_numpy())
+        table.loc[secondary, "p_holm"] = holm(table.loc[secondary, "p_value"].to_numpy())
     primary = (table["level"] == "method") & (table["role"] == "primary")
     table.loc[primary, "p_holm"] = table.loc[primary, "p_value"]
     return table

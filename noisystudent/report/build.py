@@ -89,7 +89,7 @@ def write_report(run: Path) -> Path:
             data.notes.append(f"The {step.__name__.replace('_', ' ')} could not be drawn ({type(error).__name__}: {error}).")
     sentence = headline(data.metrics, read_comparisons(run), data.config.get("voting", "majority"))
     page = render_page(f"Noisy Student report: {run.name}", data.config, sentence, data.notes,
-                       report_tables(data) + comparison_tables(run), figures, warnings=no_information_warnings(data.metrics),
+                       comparison_tables(run) + report_tables(data), figures, warnings=no_information_warnings(data.metrics),
                        before=[settings_section(data.config), data_html(data)], after=[patient_html(data)])
     write_text(folder / PAGE, page)
     log.info("wrote %s with %d figures", folder / PAGE, len(figures))
@@ -143,14 +143,17 @@ def bias_sentence(metrics, split: str) -> str:
 
 
 def comparison_tables(run: Path) -> list[TableEntry]:
-    """The tested student-minus-teacher comparisons of results/comparison.csv (accuracy), after Tables A-C."""
+    """The tested student-minus-teacher comparisons of results/comparison.csv, the primary one first, after Tables A-C."""
     frame = comparison_frame(read_comparisons(run))
     if frame.empty:
         return []
-    return [TableEntry("Did Noisy Student help? Student minus teacher on the outer test set",
+    return [TableEntry("Did these students beat these teachers? Student minus teacher on the outer test set",
                        "Paired bootstrap over the test set's patients (its images where there are no patient ids), "
-                       "2,000 resamples, 95% percentile interval; 'helped' or 'hurt' only where the interval excludes 0. "
-                       "All metrics: results/comparison.csv.", frame)]
+                       "2,000 resamples, 95% percentile interval of each row's own metric. The first row is the one primary "
+                       "comparison (--voting ensembles, --primary-metric); every other row is secondary: read it with its "
+                       "Holm-adjusted p-value, which accounts for the number of secondary rows. p: two-sided bootstrap "
+                       "p-value of no difference. These are these models on this test set; a claim about the method "
+                       "needs several seeds and a control arm (noisystudent experiment).", frame)]
 
 
 def data_html(data: RunContents) -> str:
@@ -306,12 +309,14 @@ def helped_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     rows = summary_rows(data.metrics, split)
     if not rows:
         return []
-    title = f"Did Noisy Student help? Teachers vs final students on {SPLIT_WORDS.get(split, split)}"
+    title = f"These teachers vs these final students on {SPLIT_WORDS.get(split, split)}"
     shown = [m for m in metric_columns(data.metrics) if m != "no_information_rate"]  # a property of the data, not of a model
-    plots.plot_helped(rows, shown, title, folder / "helped.png")
-    return [FigureEntry("helped.png", "Did Noisy Student help?",
+    plots.plot_helped(rows, shown, title, folder / "helped.png", read_comparisons(data.run) if split == TEST else None)
+    return [FigureEntry("helped.png", "Did these students beat these teachers?",
                         "Top: fold means (error bars: sd over folds) and ensembles (hatched). "
-                        "Bottom: final students minus teachers per metric.")]
+                        "Bottom: final students minus teachers per metric with the 95% interval of the patient bootstrap "
+                        "(results/comparison.csv); green or red only where that interval excludes 0, grey otherwise "
+                        "(and always without an outer test set, where no interval is computed).")]
 
 
 # --- helpers -------------------------------------------------------------------

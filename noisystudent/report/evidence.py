@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -11,6 +12,7 @@ from matplotlib.ticker import MaxNLocator
 from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, ROUND, SPLIT_MASKED, results_dir
 from noisystudent.report.html import FigureEntry
 from noisystudent.report.plots import round_colour, save
+from noisystudent.report.tables import display_name
 from noisystudent.run.evidence import COMPARISON
 from noisystudent.run.tables import read_table
 
@@ -51,17 +53,33 @@ def pseudo_quality_figures(metrics: pd.DataFrame | None, folder: Path) -> list[F
 
 
 def comparison_frame(comparisons: pd.DataFrame | None) -> pd.DataFrame:
-    """Accuracy of each tested comparison: both sides, student minus teacher, its interval, and whether it excludes 0."""
+    """Every tested comparison, the primary one first: both sides, student minus teacher, its own interval and verdict, p-values.
+
+    Each row's "interval excludes 0" is that row's own interval's; secondary
+    rows carry Holm-adjusted p-values. A comparison.csv written before there
+    was a primary comparison shows its accuracy rows.
+    """
     if comparisons is None or comparisons.empty:
         return pd.DataFrame()
-    rows = comparisons[comparisons["metric"] == "accuracy"]
+    rows = comparisons if "endpoint" in comparisons.columns else comparisons[comparisons["metric"] == "accuracy"].assign(endpoint="")
     excludes = (rows["low"] > 0) | (rows["high"] < 0)
     return pd.DataFrame({
+        "endpoint": rows["endpoint"], "metric": rows["metric"].map(display_name),
         "student": rows["b_name"], "teacher": rows["a_name"],
-        "student accuracy": rows["b"].round(3), "teacher accuracy": rows["a"].round(3),
-        "student - teacher": rows["difference"].map("{:+.3f}".format),
-        "95% interval": [f"{low:+.3f} to {high:+.3f}" for low, high in zip(rows["low"], rows["high"])],
+        "student value": rows["b"].round(3), "teacher value": rows["a"].round(3),
+        "student - teacher": rows["difference"].map(_signed),
+        "95% interval": [f"{_signed(low)} to {_signed(high)}" for low, high in zip(rows["low"], rows["high"])],
         "interval excludes 0": excludes.map({True: "yes", False: "no"}),
+        "p": _p_texts(rows, "p_value"), "p (Holm)": _p_texts(rows, "p_holm"),
         "resampled": [f"{n} {unit}s" for n, unit in zip(rows["units"], rows["unit"])],
-        "McNemar p": rows["mcnemar_p"].map(lambda p: "" if pd.isna(p) else f"{p:.3g}"),
+        "McNemar p": _p_texts(rows, "mcnemar_p"),
     }).reset_index(drop=True)
+
+
+def _signed(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:+.3f}"
+
+
+def _p_texts(rows: pd.DataFrame, column: str) -> list[str]:
+    values = rows[column] if column in rows.columns else pd.Series(np.nan, index=rows.index)
+    return ["" if pd.isna(p) else f"{p:.3g}" for p in values]

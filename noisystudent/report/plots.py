@@ -22,14 +22,16 @@ from sklearn.metrics import confusion_matrix, roc_curve
 from noisystudent.atomic import atomic_write
 from noisystudent.layout import CONFIDENCE, EPOCH, PRED, STUDENT, TEACHER, TRAIN_LOSS, VAL_LOSS, model_label
 from noisystudent.report.tables import ENSEMBLE_ROW, SummaryRow, display_name, plural
+from noisystudent.run.evidence import PRIMARY
 
 DPI = 110
 VAL_ACCURACY = "val_accuracy"
 TEACHER_COLOUR, STUDENT_COLOUR = "#4c72b0", "#dd8452"
 FPR_GRID = np.linspace(0.0, 1.0, 201)
-BETTER, WORSE = "#55a868", "#c44e52"
+BETTER, WORSE, UNDECIDED = "#55a868", "#c44e52", "#bbbbbb"  # grey: the interval includes 0 or is undefined
 HATCHES = (None, "///", "ooo", "xx")
 VOTING_HATCHES = {"majority": "///", "soft": "ooo"}  # ensembles: one hatch per rule, dense enough to tell apart
+PAIR_HATCHES = {**VOTING_HATCHES, "fold": None}  # differences: the ensembles' hatches, plain for the fold means
 
 
 def save(figure: Figure, path: Path) -> Path:
@@ -225,8 +227,14 @@ def plot_pseudo_confidence(pseudo: dict[int, pd.DataFrame], folds: dict[int, int
 # --- 5. did Noisy Student help? ----------------------------------------------
 
 
-def plot_helped(rows: Sequence[SummaryRow], metrics: Sequence[str], title: str, path: Path) -> Path:
-    """Top: every summary row as bars per metric (fold means with ±sd). Bottom: student − teacher."""
+def plot_helped(rows: Sequence[SummaryRow], metrics: Sequence[str], title: str, path: Path,
+                comparisons: pd.DataFrame | None = None) -> Path:
+    """Top: every summary row as bars per metric (fold means with ±sd). Bottom: student − teacher with its interval.
+
+    The differences and intervals are results/comparison.csv's (``comparisons``);
+    without it (no outer test set) the differences of the summary rows are drawn
+    without intervals, all grey.
+    """
     figure = Figure(figsize=(max(9, 1.1 * len(metrics) + 3.5), 7.2), layout="constrained")
     values_axes, delta_axes = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     x = np.arange(len(metrics))
@@ -241,27 +249,59 @@ def plot_helped(rows: Sequence[SummaryRow], metrics: Sequence[str], title: str, 
     values_axes.set(ylabel="value", title=title)
     values_axes.set_ylim(min(0.0, _lowest(rows, metrics)), 1.05)
     values_axes.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _plot_deltas(delta_axes, rows, metrics)
+    _plot_deltas(delta_axes, _differences(rows, metrics, comparisons), metrics)
     delta_axes.set_xticks(x, [display_name(m) for m in metrics], rotation=30, ha="right")
+    primary = _primary_metric(comparisons)
+    for label, metric in zip(delta_axes.get_xticklabels(), metrics):
+        label.set_fontweight("bold" if metric == primary else "normal")
     for axes in (values_axes, delta_axes):
         axes.grid(axis="y", alpha=0.3)
     return save(figure, path)
 
 
-def _plot_deltas(axes, rows: Sequence[SummaryRow], metrics: Sequence[str]) -> None:
-    pairs = _teacher_student_pairs(rows)
+def difference_colour(low: float, high: float) -> str:
+    """Green where the interval of student − teacher lies above 0, red below; grey where it includes 0 or is undefined."""
+    if np.isfinite(low) and np.isfinite(high) and low > 0:
+        return BETTER
+    if np.isfinite(low) and np.isfinite(high) and high < 0:
+        return WORSE
+    return UNDECIDED
+
+
+def _differences(rows: Sequence[SummaryRow], metrics: Sequence[str], comparisons: pd.DataFrame | None) -> list[tuple[str, pd.DataFrame]]:
+    """(pair name, difference/low/high per metric) from comparison.csv, else from the summary rows without intervals."""
+    if comparisons is not None and not comparisons.empty:
+        pair = comparisons["pair"] if "pair" in comparisons.columns else comparisons["a_name"]
+        return [(str(name), part.set_index("metric").reindex(list(metrics))[["difference", "low", "high"]].astype(float))
+                for name, part in comparisons.groupby(pair, sort=False)]
+    return [(name, pd.DataFrame({"difference": student.values[list(metrics)].to_numpy(float) - teacher.values[list(metrics)].to_numpy(float),
+                                 "low": np.nan, "high": np.nan}, index=list(metrics)))
+            for name, teacher, student in _teacher_student_pairs(rows)]
+
+
+def _primary_metric(comparisons: pd.DataFrame | None) -> str | None:
+    """The metric of comparison.csv's primary row (its tick label is drawn bold), if there is one."""
+    if comparisons is None or "endpoint" not in comparisons.columns:
+        return None
+    rows = comparisons.loc[comparisons["endpoint"] == PRIMARY, "metric"]
+    return str(rows.iloc[0]) if len(rows) else None
+
+
+def _plot_deltas(axes, pairs: list[tuple[str, pd.DataFrame]], metrics: Sequence[str]) -> None:
     x = np.arange(len(metrics))
     width = 0.8 / max(len(pairs), 1)
     handles = []
-    for index, (name, teacher, student) in enumerate(pairs):
-        delta = student.values[list(metrics)].to_numpy(float) - teacher.values[list(metrics)].to_numpy(float)
+    for index, (name, table) in enumerate(pairs):
         offset = (index - (len(pairs) - 1) / 2) * width
-        colours = [BETTER if d > 0 else WORSE for d in np.nan_to_num(delta)]
-        hatch = VOTING_HATCHES.get(name.split(" ")[0], HATCHES[index % len(HATCHES)])
-        axes.bar(x + offset, delta, width, color=colours, edgecolor="black", linewidth=0.5, hatch=hatch)
+        colours = [difference_colour(low, high) for low, high in zip(table["low"], table["high"])]
+        hatch = PAIR_HATCHES.get(name.split(" ")[0], HATCHES[index % len(HATCHES)])
+        error = np.abs(np.vstack([table["difference"] - table["low"], table["high"] - table["difference"]]))
+        axes.bar(x + offset, table["difference"].to_numpy(), width, color=colours, edgecolor="black", linewidth=0.5, hatch=hatch,
+                 yerr=error, capsize=2, error_kw={"linewidth": 0.8})
         handles.append(Patch(facecolor="#dddddd", edgecolor="black", hatch=hatch, label=name))
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.set(ylabel="student − teacher", title="Difference: final students − teachers (green: students better)")
+    axes.set(ylabel="student − teacher", title="Final students − teachers with 95% intervals, primary metric in bold "
+             "(green/red: interval above/below 0; grey: includes 0 or none)")
     if handles:
         axes.legend(handles=handles, fontsize=10, loc="upper left", bbox_to_anchor=(1.01, 1.0), handleheight=1.6, handlelength=2.6)
 

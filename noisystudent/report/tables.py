@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from noisystudent.config.choices import VOTING as VOTING_RULES
-from noisystudent.evaluation.comparison import BETTER, PRIMARY_METRIC, WORSE
+from noisystudent.evaluation.comparison import BETTER, NO_DIFFERENCE, NOT_COMPARABLE, WORSE
 from noisystudent.evaluation.metrics import MEAN_ROW, METRIC_COLUMNS, VARIANCE_ROW
 from noisystudent.layout import EVAL_SPLIT, FOLD_COLUMN, MODEL_KIND, ROUND, SPLIT_TEST, SPLIT_VALIDATION, STUDENT, TEACHER, VOTING, model_label
+from noisystudent.run.evidence import PRIMARY
 
 ENSEMBLE_ROW = "ensemble"
 TEST, VALIDATION = SPLIT_TEST, SPLIT_VALIDATION  # short names: the report reads them on every line
@@ -101,10 +102,10 @@ def summary_table(metrics_df: pd.DataFrame, split: str | None = None) -> pd.Data
 def headline(metrics_df: pd.DataFrame | None, comparisons: pd.DataFrame | None = None, voting: str = "majority") -> str:
     """One sentence: final students vs teachers, and a verdict only where it was tested.
 
-    With an outer test set the sentence is the paired-bootstrap comparison of
-    results/comparison.csv ("helped"/"hurt" only when the accuracy interval
-    excludes 0). Without one, out-of-fold validation is shown, marked as
-    selection-biased, and no verdict is drawn.
+    With an outer test set the sentence is the primary comparison of
+    results/comparison.csv ("helped"/"hurt" only when its metric's interval
+    excludes 0), about these models only. Without one, out-of-fold validation
+    is shown, marked as selection-biased, and no verdict is drawn.
     """
     if metrics_df is None or metrics_df.empty:
         return "No results yet: results/metrics.csv is missing or empty."
@@ -125,22 +126,41 @@ def headline(metrics_df: pd.DataFrame | None, comparisons: pd.DataFrame | None =
             f"Final students (round {final}) vs teachers ({basis}): {_comparison(teacher, student)} — no verdict without an outer test set.")
 
 
-VERDICT_WORDS = {BETTER: "Noisy Student helped", WORSE: "Noisy Student hurt"}
+VERDICT_WORDS = {BETTER: "helped", WORSE: "hurt", NO_DIFFERENCE: "no detectable difference", NOT_COMPARABLE: "not comparable"}
+METHOD_CLAIM = ("This is about these models on this test set; a claim about the method needs several seeds and a control arm: "
+                "noisystudent experiment DATA --out STUDY --seeds 0 1 2.")
 
 
 def tested_sentence(comparisons: pd.DataFrame, voting: str = "majority") -> str:
-    """The primary comparison (the run's voting rule's ensembles, else the first) as one sentence."""
-    rows = comparisons[comparisons["metric"] == PRIMARY_METRIC]
-    preferred = rows[rows["a_name"].str.contains(f"({voting}", regex=False)]
-    row = (preferred if len(preferred) else rows).iloc[0]
+    """The primary comparison of results/comparison.csv as a sentence about these models, and what a method claim needs."""
+    row = primary_row(comparisons, voting)
+    if row is None:
+        return (f"results/comparison.csv has no primary comparison (the {voting} vote ensembles are missing): no verdict. "
+                + METHOD_CLAIM)
     level = f"{100 * float(row['level']):g}%"
-    text = (f"{row['b_name']} vs {row['a_name']} on the outer test set ({int(row['images'])} images, "
-            f"{int(row['units'])} {row['unit']}s): accuracy {float(row['b']):.3f} vs {float(row['a']):.3f}, difference "
-            f"{float(row['difference']):+.3f} ({level} CI {float(row['low']):+.3f} to {float(row['high']):+.3f}, "
-            f"paired bootstrap over {row['unit']}s, {int(row['n_resamples'])} resamples)")
-    if np.isfinite(float(row["mcnemar_p"])):
+    sides = (f"These students ({row['b_name']}) vs these teachers ({row['a_name']}) on this test set ({int(row['images'])} images, "
+             f"{plural(int(row['units']), str(row['unit']))})")
+    if not _finite(row["difference"]) or not _finite(row["low"]):
+        return (f"{sides}: {display_name(row['metric'])} is undefined here (with more than two classes only accuracy is "
+                f"compared: --primary-metric accuracy), so no verdict. {METHOD_CLAIM}")
+    text = (f"{sides}: {display_name(row['metric'])} {float(row['b']):.3f} vs "
+            f"{float(row['a']):.3f}, {float(row['difference']):+.3f} [{float(row['low']):+.3f}, {float(row['high']):+.3f}] "
+            f"({level} percentile interval, paired bootstrap over {row['unit']}s, {int(row['n_resamples'])} resamples")
+    if _finite(row.get("p_value")):
+        text += f"; bootstrap p = {float(row['p_value']):.3g}"
+    if row["metric"] == "accuracy" and _finite(row.get("mcnemar_p")):
         text += f"; McNemar exact p = {float(row['mcnemar_p']):.3g}"
-    return f"{text} — {VERDICT_WORDS.get(row['verdict'], 'no detectable difference')}."
+    return f"{text}), {VERDICT_WORDS.get(row['verdict'], row['verdict'])}. {METHOD_CLAIM}"
+
+
+def primary_row(comparisons: pd.DataFrame, voting: str = "majority") -> pd.Series | None:
+    """The row marked primary; in a comparison.csv written before there was one, the accuracy of ``voting``'s ensembles."""
+    if "endpoint" in comparisons.columns:
+        rows = comparisons[comparisons["endpoint"] == PRIMARY]
+        return rows.iloc[0] if len(rows) else None
+    rows = comparisons[comparisons["metric"] == "accuracy"]  # older runs: the verdict was on accuracy
+    preferred = rows[rows["a_name"].str.contains(f"({voting}", regex=False)]
+    return (preferred if len(preferred) else rows).iloc[0] if len(rows) else None
 
 
 

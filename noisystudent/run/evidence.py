@@ -2,13 +2,18 @@
 
 - Every metrics.csv row says how its models were selected (``selection``) and
   whether that selection looked at the row's own images (``selection_biased``:
-  validation rows under ``--select best``).
+  validation rows whenever the validation part chose the epoch: ``--select
+  best``, ``--early-stopping``, ``--scheduler plateau``). Mean and variance rows
+  say how many folds define each metric (``folds_<metric>``; ``folds_averaged``
+  for the primary metric).
 - ``split=masked`` rows score each teacher's pseudo-labels against the masked
   part's hidden labels (which only evaluation reads: students learn from
   pseudo_labels.csv). results/pseudo_label_quality.csv has them per class.
 - results/comparison.csv: final students vs teachers on the outer test set by
-  a paired bootstrap over patients (evaluation.comparison); the same code
-  compares two runs (``noisystudent compare``).
+  a paired bootstrap over patients (evaluation.comparison): the one primary
+  comparison (``--voting`` ensembles, ``--primary-metric``) first, every other
+  row secondary with Holm-adjusted p-values; the same code compares two runs
+  (``noisystudent compare``).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from noisystudent.data.manifest import LABEL, PATH, ROLE, ROLE_TEST, SUBSET, SUB
 from noisystudent.errors import ConfigError, RunFolderError
 from noisystudent.evaluation import metrics
 from noisystudent.evaluation.calibration import expected_calibration_error
-from noisystudent.evaluation.comparison import Comparison, compare_predictions, comparison_table, verdict
-from noisystudent.evaluation.statistics import MIN_RESAMPLES
+from noisystudent.evaluation.comparison import Comparison, compare_predictions, comparison_table
+from noisystudent.evaluation.statistics import MIN_RESAMPLES, holm
 from noisystudent.run.tables import TABLE_CHUNK, read_table, read_table_chunks
 
 logger = logging.getLogger(__name__)
@@ -35,7 +40,11 @@ logger = logging.getLogger(__name__)
 SELECTION_WORDS = {"best": "best epoch", "last": "last epoch"}
 QUALITY_COLUMNS = ["ece", "kept", "kept_copies", "kept_accuracy"]
 EVIDENCE_COLUMNS = [layout.SELECTION, layout.SELECTION_BIASED, layout.FOLDS_AVERAGED, layout.AUC_FROM]
+FOLDS_DEFINED = [layout.folds_column(m) for m in metrics.METRIC_COLUMNS]  # after the quality columns
+MARK_COLUMNS = EVIDENCE_COLUMNS[:3] + FOLDS_DEFINED  # what mark_rows adds
 COMPARISON = "comparison.csv"
+PRIMARY, SECONDARY = "primary", "secondary"  # comparison.csv's endpoint column
+FOLD_MEAN_PAIR = "fold mean"  # comparison.csv's pair column: a voting rule, or the fold means
 PSEUDO_QUALITY = "pseudo_label_quality.csv"
 
 
@@ -49,25 +58,48 @@ def announce_test_set(folds: pd.DataFrame, config: RunConfig, data_has_test: boo
                        "headline numbers come only from them (--test-fraction 0 turns this off).", len(test), 100 * config.test_fraction)
     else:
         logger.warning("--test-fraction 0 and no test data: there is no outer test set, and every validation and "
-                       "out-of-fold number is selection-biased%s.", " (best epoch chosen on it)" if config.select == "best" else "")
+                       "out-of-fold number is selection-biased%s.", " (epochs chosen on it)" if selection_saw_validation(config) else "")
 
 
 def data_has_test(images: pd.DataFrame) -> bool:
     return bool((images[SUBSET] == SUBSET_TEST).any())
 
 
+def selection_saw_validation(config: RunConfig) -> bool:
+    """Whether the validation part chose each model's epoch: best epoch, early stopping, or a plateau schedule.
+
+    ``--select last`` alone keeps the last of a fixed number of epochs; early
+    stopping ends training when the validation metric stalls, and the plateau
+    schedule lowers the learning rate when it does, so the last epoch was then
+    chosen with the validation images too.
+    """
+    return config.select == "best" or config.early_stopping > 0 or config.scheduler == "plateau"
+
+
 def mark_rows(table: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
-    """Add selection, selection_biased and folds_averaged to a metrics table."""
+    """Add selection, selection_biased, folds_averaged and folds_<metric> to a metrics table."""
     table = table.copy()
     table[layout.SELECTION] = SELECTION_WORDS[config.select]
-    table[layout.SELECTION_BIASED] = (table[layout.EVAL_SPLIT] == "validation") & (config.select == "best")
-    folds = pd.to_numeric(table[layout.FOLD_COLUMN], errors="coerce").notna()
-    keys = [layout.MODEL_KIND, layout.ROUND, layout.EVAL_SPLIT, layout.VOTING]
-    counts = table[folds].groupby(keys, dropna=False).size()
-    summary = table[layout.FOLD_COLUMN].astype(str).isin([metrics.MEAN_ROW, metrics.VARIANCE_ROW])
-    table[layout.FOLDS_AVERAGED] = [counts.get(tuple(row[keys]), 0) if is_summary else np.nan
-                                    for (_, row), is_summary in zip(table.iterrows(), summary)]
-    return table
+    table[layout.SELECTION_BIASED] = (table[layout.EVAL_SPLIT] == "validation") & selection_saw_validation(config)
+    defined = folds_defined(table)
+    table[layout.FOLDS_AVERAGED] = defined[layout.folds_column(config.primary_metric)]
+    return pd.concat([table, defined], axis=1)
+
+
+def folds_defined(table: pd.DataFrame) -> pd.DataFrame:
+    """folds_<metric> of every row: on mean and variance rows, how many fold rows of the group define the metric.
+
+    A group is what metrics.summarise_folds averages over (model, round, split,
+    voting, class); other rows are left empty.
+    """
+    keys = [k for k in metrics.SUMMARY_KEYS if k in table.columns]
+    is_fold = pd.to_numeric(table[layout.FOLD_COLUMN], errors="coerce").notna()
+    folds = table.loc[is_fold, keys].join(table.loc[is_fold, metrics.METRIC_COLUMNS].notna().astype(int))
+    counts = folds.groupby(keys, dropna=False, as_index=False).sum().rename(columns=dict(zip(metrics.METRIC_COLUMNS, FOLDS_DEFINED)))
+    found = table[keys].reset_index(drop=True).merge(counts, on=keys, how="left")[FOLDS_DEFINED]  # keeps the table's order
+    summary = table[layout.FOLD_COLUMN].astype(str).isin([metrics.MEAN_ROW, metrics.VARIANCE_ROW]).to_numpy()
+    found.loc[~summary] = np.nan
+    return found.set_axis(table.index).astype("Int64")
 
 
 # --- pseudo-label quality -------------------------------------------------------
@@ -131,39 +163,59 @@ def _share(hits: np.ndarray, of: np.ndarray) -> float:
 # --- the tested comparison --------------------------------------------------------
 
 
-def run_comparisons(run: Path, predictions: dict, config: RunConfig, classes: list[str], positive: str | None) -> list[Comparison]:
-    """Final student vs teacher on the outer test set: each voting rule's ensembles, then the fold means."""
+def run_comparisons(run: Path, predictions: dict, config: RunConfig, classes: list[str], positive: str | None) -> dict[str, Comparison]:
+    """Final students vs teachers on the outer test set, by pair: each voting rule's ensembles, then the fold means.
+
+    Only the final round's students are compared (intermediate rounds keep
+    their rows in metrics.csv); the pair of ``config.voting`` is the primary one.
+    """
     final = config.rounds
-    found = []
+    found = {}
     for rule in ("majority", "soft"):
         teacher, student = (_ensemble_table(run, kind, rule) for kind in (layout.TEACHER, layout.STUDENT))
         if final > 0 and teacher is not None and student is not None:
-            found.append(compare_predictions([teacher], [student], classes, positive, f"teacher ensemble ({rule})",
-                                             f"student ensemble ({rule}, round {final})", MIN_RESAMPLES, config.seed,
-                                             majority_a=rule == "majority", majority_b=rule == "majority"))
+            found[rule] = compare_predictions([teacher], [student], classes, positive, f"teacher ensemble ({rule})",
+                                              f"student ensemble ({rule}, round {final})", MIN_RESAMPLES, config.seed,
+                                              majority_a=rule == "majority", majority_b=rule == "majority",
+                                              primary_metric=config.primary_metric)
     teachers, students = _fold_tests(predictions, config, 0), _fold_tests(predictions, config, final)
     if final > 0 and teachers and students:
-        found.append(compare_predictions(teachers, students, classes, positive, f"teacher (mean of {len(teachers)} folds)",
-                                         f"student round {final} (mean of {len(students)} folds)", MIN_RESAMPLES, config.seed))
+        found[FOLD_MEAN_PAIR] = compare_predictions(teachers, students, classes, positive, f"teacher (mean of {len(teachers)} folds)",
+                                                    f"student round {final} (mean of {len(students)} folds)", MIN_RESAMPLES,
+                                                    config.seed, primary_metric=config.primary_metric)
     return found
 
 
-def write_comparisons(run: Path, comparisons: list[Comparison]) -> pd.DataFrame:
-    table = comparisons_frame(comparisons)
+def write_comparisons(run: Path, comparisons: dict[str, Comparison], config: RunConfig) -> pd.DataFrame:
+    table = comparisons_frame(comparisons, config.voting, config.primary_metric)
     atomic.write_csv(layout.results_dir(run) / COMPARISON, table)
     return table
 
 
-def comparisons_frame(comparisons: list[Comparison]) -> pd.DataFrame:
-    """One row per comparison and metric: sides, difference, interval, McNemar, verdict (on accuracy)."""
+def comparisons_frame(comparisons: dict[str, Comparison], primary_pair: str, primary_metric: str) -> pd.DataFrame:
+    """One row per pair and metric, the primary comparison first: endpoint, interval, own verdict, p-values, McNemar.
+
+    The primary comparison is ``primary_pair``'s row of ``primary_metric``;
+    every other row is secondary, and its ``p_holm`` is Holm's adjustment over
+    all secondary rows (the primary row's is its raw ``p_value``: a family of one).
+    """
     parts = []
-    for comparison in comparisons:
+    for pair, comparison in comparisons.items():
         test = comparison.mcnemar
-        parts.append(comparison_table(comparison).assign(
-            verdict=verdict(comparison),
-            n_resamples=comparison.n_resamples, mcnemar_p=test.p_value if test else np.nan,
-            a_only=test.a_only if test else np.nan, b_only=test.b_only if test else np.nan))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        part = comparison_table(comparison).assign(n_resamples=comparison.n_resamples, mcnemar_p=test.p_value if test else np.nan,
+                                                  a_only=test.a_only if test else np.nan, b_only=test.b_only if test else np.nan)
+        primary = (pair == primary_pair) & (part["metric"] == primary_metric)
+        part.insert(0, "pair", pair)
+        part.insert(0, "endpoint", np.where(primary, PRIMARY, SECONDARY))
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame()
+    table = pd.concat(parts, ignore_index=True)
+    secondary = (table["endpoint"] == SECONDARY).to_numpy()
+    p_holm = table["p_value"].to_numpy(dtype=np.float64, copy=True)
+    p_holm[secondary] = holm(p_holm[secondary])
+    table.insert(table.columns.get_loc("p_value") + 1, "p_holm", p_holm)
+    return table.sort_values("endpoint", key=lambda e: e != PRIMARY, kind="stable").reset_index(drop=True)
 
 
 def _ensemble_table(run: Path, kind: str, rule: str) -> pd.DataFrame | None:
@@ -187,7 +239,8 @@ def compare_runs(run_a: Path, run_b: Path, voting: str = "majority", models: str
     Reads each run's ``results/predictions_<models>_<voting>.csv`` (written by
     :func:`run_kfold`) and compares them with :func:`compare_predictions`: a
     paired bootstrap over the test set's patients and McNemar's exact test.
-    The positive class is run A's. The run folders are only read.
+    The positive class and the primary metric are run A's. The run folders
+    are only read.
 
     Args:
         run_a: The baseline run folder (side A).
@@ -228,14 +281,9 @@ def compare_runs(run_a: Path, run_b: Path, voting: str = "majority", models: str
         if classes is not None and run_classes != classes:
             raise RunFolderError(f"{run_a} and {run_b} have different classes ({', '.join(classes)} vs {', '.join(run_classes)}).")
         classes = run_classes
-    positive = _positive_of(Path(run_a), classes)
+    saved = load_config_json(Path(run_a) / layout.CONFIG)
+    positive = positive_class_of(saved) if len(classes) == 2 else None
     return compare_predictions([tables[0]], [tables[1]], classes, positive, f"{Path(run_a).name} {kind} ensemble ({voting})",
                                f"{Path(run_b).name} {kind} ensemble ({voting})", n_resamples, seed,
-                               majority_a=voting == "majority", majority_b=voting == "majority")
-
-
-def _positive_of(run: Path, classes: list[str]) -> str | None:
-    saved = load_config_json(run / layout.CONFIG)
-    if len(classes) != 2:
-        return None
-    return positive_class_of(saved)
+                               majority_a=voting == "majority", majority_b=voting == "majority",
+                               primary_metric=saved.get("primary_metric", "accuracy"))  # runs before --primary-metric: accuracy

@@ -120,10 +120,10 @@ def write_results(run: Path, config: RunConfig, classes: list[str]) -> pd.DataFr
     table = pd.DataFrame(rows, columns=columns)
     table = metrics.summarise_folds(table) if not table.empty else table
     table = metrics.with_integer_counts(_ordered(table))
-    table = evidence.mark_rows(table, config) if not table.empty else table.reindex(columns=columns + evidence.EVIDENCE_COLUMNS[:3])
+    table = evidence.mark_rows(table, config) if not table.empty else table.reindex(columns=columns + evidence.MARK_COLUMNS)
     atomic.write_csv(layout.results_dir(run) / layout.METRICS, table)
     atomic.write_csv(layout.results_dir(run) / evidence.PSEUDO_QUALITY, evidence.pseudo_label_quality(predictions, config, classes))
-    evidence.write_comparisons(run, evidence.run_comparisons(run, predictions, config, classes, positive))
+    evidence.write_comparisons(run, evidence.run_comparisons(run, predictions, config, classes, positive), config)
     return table
 
 

@@ -74,7 +74,7 @@ def create_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, epochs
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     if config.scheduler == "plateau":
-        mode = "min" if config.select_metric == "loss" else "max"
+        mode = "min" if config.selection_metric == "loss" else "max"
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=config.gamma, patience=2)
     return None
 

@@ -177,7 +177,7 @@ def _run_epochs(job: ModelJob, config: RunConfig, training: Training, load_batch
         _record_epoch(state, model, row, epoch)
         if distributed.is_main():
             _save_checkpoint(job, training)
-        progress.update("epoch", completed=epoch + 1, loss=row[layout.TRAIN_LOSS], val=row[f"val_{config.select_metric}"])
+        progress.update("epoch", completed=epoch + 1, loss=row[layout.TRAIN_LOSS], val=row[f"val_{config.selection_metric}"])
     progress.stop("epoch")
 
 
@@ -244,7 +244,7 @@ def _history_row(job: ModelJob, config: RunConfig, lr: float, stats: dict[str, f
         layout.SECONDS: time.perf_counter() - started, layout.IMAGES_PER_S: stats["images_per_s"],
         layout.IMAGE_SIZE: size,
     }
-    row["score"] = selection_score(val, config.select_metric)
+    row["score"] = selection_score(val, config.selection_metric)
     return row
 
 
@@ -289,7 +289,7 @@ def _save_model(job: ModelJob, config: RunConfig, state: TrainState, path: Path)
         "positive": config.positive,
         "image_size": config.image_size,
         "preprocess": {k: getattr(config, k) for k in ("image_size", "crop_black", "crop_threshold", "equalize", "center_crop")},
-        "selection": {"metric": config.select_metric, "score": state.best_score, "epoch": state.best_epoch, "select": config.select},
+        "selection": {"metric": config.selection_metric, "score": state.best_score, "epoch": state.best_epoch, "select": config.select},
         **job.extra,
     })
-    logger.info("%s: best epoch %d (%s %.4f), saved %s", job.name, state.best_epoch, config.select_metric, state.best_score, path)
+    logger.info("%s: best epoch %d (%s %.4f), saved %s", job.name, state.best_epoch, config.selection_metric, state.best_score, path)
