@@ -2,15 +2,7 @@ import pytest
 import torch
 
 from noisystudent.errors import ConfigError
-from noisystudent.training.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RANDAUGMENT_OPS,
-    create_augment,
-    normalize,
-    rand_augment,
-    random_affine,
-)
+from noisystudent.training.augment import IMAGENET_MEAN, IMAGENET_STD, create_augment, normalize, random_affine
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -49,7 +41,7 @@ def test_normalize_is_imagenet_standardisation():
     assert out.shape == (8, 3, 8, 8) and out.dtype == torch.float32
 
 
-@pytest.mark.parametrize("level,randaugment", [("light", False), ("strong", False), ("strong", True)])
+@pytest.mark.parametrize("level,randaugment", [("light", False), ("strong", False), ("strong", True), ("none", True)])
 def test_same_seed_same_output_other_seed_differs(level, randaugment):
     aug = create_augment(level, randaugment)
     x = _cells()
@@ -111,19 +103,6 @@ def test_strong_keeps_background_near_black():
     corners = torch.cat([pixels[..., :3, :3].flatten(), pixels[..., -3:, -3:].flatten()])
     assert corners.max() < 0.1  # contrast may lift black by a little
     assert pixels[..., 12:20, 12:20].mean() > 0.3  # the cell is still bright
-
-
-def test_randaugment_ops_stay_in_range_and_all_get_used():
-    x = _cells(count=64).float() / 255
-    out = rand_augment(x, _gen(0), layers=1)
-    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
-    changed = (out - x).abs().flatten(1).amax(1) > 1e-6
-    assert 0 < changed.sum() < 64  # identity is one of the choices
-    for op in RANDAUGMENT_OPS[1:]:
-        result = op(x, 0.9, torch.ones(64))
-        assert result.shape == x.shape and result.min() >= 0 and result.max() <= 1
-        assert not torch.equal(result, x)
-        assert result[..., :2, :2].max() < 0.02  # black background stays black
 
 
 def test_output_size_follows_image_size():

@@ -86,7 +86,7 @@ POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Bounds(0, None, low_open=True),
 RANGES: dict[str, Bounds] = {
     "test_fraction": Bounds(0, 0.9), "folds": Bounds(2), "seed": Bounds(0, MAX_SEED), "rounds": NON_NEGATIVE,
     "pseudo_temperature": POSITIVE, "pseudo_threshold": Bounds(0, 1), "pseudo_per_class": NON_NEGATIVE,
-    "teacher_dropout": FRACTION, "student_dropout": FRACTION, "teacher_drop_connect": FRACTION, "student_drop_connect": FRACTION,
+    "randaugment_ops": Bounds(1, 16), "randaugment_magnitude": Bounds(0, 30), "teacher_dropout": FRACTION, "student_dropout": FRACTION, "teacher_drop_connect": FRACTION, "student_drop_connect": FRACTION,
     "epochs": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
     "step_size": AT_LEAST_ONE, "gamma": Bounds(0, 1, low_open=True), "label_smoothing": FRACTION,
     "early_stopping": NON_NEGATIVE, "head_warmup_epochs": NON_NEGATIVE, "bn_momentum": Bounds(0, 1),
@@ -96,7 +96,7 @@ RANGES: dict[str, Bounds] = {
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
-    "pseudo_mode": PSEUDO_MODES, "student_data": STUDENT_DATA, "student_init": STUDENT_INIT, "sampler": SAMPLERS,
+    "pseudo_mode": PSEUDO_MODES, "student_data": STUDENT_DATA, "sampler": SAMPLERS,
     "equalize": EQUALIZE, "tta": TTA, "freeze": FREEZE, "voting": VOTING, "amp": AMP, "select_metric": SELECT_METRICS, "select": SELECT,
     "primary_metric": PRIMARY_METRICS,
 }
@@ -163,7 +163,8 @@ class RunConfig:
     arch: str = _opt("efficientnet-b0", "Teacher architecture.")
     student_arch: str | None = _opt(None, "Student architecture (default: same as teacher).")
     weights: str = _opt("imagenet", "Initial weights: imagenet, none, or a file.")
-    student_init: str = _opt("weights", "Students start from --weights (weights) or from their teacher's final weights (teacher).")
+    student_init: str | None = _opt(None, "Students start from random weights (scratch), the ImageNet weights (imagenet) or the previous "
+                                          "round's model (teacher); unset: as the teacher, from --weights (imagenet, none or the file).")
     student_data: str = _opt("pseudo", "Student trains on labelled + pseudo-labelled images (both), pseudo-labelled only (pseudo), "
                                                   "or the labelled part only (labelled: the control arm of noisystudent experiment).")
     pseudo_mode: str = _opt("hard", "Pseudo-labels as probabilities (soft) or one-hot (hard).")
@@ -175,7 +176,11 @@ class RunConfig:
     # --- noise ---
     teacher_augment: str = _opt("light", "Augmentation when training the teacher: none, light or strong.")
     student_augment: str = _opt("strong", "Augmentation (input noise) when training students.")
-    randaugment: bool = _opt(False, "Add RandAugment to the students' strong augmentation.")
+    randaugment: bool = _opt(False, "Add RandAugment (16 operations, geometric ones included, as Xie et al.) to the students' "
+                                    "augmentation at any level; never to the teacher.")
+    randaugment_ops: int = _opt(2, "RandAugment operations per image (N).")
+    randaugment_magnitude: float = _opt(6.0, "RandAugment magnitude M on Xie et al.'s scale (10 = level 1, e.g. rotation 30 degrees; "
+                                            "they used 6 for EfficientNet-B2 up to 27 for B7).")
     teacher_dropout: float = _opt(0.2, "Dropout before the classifier of the teacher.")
     student_dropout: float = _opt(0.5, "Dropout before the classifier of students (model noise).")
     teacher_drop_connect: float = _opt(0.2, "Stochastic depth rate of the teacher.")
@@ -233,8 +238,12 @@ class RunConfig:
             _check_arch("student_arch", self.student_arch)
         for name, choices in CHOICES.items():
             _check_choice(name, getattr(self, name), choices)
+        if self.student_init == LEGACY_STUDENT_INIT:  # old runs' config.json: the same as unset
+            self.student_init = None
+        if self.student_init is not None:
+            _check_choice("student_init", self.student_init, STUDENT_INIT)
         if self.student_init == "teacher" and self.student_arch not in (None, self.arch):
-            raise ConfigError("student_init teacher needs students of the teacher's architecture; drop --student-arch or use --student-init weights.")
+            raise ConfigError("student_init teacher needs students of the teacher's architecture; drop --student-arch or use --student-init imagenet.")
         for name, bounds in RANGES.items():
             _check_range(name, getattr(self, name), bounds)
         if self.scheduler == "plateau" and self.gamma >= 1:
@@ -289,7 +298,13 @@ def differing_result_keys(saved: dict[str, Any], current: RunConfig) -> list[str
     A setting the saved config lacks (a run made before the setting existed) counts as its default.
     """
     now, default = (json.loads(json.dumps(c.to_dict())) for c in (current, RunConfig()))  # same JSON normalisation as saved
-    return [key for key in result_keys() if saved.get(key, default.get(key)) != now.get(key)]
+    return [key for key in result_keys() if _saved_value(saved, key, default) != now.get(key)]
+
+
+def _saved_value(saved: dict[str, Any], key: str, default: dict[str, Any]) -> Any:
+    """A setting of a saved config.json as this version reads it: missing -> its default; student_init 'weights' -> unset."""
+    value = saved.get(key, default.get(key))
+    return None if key == "student_init" and value == LEGACY_STUDENT_INIT else value
 
 
 def help_of(name: str) -> str:
@@ -370,6 +385,8 @@ def positive_class_of(settings: Mapping[str, Any]) -> str:
 # Settings renamed since 0.1 (old name -> new): config.json of older runs is read with the new names,
 # and the command line still takes the old flag for one release, with a deprecation warning.
 RENAMED_SETTINGS = {"unlabelled": "pool_images"}
+# student_init 'weights' (students start from --weights) of runs made before 0.2 is now unset (None): the same start.
+LEGACY_STUDENT_INIT = "weights"
 
 
 def with_current_names(document: dict[str, Any]) -> dict[str, Any]:

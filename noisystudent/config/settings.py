@@ -13,7 +13,7 @@ from typing import Any
 
 from noisystudent.config.parsing import parse_split_ratio
 from noisystudent.config.presets import preset_settings
-from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig, config_from_saved
+from noisystudent.config.run_config import LEGACY_STUDENT_INIT, RENAMED_SETTINGS, RunConfig, config_from_saved
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,10 @@ def given_settings(settings: dict[str, Any]) -> dict[str, Any]:
             logger.warning("--%s (setting %s) is deprecated: it is now --%s (%s); the old name works until the next release.",
                            old.replace("_", "-"), old, new.replace("_", "-"), new)
             given.setdefault(new, given.pop(old))
+    if given.get("student_init") == LEGACY_STUDENT_INIT:
+        logger.warning("--student-init weights is deprecated: leave --student-init unset for the same start (as --weights), "
+                       "or choose scratch, imagenet or teacher; the old value works until the next release.")
+        given["student_init"] = None  # unset, overriding any preset: the start 'weights' meant
     if isinstance(given.get("split_ratio"), str):
         given["split_ratio"] = parse_split_ratio(given["split_ratio"])
     return given

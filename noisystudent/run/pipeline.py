@@ -15,6 +15,7 @@ run.log, the shared state and the results) is run/session.py's job.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import claims, pseudo_labels, results, session
 from noisystudent.run.collapse import warn_if_single_class
-from noisystudent.run.preflight import check_before_writing
+from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
 from noisystudent.training import distributed
@@ -41,10 +42,13 @@ from noisystudent.training.engine import TrainSet
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
 
+logger = logging.getLogger(__name__)
+
 # predictions.csv split names for each fold role
 SPLIT_OF_ROLE = {manifest.ROLE_VALIDATION: layout.SPLIT_VALIDATION, manifest.ROLE_TEST: layout.SPLIT_TEST,
                  manifest.ROLE_MASKED: layout.SPLIT_MASKED, manifest.ROLE_POOL: layout.SPLIT_POOL}
 PSEUDO_SPLITS = (layout.SPLIT_MASKED, layout.SPLIT_POOL)
+STUDENT_WEIGHTS = {"scratch": "none", "imagenet": "imagenet"}  # --student-init -> the weights models.create_model loads
 POOL_CHUNK = TABLE_CHUNK  # pool rows predicted and written at a time (about 10 MB of table, whatever the pool's size)
 
 
@@ -104,6 +108,8 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     join = join or only_folds is not None
     check_before_writing(config, run)  # a refused setting leaves no trace
     with session.open_run(config, run, resume, join, progress) as run_ctx:  # config.json, folds.csv, the cache
+        for warning in method_warnings(config) if distributed.is_main() else ():
+            logger.warning(warning)
         run_ctx.progress.start("fold", "folds", total=len(wanted))
         for done, fold in enumerate(wanted, start=1):
             if session.claim_fold(run_ctx, fold):  # unfinished, and no other live process trains it
@@ -145,6 +151,7 @@ def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJ
         dropout=config.student_dropout if student else config.teacher_dropout,
         drop_connect=config.student_drop_connect if student else config.teacher_drop_connect,
         augment_level=config.student_augment if student else config.teacher_augment,
+        randaugment=student and config.randaugment,  # RandAugment is the students' noise (Xie et al.), at any level; never the teacher's
         train_set=_train_set(run_ctx, fold, round_),
         val_rows=run_ctx.rows(validation[manifest.PATH]),
         val_labels=_label_indices(validation, run_ctx.classes),
@@ -155,10 +162,11 @@ def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJ
 
 
 def _initial_weights(run_ctx: RunContext, fold: int, round_: int) -> str:
-    """--weights, or for students with --student-init teacher the previous round's model.pt."""
-    if round_ > 0 and run_ctx.config.student_init == "teacher":
+    """The teacher: --weights. Students: --student-init (scratch, imagenet, or the previous round's model.pt); unset: --weights."""
+    init = run_ctx.config.student_init if round_ > 0 else None
+    if init == "teacher":
         return str(layout.round_dir(run_ctx.run, fold, round_ - 1) / layout.MODEL)
-    return run_ctx.config.weights
+    return STUDENT_WEIGHTS.get(init, run_ctx.config.weights)
 
 
 def _train_set(run_ctx: RunContext, fold: int, round_: int) -> TrainSet:

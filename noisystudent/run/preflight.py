@@ -36,6 +36,20 @@ def check_before_writing(config: RunConfig, run: Path) -> None:
     resolve_device(config.device)
 
 
+def method_warnings(config: RunConfig) -> list[str]:
+    """Settings that run but depart from Noisy Student as Xie et al. describe it, one sentence each (logged at the start)."""
+    from noisystudent.models.architectures import PARAMETERS_M  # imports torch
+
+    warnings = []
+    teacher, student = config.arch, config.student_architecture
+    if config.rounds > 0 and PARAMETERS_M[student] < PARAMETERS_M[teacher]:
+        warnings.append(f"The students ({student}, {PARAMETERS_M[student]:g}M parameters) are smaller than the teacher ({teacher}, "
+                        f"{PARAMETERS_M[teacher]:g}M); Noisy Student's students are equal or larger, so they may not learn more than it.")
+    if config.randaugment and config.teacher_augment == "strong":
+        warnings.append("--randaugment noises the students only; the teacher trains with --teacher-augment strong without it.")
+    return warnings
+
+
 def check_run_entries(run: Path) -> None:
     """The files and folders a session opens in RUN must be of the right kind."""
     for name in RUN_FILES:
@@ -66,14 +80,10 @@ def _check_inputs(config: RunConfig) -> list[Path]:
 
 def _check_weights(config: RunConfig) -> None:
     """A --weights file must exist and hold weights loadable without running code (read once, now);
-    ImageNet weights must be cached or downloadable now, before any data work."""
-    if config.weights == "imagenet":
-        from noisystudent.models.pretrained import ensure_imagenet  # imports torch
-
-        for arch in dict.fromkeys((config.arch, config.student_architecture)):
-            ensure_imagenet(arch)
-        return
-    if config.weights == "none":
+    ImageNet weights (for the teacher, or students with --student-init imagenet) must be cached or downloadable now,
+    before any data work."""
+    _check_imagenet(config)
+    if config.weights in ("imagenet", "none"):
         return
     path = Path(config.weights)
     if not path.exists():
@@ -81,3 +91,13 @@ def _check_weights(config: RunConfig) -> None:
     from noisystudent.models.weights import extract_state_dict, read_torch_file  # imports torch
 
     extract_state_dict(read_torch_file(path), path)
+
+
+def _check_imagenet(config: RunConfig) -> None:
+    students = config.rounds > 0 and (config.student_init or config.weights) == "imagenet"
+    archs = ([config.arch] if config.weights == "imagenet" else []) + ([config.student_architecture] if students else [])
+    if archs:
+        from noisystudent.models.pretrained import ensure_imagenet  # imports torch
+
+        for arch in dict.fromkeys(archs):
+            ensure_imagenet(arch)

@@ -16,9 +16,10 @@ Levels (``create_augment``):
   +-15 degrees, scale 0.9-1.1, translation +-5 % of the side; pixels from
   outside the image are black like the background) and colour jitter
   (brightness, contrast and saturation factors in 0.8-1.2, hue +-0.02 turn).
-- ``randaugment`` (added after any level; meant for the students' strong
-  noise): ``RANDAUGMENT_LAYERS`` more operations per sample, each picked at random from identity, posterize, solarize,
-  sharpness and autocontrast at magnitude ``RANDAUGMENT_MAGNITUDE`` of 10.
+- ``randaugment`` (added after any level; the students' noise, never a
+  teacher's, see ``run.pipeline``): RandAugment as Xie et al. apply it,
+  ``ops`` operations per sample drawn from 16 (geometric ones included) at
+  magnitude ``magnitude``; see ``training.randaugment``.
 
 Outputs are float32 in normalised units, as ``inference.normalize`` makes them:
 ``(x / 255 - mean) / std`` with the ImageNet mean and std by default, or the
@@ -37,29 +38,22 @@ import torch.nn.functional as F
 from noisystudent.config.run_config import AUGMENTS
 from noisystudent.errors import ConfigError
 from noisystudent.inference.normalize import IMAGENET_MEAN, IMAGENET_STD, Stats, device_of, normalize, standardize, to_unit
+from noisystudent.training.randaugment import grey, rand_augment
 
 MAX_ROTATION_DEG = 15.0
 SCALE_RANGE = (0.9, 1.1)
 MAX_TRANSLATE = 0.05  # fraction of the side
 BRIGHTNESS = CONTRAST = SATURATION = 0.2  # factors drawn from 1 +- this
 HUE = 0.02  # fraction of a full turn of the hue circle
-RANDAUGMENT_LAYERS = 2
-RANDAUGMENT_MAGNITUDE = 9  # of 10
-
-_LUMA = (0.299, 0.587, 0.114)
+RANDAUGMENT_OPS_PER_IMAGE = 2  # N of Xie et al.
+RANDAUGMENT_MAGNITUDE = 6.0  # M on the reference scale (their EfficientNet-B2: 6, B7: 27)
 
 
 @lru_cache(maxsize=None)
 def _constants(device: torch.device) -> dict[str, torch.Tensor]:
     """Constant tensors of the noise operations per device, made once."""
     rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    smooth = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-    return {
-        "luma": torch.tensor(_LUMA, device=device).view(1, 3, 1, 1),
-        "rgb_to_yiq": rgb_to_yiq.to(device),
-        "yiq_to_rgb": torch.linalg.inv(rgb_to_yiq).to(device),
-        "smooth": smooth.expand(3, 1, 3, 3).contiguous().to(device),
-    }
+    return {"rgb_to_yiq": rgb_to_yiq.to(device), "yiq_to_rgb": torch.linalg.inv(rgb_to_yiq).to(device)}
 
 
 def _per_sample(mask: torch.Tensor) -> torch.Tensor:
@@ -102,18 +96,14 @@ def random_affine(x: torch.Tensor, generator: torch.Generator | None) -> torch.T
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    return (x * _constants(device_of(x))["luma"]).sum(dim=1, keepdim=True)
-
-
 def colour_jitter(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Per-sample brightness, contrast, saturation and hue (float in [0, 1])."""
     u = torch.rand((x.shape[0], 4), generator=generator, device=x.device) * 2 - 1
     x = x * _per_sample(1 + BRIGHTNESS * u[:, 0])
-    mean = _grey(x).mean(dim=(2, 3), keepdim=True)
+    mean = grey(x).mean(dim=(2, 3), keepdim=True)
     x = (x - mean) * _per_sample(1 + CONTRAST * u[:, 1]) + mean
-    grey = _grey(x)
-    x = (x - grey) * _per_sample(1 + SATURATION * u[:, 2]) + grey
+    luma = grey(x)
+    x = (x - luma) * _per_sample(1 + SATURATION * u[:, 2]) + luma
     return _rotate_hue(x, u[:, 3] * HUE * 2 * math.pi).clamp_(0, 1)
 
 
@@ -129,68 +119,29 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,bjhw->bihw", matrix, x)
 
 
-def _posterize(x: torch.Tensor, magnitude: float, sign: torch.Tensor) -> torch.Tensor:
-    step = 2 ** round(4 * magnitude)  # 4 bits kept at magnitude 1
-    return torch.floor(x * 255.0 / step) * (step / 255.0)
-
-
-def _solarize(x: torch.Tensor, magnitude: float, sign: torch.Tensor) -> torch.Tensor:
-    threshold = 1.0 - 0.3 * magnitude  # black background stays black
-    return torch.where(x >= threshold, 1.0 - x, x)
-
-
-def _sharpness(x: torch.Tensor, magnitude: float, sign: torch.Tensor) -> torch.Tensor:
-    smooth = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), _constants(device_of(x))["smooth"], groups=3)
-    factor = _per_sample(1 + 0.9 * magnitude * sign)  # sharpen or blur
-    return (smooth + factor * (x - smooth)).clamp(0, 1)
-
-
-def _autocontrast(x: torch.Tensor, magnitude: float, sign: torch.Tensor) -> torch.Tensor:
-    low = x.amin(dim=(2, 3), keepdim=True)
-    high = x.amax(dim=(2, 3), keepdim=True)
-    span = high - low
-    stretched = (x - low) / span.clamp_min(1e-6)
-    return torch.where(span > 1e-6, stretched, x)
-
-
-RANDAUGMENT_OPS = (None, _posterize, _solarize, _sharpness, _autocontrast)  # None: identity
-
-
-def rand_augment(x: torch.Tensor, generator: torch.Generator | None, layers: int = RANDAUGMENT_LAYERS,
-                 magnitude: float = RANDAUGMENT_MAGNITUDE) -> torch.Tensor:
-    """``layers`` rounds of one randomly chosen operation per sample."""
-    strength = magnitude / 10.0
-    for _ in range(layers):
-        draws = torch.rand((x.shape[0], 2), generator=generator, device=x.device)
-        choice = (draws[:, 0] * len(RANDAUGMENT_OPS)).long()
-        sign = torch.where(draws[:, 1] < 0.5, -1.0, 1.0)
-        out = x
-        for index, op in enumerate(RANDAUGMENT_OPS):
-            if op is not None:
-                out = torch.where(_per_sample(choice == index), op(x, strength, sign), out)
-        x = out
-    return x
-
-
 class BatchAugment:
     """Callable noise: ``aug(x_uint8, generator) -> normalised float32``.
 
     ``image_size`` (optional) resizes every batch to that side on the device,
     e.g. for progressive resizing from a larger cache. ``mean`` and ``std``
     are the input normalisation of the model (ImageNet's by default).
+    ``randaugment_ops`` and ``randaugment_magnitude`` are RandAugment's N and M.
     """
 
     def __init__(self, level: str = "none", randaugment: bool = False, image_size: int | None = None,
-                 mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> None:
+                 mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD, randaugment_ops: int = RANDAUGMENT_OPS_PER_IMAGE,
+                 randaugment_magnitude: float = RANDAUGMENT_MAGNITUDE) -> None:
         if level not in AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}; got {level!r}.")
         self.level = level
         self.randaugment = randaugment
+        self.randaugment_ops, self.randaugment_magnitude = randaugment_ops, randaugment_magnitude
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __repr__(self) -> str:
-        return (f"BatchAugment(level={self.level!r}, randaugment={self.randaugment}, image_size={self.image_size}, "
+        randaugment = f"({self.randaugment_ops} ops, magnitude {self.randaugment_magnitude:g})" if self.randaugment else ""
+        return (f"BatchAugment(level={self.level!r}, randaugment={self.randaugment}{randaugment}, image_size={self.image_size}, "
                 f"mean={self.mean}, std={self.std})")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -202,7 +153,7 @@ class BatchAugment:
         if self.level == "strong":
             x = colour_jitter(random_affine(x, generator), generator)
         if self.randaugment:
-            x = rand_augment(x, generator)
+            x = rand_augment(x, generator, self.randaugment_ops, self.randaugment_magnitude)
         return standardize(x, self.mean, self.std).contiguous()  # one memory layout for every level
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +162,9 @@ class BatchAugment:
 
 
 def create_augment(level: str, randaugment: bool = False, image_size: int | None = None,
-                   mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> BatchAugment:
-    """Noise of one level (none, light or strong), optionally with RandAugment,
-    normalised with ``mean``/``std`` (see ``models.input_normalization``)."""
-    return BatchAugment(level, randaugment, image_size, mean, std)
+                   mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD, randaugment_ops: int = RANDAUGMENT_OPS_PER_IMAGE,
+                   randaugment_magnitude: float = RANDAUGMENT_MAGNITUDE) -> BatchAugment:
+    """Noise of one level (none, light or strong), optionally followed by RandAugment
+    (``randaugment_ops`` operations at ``randaugment_magnitude``), normalised with
+    ``mean``/``std`` (see ``models.input_normalization``)."""
+    return BatchAugment(level, randaugment, image_size, mean, std, randaugment_ops, randaugment_magnitude)

@@ -62,6 +62,7 @@ class ModelJob:
     classes: list[str]
     seed: int
     extra: dict = field(default_factory=dict)  # stored in model.pt (fold, round, ...)
+    randaugment: bool = False  # student noise: run.pipeline sets it for students only
 
 
 @dataclass
@@ -200,7 +201,7 @@ def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, trainin
         # would compile a second version of the model for a few epochs.
         training_model = model
     mean, std = models.input_normalization(job.arch)  # what the arch's weights expect (Lite0: (x - 127) / 128)
-    augment = create_augment(job.augment_level, config.randaugment and job.augment_level == "strong", size, mean, std)
+    augment = create_augment(job.augment_level, job.randaugment, size, mean, std, config.randaugment_ops, config.randaugment_magnitude)
     progress.start("batch", f"epoch {epoch + 1}/{config.epochs}", total=len(job.train_set))
     started = time.perf_counter()
     stats = engine.train_one_epoch(
