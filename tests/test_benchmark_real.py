@@ -1,4 +1,4 @@
-"""scripts/benchmark_real.py: its bounds share folds with the Noisy Student run, and its sample is fixed."""
+"""scripts/benchmark_real.py: a thin caller of noisystudent experiment, whose sample is fixed and tables are read back."""
 
 from __future__ import annotations
 
@@ -6,39 +6,19 @@ import pandas as pd
 import pytest
 from helpers import load_script
 
-from noisystudent.data.folds import assign_folds
-from noisystudent.data.manifest import make_manifest
-
 
 @pytest.fixture(scope="module")
 def bench():
     return load_script("benchmark_real")
 
 
-def test_the_upper_bound_folds_the_masked_part_into_the_labelled_part(bench):
-    assert bench.upper_bound_flags(["--split-ratio", "1:5:3"]) == ["--rounds", "0", "--split-ratio", "6:0:3"]
-    assert bench.upper_bound_flags([]) == ["--rounds", "0", "--split-ratio", "4:0:1"]  # RunConfig's 2:2:1
-
-
-def test_the_upper_bound_run_has_the_same_test_and_validation_images_and_labels_all_the_rest(bench):
-    rows = [{"path": f"/d/{label}{p}_{c}.png", "label": label, "patient": f"{label}{p}", "subset": "train"}
-            for label in ("a", "b") for p in range(12) for c in range(3)]
-    manifest = make_manifest(rows)
-    ns = assign_folds(manifest, 3, (1, 5, 3), 0.2, seed=4)
-    upper = assign_folds(manifest, 3, (6, 0, 3), 0.2, seed=4)
-    for role in ("test", "validation"):
-        assert set(map(tuple, ns[ns["role"] == role][["fold", "path"]].values)) == \
-            set(map(tuple, upper[upper["role"] == role][["fold", "path"]].values))
-    trained = ns["role"].isin(["labelled", "masked"])
-    assert set(map(tuple, ns[trained][["fold", "path"]].values)) == \
-        set(map(tuple, upper[upper["role"] == "labelled"][["fold", "path"]].values))
-    assert not (upper["role"] == "masked").any()
-
-
-def test_a_changed_flag_appears_once_with_its_new_value(bench):
-    flags = ["--rounds", "1", "--split-ratio", "1:5:3", "--lr", "1e-3"]
-    assert bench.overridden(flags, bench.upper_bound_flags(flags)) == ["--rounds", "0", "--split-ratio", "6:0:3", "--lr", "1e-3"]
-    assert bench.overridden(["--lr", "1"], ["--rounds", "0"]) == ["--lr", "1", "--rounds", "0"]
+def test_a_task_becomes_one_experiment_with_the_protocols_flags(bench, tmp_path):
+    command = bench.experiment_command(tmp_path / "data", tmp_path / "binary", [0, 1, 2], "ns,control,upper",
+                                       bench.PROTOCOLS["cpu-small"] + bench.task_flags("Benign=negative,rest=positive"))
+    assert command[3:8] == ["experiment", str(tmp_path / "data"), "--out", str(tmp_path / "binary"), "--seeds"]
+    assert command[8:11] == ["0,1,2", "--arms", "ns,control,upper"]
+    assert command[command.index("--image-size") + 1] == "32" and command[-4:] == ["--binary", "Benign=negative,rest=positive",
+                                                                                     "--positive", "positive"]
 
 
 def test_a_binary_task_names_the_mapped_positive_class(bench):
@@ -57,3 +37,19 @@ def test_the_sample_is_the_same_whatever_the_seed_of_the_runs(bench, tmp_path):
     again = pd.read_csv(bench.subsample(tmp_path / "data", 2, tmp_path))
     assert len(first) == 4 and first["label"].value_counts().to_dict() == {"x": 2, "y": 2}
     assert first.equals(again)
+
+
+def test_the_tables_are_read_back_from_the_study(bench):
+    table = pd.DataFrame([
+        {"comparison": "students - teachers", "level": "method", "seed": None, "metric": "balanced_accuracy", "role": "primary",
+         "estimate": 0.0312, "low": -0.01, "high": 0.07, "excludes_zero": False, "verdict": "no detectable difference"},
+        {"comparison": "students - teachers", "level": "seed", "seed": 2.0, "metric": "balanced_accuracy", "role": "primary",
+         "estimate": 0.05, "low": 0.01, "high": 0.09, "excludes_zero": True, "verdict": None},
+        {"comparison": "students - teachers", "level": "method", "seed": None, "metric": "accuracy", "role": "secondary",
+         "estimate": 0.5, "low": 0.4, "high": 0.6, "excludes_zero": True, "verdict": "helped"}])
+    lines = bench.study_lines(table).splitlines()
+    assert lines[2] == "| students - teachers | method | +0.031 | [-0.010, +0.070] | no detectable difference |"
+    assert lines[3] == "| students - teachers | seed 2 | +0.050 | [+0.010, +0.090] | excludes 0 |" and len(lines) == 4
+    arms = pd.DataFrame({"seed": [0, 1, 0], "ensemble": ["teachers", "teachers", "students"], "metric": "balanced_accuracy",
+                         "value": [0.8, 0.7, 0.9]})
+    assert bench.arms_lines(arms).splitlines()[2:] == ["| teachers | 0.800 | 0.700 |", "| students | 0.900 | nan |"]

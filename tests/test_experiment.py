@@ -128,3 +128,23 @@ def test_experiment_command_runs_arms_that_share_folds_and_answers(tmp_path):
     assert not (tmp_path / "study" / "seed-3" / "control" / "fold-0" / "round-0" / "pseudo_labels.csv").exists()
     table = pd.read_csv(tmp_path / "study" / "results" / "study.csv")
     assert set(table["comparison"]) == {"students - teachers", "students - control"}
+
+
+def test_the_arms_of_a_seed_share_the_test_set_and_the_validation_parts():
+    """Folds depend on the seed, K and --test-fraction only: the upper bound trains on what ns had labelled or masked."""
+    from noisystudent.data.folds import assign_folds
+    from noisystudent.data.manifest import make_manifest
+
+    rows = [{"path": f"/d/{label}{p}_{c}.png", "label": label, "patient": f"{label}{p}", "subset": "train"}
+            for label in ("a", "b") for p in range(12) for c in range(3)]
+    base = make_config("/d", preset="smoke", folds=3, split_ratio="1:5:3", test_fraction=0.2)
+    ns, control, upper = (arms_module.arm_config(base, arm, seed=4) for arm in arms_module.ARMS)
+    tables = {name: assign_folds(make_manifest(rows), c.folds, c.split_ratio, c.test_fraction, seed=c.seed)
+              for name, c in (("ns", ns), ("control", control), ("upper", upper))}
+    pd.testing.assert_frame_equal(tables["ns"], tables["control"])
+    for role in ("test", "validation"):
+        assert set(map(tuple, tables["ns"][tables["ns"]["role"] == role][["fold", "path"]].values)) == \
+            set(map(tuple, tables["upper"][tables["upper"]["role"] == role][["fold", "path"]].values))
+    trained = tables["ns"]["role"].isin(["labelled", "masked"])
+    assert set(map(tuple, tables["ns"][trained][["fold", "path"]].values)) == \
+        set(map(tuple, tables["upper"][tables["upper"]["role"] == "labelled"][["fold", "path"]].values))
