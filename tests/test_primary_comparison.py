@@ -138,7 +138,7 @@ def test_the_headline_speaks_of_these_models_on_the_primary_metric():
     assert sentence.startswith("These students (student ensemble (majority, round 1)) vs these teachers")
     assert "on this test set (480 images, 24 patients): balanced accuracy 0.860 vs 0.800, +0.060 [+0.010, +0.110]" in sentence
     assert "), helped." in sentence
-    assert "noisystudent experiment DATA --out STUDY --seeds 0 1 2" in sentence
+    assert "noisystudent experiment DATA --out STUDY --seeds 0,1,2" in sentence
 
 
 def test_an_undefined_primary_metric_gives_no_verdict_and_no_nan():

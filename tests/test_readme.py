@@ -21,7 +21,7 @@ from noisystudent.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SUBCOMMANDS = {"ensemble": {"predict", "evaluate", "export"}, "data": {"inspect", "demo"}}
-COMMANDS = {"kfold", "report", "compare", "ensemble", "data"}
+COMMANDS = {"kfold", "experiment", "report", "compare", "ensemble", "data"}
 
 
 def blocks(language: str) -> list[str]:

@@ -128,7 +128,7 @@ def headline(metrics_df: pd.DataFrame | None, comparisons: pd.DataFrame | None =
 
 VERDICT_WORDS = {BETTER: "helped", WORSE: "hurt", NO_DIFFERENCE: "no detectable difference", NOT_COMPARABLE: "not comparable"}
 METHOD_CLAIM = ("This is about these models on this test set; a claim about the method needs several seeds and a control arm: "
-                "noisystudent experiment DATA --out STUDY --seeds 0 1 2.")
+                "noisystudent experiment DATA --out STUDY --seeds 0,1,2.")
 
 
 def tested_sentence(comparisons: pd.DataFrame, voting: str = "majority") -> str:
