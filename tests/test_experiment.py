@@ -107,6 +107,13 @@ def test_an_experiment_on_auc_is_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_missing_data_set_is_refused_before_the_study_writes_anything(tmp_path):
+    code, line = invoke_cli("experiment", tmp_path / "no-such-data", "--out", tmp_path / "s", "--seeds", "0,1", "--preset", "smoke")
+    assert code == 2 and "no-such-data" in line and not (tmp_path / "s").exists()
+    code, line = invoke_cli("experiment", "--out", tmp_path / "s", "--seeds", "0,x")
+    assert code == 2 and "--seeds takes whole numbers" in line and not (tmp_path / "s").exists()
+
+
 def test_the_figure_greys_every_interval_that_includes_zero():
     assert interval_colour(-0.01, 0.2) == GREY and interval_colour(np.nan, np.nan) == GREY
     assert interval_colour(0.01, 0.2) == GREEN and interval_colour(-0.3, -0.02) == RED

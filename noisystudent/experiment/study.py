@@ -27,6 +27,8 @@ from noisystudent.experiment.arms import arm_config, arm_folder, checked_arms
 from noisystudent.experiment.report import write_study_report
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run.pipeline import run_kfold
+from noisystudent.run.preflight import check_before_writing
+from noisystudent.safe_paths import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,10 @@ def run_experiment(config: RunConfig, study: Path, seeds: list[int], arms: list[
     """
     study, arms, seeds = Path(study), checked_arms(list(arms)), checked_seeds(seeds)
     design = estimates.Design(seeds, arms, primary_metric_of(config), config.voting, config.positive_class)
+    check_output_folder(study, [Path(config.data)] if config.data else [], flag="--out")
+    for seed in seeds:  # every arm's settings and folder, before the study writes anything
+        for arm in arms:
+            check_before_writing(arm_config(config, arm, seed), arm_folder(study, seed, arm))
     declare(study, config, design)
     for seed in seeds:
         for arm in arms:
