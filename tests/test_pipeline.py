@@ -144,7 +144,7 @@ def test_the_demo_numbers_script_reads_a_real_run_folder(tiny_run):
     """scripts/demo_numbers.py on real results: every comparison and each round's pseudo-labels become rows."""
     run = tiny_run[0]
     rows = [line for line in load_script("demo_numbers").render(run).splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| quantity | accuracy |")
+    assert rows[0].startswith("| quantity | balanced_accuracy | accuracy |")
     assert sum(" - teacher ensemble (majority)" in row for row in rows) == 1
     assert [row.split(" |")[0] for row in rows if "pseudo-labels" in row] == [
         "| pseudo-labels of the round-0 teacher, fold mean (each fold)", "| pseudo-labels of the round-1 student, fold mean (each fold)"]
