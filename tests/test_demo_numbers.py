@@ -121,5 +121,5 @@ def test_the_documented_block_is_the_scripts_own_output():
     assert text.count(demo_numbers.START) == 1 and text.count(demo_numbers.END) == 1
     start, end = demo_numbers.block_of(text, Path("docs/results.md"))
     block = text[start:end]
-    assert "| quantity | accuracy |" in block and "pseudo-labels of the round-0 teacher" in block
+    assert "| quantity | balanced_accuracy | accuracy |" in block and "pseudo-labels of the round-0 teacher" in block
     assert any(line.startswith(demo_numbers.SOURCE_PREFIX) for line in block.splitlines())
