@@ -15,6 +15,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
+from noisystudent.experiment.estimates import method_verdict
 from noisystudent.evaluation.two_level import CONFUSION_METRICS, SeedPair, confusion_metric, differences, two_level_bootstrap
 
 
@@ -112,3 +113,17 @@ def test_differences_use_the_patients_as_units():
     pair = SeedPair(np.array([1, 1, 0, 0]), np.array([0, 0, 0, 0]), np.array([1, 1, 0, 0]), np.array(["p", "p", "q", "q"]))
     only_p = np.array([[1.0, 0.0]])  # the resample that draws patient p once and q never
     assert differences(pair, "accuracy", 1, only_p, 2)[0] == pytest.approx(1.0)
+
+
+def test_a_metric_undefined_on_a_whole_seed_has_no_method_interval():
+    """NPV of a student that calls every image positive is undefined on that seed: no interval from lucky resamples."""
+    truth = np.array([0, 1] * 20)
+    mixed = np.where(np.arange(40) % 5 == 0, 1 - truth, truth)
+    all_positive = np.ones(40, dtype=np.int64)
+    defined = SeedPair(truth, mixed, truth, np.arange(40).astype(str))
+    collapsed = SeedPair(truth, mixed, all_positive, np.arange(40).astype(str))
+    result = two_level_bootstrap([defined, collapsed], "npv", n_classes=2, positive=1, n_resamples=200, seed=0)
+    assert np.isnan(result.estimate) and np.isnan(result.low) and np.isnan(result.high)
+    assert np.isnan(result.p_value) and result.resamples == 0
+    assert np.isfinite(result.per_seed[0]["estimate"]) and np.isnan(result.per_seed[1]["estimate"])
+    assert method_verdict(result, [3, 8]) == "not defined on the test set of seed 8"

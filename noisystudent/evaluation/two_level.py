@@ -46,7 +46,7 @@ class MethodEstimate:
     estimate: float
     low: float
     high: float
-    resamples: int  # resamples where the metric was defined in every drawn seed
+    resamples: int  # resamples where the metric was defined in every drawn seed; 0 when undefined in a seed
     p_value: float  # two-sided bootstrap p-value of the mean difference (statistics.bootstrap_p_value)
     seeds: int
     per_seed: list[dict]  # estimate, low, high, resamples, units of each seed (its patients only)
@@ -147,10 +147,12 @@ def two_level_bootstrap(pairs: list[SeedPair], metric: str, n_classes: int, posi
     resampled = _mean_over_picks(inner, picks, positions)
     observed = [float(differences(pair, metric, positive, _ones(pair), n_classes)[0]) for pair in pairs]
     interval = _percentile_interval(resampled, level)
+    if not np.all(np.isfinite(observed)):  # undefined on some seed's whole test set: an interval over the resamples
+        interval = {"low": np.nan, "high": np.nan, "resamples": 0}  # where it happens to be defined would be biased
     per_seed = [{"estimate": observed[s], **_percentile_interval(inner[s], level), "units": len(np.unique(pairs[s].groups))}
                 for s in range(seeds)]
     return MethodEstimate(float(np.mean(observed)), interval["low"], interval["high"], interval["resamples"],
-                          bootstrap_p_value(resampled), seeds, per_seed)
+                          bootstrap_p_value(resampled) if interval["resamples"] else np.nan, seeds, per_seed)
 
 
 def _mean_over_picks(inner: list[np.ndarray], picks: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -126,7 +126,7 @@ def comparison_rows(name: str, metric: str, primary: bool, estimate: MethodEstim
     method = {"comparison": name, "level": "method", "seed": "", "metric": metric, "role": role,
               "estimate": estimate.estimate, "low": estimate.low, "high": estimate.high,
               "excludes_zero": excludes_zero(estimate.low, estimate.high), "p_value": estimate.p_value,
-              "verdict": method_verdict(estimate), "seeds": estimate.seeds, "units": np.nan, "resamples": estimate.resamples}
+              "verdict": method_verdict(estimate, seeds), "seeds": estimate.seeds, "units": np.nan, "resamples": estimate.resamples}
     per_seed = [{"comparison": name, "level": "seed", "seed": seed, "metric": metric, "role": role, **{k: row[k] for k in ("estimate", "low", "high")},
                  "excludes_zero": excludes_zero(row["low"], row["high"]), "p_value": np.nan, "verdict": "", "seeds": 1,
                  "units": row["units"], "resamples": row["resamples"]} for seed, row in zip(seeds, estimate.per_seed)]
@@ -137,10 +137,17 @@ def excludes_zero(low: float, high: float) -> bool:
     return bool(np.isfinite(low) and np.isfinite(high) and (low > 0 or high < 0))
 
 
-def method_verdict(estimate: MethodEstimate) -> str:
-    """helped / hurt only when the two-level interval excludes 0 and at least two seeds ran; one seed says nothing."""
+def method_verdict(estimate: MethodEstimate, seeds: list[int]) -> str:
+    """helped / hurt only when the two-level interval excludes 0 and at least two seeds ran; one seed says nothing.
+
+    A metric undefined on some seed's whole test set (NPV when a student calls every image positive) has no
+    method-level value: the row names those seeds instead of an interval over the lucky resamples.
+    """
     if estimate.seeds < 2:
         return "one seed cannot speak for the method"
+    if not np.isfinite(estimate.estimate):
+        undefined = [str(seed) for seed, row in zip(seeds, estimate.per_seed) if not np.isfinite(row["estimate"])]
+        return f"not defined on the test set of seed {', '.join(undefined)}"
     if not excludes_zero(estimate.low, estimate.high):
         return "no detectable difference"
     return "helped" if estimate.low > 0 else "hurt"
