@@ -15,8 +15,8 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from noisystudent.experiment.estimates import method_verdict
 from noisystudent.evaluation.two_level import CONFUSION_METRICS, SeedPair, confusion_metric, differences, two_level_bootstrap
+from noisystudent.experiment.estimates import method_verdict
 
 
 def _sklearn(metric: str, truth, called, classes: int, positive: int | None) -> float:
