@@ -18,6 +18,6 @@ if ! "$VENV_PYTHON" -c "import torch, torchvision" 2>/dev/null; then
   # shellcheck disable=SC2086
   "$VENV_PYTHON" -m pip install -q $torch_spec
 fi
-echo "setup: installing noisystudent (editable, with the test, lite and onnx extras)"
-"$VENV_PYTHON" -m pip install -q -e "$repo[test,lite,onnx]"
+echo "setup: installing noisystudent (editable, with the test, lite, onnx and tensorboard extras)"
+"$VENV_PYTHON" -m pip install -q -e "$repo[test,lite,onnx,tensorboard]"
 export VENV_PYTHON
