@@ -54,6 +54,7 @@ def _opt(default: Any, help: str, affects_results: bool = True, **kwargs: Any) -
 
 MAX_IMAGE_SIZE = 1024  # the cache holds N x 3 x S x S bytes: 3 MB per image at 1024 px
 MAX_SEED = 2**32 - 1  # numpy and scikit-learn take seeds below 2**32
+MAX_CONCURRENT = 64  # --concurrent: more processes than folds are never started; 64 bounds the claims' churn
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ RANGES: dict[str, Bounds] = {
     "early_stopping": NON_NEGATIVE, "head_warmup_epochs": NON_NEGATIVE, "bn_momentum": Bounds(0, 1),
     "precise_bn_batches": NON_NEGATIVE, "hidden_units": Bounds(0, 65536), "image_size": Bounds(8, MAX_IMAGE_SIZE),
     "crop_threshold": Bounds(0, 255), "center_crop": Bounds(0.1, 1), "eval_batch_size": AT_LEAST_ONE,
-    "workers": NON_NEGATIVE, "log_every": AT_LEAST_ONE,
+    "workers": NON_NEGATIVE, "log_every": AT_LEAST_ONE, "concurrent": Bounds(1, MAX_CONCURRENT),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
@@ -225,6 +226,8 @@ class RunConfig:
     compile: bool = _opt(False, "torch.compile the training model.", affects_results=False)
     eval_batch_size: int = _opt(256, "Batch size for evaluation and pseudo-labelling.", affects_results=False)
     workers: int = _opt(0, "Processes decoding images into the cache (0: all cores).", affects_results=False)
+    concurrent: int = _opt(1, "Fold models trained at once on this machine, each in its own process on the same device "
+                              "(a GPU that small batches leave mostly idle; docs/throughput.md); 1: one at a time.", affects_results=False)
     cache_dir: str | None = _opt(None, "Folder of the decoded-image cache (default: RUN/cache).", affects_results=False)
     log_every: int = _opt(20, "Steps between synchronising loss values for progress display.", affects_results=False)
     preset: str = _opt("cnmc-study", "Name of the preset these settings came from.", affects_results=False)
