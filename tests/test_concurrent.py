@@ -106,3 +106,46 @@ def test_concurrent_is_bounded_and_refused_under_torchrun(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="cannot run under torchrun"):
         check_before_writing(RunConfig(concurrent=2, data=None), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# --- CUDA graphs (--compile-mode reduce-overhead) ---------------------------------------
+
+
+def test_cuda_graphs_are_asked_for_on_cuda_only_and_the_fallback_is_said(caplog):
+    from noisystudent.training import compiling
+
+    with caplog.at_level("INFO"):
+        assert compiling.compile_options("reduce-overhead", torch.device("cuda"), {}) == {"mode": "reduce-overhead"}
+        assert compiling.compile_options("reduce-overhead", torch.device("cpu"), {"backend": "eager"}) == {"backend": "eager"}
+        assert compiling.compile_options("reduce-overhead", torch.device("cpu"), {}) == {}
+        assert compiling.compile_options("default", torch.device("cuda"), {}) == {}
+    assert caplog.text.count("need a CUDA device; compiling for cpu without them") == 2
+
+
+def test_compile_mode_needs_compile():
+    with pytest.raises(ConfigError, match="only with --compile"):
+        RunConfig(compile_mode="reduce-overhead")
+    with pytest.raises(ConfigError, match="compile_mode must be one of default, reduce-overhead"):
+        RunConfig(compile=True, compile_mode="max-autotune")
+
+
+@pytest.mark.slow
+def test_reduce_overhead_on_a_cpu_trains_resumes_and_equals_the_eager_run(tmp_path, monkeypatch):
+    from noisystudent.training import trainer
+
+    monkeypatch.setattr(trainer, "COMPILE_OPTIONS", {"backend": "eager"})  # the compile path without code generation
+    data = write_class_folders(tmp_path / "data", patients_per_class=4, images_per_patient=3, size=(16, 16))
+    flags = tiny_flags(quiet=False, epochs=2, image_size=16, test_fraction=0, batch_size=5)  # 5, 5, partial batches
+    with torch_threads(1):
+        assert _invoke("kfold", data, "--out", tmp_path / "eager", *flags).exit_code == 0
+        graphs = _invoke("kfold", data, "--out", tmp_path / "graphs", *flags, "--compile", "--compile-mode", "reduce-overhead")
+        assert graphs.exit_code == 0, graphs.output
+        (tmp_path / "graphs" / layout.RESULTS / layout.METRICS).unlink()
+        for model in (tmp_path / "graphs").glob("fold-1/round-1/*"):
+            model.unlink()  # the last student again, from scratch, on resume
+        resumed = _invoke("kfold", "--out", tmp_path / "graphs", "--resume", "--compile", "--compile-mode", "reduce-overhead")
+    assert resumed.exit_code == 0, resumed.output
+    assert "need a CUDA device; compiling for cpu without them" in (tmp_path / "graphs" / layout.LOG).read_text()
+    expected, got = run_files(tmp_path / "eager"), run_files(tmp_path / "graphs")
+    assert sorted(got) == sorted(expected)
+    assert all(got[name] == expected[name] for name in expected), [n for n in expected if got[n] != expected[n]]
