@@ -60,6 +60,7 @@ if __name__ != "__mp_main__":
     from noisystudent.models import checkpoint
     from noisystudent.training import engine, optim
     from noisystudent.training.augment import create_augment
+    from noisystudent.training.compiling import prediction_graphs
     from noisystudent.training.engine import StepContext, TrainSet
 
 ARCH = "efficientnet-b0"
@@ -284,14 +285,17 @@ def count_host_syncs(fn, device: torch.device) -> int | None:
 
 
 def bench_inference(model, cache, ctx: StepContext, args, eval_batch: int) -> dict:
-    """predict_probs (eval mode, uncompiled, as the pipeline predicts) over every cache row."""
+    """predict_probs (eval mode, as the pipeline predicts; CUDA graphs with --compile on CUDA) over every cache row."""
     load_batch = lambda rows: cache.batch(rows, ctx.device)  # noqa: E731
     channels_last = ctx.device.type == "cuda"
     rows = torch.arange(len(cache), dtype=torch.long)
 
+    # with --compile on CUDA, full batches replay a CUDA graph, as kfold --compile --compile-mode reduce-overhead predicts
+    graphs = prediction_graphs(model.eval(), args.compile, "reduce-overhead", ctx.device, {})
+
     def predict(selection: torch.Tensor) -> None:
-        predict_probs(model, load_batch, selection, ctx.device, eval_batch,
-                      amp_dtype=ctx.amp_dtype, image_size=args.size, channels_last=channels_last)
+        predict_probs(model, load_batch, selection, ctx.device, eval_batch, amp_dtype=ctx.amp_dtype, image_size=args.size,
+                      channels_last=channels_last, full_batch_model=graphs)
 
     # Warm-up: full batches (cuDNN picks its kernels per shape, autotuning too with --cudnn-benchmark) and the
     # partial last batch's shape, so no selection or allocation happens while timed.
@@ -454,7 +458,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cache": f"{args.source_size} px BMP -> {args.size} px uint8, {workers} worker(s)",
         "model": f"{ARCH}, batch {args.batch}, {swish}",
         "full": "strong augment" + ("" if syncs is None else f", {syncs} host syncs in a {warm}-step epoch"),
-        "infer": f"predict_probs, batch {eval_batch}, eval mode, uncompiled, median of {args.infer_repeats} after warm-up",
+        "infer": f"predict_probs, batch {eval_batch}, eval mode, "
+                 f"{'CUDA graphs' if args.compile and device.type == 'cuda' else 'uncompiled'}, median of {args.infer_repeats} after warm-up",
     }
     report = {"settings": settings(args, device, eval_batch),
               "rows": build_rows(gen_s, decode_s, args.images, model_only, full, infer, checkpoint_s, projections, notes)}

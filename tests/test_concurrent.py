@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import run_files, tiny_flags, torch_threads, write_class_folders
@@ -149,3 +150,27 @@ def test_reduce_overhead_on_a_cpu_trains_resumes_and_equals_the_eager_run(tmp_pa
     expected, got = run_files(tmp_path / "eager"), run_files(tmp_path / "graphs")
     assert sorted(got) == sorted(expected)
     assert all(got[name] == expected[name] for name in expected), [n for n in expected if got[n] != expected[n]]
+
+
+def test_prediction_graphs_take_the_full_batches_and_the_model_the_partial_one():
+    from noisystudent.inference.predict import predict_probs
+    from noisystudent.training import compiling
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    calls = []
+
+    class Recording(torch.nn.Module):  # stands in for the CUDA-graph module: same weights, counts its batches
+        def forward(self, x):
+            calls.append(len(x))
+            return model(x)
+
+    cache = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    load = lambda rows: cache[rows]  # noqa: E731
+    rows = torch.arange(10)
+    plain = predict_probs(model, load, rows, torch.device("cpu"), batch_size=4)
+    graphed = predict_probs(model, load, rows, torch.device("cpu"), batch_size=4, full_batch_model=Recording())
+    assert calls == [4, 4] and np.array_equal(plain, graphed)  # the partial batch of 2 went to the model
+    assert compiling.prediction_graphs(model, True, "reduce-overhead", torch.device("cpu"), {}) is None
+    assert compiling.prediction_graphs(model, False, "reduce-overhead", torch.device("cuda"), {}) is None
+    assert compiling.prediction_graphs(model, True, "default", torch.device("cuda"), {}) is None

@@ -41,9 +41,10 @@ from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
 from noisystudent.training import distributed
+from noisystudent.training.compiling import prediction_graphs
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.seeding import derive_seed
-from noisystudent.training.trainer import ModelJob, train_model
+from noisystudent.training.trainer import COMPILE_OPTIONS, ModelJob, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -312,8 +313,9 @@ def _round_predictor(run_ctx: RunContext, model: torch.nn.Module, arch: str, n_i
     config = run_ctx.config
     # Lite0 expects (x - 127) / 128
     one_model = ModelSet((model,), (models.input_normalization(arch),), run_ctx.device, config.amp, config.channels_last, config.image_size)
+    graphs = prediction_graphs(model, config.compile, config.compile_mode, run_ctx.device, COMPILE_OPTIONS)  # CUDA only
     return backends.row_predictor(one_model, config.tta, run_ctx.load_batch, config.eval_batch_size, n_images, len(run_ctx.classes),
-                                  lambda done: run_ctx.progress.update("predict", completed=done))
+                                  lambda done: run_ctx.progress.update("predict", completed=done), full_batch_model=graphs)
 
 
 def _pseudo_labels(run_ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:

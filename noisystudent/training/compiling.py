@@ -44,3 +44,11 @@ def compile_options(mode: str, device: torch.device, base: dict) -> dict:
 def compile_model(model: torch.nn.Module, mode: str, device: torch.device, base: dict) -> torch.nn.Module:
     """``model`` compiled for ``device`` in ``mode`` (the uncompiled module stays usable for partial batches)."""
     return torch.compile(model, **compile_options(mode, device, base))
+
+
+def prediction_graphs(model: torch.nn.Module, compile_enabled: bool, mode: str, device: torch.device, base: dict) -> torch.nn.Module | None:
+    """``model`` compiled as CUDA graphs for predicting full batches, or None where they do not apply (no
+    ``--compile``, another mode, not CUDA): prediction is launch-bound like training at small batches."""
+    if not compile_enabled or mode != GRAPH_MODE or device.type != "cuda":
+        return None
+    return torch.compile(model, **compile_options(mode, device, base))
