@@ -8,9 +8,11 @@ model (every stage seeds itself from (seed, fold, round)).
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,18 @@ from noisystudent.run import claims, concurrent
 from noisystudent.run.preflight import check_before_writing
 
 FLAGS = tiny_flags(epochs=1, image_size=16, test_fraction=0.25, folds=3)
+
+
+@contextmanager
+def _package_log(caplog, level: str):
+    """The package's records in ``caplog``, also after a CLI test set ``propagate = False`` on its logger."""
+    package = logging.getLogger("noisystudent")
+    package.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(level, logger="noisystudent"):
+            yield
+    finally:
+        package.removeHandler(caplog.handler)
 
 
 def _invoke(*args):
@@ -80,7 +94,7 @@ def test_a_failed_worker_is_reported_with_its_last_output(caplog):
         script = f"import sys; print('worker says {code}'); sys.exit({code})"
         workers.processes.append(subprocess.Popen([sys.executable, "-c", script], stdout=output, stderr=subprocess.STDOUT))
         workers.outputs.append(output)
-    with caplog.at_level("WARNING"):
+    with _package_log(caplog, "WARNING"):
         assert workers.wait() == [3]
     assert "Worker 2 of --concurrent stopped with exit code 3" in caplog.text and "worker says 3" in caplog.text
     assert "worker says 0" not in caplog.text
@@ -115,7 +129,7 @@ def test_concurrent_is_bounded_and_refused_under_torchrun(tmp_path, monkeypatch)
 def test_cuda_graphs_are_asked_for_on_cuda_only_and_the_fallback_is_said(caplog):
     from noisystudent.training import compiling
 
-    with caplog.at_level("INFO"):
+    with _package_log(caplog, "INFO"):
         assert compiling.compile_options("reduce-overhead", torch.device("cuda"), {}) == {"mode": "reduce-overhead"}
         assert compiling.compile_options("reduce-overhead", torch.device("cpu"), {"backend": "eager"}) == {"backend": "eager"}
         assert compiling.compile_options("reduce-overhead", torch.device("cpu"), {}) == {}
