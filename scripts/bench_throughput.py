@@ -18,6 +18,12 @@ then projects the full C-NMC protocol (5 folds x teacher + 3 students) from
 
     python scripts/bench_throughput.py --device cuda --json bench.json
     python scripts/bench_throughput.py --device cuda --compile
+    python scripts/bench_throughput.py --device cuda --protocol cnmc-study --concurrent 5
+
+``--protocol cnmc-study`` instead times a real slice of the protocol (one wave
+of ``--concurrent`` folds, ``--slice-epochs`` epochs of each model, through
+``noisystudent kfold``) and projects the whole from it (scripts/bench_protocol.py);
+its last line is ``protocol_minutes=X concurrency=N``.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ if __name__ != "__mp_main__":
     from noisystudent.models import checkpoint
     from noisystudent.training import engine, optim
     from noisystudent.training.augment import create_augment
+    from noisystudent.training.compiling import prediction_graphs
     from noisystudent.training.engine import StepContext, TrainSet
 
 ARCH = "efficientnet-b0"
@@ -99,9 +106,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--protocol-epochs", type=int, default=50)
     p.add_argument("--protocol-folds", type=int, default=5)
     p.add_argument("--protocol-rounds", type=int, default=3, help="students after the teacher")
+    p.add_argument("--protocol", choices=("cnmc-study",), default=None,
+                   help="time a real slice of this preset's protocol with noisystudent kfold and project it")
+    p.add_argument("--concurrent", type=int, default=1, help="with --protocol: fold models trained at once (kfold --concurrent)")
+    p.add_argument("--slice-epochs", type=int, default=2, help="with --protocol: epochs of each model in the measured slice")
+    p.add_argument("--infer-repeats", type=int, default=3, help="timed passes of (c) over the cache; the median is kept")
     args = p.parse_args(argv)
-    if min(args.images, args.batch, args.steps, args.size, args.source_size) < 1 or args.warmup < 0:
-        p.error("--images, --batch, --steps, --size and --source-size must be positive, --warmup >= 0.")
+    if min(args.images, args.batch, args.steps, args.size, args.source_size, args.concurrent, args.slice_epochs,
+           args.infer_repeats) < 1 or args.warmup < 0:
+        p.error("--images, --batch, --steps, --size, --source-size, --concurrent, --slice-epochs and --infer-repeats "
+                "must be positive, --warmup >= 0.")
     return args
 
 
@@ -271,20 +285,27 @@ def count_host_syncs(fn, device: torch.device) -> int | None:
 
 
 def bench_inference(model, cache, ctx: StepContext, args, eval_batch: int) -> dict:
-    """predict_probs (eval mode, uncompiled, as the pipeline predicts) over every cache row."""
+    """predict_probs (eval mode, as the pipeline predicts; CUDA graphs with --compile on CUDA) over every cache row."""
     load_batch = lambda rows: cache.batch(rows, ctx.device)  # noqa: E731
     channels_last = ctx.device.type == "cuda"
     rows = torch.arange(len(cache), dtype=torch.long)
 
-    def predict(selection: torch.Tensor) -> None:
-        predict_probs(model, load_batch, selection, ctx.device, eval_batch,
-                      amp_dtype=ctx.amp_dtype, image_size=args.size, channels_last=channels_last)
+    # with --compile on CUDA, full batches replay a CUDA graph, as kfold --compile --compile-mode reduce-overhead predicts
+    graphs = prediction_graphs(model.eval(), args.compile, "reduce-overhead", ctx.device, {})
 
-    predict(rows[: eval_batch * max(1, min(args.warmup, 2))])
+    def predict(selection: torch.Tensor) -> None:
+        predict_probs(model, load_batch, selection, ctx.device, eval_batch, amp_dtype=ctx.amp_dtype, image_size=args.size,
+                      channels_last=channels_last, full_batch_model=graphs)
+
+    # Warm-up: full batches (cuDNN picks its kernels per shape, autotuning too with --cudnn-benchmark) and the
+    # partial last batch's shape, so no selection or allocation happens while timed.
+    predict(rows[: eval_batch * 3])
+    predict(rows[len(rows) - len(rows) % eval_batch:] if len(rows) % eval_batch else rows[:eval_batch])
     out: dict = {}
     with peak_memory(ctx.device, out):
-        seconds = timed(lambda: predict(rows), ctx.device)
+        times = sorted(timed(lambda: predict(rows), ctx.device) for _ in range(args.infer_repeats))
     model.train()
+    seconds = times[len(times) // 2]
     return {**out, "seconds": seconds, "images_per_s": len(rows) / seconds}
 
 
@@ -416,6 +437,8 @@ def run_phases(args, device: torch.device, cache, eval_batch: int, folder: Path)
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.protocol:
+        return main_protocol(args)
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.threads:
@@ -435,7 +458,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cache": f"{args.source_size} px BMP -> {args.size} px uint8, {workers} worker(s)",
         "model": f"{ARCH}, batch {args.batch}, {swish}",
         "full": "strong augment" + ("" if syncs is None else f", {syncs} host syncs in a {warm}-step epoch"),
-        "infer": f"predict_probs, batch {eval_batch}, eval mode, uncompiled",
+        "infer": f"predict_probs, batch {eval_batch}, eval mode, "
+                 f"{'CUDA graphs' if args.compile and device.type == 'cuda' else 'uncompiled'}, median of {args.infer_repeats} after warm-up",
     }
     report = {"settings": settings(args, device, eval_batch),
               "rows": build_rows(gen_s, decode_s, args.images, model_only, full, infer, checkpoint_s, projections, notes)}
@@ -446,6 +470,38 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         write_json(args.json, report)
     return report
+
+
+def main_protocol(args) -> dict:
+    """``--protocol cnmc-study``: one measured wave of the real protocol, projected; last line protocol_minutes=X concurrency=N."""
+    protocol = _load_sibling("bench_protocol")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with workspace(args.cache_dir) as (image_folder, cache_folder):
+        data = protocol.write_cnmc_like(image_folder, args.images, args.source_size, draw_cell)
+        measured = protocol.measure(data, cache_folder / "run", args)
+    projected = protocol.project(measured, args)
+    device = resolve_device(args.device)
+    report = {"settings": {**settings(args, device, args.eval_batch or 0), "protocol_slice": {
+        "preset": args.protocol, "concurrent": args.concurrent, "slice_epochs": args.slice_epochs}},
+        "measured": measured, "projection": projected}
+    print(f"Measured one wave of {measured['folds_in_wave']} fold(s) x {args.protocol_rounds + 1} models x "
+          f"{args.slice_epochs} epochs on {args.images} images: {measured['wall']:.1f} s (cache {measured['cache']:.1f} s, "
+          f"epochs {measured['epoch_seconds']:.1f} s, the rest {measured['other_seconds']:.1f} s); projected to "
+          f"{args.protocol_folds} folds x {args.protocol_epochs} epochs in {projected['waves']} wave(s).")
+    if args.json:
+        write_json(args.json, report)
+    print(f"protocol_minutes={projected['minutes']:.1f} concurrency={args.concurrent}")
+    return report
+
+
+def _load_sibling(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@
 #   05-08 bench_throughput.py at batch 128 and 15, without and with --compile
 #   09 kfold --compile --head-warmup-epochs 1 with TORCH_LOGS=recompiles: counts recompiles
 #   10 the CUDA-only pytest tests, when pytest is importable
+#   11-14 issue 24: kfold --concurrent 3, kfold --compile --compile-mode reduce-overhead (CUDA graphs),
+#      inference (c) with cuDNN autotuning at batch 1024, and the measured protocol slice
+#      (bench_throughput.py --protocol cnmc-study --concurrent 5), whose last line is protocol_minutes=X
 # efficientnet_pytorch may be absent there: put it (pure Python) in .carry/site.
 set -o pipefail
 set -u
@@ -42,10 +45,12 @@ if [ "$MODE" = gpu ]; then
   DEV=cuda
   BENCH_SIZE=(--images 2000 --source-size 450 --size 224 --steps 30 --warmup 5 --eval-batch 512)
   KF_SIZE=(--folds 2 --rounds 1 --epochs 2 --image-size 48 --batch-size 16)
+  PROTOCOL_SIZE=(--images 10000 --source-size 450 --size 224 --concurrent 5 --slice-epochs 2)
 else
   DEV=cpu
   BENCH_SIZE=(--images 48 --source-size 64 --size 32 --steps 2 --warmup 1 --eval-batch 16 --threads 2)
   KF_SIZE=(--folds 2 --rounds 1 --epochs 2 --image-size 32 --batch-size 16)
+  PROTOCOL_SIZE=(--images 60 --source-size 24 --size 16 --concurrent 2 --slice-epochs 1 --protocol-folds 2 --protocol-rounds 1 --threads 2)
 fi
 DEMO=(--preset demo --weights none --workers 4 --eval-batch-size 128)
 
@@ -57,7 +62,7 @@ step() {
   local name=$1 cap=$2 need=$3; shift 3
   if [ -n "${GPU_CHECK_ONLY:-}" ] && ! [[ $name =~ ^(${GPU_CHECK_ONLY}) ]]; then return 0; fi
   if declare -F "$1" > /dev/null; then
-    set -- bash -c "$(declare -f); $(declare -p MODE OUT PY DEV BENCH_SIZE KF_SIZE DEMO NS WORK DATA); set -o pipefail; $*"
+    set -- bash -c "$(declare -f); $(declare -p MODE OUT PY DEV BENCH_SIZE KF_SIZE PROTOCOL_SIZE DEMO NS WORK DATA); set -o pipefail; $*"
   fi
   local left=$(( BUDGET_S - $(elapsed) ))
   local limit=$(( cap < left ? cap : left ))
@@ -160,8 +165,16 @@ BENCH_CAP=90
 bench 05-bench-b128 --batch 128
 bench 06-bench-b15 --batch 15
 step 10-gpu-tests 90 30 gpu_tests
+step 11-kfold-concurrent 150 40 "${NS[@]}" kfold "$DATA" --out "$WORK/kf-concurrent" "${DEMO[@]}" "${KF_SIZE[@]}" --folds 3 \
+  --device "$DEV" --concurrent 3
+BENCH_CAP=120
+bench 13-bench-infer-autotune --batch 128 --eval-batch 1024 --cudnn-benchmark --infer-repeats 3
+step 14-protocol-slice 300 120 "$PY" scripts/bench_throughput.py --protocol cnmc-study --device "$DEV" \
+  --cache-dir "$WORK/protocol" --json "$OUT/14-protocol.json" "${PROTOCOL_SIZE[@]}"
 if [ "$MODE" = gpu ] || [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
   step 09-kfold-compile-recompiles 150 60 recompile_kfold
+  step 12-kfold-cuda-graphs 180 60 "${NS[@]}" kfold "$DATA" --out "$WORK/kf-graphs" "${DEMO[@]}" "${KF_SIZE[@]}" \
+    --device "$DEV" --compile --compile-mode reduce-overhead
   BENCH_CAP=150
   bench 07-bench-b128-compile --batch 128 --compile
   bench 08-bench-b15-compile --batch 15 --compile
@@ -194,6 +207,8 @@ for path in sorted(out.glob("*-bench-*.json")):
     fmt = lambda v, s=",.0f": "-" if v is None else format(v, s)
     print(f"  {path.stem:28} (a) {fmt(a):>7} (b) {fmt(b):>7} (b)/(a) {fmt(ratio, '.2f'):>5} (c) {fmt(c):>7} "
           f"peak {fmt(full.get('peak_gib'), '.1f'):>5} GiB  {full.get('note', '')}")
+protocol = log("14-protocol")
+print("protocol slice:", next((l.strip() for l in reversed(protocol.splitlines()) if l.startswith("protocol_minutes=")), "no result"))
 resume = log("03-resume")
 print("cross-device resume:", "resumed:" if "resuming at epoch" in resume else "NO 'resuming at epoch' line;",
       next((l.strip() for l in resume.splitlines() if "resuming at epoch" in l), ""))

@@ -22,6 +22,7 @@ TTA = ("none", "flips", "dihedral", "five_crop", "ten_crop")
 FREEZE = ("none", "backbone")
 VOTING = ("majority", "soft")
 AMP = ("auto", "bf16", "fp16", "off")
+COMPILE_MODES = ("default", "reduce-overhead")  # torch.compile modes; reduce-overhead: CUDA graphs
 # Scores of metrics.csv where higher is better (not the no-information rate, a property of the data):
 # the metric of the one primary comparison (--primary-metric), and of model selection.
 PRIMARY_METRICS = ("balanced_accuracy", "accuracy", "mcc", "kappa", "f1", "f1_weighted", "sensitivity", "specificity",

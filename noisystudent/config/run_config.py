@@ -23,6 +23,7 @@ from noisystudent.config.choices import (
     ARCHITECTURES,
     AUGMENTS,
     CLASS_WEIGHTS,
+    COMPILE_MODES,
     EQUALIZE,
     FREEZE,
     OPTIMIZERS,
@@ -54,6 +55,7 @@ def _opt(default: Any, help: str, affects_results: bool = True, **kwargs: Any) -
 
 MAX_IMAGE_SIZE = 1024  # the cache holds N x 3 x S x S bytes: 3 MB per image at 1024 px
 MAX_SEED = 2**32 - 1  # numpy and scikit-learn take seeds below 2**32
+MAX_CONCURRENT = 64  # --concurrent: more processes than folds are never started; 64 bounds the claims' churn
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,13 @@ RANGES: dict[str, Bounds] = {
     "early_stopping": NON_NEGATIVE, "head_warmup_epochs": NON_NEGATIVE, "bn_momentum": Bounds(0, 1),
     "precise_bn_batches": NON_NEGATIVE, "hidden_units": Bounds(0, 65536), "image_size": Bounds(8, MAX_IMAGE_SIZE),
     "crop_threshold": Bounds(0, 255), "center_crop": Bounds(0.1, 1), "eval_batch_size": AT_LEAST_ONE,
-    "workers": NON_NEGATIVE, "log_every": AT_LEAST_ONE,
+    "workers": NON_NEGATIVE, "log_every": AT_LEAST_ONE, "concurrent": Bounds(1, MAX_CONCURRENT),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
     "pseudo_mode": PSEUDO_MODES, "student_data": STUDENT_DATA, "sampler": SAMPLERS,
     "equalize": EQUALIZE, "tta": TTA, "freeze": FREEZE, "voting": VOTING, "amp": AMP, "select_metric": SELECT_METRICS, "select": SELECT,
-    "primary_metric": PRIMARY_METRICS,
+    "primary_metric": PRIMARY_METRICS, "compile_mode": COMPILE_MODES,
 }
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 
@@ -223,8 +225,13 @@ class RunConfig:
     amp: str = _opt("auto", "Mixed precision: auto (bf16 on GPUs with native bf16, else fp16), bf16, fp16 or off.")
     channels_last: bool = _opt(True, "Use channels_last memory format on GPU.", affects_results=False)
     compile: bool = _opt(False, "torch.compile the training model.", affects_results=False)
+    compile_mode: str = _opt("default", "torch.compile mode with --compile: default, or reduce-overhead (CUDA graphs: each full "
+                                        "batch's step replayed with one launch; on a CPU it falls back to default and says so).",
+                             affects_results=False)
     eval_batch_size: int = _opt(256, "Batch size for evaluation and pseudo-labelling.", affects_results=False)
     workers: int = _opt(0, "Processes decoding images into the cache (0: all cores).", affects_results=False)
+    concurrent: int = _opt(1, "Fold models trained at once on this machine, each in its own process on the same device "
+                              "(a GPU that small batches leave mostly idle; docs/throughput.md); 1: one at a time.", affects_results=False)
     cache_dir: str | None = _opt(None, "Folder of the decoded-image cache (default: RUN/cache).", affects_results=False)
     log_every: int = _opt(20, "Steps between synchronising loss values for progress display.", affects_results=False)
     preset: str = _opt("cnmc-study", "Name of the preset these settings came from.", affects_results=False)
@@ -249,6 +256,8 @@ class RunConfig:
         if self.scheduler == "plateau" and self.gamma >= 1:
             raise ConfigError(f"gamma must be < 1 with the plateau schedule; got {self.gamma}.")
         _check_device(self.device)
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"compile_mode {self.compile_mode} takes effect only with --compile; add --compile.")
         if (len(self.split_ratio) != 3 or not all(map(math.isfinite, self.split_ratio)) or min(self.split_ratio) < 0
                 or self.split_ratio[0] <= 0 or self.split_ratio[2] <= 0):
             raise ConfigError(f"split_ratio must be three non-negative numbers labelled:masked:validation with labelled and validation > 0, got {self.split_ratio}.")

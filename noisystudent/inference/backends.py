@@ -78,17 +78,19 @@ def pipeline_backend(device: torch.device, n_images: int, image_size: int) -> st
 
 
 def row_predictor(models: ModelSet, tta_mode: str, load_batch: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
-                  n_images: int, n_classes: int, on_progress: Callable[[int], None]) -> RowPredictor:
+                  n_images: int, n_classes: int, on_progress: Callable[[int], None],
+                  full_batch_model: torch.nn.Module | None = None) -> RowPredictor:
     """``predict(rows, done_before=0)`` -> (N, C) probabilities of the one model of ``models`` for cache rows.
 
     ONNX Runtime on a CPU when it pays off for the ``n_images`` to predict, else
     PyTorch; chosen and exported once, so that every chunk of a pool goes
     through the same backend (the two differ by float rounding).
     ``on_progress(done)`` counts the images done, ``done_before`` included.
+    ``full_batch_model`` (the model compiled, e.g. as CUDA graphs) predicts the full batches with PyTorch.
     """
     (model,), (normalization,) = models.models, models.normalizations
     device = models.device
-    backend = pipeline_backend(device, n_images, models.image_size)
+    backend = "torch" if full_batch_model is not None else pipeline_backend(device, n_images, models.image_size)
     predictor = None if backend == "torch" else model_predictor(models, tta_mode, backend)
 
     def predict(rows: torch.Tensor, done_before: int = 0) -> np.ndarray:
@@ -97,7 +99,7 @@ def row_predictor(models: ModelSet, tta_mode: str, load_batch: Callable[[torch.T
             return predict_probs(
                 model, load_batch, rows, device, batch_size, tta_mode, amp_dtype(models.amp, device),
                 channels_last=device.type == "cuda" and models.channels_last, on_progress=report,
-                normalization=normalization,
+                normalization=normalization, full_batch_model=full_batch_model,
             )
         parts = []
         for start in range(0, len(rows), batch_size):

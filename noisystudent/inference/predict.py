@@ -30,25 +30,31 @@ def predict_probs(
     channels_last: bool = False,
     on_progress: Callable[[int], None] | None = None,
     normalization: Normalization | None = None,
+    full_batch_model: torch.nn.Module | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, C) of an un-noised model (eval mode) for cache rows.
 
     ``normalization`` is the (mean, std) the model expects
     (``models.input_normalization(arch)``); None means ImageNet's.
+    ``full_batch_model`` (``model`` compiled, e.g. as a CUDA graph) predicts
+    the batches of exactly ``batch_size`` rows; ``model`` the last, partial one,
+    so that no second graph is recorded for its shape.
     """
     model.eval()
     outputs = []
+    net = model
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            return model(x).float()
+            return net(x).float()
 
     mean, std = normalization or (IMAGENET_MEAN, IMAGENET_STD)
     done = 0
     for start in range(0, len(rows), batch_size):
         batch_rows = rows[start : start + batch_size]
+        net = full_batch_model if full_batch_model is not None and len(batch_rows) == batch_size else model
         images = normalize(load_batch(batch_rows), image_size, mean, std)
         outputs.append(tta.predict_tta(forward, images, tta_mode))
         done += len(batch_rows)

@@ -16,6 +16,9 @@ run.log, the shared state and the results) is run/session.py's job.
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +29,22 @@ from noisystudent import atomic, layout, models
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import manifest
 from noisystudent.data.pool import pool_chunks, pool_size
-from noisystudent.errors import ConfigError
+from noisystudent.errors import ConfigError, UserError
 from noisystudent.inference import backends
 from noisystudent.inference.model_set import ModelSet
 from noisystudent.inference.tables import prediction_table
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import claims, pseudo_labels, results, session
+from noisystudent.run import claims, concurrent, pseudo_labels, results, session
 from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
 from noisystudent.training import distributed
+from noisystudent.training.compiling import prediction_graphs
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.seeding import derive_seed
-from noisystudent.training.trainer import ModelJob, train_model
+from noisystudent.training.trainer import COMPILE_OPTIONS, ModelJob, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -110,16 +114,56 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     with session.open_run(config, run, resume, join, progress) as run_ctx:  # config.json, folds.csv, the cache
         for warning in method_warnings(config) if distributed.is_main() else ():
             logger.warning(warning)
-        run_ctx.progress.start("fold", "folds", total=len(wanted))
-        for done, fold in enumerate(wanted, start=1):
-            if session.claim_fold(run_ctx, fold):  # unfinished, and no other live process trains it
-                try:
-                    run_fold(run_ctx, fold)
-                finally:
-                    session.release_fold(run_ctx, fold)
-            run_ctx.progress.update("fold", completed=done)
-        run_ctx.progress.stop("fold")
+        helpers = min(config.concurrent, len(wanted)) - 1  # --concurrent N: this process and N - 1 workers
+        threads = concurrent.worker_threads(torch.get_num_threads(), helpers + 1)
+        worker_config = {**config.to_dict(), "concurrent": 1}
+        with concurrent.fold_workers(worker_config, run, only_folds, helpers, threads) as workers, _torch_threads(threads):
+            train_folds(run_ctx, wanted)
+            if workers.wait():  # a worker failed: the folds it left are trained here (its claims are released or stale)
+                train_folds(run_ctx, wanted)
         return session.finish(run_ctx, recompute=resume and not join)  # once every fold is finished
+
+
+def train_folds(run_ctx: RunContext, wanted: list[int]) -> None:
+    """Train each of ``wanted`` that is unfinished and that no other live process has claimed."""
+    run_ctx.progress.start("fold", "folds", total=len(wanted))
+    for done, fold in enumerate(wanted, start=1):
+        if session.claim_fold(run_ctx, fold):  # unfinished, and no other live process trains it
+            try:
+                run_fold(run_ctx, fold)
+            finally:
+                session.release_fold(run_ctx, fold)
+        run_ctx.progress.update("fold", completed=done)
+    run_ctx.progress.stop("fold")
+
+
+def fold_worker_main() -> None:
+    """Entry of a ``--concurrent`` worker process (run/concurrent.py): join the run and train unclaimed folds.
+
+    Reads its settings from stdin; exits 0 when done, 130 after Ctrl-C, 2 on a refused input, 1 on any other error.
+    """
+    job = concurrent.read_payload(sys.stdin.buffer)
+    torch.set_num_threads(job["threads"])
+    config, run = RunConfig.from_dict(job["config"]), Path(job["run"])
+    try:
+        with session.open_run(config, run, resume=False, join=True, progress=NULL_PROGRESS) as run_ctx:
+            train_folds(run_ctx, claims.select_folds(job["only_folds"], config.folds))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except UserError as error:
+        print(error, file=sys.stderr)
+        sys.exit(2)
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """This process's CPU threads while workers share the cores; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def run_fold(run_ctx: RunContext, fold: int) -> None:
@@ -269,8 +313,9 @@ def _round_predictor(run_ctx: RunContext, model: torch.nn.Module, arch: str, n_i
     config = run_ctx.config
     # Lite0 expects (x - 127) / 128
     one_model = ModelSet((model,), (models.input_normalization(arch),), run_ctx.device, config.amp, config.channels_last, config.image_size)
+    graphs = prediction_graphs(model, config.compile, config.compile_mode, run_ctx.device, COMPILE_OPTIONS)  # CUDA only
     return backends.row_predictor(one_model, config.tta, run_ctx.load_batch, config.eval_batch_size, n_images, len(run_ctx.classes),
-                                  lambda done: run_ctx.progress.update("predict", completed=done))
+                                  lambda done: run_ctx.progress.update("predict", completed=done), full_batch_model=graphs)
 
 
 def _pseudo_labels(run_ctx: RunContext, fold: int, round_: int, predictions: pd.DataFrame) -> None:

@@ -11,6 +11,7 @@ the run folder, so a refused command leaves no trace.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from noisystudent import layout
@@ -30,6 +31,8 @@ def check_before_writing(config: RunConfig, run: Path) -> None:
     check_run_entries(run)
     if config.cache_dir:
         check_output_folder(Path(config.cache_dir), inputs, flag="--cache-dir")
+    if config.concurrent > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--concurrent starts processes of its own and cannot run under torchrun; use one or the other.")
     _check_weights(config)
     from noisystudent.device import resolve_device  # imports torch
 

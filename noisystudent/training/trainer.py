@@ -31,6 +31,7 @@ from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.training import distributed, engine, optim
 from noisystudent.training.augment import create_augment
+from noisystudent.training.compiling import compile_model
 from noisystudent.training.optim import Scheduler
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.sampling import class_weights
@@ -167,7 +168,8 @@ def _run_epochs(job: ModelJob, config: RunConfig, training: Training, load_batch
     )
     # torchrun: DDP averages the gradients of the ranks (a no-op wrapper otherwise)
     wrapped = distributed.wrap_model(model, device, config.freeze != "none" or config.head_warmup_epochs > 0)
-    training_model = torch.compile(wrapped, **COMPILE_OPTIONS) if config.compile else wrapped  # once per model build
+    # once per model build; CUDA graphs with --compile-mode reduce-overhead (full batches only: engine.train_one_epoch)
+    training_model = compile_model(wrapped, config.compile_mode, device, COMPILE_OPTIONS) if config.compile else wrapped
     progress.start("epoch", job.name, total=config.epochs)
     progress.update("epoch", completed=state.next_epoch)
     for epoch in range(state.next_epoch, config.epochs):

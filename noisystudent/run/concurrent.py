@@ -1,0 +1,139 @@
+"""``--concurrent N``: N fold models trained at once on one machine, as worker processes.
+
+At the C-NMC study's batch of 15 one B0 keeps an H200 about a tenth busy: the
+GPU waits on kernel launches, not on arithmetic. Several processes, each
+training another fold on the same device, fill it (with CUDA MPS their kernels
+run side by side; without it the driver time-slices them). The workers are
+ordinary joiners of the run folder (docs/scale.md): each claims unfinished
+folds under the run's lock, so the process route needs no new protocol and a
+fold's results are those of a sequential run (bit-identical on a CPU at the
+same thread count, tests/test_concurrent.py).
+
+Why processes and not one batched module (``torch.func.stack_module_state`` +
+``vmap``): the folds train on different images, with different samplers,
+schedules, early stopping and pseudo-labels, and EfficientNet's BatchNorm and
+stochastic depth keep per-model state that ``vmap`` would have to carry by
+hand; a process per fold reuses everything (resume, claims, checkpoints) as it
+is, and a crash costs one fold's current epoch, not all of them.
+
+The workers are started with ``python -c`` and read their settings from
+stdin, so they never re-import the caller's ``__main__`` (a plain script
+without a main guard works). Their console output goes to a temporary file,
+shown in the log if a worker fails; their log records go to RUN/run.log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+WORKER_ENTRY = "from noisystudent.run.pipeline import fold_worker_main; fold_worker_main()"
+STOP_WAIT_S = 60.0  # how long a worker may take to release its claim after Ctrl-C before it is killed
+MPS_PIPE = Path("/tmp/nvidia-mps")  # nvidia-cuda-mps-control's default pipe directory
+
+
+@dataclass
+class FoldWorkers:
+    """The worker processes started for one run; ``wait`` returns the exit codes of those that failed."""
+
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    outputs: list[IO[bytes]] = field(default_factory=list)
+
+    def wait(self) -> list[int]:
+        codes = [process.wait() for process in self.processes]
+        for number, (code, output) in enumerate(zip(codes, self.outputs), start=1):
+            if code != 0:
+                logger.warning("Worker %d of --concurrent stopped with exit code %d; its unfinished folds are trained by "
+                               "this process. Its last output:\n%s", number, code, _tail(output))
+        return [code for code in codes if code != 0]
+
+    def stop(self) -> None:
+        """Ask every running worker to stop as Ctrl-C would (so it releases its claim), then make sure."""
+        running = [p for p in self.processes if p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGINT)
+        for process in running:
+            try:
+                process.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def worker_threads(total: int, concurrent: int) -> int:
+    """CPU threads per process when ``concurrent`` processes share ``total``: at least one each.
+
+    >>> worker_threads(16, 4), worker_threads(2, 4)
+    (4, 1)
+    """
+    return max(1, total // max(1, concurrent))
+
+
+def payload(config: dict[str, Any], run: Path, only_folds: str | None, threads: int) -> bytes:
+    """What a worker reads from stdin: the run's settings, its folder, the folds it may take, its CPU threads."""
+    return json.dumps({"config": config, "run": str(run), "only_folds": only_folds, "threads": threads}).encode()
+
+
+def read_payload(stream: IO[bytes]) -> dict[str, Any]:
+    return json.loads(stream.read().decode())
+
+
+@contextmanager
+def fold_workers(config: dict[str, Any], run: Path, only_folds: str | None, count: int, threads: int) -> Iterator[FoldWorkers]:
+    """Start ``count`` workers that join ``run``; stop them if the caller leaves early (an error, Ctrl-C)."""
+    workers = FoldWorkers()
+    if count > 0:
+        _log_sharing(config.get("device", "auto"), count + 1)
+    try:
+        for _ in range(count):
+            output = tempfile.TemporaryFile(prefix="noisystudent-worker-")
+            process = subprocess.Popen([sys.executable, "-c", WORKER_ENTRY], stdin=subprocess.PIPE, stdout=output,
+                                       stderr=subprocess.STDOUT, env=_worker_environment(threads))
+            workers.processes.append(process)
+            workers.outputs.append(output)
+            process.stdin.write(payload(config, run, only_folds, threads))
+            process.stdin.close()
+        yield workers
+    except BaseException:
+        workers.stop()
+        raise
+    finally:
+        for output in workers.outputs:
+            output.close()
+
+
+def _worker_environment(threads: int) -> dict[str, str]:
+    """The caller's environment with OpenMP sized to the worker's share of the cores (read before torch starts)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+
+
+def _log_sharing(device: str, processes: int) -> None:
+    if device == "cpu" or not torch.cuda.is_available():
+        logger.info("Training %d fold models at once on the CPU, %d threads each.", processes,
+                    worker_threads(torch.get_num_threads(), processes))
+    elif MPS_PIPE.exists() or os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        logger.info("Training %d fold models at once on one GPU through CUDA MPS.", processes)
+    else:
+        logger.info("Training %d fold models at once on one GPU, time-sliced by the driver; starting CUDA MPS "
+                    "(nvidia-cuda-mps-control -d) lets their kernels run side by side.", processes)
+
+
+def _tail(output: IO[bytes], limit: int = 2000) -> str:
+    output.seek(0, os.SEEK_END)
+    size = output.tell()
+    output.seek(max(0, size - limit))
+    return output.read().decode(errors="replace").strip() or "(nothing)"

@@ -1,0 +1,190 @@
+"""``--concurrent N``: several fold models trained at once, as worker processes joining the run.
+
+The process route must not change a single number: each fold's files equal,
+byte for byte, those of a sequential run at the same CPU thread count per
+model (every stage seeds itself from (seed, fold, round)).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_files, tiny_flags, torch_threads, write_class_folders
+from typer.testing import CliRunner
+
+from noisystudent import layout
+from noisystudent.cli.commands import app
+from noisystudent.config.run_config import RunConfig
+from noisystudent.errors import ConfigError
+from noisystudent.run import claims, concurrent
+from noisystudent.run.preflight import check_before_writing
+
+FLAGS = tiny_flags(epochs=1, image_size=16, test_fraction=0.25, folds=3)
+
+
+@contextmanager
+def _package_log(caplog, level: str):
+    """The package's records in ``caplog``, also after a CLI test set ``propagate = False`` on its logger."""
+    package = logging.getLogger("noisystudent")
+    package.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(level, logger="noisystudent"):
+            yield
+    finally:
+        package.removeHandler(caplog.handler)
+
+
+def _invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def _models(run: Path) -> dict[str, dict]:
+    return {str(p.relative_to(run)): torch.load(p, map_location="cpu", weights_only=False)["model"]
+            for p in sorted(run.glob("fold-*/round-*/" + layout.MODEL))}
+
+
+@pytest.mark.slow
+def test_three_folds_two_at_a_time_equal_one_at_a_time(tmp_path):
+    data = write_class_folders(tmp_path / "data", patients_per_class=6, images_per_patient=2, size=(16, 16))
+    with torch_threads(1):
+        assert _invoke("kfold", data, "--out", tmp_path / "one", *FLAGS).exit_code == 0
+    with torch_threads(2):  # two processes, one thread each: the sequential run's arithmetic
+        result = _invoke("kfold", data, "--out", tmp_path / "two", *FLAGS, "--concurrent", "2")
+    assert result.exit_code == 0, result.output
+    expected, got = run_files(tmp_path / "one"), run_files(tmp_path / "two")
+    assert sorted(got) == sorted(expected) and len([n for n in got if n.endswith(layout.PREDICTIONS)]) == 6
+    assert all(got[name] == expected[name] for name in expected), [n for n in expected if got[n] != expected[n]]
+    theirs, mine = _models(tmp_path / "one"), _models(tmp_path / "two")
+    assert sorted(mine) == sorted(theirs)
+    assert all(torch.equal(mine[m][k], theirs[m][k]) for m in theirs for k in theirs[m])
+    log = (tmp_path / "two" / layout.LOG).read_text()
+    assert "Training 2 fold models at once on the CPU, 1 threads each." in log
+    assert len({line.split(" INFO ")[0] for line in log.splitlines() if "Session machine" in line}) >= 1
+    assert log.count("Session machine") == 2  # this process and one worker appended to run.log
+    assert log.count("Wrote the results") == 1  # results once
+    assert not list((tmp_path / "two").rglob(claims.CLAIM)) and not list((tmp_path / "two").rglob("*.tmp"))
+
+
+def test_worker_threads_share_the_cores_and_never_drop_to_zero():
+    assert [concurrent.worker_threads(16, n) for n in (1, 2, 3, 4, 32)] == [16, 8, 5, 4, 1]
+
+
+def test_the_payload_round_trips_the_settings():
+    config = RunConfig(folds=3, epochs=2, split_ratio=(1, 2, 1))
+    job = concurrent.read_payload(io.BytesIO(concurrent.payload(config.to_dict(), Path("runs/x"), "0,2", 3)))
+    assert RunConfig.from_dict(job["config"]) == config
+    assert (job["run"], job["only_folds"], job["threads"]) == ("runs/x", "0,2", 3)
+
+
+def test_a_failed_worker_is_reported_with_its_last_output(caplog):
+    workers = concurrent.FoldWorkers()
+    for code in (0, 3):
+        output = tempfile.TemporaryFile()
+        script = f"import sys; print('worker says {code}'); sys.exit({code})"
+        workers.processes.append(subprocess.Popen([sys.executable, "-c", script], stdout=output, stderr=subprocess.STDOUT))
+        workers.outputs.append(output)
+    with _package_log(caplog, "WARNING"):
+        assert workers.wait() == [3]
+    assert "Worker 2 of --concurrent stopped with exit code 3" in caplog.text and "worker says 3" in caplog.text
+    assert "worker says 0" not in caplog.text
+
+
+def test_stop_interrupts_running_workers():
+    workers = concurrent.FoldWorkers()
+    script = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(130)"
+    workers.processes.append(subprocess.Popen([sys.executable, "-c", script]))
+    workers.outputs.append(tempfile.TemporaryFile())
+    import time
+
+    time.sleep(0.5)  # past the interpreter's start, so SIGINT meets the try block
+    workers.stop()
+    assert workers.processes[0].returncode == 130
+
+
+def test_concurrent_is_bounded_and_refused_under_torchrun(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="concurrent must be a whole number"):
+        RunConfig(concurrent=0)
+    with pytest.raises(ConfigError, match="concurrent"):
+        RunConfig(concurrent=65)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="cannot run under torchrun"):
+        check_before_writing(RunConfig(concurrent=2, data=None), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# --- CUDA graphs (--compile-mode reduce-overhead) ---------------------------------------
+
+
+def test_cuda_graphs_are_asked_for_on_cuda_only_and_the_fallback_is_said(caplog):
+    from noisystudent.training import compiling
+
+    with _package_log(caplog, "INFO"):
+        assert compiling.compile_options("reduce-overhead", torch.device("cuda"), {}) == {"mode": "reduce-overhead"}
+        assert compiling.compile_options("reduce-overhead", torch.device("cpu"), {"backend": "eager"}) == {"backend": "eager"}
+        assert compiling.compile_options("reduce-overhead", torch.device("cpu"), {}) == {}
+        assert compiling.compile_options("default", torch.device("cuda"), {}) == {}
+    assert caplog.text.count("need a CUDA device; compiling for cpu without them") == 2
+
+
+def test_compile_mode_needs_compile():
+    with pytest.raises(ConfigError, match="only with --compile"):
+        RunConfig(compile_mode="reduce-overhead")
+    with pytest.raises(ConfigError, match="compile_mode must be one of default, reduce-overhead"):
+        RunConfig(compile=True, compile_mode="max-autotune")
+
+
+@pytest.mark.slow
+def test_reduce_overhead_on_a_cpu_trains_resumes_and_equals_the_eager_run(tmp_path, monkeypatch):
+    from noisystudent.training import trainer
+
+    monkeypatch.setattr(trainer, "COMPILE_OPTIONS", {"backend": "eager"})  # the compile path without code generation
+    data = write_class_folders(tmp_path / "data", patients_per_class=4, images_per_patient=3, size=(16, 16))
+    flags = tiny_flags(quiet=False, epochs=2, image_size=16, test_fraction=0, batch_size=5)  # 5, 5, partial batches
+    with torch_threads(1):
+        assert _invoke("kfold", data, "--out", tmp_path / "eager", *flags).exit_code == 0
+        graphs = _invoke("kfold", data, "--out", tmp_path / "graphs", *flags, "--compile", "--compile-mode", "reduce-overhead")
+        assert graphs.exit_code == 0, graphs.output
+        (tmp_path / "graphs" / layout.RESULTS / layout.METRICS).unlink()
+        for model in (tmp_path / "graphs").glob("fold-1/round-1/*"):
+            model.unlink()  # the last student again, from scratch, on resume
+        resumed = _invoke("kfold", "--out", tmp_path / "graphs", "--resume", "--compile", "--compile-mode", "reduce-overhead")
+    assert resumed.exit_code == 0, resumed.output
+    assert "need a CUDA device; compiling for cpu without them" in (tmp_path / "graphs" / layout.LOG).read_text()
+    expected, got = run_files(tmp_path / "eager"), run_files(tmp_path / "graphs")
+    assert sorted(got) == sorted(expected)
+    assert all(got[name] == expected[name] for name in expected), [n for n in expected if got[n] != expected[n]]
+
+
+def test_prediction_graphs_take_the_full_batches_and_the_model_the_partial_one():
+    from noisystudent.inference.predict import predict_probs
+    from noisystudent.training import compiling
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    calls = []
+
+    class Recording(torch.nn.Module):  # stands in for the CUDA-graph module: same weights, counts its batches
+        def forward(self, x):
+            calls.append(len(x))
+            return model(x)
+
+    cache = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    load = lambda rows: cache[rows]  # noqa: E731
+    rows = torch.arange(10)
+    plain = predict_probs(model, load, rows, torch.device("cpu"), batch_size=4)
+    graphed = predict_probs(model, load, rows, torch.device("cpu"), batch_size=4, full_batch_model=Recording())
+    assert calls == [4, 4] and np.array_equal(plain, graphed)  # the partial batch of 2 went to the model
+    assert compiling.prediction_graphs(model, True, "reduce-overhead", torch.device("cpu"), {}) is None
+    assert compiling.prediction_graphs(model, False, "reduce-overhead", torch.device("cuda"), {}) is None
+    assert compiling.prediction_graphs(model, True, "default", torch.device("cuda"), {}) is None
