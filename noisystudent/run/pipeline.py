@@ -37,6 +37,7 @@ from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
+from noisystudent.run.whole_run import MODEL, WholeRunProgress
 from noisystudent.training import distributed
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.seeding import derive_seed
@@ -110,6 +111,10 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     with session.open_run(config, run, resume, join, progress) as run_ctx:  # config.json, folds.csv, the cache
         for warning in method_warnings(config) if distributed.is_main() else ():
             logger.warning(warning)
+        whole_run = WholeRunProgress(run_ctx.progress, run, config, run_ctx.fold_table, len(run_ctx.classes),
+                                     pool_size(run_ctx.fold_table, run_ctx.pool))
+        run_ctx.progress = whole_run  # every model of every fold, with the ETA, beside each model's bars
+        whole_run.begin()
         run_ctx.progress.start("fold", "folds", total=len(wanted))
         for done, fold in enumerate(wanted, start=1):
             if session.claim_fold(run_ctx, fold):  # unfinished, and no other live process trains it
@@ -119,6 +124,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
                     session.release_fold(run_ctx, fold)
             run_ctx.progress.update("fold", completed=done)
         run_ctx.progress.stop("fold")
+        whole_run.finish()
         return session.finish(run_ctx, recompute=resume and not join)  # once every fold is finished
 
 
@@ -129,6 +135,7 @@ def run_fold(run_ctx: RunContext, fold: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
         name = f"fold {fold} " + ("teacher" if round_ == 0 else f"student {round_}")
         run_ctx.progress.update("fold", description=name)
+        run_ctx.progress.update(MODEL, fold=fold, round=round_)  # the whole run's progress: which model now
         train_model(_model_job(run_ctx, fold, round_, name), run_ctx.config, run_ctx.load_batch, run_ctx.device, run_ctx.progress)
         predictions = predict_round(run_ctx, fold, round_)
         warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
