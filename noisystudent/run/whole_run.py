@@ -20,7 +20,6 @@ import pandas as pd
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import manifest
-from noisystudent.data.pool import pool_size
 from noisystudent.eta import RunEta, model_work
 from noisystudent.progress import Progress
 from noisystudent.run import claims
