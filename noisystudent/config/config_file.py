@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import re
 import textwrap
 from dataclasses import fields
@@ -26,6 +27,8 @@ from noisystudent.config.parsing import parse_split_ratio
 from noisystudent.config.presets import DESCRIPTIONS, preset_settings
 from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig, check_setting_type
 from noisystudent.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 KFOLD, EXPERIMENT, PREDICT = "kfold", "experiment", "ensemble predict"
 # The settings of `ensemble predict` a file may hold, with their types (the flags' own names).
@@ -83,7 +86,7 @@ def read_config_file(path: str | Path, command: str = KFOLD) -> dict[str, Any]:
     allowed = command_settings(command)
     settings = {}
     for key, value in document.items():
-        key = RENAMED_SETTINGS.get(str(key), str(key))
+        key = _current_name(str(key), path)
         if key not in allowed:
             raise ConfigError(f"The config file {path} has {_unknown_key_sentence(key, command, allowed)}")
         try:
@@ -160,6 +163,14 @@ def _load_yaml(path: Path) -> dict[Any, Any]:
     if not isinstance(document, dict):
         raise ConfigError(f"The config file {path} must hold 'name: value' lines, not a {type(document).__name__}.")
     return document
+
+
+def _current_name(key: str, path: str | Path) -> str:
+    """A renamed setting's new name, with the warning its old flag gives."""
+    if key in RENAMED_SETTINGS:
+        logger.warning("The setting %s in %s is deprecated: it is now %s; the old name works until the next release.",
+                       key, path, RENAMED_SETTINGS[key])
+    return RENAMED_SETTINGS.get(key, key)
 
 
 def _unknown_key_sentence(key: str, command: str, allowed: Mapping[str, str]) -> str:
