@@ -27,6 +27,7 @@ _EXPORTS = {
     "RunConfig": "noisystudent.config.run_config",
     "make_config": "noisystudent.config.settings",
     "resume_config": "noisystudent.config.settings",
+    "read_config_file": "noisystudent.config.config_file",
     "preset_settings": "noisystudent.config.presets",
     "PRESETS": "noisystudent.config.presets",
     # data

@@ -5,6 +5,7 @@ here atomically, and a stage whose artifact exists is never recomputed.
 
     runs/<name>/
       config.json            every setting, package version, data fingerprint
+      config.yaml            the same settings, commented: noisystudent kfold --config RUN/config.yaml repeats the run
       folds.csv              path, label, patient, subset, fold, role
       pool.csv               the unlabelled pool: path, patient (runs with --pool-images or --pool)
       run.log                log of every session that worked on this run
@@ -27,6 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CONFIG = "config.json"
+CONFIG_YAML = "config.yaml"  # written after config.json, from the same settings
 FOLDS = "folds.csv"
 POOL = "pool.csv"  # the unlabelled pool (path, patient), sorted by path; read in chunks, never whole
 POOL_LISTING = ".pool.csv.listing.tmp"  # the pool listed by this session, installed as POOL once config.json is written

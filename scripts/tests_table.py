@@ -24,7 +24,6 @@ OUT = TESTS / "README.md"
 
 # Modules no test imports, and the tests that exercise them through another entry point (checked by hand).
 THROUGH = {
-    "noisystudent.cli.progress": ["test_pipeline.py"],  # every CLI run draws its progress bars
     "noisystudent.config.choices": ["test_options.py"],  # each choice refused or taken as a setting
     "noisystudent.data.label_names": ["test_input_checks.py"],  # --label-map and labels that differ in case
     "noisystudent.evaluation.scoring": ["test_method_guards.py"],  # model selection on validation

@@ -20,8 +20,8 @@ import noisystudent as ns
 from noisystudent.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SUBCOMMANDS = {"ensemble": {"predict", "evaluate", "export"}, "data": {"inspect", "demo"}}
-COMMANDS = {"kfold", "experiment", "report", "compare", "ensemble", "data"}
+SUBCOMMANDS = {"ensemble": {"predict", "evaluate", "export"}, "data": {"inspect", "demo"}, "config": {"show"}}
+COMMANDS = {"kfold", "experiment", "report", "compare", "ensemble", "data", "config"}
 
 
 def blocks(language: str) -> list[str]:

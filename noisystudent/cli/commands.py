@@ -21,6 +21,7 @@ from rich.logging import RichHandler
 
 from noisystudent import __version__
 from noisystudent.cli.progress import RichProgress
+from noisystudent.config.config_file import EXPERIMENT, KFOLD, PREDICT, SECTIONS, merged_settings, read_config_file
 from noisystudent.config.presets import DESCRIPTIONS
 from noisystudent.config.provenance import banner, help_default
 from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig
@@ -36,8 +37,10 @@ app = typer.Typer(
 )
 ensemble_app = typer.Typer(help="Combine the fold models of a run: predict new images, evaluate on labelled data.", no_args_is_help=True)
 data_app = typer.Typer(help="Look at data sets before training.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings files (--config FILE.yaml): print a commented starting file.", no_args_is_help=True)
 app.add_typer(ensemble_app, name="ensemble")
 app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
 
 
 def user_errors(command):
@@ -108,8 +111,7 @@ def _option(config_field) -> inspect.Parameter:
 def _panel(name: str) -> str:
     order = [f.name for f in fields(RunConfig)]
     index = order.index(name)
-    for start, panel in reversed([("data", "Data"), ("folds", "Folds"), ("rounds", "Noisy Student"), ("teacher_augment", "Noise"),
-                                  ("epochs", "Optimisation"), ("image_size", "Images"), ("device", "Execution")]):
+    for start, panel in reversed(SECTIONS):
         if index >= order.index(start):
             return panel
     return "Options"
@@ -123,6 +125,7 @@ def kfold(
     quiet: bool = False,
     only_folds: Optional[str] = None,
     join: bool = False,
+    config_file: Optional[Path] = None,
     **settings: Any,
 ) -> None:
     """Train teachers and Noisy Students on patient-disjoint folds; evaluate folds and ensembles.
@@ -137,6 +140,7 @@ def kfold(
     from noisystudent.run.pipeline import run_kfold
 
     setup_logging(quiet)
+    data, settings = _with_config_file(config_file, KFOLD, data, settings)
     joining = join or only_folds is not None
     saved = saved_config(out) if (resume or joining) and out is not None else None
     if saved is not None:
@@ -158,6 +162,37 @@ def kfold(
     print_results(out, table, run, headline=headline(metrics, read_comparisons(run), config.voting))
 
 
+def _with_config_file(path: Optional[Path], command: str, data: Optional[Path], settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """DATA and the settings with --config's file under the flags given (on --resume the run's checks then apply)."""
+    if path is None:
+        return data, settings
+    merged = merged_settings(read_config_file(path, command), settings)
+    file_data = merged.pop("data", None)
+    return (data if data is not None else file_data), merged
+
+
+def _given_on_command_line(context: Optional[typer.Context], name: str) -> bool:
+    """True when option ``name`` was typed (or set by an environment variable), not left at its default.
+
+    Asks click's context where the value came from (compared by name: Typer may bundle its own click),
+    so an option whose default is not None still yields to a config file only when it was not typed.
+    """
+    if context is None:  # called from Python: every argument counts as given
+        return True
+    source = context.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+CONTEXT = inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=typer.Context)
+
+
+def _file_option(command: str) -> inspect.Parameter:
+    return inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[Path], typer.Option("--config", help=f"YAML file of {command} settings (name: value); flags given win over it"
+                                     + ("." if command == PREDICT else ", it wins over --preset (noisystudent config show prints one)."),
+                                     show_default=False)])
+
+
 def _kfold_signature() -> inspect.Signature:
     base = [
         inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
@@ -174,6 +209,7 @@ def _kfold_signature() -> inspect.Signature:
         inspect.Parameter("join", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
             bool, typer.Option("--join", help="Start the run in --out or join it if it exists, and train every fold no other "
                                "process has claimed (one process per GPU or machine).")]),
+        _file_option(KFOLD),
     ]
     return inspect.Signature(base + [_option(f) for f in fields(RunConfig) if f.name not in KFOLD_SKIP] + _renamed_options())
 
@@ -201,6 +237,8 @@ def experiment(
     seeds: str = "0,1,2",
     arms: str = "ns,control,upper",
     quiet: bool = False,
+    config_file: Optional[Path] = None,
+    context: Optional[typer.Context] = None,
     **settings: Any,
 ) -> None:
     """Did Noisy Student help? Run each arm (ns, control, upper) for each seed and answer over seeds and patients.
@@ -211,6 +249,10 @@ def experiment(
     from noisystudent.experiment import run_experiment
 
     setup_logging(quiet)
+    data, settings = _with_config_file(config_file, EXPERIMENT, data, settings)
+    file_seeds, file_arms = settings.pop("seeds", None), settings.pop("arms", None)  # a file's; a flag typed wins
+    seeds = file_seeds if file_seeds is not None and not _given_on_command_line(context, "seeds") else seeds
+    arms = file_arms if file_arms is not None and not _given_on_command_line(context, "arms") else arms
     config = make_config(data, **settings)
     study = out or Path(str(default_run_folder(config)) + "-study")
     console.print(f"[bold]noisystudent experiment[/] -> {study} (seeds {seeds}; arms {arms})", highlight=False)
@@ -250,9 +292,11 @@ def _experiment_signature() -> inspect.Signature:
             str, typer.Option("--arms", help="Arms of each seed: ns (Noisy Student), control (the students without "
                               "pseudo-labels), upper (true labels for the masked part); ns is required.")]),
         kfold_base["quiet"],
+        _file_option(EXPERIMENT),
+        CONTEXT,
     ]
     return inspect.Signature(base + [p for name, p in kfold_base.items() if name not in {"data", "out", "resume", "quiet", "only_folds",
-                                                                                       "join", *EXPERIMENT_SKIP}])
+                                                                                       "join", "config_file", *EXPERIMENT_SKIP}])
 
 
 experiment.__signature__ = _experiment_signature()
@@ -364,25 +408,33 @@ ENSEMBLE_OPTIONS = [
 ]
 
 
-def ensemble_command(name: str):
-    """Register ``command(run, ..., options: EnsembleOptions)`` as ``noisystudent ensemble NAME`` with the shared options."""
+def ensemble_command(name: str, config_command: Optional[str] = None):
+    """Register ``command(run, ..., options: EnsembleOptions)`` as ``noisystudent ensemble NAME`` with the shared options.
+
+    With ``config_command`` it also takes ``--config FILE``: the file's settings replace the options left at their defaults.
+    """
 
     def register(command):
         @functools.wraps(command)
-        def wrapper(*args: Any, models: str, tta: Optional[str], batch_size: Optional[int], device: str,
-                    skip_unreadable: bool, backend: str, quiet: bool, **kwargs: Any) -> None:
+        def wrapper(*args: Any, quiet: bool, config_file: Optional[Path] = None, context: Optional[typer.Context] = None,
+                    **kwargs: Any) -> None:
             setup_logging(quiet)
-            return command(*args, options=EnsembleOptions(models, tta, batch_size, device, skip_unreadable, backend), **kwargs)
+            if config_file is not None:
+                from_file = read_config_file(config_file, config_command)
+                kwargs.update({k: v for k, v in from_file.items() if not _given_on_command_line(context, k)})
+            shared = {f.name: kwargs.pop(f.name) for f in fields(EnsembleOptions)}
+            return command(*args, options=EnsembleOptions(**shared), **kwargs)
 
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
-        wrapper.__signature__ = inspect.Signature(own + ENSEMBLE_OPTIONS)
+        extra = [_file_option(config_command), CONTEXT] if config_command else []
+        wrapper.__signature__ = inspect.Signature(own + ENSEMBLE_OPTIONS + extra)
         wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
         return ensemble_app.command(name)(user_errors(wrapper))
 
     return register
 
 
-@ensemble_command("predict")
+@ensemble_command("predict", config_command=PREDICT)
 def ensemble_predict(
     run: RunArgument,
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or CSV manifests (path[, label][, patient]).", show_default=False)],
@@ -469,6 +521,15 @@ def ensemble_export(
     onnx_export.write_export(onnx_export.export_ensemble_bytes(models_.model_set(), models_.export_record(), tta_mode, rule), out_path)
     out.print(f"Written: {out_path} ({len(models_.members)} {models_.kind}s, {rule} voting, tta {tta_mode}, "
               f"{models_.spec.image_size} px; run it with scripts/onnx_predict.py)", highlight=False)
+
+
+@config_app.command("show")
+@user_errors
+def config_show(preset: Annotated[str, typer.Option(help="The preset whose settings the file starts from: " + ", ".join(DESCRIPTIONS) + ".")] = "cnmc-study") -> None:
+    """Print a commented YAML file of every kfold setting (each with its help), to edit and pass as --config FILE.yaml."""
+    from noisystudent.config.config_file import starting_file
+
+    typer.echo(starting_file(preset), nl=False)
 
 
 def main() -> None:

@@ -316,6 +316,20 @@ def _saved_value(saved: dict[str, Any], key: str, default: dict[str, Any]) -> An
     return None if key == "student_init" and value == LEGACY_STUDENT_INIT else value
 
 
+def check_setting_type(name: str, value: Any) -> Any:
+    """``value`` if it has setting ``name``'s type (an int for a float becomes a float, a list of numbers a tuple).
+
+    Raises:
+        ConfigError: ``value`` has another type; the message names the setting and the type expected.
+
+    Example:
+        >>> check_setting_type("lr", 1), check_setting_type("split_ratio", [3, 1, 1])
+        (1.0, (3.0, 1.0, 1.0))
+    """
+    annotation = next(str(f.type) for f in fields(RunConfig) if f.name == name)
+    return _checked_type(name, value, annotation)
+
+
 def help_of(name: str) -> str:
     for f in fields(RunConfig):
         if f.name == name:

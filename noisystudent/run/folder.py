@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from noisystudent import __version__, atomic, layout
+from noisystudent.config.config_file import config_yaml
 from noisystudent.config.run_config import RunConfig, config_from_saved, differing_result_keys, load_config_json, result_keys
 from noisystudent.config.settings import META_KEYS
 from noisystudent.environment import describe_machine
@@ -125,7 +126,7 @@ def process_name() -> str:
 
 
 def write_config(run: Path, config: RunConfig, data_fingerprint: str) -> None:
-    """Write config.json; on resume, refuse if the data changed since the run began.
+    """Write config.json and config.yaml; on resume, refuse if the data changed since the run began.
 
     Its ``machine`` entry describes where the session that created the run ran
     (environment.py); later sessions keep it (a run begun before the entry existed
@@ -139,6 +140,16 @@ def write_config(run: Path, config: RunConfig, data_fingerprint: str) -> None:
     document = {**config.to_dict(), "version": __version__, "created_with": created_with, "data_fingerprint": data_fingerprint,
                 "settings_digest": settings_digest(config.to_dict()), "machine": machine}
     atomic.write_text(Path(run) / layout.CONFIG, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    # after config.json: a folder with config.yaml alone would look like a foreign folder, not a run
+    atomic.write_text(Path(run) / layout.CONFIG_YAML, config_yaml(config.to_dict(), yaml_header(run)))
+
+
+def yaml_header(run: Path) -> str:
+    """The comment at the top of RUN/config.yaml: what it is and how to repeat the run."""
+    return (f"The resolved settings of the noisystudent run in {Path(run).resolve()}\n"
+            f"(noisystudent {__version__}; the same settings as {layout.CONFIG}, which also records the data and machine).\n"
+            f"Repeat the run: noisystudent kfold --config {Path(run) / layout.CONFIG_YAML} --out runs/NEW\n"
+            "Flags given on the command line win over this file; this file wins over its preset.")
 
 
 def settings_digest(settings: dict[str, Any]) -> dict[str, str]:

@@ -40,6 +40,7 @@ from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
+from noisystudent.run.whole_run import MODEL, WholeRunProgress
 from noisystudent.training import distributed
 from noisystudent.training.compiling import prediction_graphs
 from noisystudent.training.engine import TrainSet
@@ -114,6 +115,10 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     with session.open_run(config, run, resume, join, progress) as run_ctx:  # config.json, folds.csv, the cache
         for warning in method_warnings(config) if distributed.is_main() else ():
             logger.warning(warning)
+        whole_run = WholeRunProgress(run_ctx.progress, run, config, run_ctx.fold_table, len(run_ctx.classes),
+                                     pool_size(run_ctx.fold_table, run_ctx.pool))
+        run_ctx.progress = whole_run  # every model of every fold, with the ETA, beside each model's bars
+        whole_run.begin()
         helpers = min(config.concurrent, len(wanted)) - 1  # --concurrent N: this process and N - 1 workers
         threads = concurrent.worker_threads(torch.get_num_threads(), helpers + 1)
         worker_config = {**config.to_dict(), "concurrent": 1}
@@ -121,6 +126,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
             train_folds(run_ctx, wanted)
             if workers.wait():  # a worker failed: the folds it left are trained here (its claims are released or stale)
                 train_folds(run_ctx, wanted)
+        whole_run.finish()
         return session.finish(run_ctx, recompute=resume and not join)  # once every fold is finished
 
 
@@ -173,6 +179,7 @@ def run_fold(run_ctx: RunContext, fold: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
         name = f"fold {fold} " + ("teacher" if round_ == 0 else f"student {round_}")
         run_ctx.progress.update("fold", description=name)
+        run_ctx.progress.update(MODEL, fold=fold, round=round_)  # the whole run's progress: which model now
         train_model(_model_job(run_ctx, fold, round_, name), run_ctx.config, run_ctx.load_batch, run_ctx.device, run_ctx.progress)
         predictions = predict_round(run_ctx, fold, round_)
         warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
