@@ -21,6 +21,8 @@ EQUALIZE = ("none", "grey", "channels", "luminance")
 TTA = ("none", "flips", "dihedral", "five_crop", "ten_crop")
 FREEZE = ("none", "backbone")
 VOTING = ("majority", "soft")
+CALIBRATIONS = ("none", "temperature")  # ensemble predict/evaluate/export --calibration
+EXPORT_FORMATS = ("onnx", "folder")  # ensemble export --format
 AMP = ("auto", "bf16", "fp16", "off")
 # Scores of metrics.csv where higher is better (not the no-information rate, a property of the data):
 # the metric of the one primary comparison (--primary-metric), and of model selection.
