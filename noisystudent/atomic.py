@@ -85,6 +85,7 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_writer()}.", suffix=TEMP_SUFFIX, dir=target.parent))
     try:
         yield temp
+        _usual_permissions(temp)
         if target.is_dir():
             target.rmdir()  # empty, as the caller checked; a file written there since makes this fail loudly
         os.rename(temp, target)
@@ -96,6 +97,13 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _usual_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700, and some writers 0600 files: give the folder's contents the umask's permissions."""
+    os.chmod(folder, 0o777 & ~_umask())
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
 def no_space_message(target: Path) -> str:

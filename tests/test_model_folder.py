@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,15 @@ def test_calibration_option_is_checked_before_anything_is_read(tmp_path):
     assert code == 2 and "--calibration must be one of none, temperature" in output
     code, output = _invoke("ensemble", "export", tmp_path / "missing-run", "--calibration", "temperature")
     assert code == 2 and "applies to --format folder" in output
+
+
+@pytest.mark.slow
+def test_changed_weights_are_refused_in_one_sentence(exported, trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    weights = copy / "fold-1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    code, output = _invoke("ensemble", "predict", copy, trained_run.parent / "data", "--out", tmp_path / "p.csv", "--device", "cpu")
+    assert code == 2 and "has changed since it was exported" in output

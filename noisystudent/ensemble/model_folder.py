@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from noisystudent import atomic
 from noisystudent.errors import CheckpointError, OutputError
@@ -116,7 +116,11 @@ def read_members(folder: Path, document: dict[str, Any], device: torch.device, c
     for entry in document.get("members") or []:
         path = Path(folder) / entry["file"]
         model = build_from_spec(entry["spec"])
-        model.load_state_dict(_tensors(path))
+        try:
+            model.load_state_dict(_tensors(path, entry.get("sha256")))
+        except RuntimeError as error:
+            raise CheckpointError(f"The weights in {path} do not fit the model its {CONFIG} describes "
+                                  f"({str(error).splitlines()[0]}).") from None
         model = model.to(device)
         if torch.device(device).type == "cuda" and channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -126,10 +130,14 @@ def read_members(folder: Path, document: dict[str, Any], device: torch.device, c
     return members
 
 
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
+def _tensors(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file, after checking its bytes against the hash config.json recorded."""
     if not path.is_file():
         raise CheckpointError(f"The model folder lacks {path}, which its {CONFIG} lists.")
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"The weights file {path} has changed since it was exported (its SHA-256 differs from {CONFIG}'s).")
     try:
-        return load_file(str(path), device="cpu")
+        return load(data)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"The weights file {path} is not a readable safetensors file ({error}).") from None
