@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.evaluation import calibration as calib
+from noisystudent.report import calibration_section
 from noisystudent.run import calibration as run_calibration
 
 CLASSES = ["all", "hem"]
@@ -92,3 +94,16 @@ def test_results_files_score_the_test_set_before_and_after(tmp_path):
     points = pd.read_csv(tmp_path / "results" / layout.RELIABILITY)
     ensemble_after = points[(points.fold == "ensemble") & (points.calibration == "temperature")]
     assert ensemble_after["count"].sum() == 600
+
+
+def test_report_section_draws_reliability_and_tabulates_before_and_after(tmp_path):
+    run_calibration.write_calibration(tmp_path, _run_predictions(test_sharpen=4.0), RunConfig(folds=2, rounds=0), CLASSES)
+    (tables,) = calibration_section.calibration_tables(tmp_path)
+    frame = tables.frame.set_index("fold")
+    assert list(frame.index) == ["0", "1", "ensemble"] and (frame["images"] == 600).all()
+    assert frame.loc["ensemble", "ECE after"] < frame.loc["ensemble", "ECE before"]
+    (figure,) = calibration_section.calibration_figures(tmp_path, tmp_path)
+    with Image.open(tmp_path / figure.name) as image:
+        assert image.format == "PNG" and image.width > 300
+        assert np.asarray(image.convert("L"), dtype=float).var() > 0
+    assert calibration_section.calibration_tables(tmp_path / "no-run") == []
