@@ -743,8 +743,7 @@ def export_folder(ensemble: Ensemble, out: Path, tta: str | None = None, rule: s
 
     Example:
         >>> import noisystudent as ns
-        >>> from noisystudent.ensemble import export_folder
-        >>> export_folder(ns.load_ensemble("runs/demo"), "shared/demo-model", calibration="temperature")  # doctest: +SKIP
+        >>> ns.export_folder(ns.load_ensemble("runs/demo"), "shared/demo-model", calibration="temperature")  # doctest: +SKIP
         >>> ns.load_ensemble("shared/demo-model").calibration  # doctest: +SKIP
         'temperature'
     """
