@@ -165,9 +165,12 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
     run folder is only read.
 
     Args:
-        run: A run folder of :func:`run_kfold` whose folds have finished.
+        run: A run folder of :func:`run_kfold` whose folds have finished, or a
+            model folder of :func:`export_folder` (read with json and
+            safetensors only; it holds the models it was exported with).
         models: ``"students"`` (default: the final round's students) or
-            ``"teachers"`` (round 0).
+            ``"teachers"`` (round 0); a model folder ignores it (with a warning
+            when it differs).
         device: ``"auto"`` (default: CUDA when available, else CPU),
             ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or a ``torch.device``.
 
@@ -181,7 +184,8 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
         ConfigError: ``models`` or ``device`` is invalid.
         RunFolderError: ``run`` holds no run (no config.json).
         CheckpointError: A fold has no model.pt of that round (unfinished run),
-            or a model file is unreadable or does not belong to the run.
+            or a model file is unreadable or does not belong to the run; in a
+            model folder, a weights file is missing, changed or does not fit.
 
     Example:
         >>> import noisystudent as ns
