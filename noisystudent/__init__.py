@@ -8,6 +8,7 @@ The public face of the package; a notebook needs only these names::
     table = ns.run_kfold(config, "runs/cnmc")                 # results/metrics.csv as a DataFrame
     ensemble = ns.load_ensemble("runs/cnmc", models="students")
     prediction = ns.predict(ensemble, ns.resolve_inputs(["new_cells/"]), rule="majority")
+    ns.export_folder(ensemble, "shared/cnmc-model")             # safetensors + config.json + model card
     ns.write_report("runs/cnmc")                              # runs/cnmc/report/report.html
 
 Names are imported on first use, so ``import noisystudent`` (and the command
@@ -48,6 +49,7 @@ _EXPORTS = {
     "predict": "noisystudent.ensemble.classifier",
     "evaluate": "noisystudent.ensemble.classifier",
     "read_labelled": "noisystudent.ensemble.classifier",
+    "export_folder": "noisystudent.ensemble.classifier",
     # evaluation
     "binary_metrics": "noisystudent.evaluation.metrics",
     "multiclass_metrics": "noisystudent.evaluation.metrics",

@@ -20,6 +20,7 @@ import glob
 import hashlib
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -70,6 +71,39 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if temp is not None and temp.exists():
             temp.unlink()
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; rename it to ``target`` on success, remove it on failure.
+
+    ``target`` must not exist, or be an empty folder (removed just before the
+    rename): readers see no folder or the complete one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_writer()}.", suffix=TEMP_SUFFIX, dir=target.parent))
+    try:
+        yield temp
+        _usual_permissions(temp)
+        if target.is_dir():
+            target.rmdir()  # empty, as the caller checked; a file written there since makes this fail loudly
+        os.rename(temp, target)
+        _fsync_folder(target.parent)
+    except OSError as error:
+        if error.errno in NO_SPACE_ERRNOS:
+            raise DiskFullError(no_space_message(target)) from error
+        raise
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _usual_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700, and some writers 0600 files: give the folder's contents the umask's permissions."""
+    os.chmod(folder, 0o777 & ~_umask())
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
 def no_space_message(target: Path) -> str:

@@ -42,6 +42,9 @@ PSEUDO_LABELS = "pseudo_labels.csv"
 POOL_PREDICTIONS = "pool_predictions.csv"  # the pool's probabilities, only in rounds whose pseudo-labels need them
 RESULTS = "results"
 METRICS = "metrics.csv"
+CALIBRATION = "calibration.json"  # results/: the temperatures, fitted on out-of-fold validation predictions
+CALIBRATION_TABLE = "calibration.csv"  # results/: ECE, Brier, NLL of every model on the outer test set, before and after
+RELIABILITY = "reliability.csv"  # results/: the points of the reliability diagrams
 REPORT = "report"
 DEMO_DATA = "demo-data"  # the built-in synthetic images, generated into the run folder
 
@@ -102,6 +105,8 @@ FOLDS_AVERAGED = "folds_averaged"  # mean/variance rows: how many folds define t
 FOLDS_PREFIX = "folds_"  # mean/variance rows: folds_<metric>, how many folds define that metric (the mean's count)
 AUC_FROM = "auc_from"  # "probability", "vote fraction", or empty when there is no AUC
 VOTE_PREFIX = "vote_fold"  # ensemble tables: vote_fold<k> is fold model k's vote
+CALIBRATION_COLUMN = "calibration"  # none or temperature: the probabilities a calibration row was computed from
+TEMPERATURE = "temperature"
 
 
 def folds_column(metric: str) -> str:

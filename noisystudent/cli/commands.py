@@ -387,6 +387,7 @@ class EnsembleOptions:
     device: str
     skip_unreadable: bool
     backend: str
+    calibration: Optional[str]
 
 
 def _keyword(name: str, default: Any, annotation: Any) -> inspect.Parameter:
@@ -404,6 +405,9 @@ ENSEMBLE_OPTIONS = [
         "--skip-unreadable", help="Skip (and list) unreadable images instead of stopping.")]),
     _keyword("backend", "auto", Annotated[str, typer.Option(
         help="auto (ONNX Runtime on a CPU when the onnx extra is installed, else PyTorch), onnx or torch.")]),
+    _keyword("calibration", None, Annotated[Optional[str], typer.Option(
+        help="none (the fold models' mean probability) or temperature (scaled by the temperature fitted on validation; "
+             "docs/deploy.md) (default: none; a model folder's: its export's).", show_default=False)]),
     _keyword("quiet", False, Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")]),
 ]
 
@@ -449,13 +453,14 @@ def ensemble_predict(
     from noisystudent.ensemble import classifier as ensemble
 
     ensemble.check_options(options.models, options.tta, options.batch_size, [voting] if voting else [], options.device)
+    ensemble.check_calibration_name(options.calibration)
     ensemble.check_outputs(out_path, run, inputs, ensemble.patients_path(out_path))
     images = resolve_inputs(inputs)
     ensemble.check_not_an_image(out_path, images)
     models = ensemble.load_ensemble(run, options.models, options.device)
     with RichProgress(console) as progress:
-        prediction = ensemble.predict(models, images, voting, progress=progress, tta=options.tta, batch_size=options.batch_size,
-                                      skip_unreadable=options.skip_unreadable, backend=options.backend)
+        prediction = ensemble.predict(models, images, voting, progress=progress, calibration=options.calibration, tta=options.tta,
+                                      batch_size=options.batch_size, skip_unreadable=options.skip_unreadable, backend=options.backend)
     written = ensemble.write_prediction(prediction, out_path)
     print_prediction_summary(out, prediction, models, voting)
     out.print("Written: " + ", ".join(str(p) for p in written), highlight=False)
@@ -478,12 +483,15 @@ def ensemble_evaluate(
     from noisystudent.run.results import VOTING_RULES
 
     ensemble.check_options(options.models, options.tta, options.batch_size, voting or [], options.device)
+    ensemble.check_calibration_name(options.calibration)
     ensemble.check_outputs(out_path, run, [data], ensemble.predictions_path(out_path))
+    ensemble.check_outputs(out_path, run, [data], ensemble.calibration_path(out_path))
     models = ensemble.load_ensemble(run, options.models, options.device)
     images = ensemble.read_labelled(models, data, data_format, patient_regex)
     with RichProgress(console) as progress:
-        evaluation = ensemble.evaluate(models, images, tuple(voting or VOTING_RULES), progress=progress, tta=options.tta,
-                                       batch_size=options.batch_size, skip_unreadable=options.skip_unreadable, backend=options.backend)
+        evaluation = ensemble.evaluate(models, images, tuple(voting or VOTING_RULES), progress=progress, calibration=options.calibration,
+                                       tta=options.tta, batch_size=options.batch_size, skip_unreadable=options.skip_unreadable,
+                                       backend=options.backend)
     written = ensemble.write_evaluation(evaluation, out_path)
     from noisystudent.cli.tables import class_scope, per_class_table
     from noisystudent.evaluation.metrics import headline_class_rows, one_vs_rest_rows
@@ -500,18 +508,33 @@ def ensemble_evaluate(
 @user_errors
 def ensemble_export(
     run: RunArgument,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = Path("ensemble.onnx"),
+    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="The ONNX file, or the new or empty model folder, to write "
+                                                     "(default: ensemble.onnx, or ensemble-model/).", show_default=False)] = None,
+    export_format: Annotated[str, typer.Option("--format", help="onnx (one graph, docs/onnx.md) or folder (safetensors weights, "
+                                               "config.json and a model card, docs/deploy.md).")] = "onnx",
     voting: Annotated[Optional[str], typer.Option(help="majority or soft (default: the run's --voting).", show_default=False)] = None,
     models: Annotated[str, typer.Option(help="students (the final round) or teachers (round 0).")] = "students",
     tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation inside the graph (default: the run's).", show_default=False)] = None,
+    calibration: Annotated[Optional[str], typer.Option(help="The model folder's default --calibration: none or temperature "
+                                                       "(default: none).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log output.")] = False,
 ) -> None:
-    """Export the K fold models of RUN, their normalisation and the vote as one ONNX file (docs/onnx.md)."""
+    """Export the K fold models of RUN as one ONNX file (docs/onnx.md) or a shareable model folder (docs/deploy.md)."""
+    from noisystudent.config.choices import EXPORT_FORMATS
     from noisystudent.ensemble import classifier as ensemble
     from noisystudent.errors import ConfigError
     from noisystudent.inference import onnx_export, onnx_runtime
 
     setup_logging(quiet)
+    if export_format not in EXPORT_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(EXPORT_FORMATS)}; got {export_format!r}.")
+    ensemble.check_calibration_name(calibration)
+    if export_format == "folder":
+        return _export_folder(run, out_path or Path("ensemble-model"), voting, models, tta, calibration)
+    if calibration == "temperature":
+        raise ConfigError("The ONNX graph gives the fold models' mean probability; --calibration temperature applies to "
+                          "--format folder (or to ensemble predict).")
+    out_path = out_path or Path("ensemble.onnx")
     if not onnx_runtime.available():
         raise ConfigError(f"Exporting needs onnx and onnxruntime; {onnx_runtime.INSTALL_HINT}.")
     ensemble.check_options(models, tta, None, [voting] if voting else [], "cpu")
@@ -530,6 +553,19 @@ def config_show(preset: Annotated[str, typer.Option(help="The preset whose setti
     from noisystudent.config.config_file import starting_file
 
     typer.echo(starting_file(preset), nl=False)
+
+
+def _export_folder(run: Path, out_path: Path, voting: Optional[str], models: str, tta: Optional[str],
+                   calibration: Optional[str]) -> None:
+    from noisystudent.ensemble import classifier as ensemble
+    from noisystudent.ensemble import model_folder
+
+    ensemble.check_options(models, tta, None, [voting] if voting else [], "cpu")
+    model_folder.check_destination(out_path, run)
+    loaded = ensemble.load_ensemble(run, models, "cpu")
+    ensemble.export_folder(loaded, out_path, tta, voting, calibration)
+    out.print(f"Written: {out_path}/ ({len(loaded.members)} {loaded.kind}s as safetensors, config.json, README.md; "
+              f"predict with noisystudent ensemble predict {out_path} IMAGES)", highlight=False)
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ EQUALIZE = ("none", "grey", "channels", "luminance")
 TTA = ("none", "flips", "dihedral", "five_crop", "ten_crop")
 FREEZE = ("none", "backbone")
 VOTING = ("majority", "soft")
+CALIBRATIONS = ("none", "temperature")  # ensemble predict/evaluate/export --calibration
+EXPORT_FORMATS = ("onnx", "folder")  # ensemble export --format
 AMP = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead")  # torch.compile modes; reduce-overhead: CUDA graphs
 # Scores of metrics.csv where higher is better (not the no-information rate, a property of the data):

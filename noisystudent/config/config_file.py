@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 KFOLD, EXPERIMENT, PREDICT = "kfold", "experiment", "ensemble predict"
 # The settings of `ensemble predict` a file may hold, with their types (the flags' own names).
 PREDICT_SETTINGS: dict[str, str] = {"models": "str", "voting": "str", "tta": "str", "batch_size": "int", "device": "str",
-                                    "skip_unreadable": "bool", "backend": "str"}
+                                    "skip_unreadable": "bool", "backend": "str", "calibration": "str"}
 EXPERIMENT_ONLY = {"seeds": "list", "arms": "list"}  # text such as "0,1,2" or a YAML list
 EXPERIMENT_REFUSED = {"seed": "seeds"}  # RunConfig settings experiment replaces by its own
 # Where each group of settings begins, in RunConfig's field order: the sections of --help and of a written file.

@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from noisystudent import atomic, layout
-from noisystudent.config.run_config import TTA, VOTING, RunConfig
+from noisystudent import __version__, atomic, layout
+from noisystudent.config.choices import CALIBRATIONS
+from noisystudent.config.run_config import TTA, VOTING, RunConfig, config_from_saved
 from noisystudent.data.label_names import apply_label_map
 from noisystudent.data.labels import parse_binary_mapping
 from noisystudent.data.loose_files import name_fields
@@ -44,7 +45,9 @@ from noisystudent.data.prefetch import DecodedBatch, decoded_batches
 from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.readers import read_manifest
 from noisystudent.device import resolve_device
+from noisystudent.ensemble import model_card, model_folder
 from noisystudent.errors import CheckpointError, ConfigError, DataError, OutputError, RunFolderError
+from noisystudent.evaluation import calibration as calib
 from noisystudent.evaluation import metrics
 from noisystudent.inference.backends import BatchPredictor, ensemble_predictor
 from noisystudent.inference.model_set import ExportRecord, ModelSet
@@ -52,8 +55,8 @@ from noisystudent.inference.tables import prediction_table
 from noisystudent.models import input_normalization
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import results
-from noisystudent.run.folder import load_run_config
+from noisystudent.run import calibration, results
+from noisystudent.run.folder import load_run_config, saved_config
 from noisystudent.safe_paths import check_output_file
 
 logger = logging.getLogger(__name__)
@@ -85,6 +88,17 @@ class Ensemble:
     device: torch.device
     # (tta, backend) -> batch predictor, built once per loaded ensemble (an ONNX Runtime session takes seconds)
     predictors: dict = field(default_factory=dict, repr=False)
+    # {"temperature": T of the ensemble, "folds": {"<k>": T of fold model k}}, fitted on validation (run/calibration.py);
+    # a model folder's from its config.json, a run's read on first use; None where none is known
+    fitted_temperatures: dict | None = field(default=None, repr=False)
+    calibration: str = "none"  # the default --calibration: none for a run, the export's choice for a model folder
+    is_folder: bool = False  # loaded from an exported model folder rather than a run folder
+
+    def temperatures(self) -> dict | None:
+        """The temperatures of this ensemble and its fold models; None when the run has no validation predictions."""
+        if self.fitted_temperatures is None and not self.is_folder:
+            self.fitted_temperatures = run_temperatures(self.run, self.config, self.round, self.classes)
+        return self.fitted_temperatures
 
     def predictor(self, tta: str, backend: str) -> BatchPredictor:
         if (tta, backend) not in self.predictors:
@@ -137,6 +151,7 @@ class Evaluation:
     predictions: pd.DataFrame  # one row per image and model (fold models, then each voting rule)
     metrics: pd.DataFrame  # one row per fold model and voting rule
     skipped: list[tuple[str, str]]
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # ECE, Brier, NLL per fold model and ensemble, before/after
 
 
 # --- loading --------------------------------------------------------------------------
@@ -150,9 +165,12 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
     run folder is only read.
 
     Args:
-        run: A run folder of :func:`run_kfold` whose folds have finished.
+        run: A run folder of :func:`run_kfold` whose folds have finished, or a
+            model folder of :func:`export_folder` (read with json and
+            safetensors only; it holds the models it was exported with).
         models: ``"students"`` (default: the final round's students) or
-            ``"teachers"`` (round 0).
+            ``"teachers"`` (round 0); a model folder ignores it (with a warning
+            when it differs).
         device: ``"auto"`` (default: CUDA when available, else CPU),
             ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or a ``torch.device``.
 
@@ -166,7 +184,8 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
         ConfigError: ``models`` or ``device`` is invalid.
         RunFolderError: ``run`` holds no run (no config.json).
         CheckpointError: A fold has no model.pt of that round (unfinished run),
-            or a model file is unreadable or does not belong to the run.
+            or a model file is unreadable or does not belong to the run; in a
+            model folder, a weights file is missing, changed or does not fit.
 
     Example:
         >>> import noisystudent as ns
@@ -176,6 +195,8 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
     """
     kind = checked_models(models)
     run = Path(run)
+    if model_folder.is_model_folder(run):
+        return load_model_folder(run, kind, device)
     config = load_run_config(run)
     round_ = 0 if kind == layout.TEACHER else config.rounds
     device = resolve_device(device) if isinstance(device, str) else device
@@ -191,6 +212,35 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
     classes, spec = _shared_classes_and_spec(members, payloads, config)
     logger.info("ensemble of %d %ss (round %d) from %s on %s", len(members), layout.model_kind(round_), round_, run, device)
     return Ensemble(run, config, round_, members, classes, spec, device)
+
+
+def load_model_folder(folder: Path, kind: str, device: str | torch.device = "auto") -> Ensemble:
+    """The ensemble of an exported model folder (:func:`export_folder`): json and safetensors only, nothing unpickled."""
+    document = model_folder.read_document(folder)
+    settings = {**document["settings"], "voting": document["voting"], "tta": document["tta"]}  # the export's choices
+    config = config_from_saved(Path(folder) / model_folder.CONFIG, settings)
+    device = resolve_device(device) if isinstance(device, str) else device
+    if kind != document["kind"]:
+        logger.warning("The model folder %s holds %ss; --models %ss does not apply to it.", folder, document["kind"], kind)
+    normalization = (tuple(document["normalization"]["mean"]), tuple(document["normalization"]["std"]))
+    members = [FoldModel(m.fold, m.path, m.model, normalization)
+               for m in model_folder.read_members(folder, document, device, config.channels_last)]
+    temperatures = None
+    if document.get("temperature") is not None:
+        temperatures = {"temperature": float(document["temperature"]), "folds": document.get("fold_temperatures") or {}}
+    logger.info("ensemble of %d %ss from the model folder %s on %s", len(members), document["kind"], folder, device)
+    return Ensemble(Path(folder), config, int(document["round"]), members, list(document["classes"]),
+                    PreprocessSpec(**document["preprocess"]), device, fitted_temperatures=temperatures,
+                    calibration=document.get("calibration", "none"), is_folder=True)
+
+
+def run_temperatures(run: Path, config: RunConfig, round_: int, classes: list[str]) -> dict | None:
+    """{"temperature", "folds"} of the models of ``round_``: results/calibration.json, else fitted now from the
+    validation predictions (runs made before it existed; nothing is written). None without them."""
+    saved = (calibration.read_calibration(run) or {}).get("models", {}).get(layout.model_kind(round_))
+    if saved is None or saved.get("round") != round_:
+        saved = calibration.fit_kind(results.collect_predictions(run, config), round_, config.folds, classes)
+    return None if saved is None else {"temperature": float(saved["temperature"]), "folds": saved["folds"]}
 
 
 def _missing_message(run: Path, fold: int, round_: int) -> str:
@@ -301,7 +351,8 @@ def _unreadable(batch: DecodedBatch, paths: list[str], skip: bool) -> list[tuple
 
 
 def predict(
-    ensemble: Ensemble, images: pd.DataFrame, rule: str | None = None, progress: Progress = NULL_PROGRESS, **options
+    ensemble: Ensemble, images: pd.DataFrame, rule: str | None = None, progress: Progress = NULL_PROGRESS,
+    calibration: str | None = None, **options,
 ) -> Prediction:
     """Ensemble predictions per image and per known patient; ``options`` go to predict_fold_probs.
 
@@ -317,6 +368,10 @@ def predict(
         rule: Voting rule ``"majority"`` or ``"soft"``; default ``None``: the
             run's ``voting`` setting.
         progress: Receives progress events; default ``NULL_PROGRESS`` ignores them.
+        calibration: ``"none"`` (the mean probability of the fold models) or
+            ``"temperature"`` (it scaled by the ensemble's temperature, fitted
+            on validation: run/calibration.py); default ``None``: none for a
+            run, the export's choice for a model folder. Calls do not change.
         **options: Passed to ``predict_fold_probs``: ``tta`` (none, flips,
             dihedral, five_crop, ten_crop; default: the run's), ``batch_size``
             (default: the run's eval_batch_size), ``skip_unreadable`` (default
@@ -334,7 +389,8 @@ def predict(
         (path, reason) of unreadable images left out.
 
     Raises:
-        ConfigError: Unknown ``rule``, ``tta`` or ``backend``.
+        ConfigError: Unknown ``rule``, ``tta``, ``backend`` or ``calibration``, or
+            a temperature asked for where the run has none.
         DataError: An image cannot be read (without ``skip_unreadable``), or none can.
 
     Example:
@@ -344,9 +400,11 @@ def predict(
         >>> prediction.table[["path", "pred", "agreement"]].head()  # doctest: +SKIP
     """
     rule = checked_rule(rule or ensemble.config.voting)
+    temperature = ensemble_temperature(ensemble, calibration)
     images = prepare_labels(ensemble, images, strict=False)
     fold_probs = predict_fold_probs(ensemble, images, progress=progress, **options)
     table = results.vote_table(fold_probs.images[[PATH, LABEL, PATIENT]], fold_probs.probs, ensemble.classes, rule)
+    table = calibrated(table, ensemble.classes, temperature)
     patients = patient_table(table, ensemble.positive, ensemble.classes)
     if ensemble.positive is None and (table[PATIENT] != "").any():
         logger.warning("No patient table: the run's positive class %r is not one of its classes %s.",
@@ -354,6 +412,35 @@ def predict(
     if (table[LABEL] == "").all():
         table = table.drop(columns=LABEL)
     return Prediction(table, patients, fold_probs.skipped)
+
+
+def check_calibration_name(mode: str | None) -> None:
+    """``--calibration`` is none, temperature or not given; checked before any file is read."""
+    if mode is not None and mode not in CALIBRATIONS:
+        raise ConfigError(f"--calibration must be one of {', '.join(CALIBRATIONS)}; got {mode!r}.")
+
+
+def checked_calibration(mode: str | None, ensemble: Ensemble) -> str:
+    """``mode`` (default: the ensemble's own), checked; a temperature must be known for ``"temperature"``."""
+    mode = mode or ensemble.calibration
+    check_calibration_name(mode)
+    if mode == "temperature" and ensemble.temperatures() is None:
+        raise ConfigError(f"{ensemble.run} has no temperature: it is fitted on the validation predictions of every fold, "
+                          "which this ensemble lacks; use --calibration none.")
+    return mode
+
+
+def ensemble_temperature(ensemble: Ensemble, mode: str | None) -> float | None:
+    """The temperature the ensemble's mean probability is scaled by under ``mode``; None for none."""
+    return ensemble.temperatures()["temperature"] if checked_calibration(mode, ensemble) == "temperature" else None
+
+
+def calibrated(table: pd.DataFrame, classes: list[str], temperature: float | None) -> pd.DataFrame:
+    """``table`` with its prob_<class> columns scaled by ``temperature`` (unchanged for None); calls and votes stay."""
+    if temperature is None:
+        return table
+    columns = [layout.prob_column(c) for c in classes]
+    return table.assign(**dict(zip(columns, calib.scaled(table[columns].to_numpy(), temperature).T)))
 
 
 def checked_rule(rule: str) -> str:
@@ -451,7 +538,7 @@ def read_labelled(ensemble: Ensemble, data: Path, data_format: str = "auto", pat
 
 def evaluate(
     ensemble: Ensemble, images: pd.DataFrame, rules: tuple[str, ...] = results.VOTING_RULES,
-    progress: Progress = NULL_PROGRESS, **options,
+    progress: Progress = NULL_PROGRESS, calibration: str | None = None, **options,
 ) -> Evaluation:
     """Metrics of every fold model and of each voting rule on labelled ``images``.
 
@@ -466,6 +553,9 @@ def evaluate(
             (e.g. from :func:`read_labelled`).
         rules: Voting rules to evaluate; default ``("majority", "soft")``.
         progress: Receives progress events; default ``NULL_PROGRESS`` ignores them.
+        calibration: ``"none"`` or ``"temperature"``: the probabilities of the
+            predictions table (each fold model by its own temperature, the
+            ensembles by theirs); default as for :func:`predict`.
         **options: ``tta``, ``batch_size``, ``skip_unreadable``, ``workers`` and
             ``backend``, as for :func:`predict`.
 
@@ -473,7 +563,10 @@ def evaluate(
         Evaluation: ``metrics``, one row per fold model and per voting rule
         (columns model, fold, round, voting, class, the metrics and counts);
         ``predictions``, one row per image and model with the same identifying
-        columns; ``skipped``, (path, reason) of unreadable images left out.
+        columns; ``skipped``, (path, reason) of unreadable images left out;
+        ``calibration``, ECE (15 bins), Brier score and NLL of every fold model
+        and of the ensemble's mean probability, before (``none``) and, when
+        the temperatures are known, after (``temperature``) scaling.
 
     Raises:
         ConfigError: Unknown rule, ``tta`` or ``backend``.
@@ -486,17 +579,46 @@ def evaluate(
         >>> evaluation.metrics[["fold", "voting", "accuracy", "auc"]]  # doctest: +SKIP
     """
     rules = tuple(checked_rule(r) for r in rules)
+    scaled = ensemble_temperature(ensemble, calibration) is not None
     fold_probs = predict_fold_probs(ensemble, images, progress=progress, **options)
     base = fold_probs.images[[PATH, LABEL, PATIENT]]
+    temperatures = _member_temperatures(ensemble) if scaled else {}
     tables = []
     for m, member in enumerate(ensemble.members):
-        tables.append(_identified(ensemble, member.fold, "", prediction_table(base, fold_probs.probs[m], ensemble.classes)))
+        table = calibrated(prediction_table(base, fold_probs.probs[m], ensemble.classes), ensemble.classes, temperatures.get(member.fold))
+        tables.append(_identified(ensemble, member.fold, "", table))
     for rule in rules:
-        tables.append(_identified(ensemble, ENSEMBLE, rule, results.vote_table(base, fold_probs.probs, ensemble.classes, rule)))
+        table = calibrated(results.vote_table(base, fold_probs.probs, ensemble.classes, rule), ensemble.classes, temperatures.get(ENSEMBLE))
+        tables.append(_identified(ensemble, ENSEMBLE, rule, table))
     rows = [row for t in tables for row in _metrics_rows(t, ensemble)]
     columns = EVAL_ID_COLUMNS + [metrics.CLASS_COLUMN] + metrics.METRIC_COLUMNS + metrics.COUNT_COLUMNS
     table = metrics.with_integer_counts(pd.DataFrame(rows, columns=columns))
-    return Evaluation(pd.concat(tables, ignore_index=True), table, fold_probs.skipped)
+    return Evaluation(pd.concat(tables, ignore_index=True), table, fold_probs.skipped, calibration_table(ensemble, base, fold_probs.probs))
+
+
+def _member_temperatures(ensemble: Ensemble) -> dict:
+    """{fold: its own temperature, ENSEMBLE: the ensemble's}; a fold without one (older exports) takes the ensemble's."""
+    fitted = ensemble.temperatures() or {}
+    folds = fitted.get("folds") or {}
+    found = {m.fold: float(folds.get(str(m.fold), fitted["temperature"])) for m in ensemble.members}
+    return {**found, ENSEMBLE: float(fitted["temperature"])}
+
+
+def calibration_table(ensemble: Ensemble, images: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    """ECE, Brier score and NLL of each fold model and of the ensemble's mean probability, before and after scaling."""
+    labels = images[LABEL].map({c: i for i, c in enumerate(ensemble.classes)}).to_numpy()
+    known = ~pd.isna(labels)
+    labels = labels[known].astype(int)
+    scored = [(m.fold, probs[i][known]) for i, m in enumerate(ensemble.members)] + [(ENSEMBLE, probs.mean(axis=0)[known])]
+    temperatures = _member_temperatures(ensemble) if ensemble.temperatures() is not None else {}
+    rows = []
+    for fold, p in scored:
+        for mode, t in (("none", None), ("temperature", temperatures.get(fold))):
+            if mode == "none" or t is not None:
+                ident = {layout.MODEL_KIND: ensemble.kind, layout.FOLD_COLUMN: fold, layout.ROUND: ensemble.round,
+                         layout.CALIBRATION_COLUMN: mode, layout.TEMPERATURE: 1.0 if t is None else t}
+                rows.append({**ident, **calib.calibration_summary(p if t is None else calib.scaled(p, t), labels)})
+    return pd.DataFrame(rows)
 
 
 def _identified(ensemble: Ensemble, fold: int | str, voting: str, table: pd.DataFrame) -> pd.DataFrame:
@@ -583,8 +705,76 @@ def write_prediction(prediction: Prediction, out: Path) -> list[Path]:
     return written
 
 
+def calibration_path(metrics_out: Path) -> Path:
+    return Path(metrics_out).with_name(f"{Path(metrics_out).stem}_calibration.csv")
+
+
 def write_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
-    """Write the metrics CSV and ``<stem>_predictions.csv`` beside it; return the paths."""
+    """Write the metrics CSV, ``<stem>_predictions.csv`` and ``<stem>_calibration.csv`` beside it; return the paths."""
     atomic.write_csv(predictions_path(out), evaluation.predictions)
+    atomic.write_csv(calibration_path(out), evaluation.calibration)
     atomic.write_csv(Path(out), evaluation.metrics)
-    return [Path(out), predictions_path(out)]
+    return [Path(out), predictions_path(out), calibration_path(out)]
+
+
+# --- the shareable model folder ----------------------------------------------------------
+
+
+def export_folder(ensemble: Ensemble, out: Path, tta: str | None = None, rule: str | None = None,
+                  calibration: str | None = None) -> Path:
+    """Write the ensemble as a model folder: safetensors weights, config.json and a README.md model card.
+
+    ``load_ensemble(out)`` and ``noisystudent ensemble predict OUT ...`` read
+    it back (json and safetensors only: nothing is unpickled) and predict as
+    the run folder does (within 1e-5).
+
+    Args:
+        ensemble: From :func:`load_ensemble` of a run folder.
+        out: A new or empty folder outside the run folder.
+        tta: Test-time augmentation the folder predicts with by default (default: the run's).
+        rule: Voting rule ``"majority"`` or ``"soft"`` (default: the run's).
+        calibration: ``"none"`` or ``"temperature"``: the folder's default
+            ``--calibration`` (default ``None``: none). The temperatures are
+            stored whenever the run has them.
+
+    Returns:
+        Path: ``out``.
+
+    Raises:
+        OutputError: ``out`` is a file, a non-empty folder, or inside the run folder.
+        ConfigError: An invalid option, an ensemble loaded from a model folder,
+            or a temperature asked for where the run has none.
+
+    Example:
+        >>> import noisystudent as ns
+        >>> ns.export_folder(ns.load_ensemble("runs/demo"), "shared/demo-model", calibration="temperature")  # doctest: +SKIP
+        >>> ns.load_ensemble("shared/demo-model").calibration  # doctest: +SKIP
+        'temperature'
+    """
+    if ensemble.is_folder:
+        raise ConfigError(f"{ensemble.run} is already a model folder; copy it instead of exporting it again.")
+    model_folder.check_destination(Path(out), ensemble.run)
+    document = folder_document(ensemble, checked_tta(tta or ensemble.config.tta), checked_rule(rule or ensemble.config.voting),
+                               checked_calibration(calibration, ensemble))
+    card = model_card.model_card(ensemble.run, document, saved_config(ensemble.run) or {})
+    return model_folder.write_folder(Path(out), document, [(m.fold, m.model) for m in ensemble.members], card)
+
+
+def folder_document(ensemble: Ensemble, tta: str, rule: str, mode: str) -> dict:
+    """A model folder's config.json, less its members' files (model_folder.write_folder adds them)."""
+    fitted = ensemble.temperatures()
+    mean, std = ensemble.members[0].normalization
+    settings = {**ensemble.config.to_dict(), "voting": rule, "tta": tta}
+    return {
+        "format": model_folder.FORMAT, "format_version": model_folder.FORMAT_VERSION,
+        "models": f"{ensemble.kind}s", "kind": ensemble.kind, "round": ensemble.round, "folds": [m.fold for m in ensemble.members],
+        "architecture": ensemble.export_record().architecture, "classes": list(ensemble.classes), "positive": ensemble.positive,
+        "input_size": ensemble.spec.image_size, "preprocess": asdict(ensemble.spec),
+        "input": "RGB uint8 preprocessed as `preprocess`, then (x / 255 - mean) / std per channel",
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "voting": rule, "tta": tta, "calibration": mode,
+        "temperature": fitted["temperature"] if fitted else None,
+        "fold_temperatures": fitted["folds"] if fitted else None,
+        "temperature_fitted_on": calibration.FITTED_ON if fitted else None,
+        "settings": settings, "noisystudent_version": __version__, "exported_from": Path(ensemble.run).resolve().name,
+    }

@@ -20,6 +20,7 @@ from noisystudent.errors import RunFolderError
 from noisystudent.evaluation.baseline import no_information_warnings
 from noisystudent.layout import CONFIG, EVAL_SPLIT, PRED, REPORT, SELECTION_BIASED, SPLIT, STUDENT, TEACHER, prob_column
 from noisystudent.report import evidence, plots
+from noisystudent.report.calibration_section import calibration_figures, calibration_tables
 from noisystudent.report.class_tables import patient_table, per_class_table, scope_sentence
 from noisystudent.report.data_section import data_caption, fold_parts_table, has_patients, parts_table
 from noisystudent.report.evidence import comparison_frame, read_comparisons
@@ -81,7 +82,8 @@ def write_report(run: Path) -> Path:
     data = load_run(run)
     folder.mkdir(exist_ok=True)
     figures = []
-    for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, pseudo_quality_figures, helped_figures):
+    for step in (curve_figures, confusion_figures, roc_figures, pseudo_label_figures, pseudo_quality_figures, helped_figures,
+                 reliability_figures):
         try:
             figures.extend(step(data, folder))
         except (KeyError, ValueError, TypeError) as error:  # a malformed table costs one figure, not the report
@@ -89,7 +91,7 @@ def write_report(run: Path) -> Path:
             data.notes.append(f"The {step.__name__.replace('_', ' ')} could not be drawn ({type(error).__name__}: {error}).")
     sentence = headline(data.metrics, read_comparisons(run), data.config.get("voting", "majority"))
     page = render_page(f"Noisy Student report: {run.name}", data.config, sentence, data.notes,
-                       comparison_tables(run) + report_tables(data), figures, warnings=no_information_warnings(data.metrics),
+                       comparison_tables(run) + report_tables(data) + calibration_tables(run), figures, warnings=no_information_warnings(data.metrics),
                        before=[settings_section(data.config), data_html(data)], after=[patient_html(data)])
     write_text(folder / PAGE, page)
     log.info("wrote %s with %d figures", folder / PAGE, len(figures))
@@ -300,6 +302,10 @@ def pseudo_label_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
 
 def pseudo_quality_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
     return evidence.pseudo_quality_figures(data.metrics, folder)
+
+
+def reliability_figures(data: RunContents, folder: Path) -> list[FigureEntry]:
+    return calibration_figures(data.run, folder)
 
 
 def helped_figures(data: RunContents, folder: Path) -> list[FigureEntry]:

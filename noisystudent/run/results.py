@@ -34,7 +34,7 @@ from noisystudent.config.run_config import RunConfig
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
 from noisystudent.evaluation import metrics
 from noisystudent.evaluation.voting import vote
-from noisystudent.run import evidence
+from noisystudent.run import calibration, evidence
 from noisystudent.run.tables import read_table
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,9 @@ def write_results(run: Path, config: RunConfig, classes: list[str]) -> pd.DataFr
     time; :func:`run_kfold` calls it at the end of every run. Besides
     metrics.csv it writes, under ``run/results/``, the ensembles' predictions
     (``predictions_<teacher|student>_<majority|soft>.csv``),
-    pseudo_label_quality.csv and comparison.csv (final students vs teachers).
+    pseudo_label_quality.csv, comparison.csv (final students vs teachers) and
+    the temperature scaling of run/calibration.py (calibration.json,
+    calibration.csv, reliability.csv).
 
     Args:
         run: A run folder of :func:`run_kfold`.
@@ -124,6 +126,7 @@ def write_results(run: Path, config: RunConfig, classes: list[str]) -> pd.DataFr
     atomic.write_csv(layout.results_dir(run) / layout.METRICS, table)
     atomic.write_csv(layout.results_dir(run) / evidence.PSEUDO_QUALITY, evidence.pseudo_label_quality(predictions, config, classes))
     evidence.write_comparisons(run, evidence.run_comparisons(run, predictions, config, classes, positive), config)
+    calibration.write_calibration(run, predictions, config, classes)
     return table
 
 
