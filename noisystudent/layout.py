@@ -41,6 +41,7 @@ POOL_PREDICTIONS = "pool_predictions.csv"  # the pool's probabilities, only in r
 RESULTS = "results"
 METRICS = "metrics.csv"
 REPORT = "report"
+TENSORBOARD = "tensorboard"  # event files: TENSORBOARD/fold-<k>/round-<r>, TENSORBOARD/fold-<k>/pseudo-labels
 DEMO_DATA = "demo-data"  # the built-in synthetic images, generated into the run folder
 
 # history.csv columns (validation metrics are prefixed "val_").

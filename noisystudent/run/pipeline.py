@@ -40,7 +40,7 @@ from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
-from noisystudent.training import distributed
+from noisystudent.training import distributed, event_log
 from noisystudent.training.compiling import prediction_graphs
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.seeding import derive_seed
@@ -114,6 +114,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     with session.open_run(config, run, resume, join, progress) as run_ctx:  # config.json, folds.csv, the cache
         for warning in method_warnings(config) if distributed.is_main() else ():
             logger.warning(warning)
+        event_log.say_if_unavailable(config.tensorboard and distributed.is_main())
         helpers = min(config.concurrent, len(wanted)) - 1  # --concurrent N: this process and N - 1 workers
         threads = concurrent.worker_threads(torch.get_num_threads(), helpers + 1)
         worker_config = {**config.to_dict(), "concurrent": 1}
@@ -202,6 +203,7 @@ def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJ
         classes=run_ctx.classes,
         seed=derive_seed(config.seed, "fold", fold, "round", round_),
         extra={"fold": fold, "round": round_, "kind": "student" if student else "teacher"},
+        events=event_log.model_folder(run_ctx.run, fold, round_) if config.tensorboard else None,
     )
 
 
@@ -337,6 +339,10 @@ def _pseudo_labels(run_ctx: RunContext, fold: int, round_: int, predictions: pd.
 
     kept = None
     if distributed.is_main():
+        hidden = predictions[predictions[layout.SPLIT] == layout.SPLIT_MASKED]  # scored on the masked part's hidden labels
+        if config.tensorboard and len(hidden):
+            accuracy = float((hidden[manifest.LABEL].astype(str) == hidden[layout.PRED].astype(str)).mean())
+            event_log.write_pseudo_label_accuracy(run_ctx.run, fold, round_, accuracy)  # before the file: never lost
         kept = pseudo_labels.write_streamed(
             chunks, run_ctx.classes, out, mode=config.pseudo_mode, temperature=config.pseudo_temperature,
             threshold=config.pseudo_threshold, balance=config.pseudo_balance,
