@@ -46,6 +46,7 @@ CALIBRATION = "calibration.json"  # results/: the temperatures, fitted on out-of
 CALIBRATION_TABLE = "calibration.csv"  # results/: ECE, Brier, NLL of every model on the outer test set, before and after
 RELIABILITY = "reliability.csv"  # results/: the points of the reliability diagrams
 REPORT = "report"
+TENSORBOARD = "tensorboard"  # event files: TENSORBOARD/fold-<k>/round-<r>, TENSORBOARD/fold-<k>/pseudo-labels
 DEMO_DATA = "demo-data"  # the built-in synthetic images, generated into the run folder
 
 # history.csv columns (validation metrics are prefixed "val_").

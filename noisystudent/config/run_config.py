@@ -233,6 +233,9 @@ class RunConfig:
     concurrent: int = _opt(1, "Fold models trained at once on this machine, each in its own process on the same device "
                               "(a GPU that small batches leave mostly idle; docs/throughput.md); 1: one at a time.", affects_results=False)
     cache_dir: str | None = _opt(None, "Folder of the decoded-image cache (default: RUN/cache).", affects_results=False)
+    tensorboard: bool = _opt(True, "Write TensorBoard event files under RUN/tensorboard (losses, validation metrics, learning "
+                                    "rate, images/s, pseudo-label accuracy) when the tensorboard package is installed.",
+                             affects_results=False)
     log_every: int = _opt(20, "Steps between synchronising loss values for progress display.", affects_results=False)
     preset: str = _opt("cnmc-study", "Name of the preset these settings came from.", affects_results=False)
 

@@ -41,7 +41,7 @@ from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
 from noisystudent.run.whole_run import MODEL, WholeRunProgress
-from noisystudent.training import distributed
+from noisystudent.training import distributed, event_log
 from noisystudent.training.compiling import prediction_graphs
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.seeding import derive_seed
@@ -115,6 +115,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     with session.open_run(config, run, resume, join, progress) as run_ctx:  # config.json, folds.csv, the cache
         for warning in method_warnings(config) if distributed.is_main() else ():
             logger.warning(warning)
+        event_log.say_if_unavailable(config.tensorboard and distributed.is_main())
         whole_run = WholeRunProgress(run_ctx.progress, run, config, run_ctx.fold_table, len(run_ctx.classes),
                                      pool_size(run_ctx.fold_table, run_ctx.pool))
         run_ctx.progress = whole_run  # every model of every fold, with the ETA, beside each model's bars
@@ -209,6 +210,7 @@ def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJ
         classes=run_ctx.classes,
         seed=derive_seed(config.seed, "fold", fold, "round", round_),
         extra={"fold": fold, "round": round_, "kind": "student" if student else "teacher"},
+        events=event_log.model_folder(run_ctx.run, fold, round_) if config.tensorboard else None,
     )
 
 
@@ -344,6 +346,10 @@ def _pseudo_labels(run_ctx: RunContext, fold: int, round_: int, predictions: pd.
 
     kept = None
     if distributed.is_main():
+        hidden = predictions[predictions[layout.SPLIT] == layout.SPLIT_MASKED]  # scored on the masked part's hidden labels
+        if config.tensorboard and len(hidden):
+            accuracy = float((hidden[manifest.LABEL].astype(str) == hidden[layout.PRED].astype(str)).mean())
+            event_log.write_pseudo_label_accuracy(run_ctx.run, fold, round_, accuracy)  # before the file: never lost
         kept = pseudo_labels.write_streamed(
             chunks, run_ctx.classes, out, mode=config.pseudo_mode, temperature=config.pseudo_temperature,
             threshold=config.pseudo_threshold, balance=config.pseudo_balance,

@@ -21,7 +21,7 @@ from noisystudent.safe_paths import check_output_folder, file_kind
 
 # Entries of a run folder and the kind each must be.
 RUN_FILES = (layout.CONFIG, layout.LOG, ".lock", layout.FOLDS)
-RUN_FOLDERS = (layout.RESULTS, layout.CACHE, layout.REPORT)
+RUN_FOLDERS = (layout.RESULTS, layout.CACHE, layout.REPORT, layout.TENSORBOARD)
 
 
 def check_before_writing(config: RunConfig, run: Path) -> None:

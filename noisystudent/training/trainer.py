@@ -34,6 +34,7 @@ from noisystudent.training.augment import create_augment
 from noisystudent.training.compiling import compile_model
 from noisystudent.training.optim import Scheduler
 from noisystudent.training.engine import TrainSet
+from noisystudent.training.event_log import open_event_log
 from noisystudent.training.sampling import class_weights
 from noisystudent.training.seeding import derive_seed, make_generator, seed_everything
 
@@ -64,6 +65,7 @@ class ModelJob:
     seed: int
     extra: dict = field(default_factory=dict)  # stored in model.pt (fold, round, ...)
     randaugment: bool = False  # student noise: run.pipeline sets it for students only
+    events: Path | None = None  # TensorBoard folder of this model (training/event_log.py); None: no event file
 
 
 @dataclass
@@ -172,15 +174,20 @@ def _run_epochs(job: ModelJob, config: RunConfig, training: Training, load_batch
     training_model = compile_model(wrapped, config.compile_mode, device, COMPILE_OPTIONS) if config.compile else wrapped
     progress.start("epoch", job.name, total=config.epochs)
     progress.update("epoch", completed=state.next_epoch)
-    for epoch in range(state.next_epoch, config.epochs):
-        if _stopped_early(job, config, state):  # checked first: a resumed run stops where the original did
-            break
-        row = _one_epoch(job, config, model, training_model, step, epoch, sizes[epoch], load_batch, progress)
-        optim.step_scheduler(training.scheduler, row["score"])
-        _record_epoch(state, model, row, epoch)
-        if distributed.is_main():
-            _save_checkpoint(job, training)
-        progress.update("epoch", completed=epoch + 1, loss=row[layout.TRAIN_LOSS], val=row[f"val_{config.selection_metric}"])
+    events = open_event_log(job.events if distributed.is_main() else None, first_epoch=state.next_epoch + 1)
+    try:
+        for epoch in range(state.next_epoch, config.epochs):
+            if _stopped_early(job, config, state):  # checked first: a resumed run stops where the original did
+                break
+            row = _one_epoch(job, config, model, training_model, step, epoch, sizes[epoch], load_batch, progress)
+            optim.step_scheduler(training.scheduler, row["score"])
+            _record_epoch(state, model, row, epoch)
+            if distributed.is_main():
+                events.epoch(row)  # before the checkpoint: a kill between them repeats the point, never loses it
+                _save_checkpoint(job, training)
+            progress.update("epoch", completed=epoch + 1, loss=row[layout.TRAIN_LOSS], val=row[f"val_{config.selection_metric}"])
+    finally:
+        events.close()
     progress.stop("epoch")
 
 
