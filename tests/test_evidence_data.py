@@ -41,8 +41,8 @@ def test_pool_flag_keeps_or_drops_the_unlabelled_images_of_the_data(tmp_path, po
 def test_unlabelled_folder_gets_patient_ids_from_the_regex(tmp_path):
     data = write_class_folders(tmp_path / "data")
     extra = tmp_path / "extra"
-    save_cell(extra / "p01_9.png", 0)
-    save_cell(extra / "loose.png", 0)
+    save_cell(extra / "p01_9.png", 0, seed=101)  # seed 0 would copy data/benign/p01_0.png, and be left out
+    save_cell(extra / "loose.png", 0, seed=102)
     config = make_config(data, preset="smoke", patient_regex=PATIENT_REGEX, pool_images=str(extra), positive="malignant")
     pool = load_run_images(config, tmp_path, list_pool=True).pool
     table = read_table(pool.path).set_index(read_table(pool.path)["path"].map(lambda p: p.split("/")[-1]))

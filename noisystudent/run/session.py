@@ -166,7 +166,7 @@ def _load_or_assign_folds(run: Path, data: RunImages, config: RunConfig) -> pd.D
     ratio_given = origin(config.to_dict(), "split_ratio") == GIVEN  # warn about the user's ratio, not the preset's
     pool_patients = data.pool.patients() if data.pool is not None else set()
     return folds_module.assign_folds(data.manifest, config.folds, config.split_ratio, config.test_fraction, config.seed,
-                                     ratio_given, pool_patients)
+                                     ratio_given, pool_patients, data.twins)
 
 
 def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress, pool: PoolFile | None) -> ImageCache:
