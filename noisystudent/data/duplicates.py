@@ -4,7 +4,7 @@ Paths alone cannot tell that ``a.bmp`` and ``copy of a.png`` are one image, and
 patient ids are missing in many data sets, so a copy could sit in the labelled
 part and the outer test set (or the pool) unseen. Every image is decoded when
 the data is read (``images.check_images``), and its pixels are hashed then
-(``images.pixel_digest``: BLAKE2b-128 of the 8-bit RGB pixels the model sees,
+(``images.pixel_digest``: SHA-256, 128 bits, of the 8-bit RGB pixels the model sees,
 so a re-encoded copy matches too); this module compares the hashes.
 
 What happens to a copy (docs/reliability.md):

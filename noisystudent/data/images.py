@@ -121,10 +121,14 @@ def probe_image(path: str | Path) -> ImageInfo:
 
 
 def pixel_digest(rgb: Image.Image) -> str:
-    """128-bit BLAKE2b of an RGB image's size and pixels: what the model sees, whatever the file format."""
-    digest = hashlib.blake2b(f"{rgb.width}x{rgb.height}\n".encode(), digest_size=16)
+    """SHA-256 (first 128 bits) of an RGB image's size and pixels: what the model sees, whatever the file format.
+
+    SHA-256 rather than BLAKE2b: with the SHA extensions of current CPUs it hashes
+    about twice as fast (measured in docs/reliability.md).
+    """
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}\n".encode())
     digest.update(rgb.tobytes())
-    return digest.hexdigest()
+    return digest.hexdigest()[:32]
 
 
 def probe_images(paths: list[str], workers: int | None = None) -> list[ImageInfo]:
