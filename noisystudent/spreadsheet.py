@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -46,7 +47,7 @@ def unescape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return _map_text(frame, _ESCAPED, lambda text: text[1:])
 
 
-def _map_text(frame: pd.DataFrame, pattern: re.Pattern, change) -> pd.DataFrame:
+def _map_text(frame: pd.DataFrame, pattern: re.Pattern, change: Callable[[str], str]) -> pd.DataFrame:
     result = frame
     for column in frame.columns:
         values = frame[column]
