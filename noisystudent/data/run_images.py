@@ -59,6 +59,7 @@ def load_run_images(config: RunConfig, run: Path, progress: Progress = NULL_PROG
     wrote). Files of the run's pool.csv (a resumed run) are not decoded again.
     """
     root = Path(config.data) if config.data else demo.generate_demo(Path(run) / layout.DEMO_DATA)
+    progress.start("data", "reading and checking the images")  # minutes for a large data set: never silent
     manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
     skipped = list(manifest.attrs.get("skipped", []))
     contents = dict(manifest.attrs.get(duplicates.CONTENTS, {}))
@@ -83,6 +84,7 @@ def load_run_images(config: RunConfig, run: Path, progress: Progress = NULL_PROG
     _check_labels(combined, classes)
     check_positive(config, classes)
     twins = duplicates.find_twins(combined, contents)
+    progress.stop("data")
     listed = None
     if list_pool and (config.pool_images or (config.pool and len(own_pool))):
         own = own_pool if config.pool else own_pool.iloc[:0]
