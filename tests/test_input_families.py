@@ -24,6 +24,7 @@ from PIL import Image
 from noisystudent.atomic import write_csv as write_table
 from noisystudent.layout import RESULTS
 from noisystudent.run.tables import read_table
+from noisystudent.spreadsheet import escape_formulas, unescape_formulas
 
 FLAGS = tiny_flags(patient_regex=PATIENT_REGEX, test_fraction=0)
 CLASSES = ("benign", "malignant")
@@ -64,6 +65,7 @@ def test_formula_like_text_is_escaped_for_spreadsheets_and_read_back_unchanged(t
     assert pd.read_csv(path)["prob"].iloc[0] == -0.5  # numbers are never escaped
     back = read_table(path)
     assert back["label"].tolist() == FORMULAS and np.allclose(back["prob"], table["prob"])
+    assert unescape_formulas(escape_formulas(table)).equals(table)
 
 
 def _csv_rows(root: Path) -> list[dict]:
