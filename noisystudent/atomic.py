@@ -32,6 +32,7 @@ import pandas as pd
 
 from noisystudent import processes
 from noisystudent.errors import DiskFullError
+from noisystudent.spreadsheet import escape_formulas, quoting
 
 TEMP_SUFFIX = ".tmp"
 # <pid>-<start time, or x where unknown>-<host tag>, between the target's name and the random part
@@ -121,10 +122,15 @@ def write_text(target: Path, text: str) -> None:
     atomic_write(target, lambda temp: temp.write_text(text))
 
 
-def write_csv(target: Path, frame: pd.DataFrame) -> None:
+def write_csv(target: Path, frame: pd.DataFrame, for_people: bool = False) -> None:
+    """Write ``frame`` as a CSV, atomically; ``for_people``: formula-like text escaped (spreadsheet.py)."""
     # float_format=None keeps pandas' round-trip repr, so a CSV read back gives
     # bit-identical floats (resumed runs then match uninterrupted ones exactly).
-    atomic_write(target, lambda temp: frame.to_csv(temp, index=False))
+    if not for_people:
+        atomic_write(target, lambda temp: frame.to_csv(temp, index=False))
+        return
+    frame = escape_formulas(frame)
+    atomic_write(target, lambda temp: frame.to_csv(temp, index=False, quoting=quoting(frame)))
 
 
 def write_csv_chunks(target: Path, frames: Iterable[pd.DataFrame]) -> None:

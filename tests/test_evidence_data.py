@@ -41,8 +41,8 @@ def test_pool_flag_keeps_or_drops_the_unlabelled_images_of_the_data(tmp_path, po
 def test_unlabelled_folder_gets_patient_ids_from_the_regex(tmp_path):
     data = write_class_folders(tmp_path / "data")
     extra = tmp_path / "extra"
-    save_cell(extra / "p01_9.png", 0)
-    save_cell(extra / "loose.png", 0)
+    save_cell(extra / "p01_9.png", 0, seed=101)  # seed 0 would copy data/benign/p01_0.png, and be left out
+    save_cell(extra / "loose.png", 0, seed=102)
     config = make_config(data, preset="smoke", patient_regex=PATIENT_REGEX, pool_images=str(extra), positive="malignant")
     pool = load_run_images(config, tmp_path, list_pool=True).pool
     table = read_table(pool.path).set_index(read_table(pool.path)["path"].map(lambda p: p.split("/")[-1]))
@@ -67,3 +67,27 @@ def test_offline_imagenet_weights_stop_the_run_before_any_data_is_read(tmp_path,
     with pytest.raises(CheckpointError, match="could not be downloaded"):
         pipeline.run_kfold(config, tmp_path / "run")
     assert time.perf_counter() - started < 5 and not (tmp_path / "run").exists()
+
+
+def test_reading_the_data_and_assigning_folds_are_never_silent(tmp_path):
+    """A 10,000-class run printed nothing for 5 minutes: reading the images and assigning the folds now show as tasks."""
+    from noisystudent.progress import Progress
+    from noisystudent.run import session
+
+    class Recorder(Progress):
+        def __init__(self):
+            self.events = []
+
+        def start(self, key, description, total=None):
+            self.events.append(("start", key, description))
+
+        def stop(self, key):
+            self.events.append(("stop", key))
+
+    config = make_config(write_class_folders(tmp_path / "data"), preset="smoke", patient_regex=PATIENT_REGEX,
+                         positive="malignant", folds=2)
+    recorder = Recorder()
+    images = load_run_images(config, tmp_path, recorder)
+    session._load_or_assign_folds(tmp_path, images, config, recorder)
+    assert recorder.events == [("start", "data", "reading and checking the images"), ("stop", "data"),
+                               ("start", "folds", "assigning 32 images of 2 classes to 2 folds"), ("stop", "folds")]

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from noisystudent.data.images import find_unreadable, image_size, load_rgb, probe_image, probe_images
 from noisystudent.errors import DataError
@@ -132,3 +132,17 @@ def test_find_unreadable_lists_only_bad_files_in_order(tmp_path, make_image, mak
     assert [path for path, _ in bad] == [cut, str(text), str(tmp_path / "missing.png")]
     assert "truncated" in bad[0][1] and "not an image" in bad[1][1] and "does not exist" in bad[2][1]
     assert [info.path for info in probe_images(paths, workers=2)] == paths
+
+
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path):
+    """A photo stored sideways with EXIF orientation 6 (rotate 90° clockwise) used to be decoded unrotated."""
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = 255  # a white band on the left of the stored image
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "sideways.png", exif=exif)
+    upright = np.asarray(load_rgb(tmp_path / "sideways.png"))
+    assert upright.shape == (40, 20, 3)  # turned: 40 high, 20 wide
+    assert upright[:10].min() == 255 and upright[10:].max() == 0  # the left band is now on top
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "sideways.png")), np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "sideways.png")).convert("RGB")))

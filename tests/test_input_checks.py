@@ -59,6 +59,9 @@ BAD_SETTINGS = [
     (["--image-size", "100000"], "image_size must be a whole number >= 8 and <= 1024; got 100000."),
     (["--test-fraction", "nan"], "test_fraction must be a finite number >= 0 and <= 0.9; got nan."),
     (["--split-ratio", "2:nan:1"], "split_ratio must be three non-negative numbers"),
+    (["--rounds", "21"], "rounds must be a whole number >= 0 and <= 20; got 21."),  # --rounds 1000000 wrote 23 GB
+    # The resource-limits branch adds rows for values that pass these ranges but cannot be
+    # allocated (--epochs 1000000000000, --lr 1e308, --weight-decay 1e308, --pseudo-per-class 1e17).
 ]
 
 

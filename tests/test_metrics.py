@@ -236,3 +236,14 @@ def test_summarise_folds_mean_and_sample_variance_equal_numpy():
     assert (table[FOLD_COLUMN] == "ensemble").sum() == 1
     again = summarise_folds(table)  # idempotent: old summaries replaced
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_macro_auc_is_nan_when_a_class_is_absent_from_the_test_set():
+    """It used to average the AUCs of the classes present, silently, as if it were the macro AUC of all three."""
+    truth, guess = ["a", "a", "b", "b"], ["a", "b", "b", "b"]
+    probs = np.array([[0.8, 0.1, 0.1], [0.4, 0.5, 0.1], [0.2, 0.7, 0.1], [0.1, 0.6, 0.3]])
+    per_class, macro = multiclass_metrics(truth, guess, probs, ["a", "b", "c"])
+    assert per_class["auc"].tolist()[:2] == [1.0, 1.0] and np.isnan(per_class["auc"].iloc[2])
+    assert np.isnan(macro["auc"])
+    _, present = multiclass_metrics(truth, guess, probs[:, :2] / probs[:, :2].sum(1, keepdims=True), ["a", "b"])
+    assert present["auc"] == 1.0

@@ -130,8 +130,8 @@ def test_a_resumed_listing_decodes_only_the_files_the_earlier_listing_lacks(tmp_
     paths = [str(save_image(tmp_path / "pool" / f"c{i}.png")) for i in range(6)]
     first, _ = write_pool(((p, "") for p in paths[:4]), tmp_path / "first.csv", set(), False, 1)
     probed = []
-    real = pool_module.find_unreadable
-    monkeypatch.setattr(pool_module, "find_unreadable", lambda batch, workers: probed.extend(batch) or real(batch, workers))
+    real = pool_module.check_images
+    monkeypatch.setattr(pool_module, "check_images", lambda batch, workers: probed.extend(batch) or real(batch, workers))
     again, _ = write_pool(((p, "") for p in paths), tmp_path / "again.csv", set(), False, 1, checked=first)
     assert probed == paths[4:] and again.count == 6
     assert read_table(again.path)["path"].tolist() == paths

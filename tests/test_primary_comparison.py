@@ -164,3 +164,22 @@ def test_a_difference_is_coloured_only_where_its_interval_excludes_zero():
     assert difference_colour(-0.01, 0.08) == UNDECIDED  # a positive estimate whose interval crosses 0
     assert difference_colour(0.0, 0.1) == UNDECIDED  # touching 0 does not exclude it
     assert difference_colour(np.nan, np.nan) == UNDECIDED
+
+
+def test_one_test_image_without_a_patient_id_is_one_unit_with_one_warning(caplog):
+    """It used to switch the whole bootstrap from patients to images, silently."""
+    from noisystudent.evaluation import comparison
+    from noisystudent.evaluation.comparison import compare_predictions
+
+    images = pd.DataFrame({"path": [f"c{i}.bmp" for i in range(9)], "label": ["all"] * 4 + ["hem"] * 5,
+                           "patient": ["P1", "P1", "P2", "P2", "H1", "H1", "H2", "H2", ""]})
+    teacher = images.assign(pred=["all", "hem", "all", "hem", "hem", "all", "hem", "hem", "hem"])
+    student = images.assign(pred=["all", "all", "all", "hem", "hem", "hem", "hem", "hem", "hem"])
+    comparison._WARNED.clear()
+    with caplog.at_level("WARNING", logger="noisystudent.evaluation.comparison"):
+        first = compare_predictions([teacher], [student], ["all", "hem"], "all")
+        compare_predictions([teacher], [student], ["all", "hem"], "all")
+    assert (first.unit, first.n_units) == ("patient", 5)  # 4 patients + the image without an id
+    warnings = [r.getMessage() for r in caplog.records if "no patient id" in r.getMessage()]
+    assert warnings == ["1 of 9 test images have no patient id: the bootstrap resamples each of them as a patient "
+                        "of its own, so if they share patients the interval is too narrow."]

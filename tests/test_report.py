@@ -280,3 +280,28 @@ def test_tables_of_selection_biased_rows_say_so():
     assert "optimistic" in bias_sentence(metrics, "validation")
     assert bias_mark(metrics, "test") == "" and bias_sentence(metrics, "test") == ""
     assert bias_mark(metrics.drop(columns="selection_biased"), "validation") == ""
+
+
+def test_pseudo_quality_of_one_round_ticks_only_that_round():
+    """One round (0) used to be ticked at -0.04 ... 0.04."""
+    from noisystudent.report.evidence import pseudo_quality_figure
+
+    metrics = pd.DataFrame({"split": ["masked", "masked"], "fold": ["0", "1"], "round": [0, 0],
+                            "accuracy": [0.8, 0.7], "ece": [0.1, 0.2], "kept": [10, 12]})
+    figure = pseudo_quality_figure(metrics)
+    for axes in figure.axes:
+        assert list(axes.get_xticks()) == [0]
+        assert [label.get_text() for label in axes.get_xticklabels()] == ["0"]
+
+
+def test_headline_without_patient_ids_does_not_count_images_twice():
+    """Without patient ids the unit is the image: '(52 images, 52 images)' became '(52 images, no patient ids)'."""
+    base = {"model": "teacher", "fold": "ensemble", "round": 0, "split": "test", "voting": "majority"}
+    metrics = pd.DataFrame([{**base, "accuracy": 0.8}, {**base, "model": "student", "round": 1, "accuracy": 0.85}])
+    row = {"metric": "accuracy", "a_name": "teacher ensemble (majority)", "b_name": "student ensemble (majority, round 1)",
+           "a": 0.8, "b": 0.85, "difference": 0.05, "low": -0.02, "high": 0.1, "level": 0.95, "n_resamples": 2000,
+           "mcnemar_p": 0.5, "verdict": "no detectable difference"}
+    by_image = headline(metrics, pd.DataFrame([{**row, "unit": "image", "units": 52, "images": 52}]))
+    assert "on this test set (52 images, no patient ids)" in by_image and "52 images, 52 images" not in by_image
+    by_patient = headline(metrics, pd.DataFrame([{**row, "unit": "patient", "units": 7, "images": 52}]))
+    assert "on this test set (52 images, 7 patients)" in by_patient

@@ -338,7 +338,7 @@ def compare(
         from noisystudent.safe_paths import check_output_file
 
         check_output_file(out_csv, flag="--out")
-        write_csv(out_csv, comparison_table(comparison))
+        write_csv(out_csv, comparison_table(comparison), for_people=True)
         out.print(f"Table written to {out_csv}")
 
 

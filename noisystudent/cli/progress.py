@@ -82,5 +82,5 @@ class RichProgress(Progress):
 
     def stop(self, key: str) -> None:
         task = self.tasks.get(key)
-        if task is not None and key in ("batch", "predict", "cache"):
+        if task is not None and key in ("batch", "predict", "cache", "data", "folds"):
             self.bars.update(task, visible=False)  # inner bars vanish; fold/epoch bars stay

@@ -14,6 +14,7 @@ before returning.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ def assign_folds(
     seed: int = 0,
     ratio_given: bool = True,
     pool_patients: set[str] = frozenset(),
+    twins: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Split a manifest into K patient-disjoint folds; return the folds.csv table.
 
@@ -79,12 +81,15 @@ def assign_folds(
 
     Images without a patient id are each their own group (with a warning);
     when no image has one, folds fall back to StratifiedKFold per image.
+    ``twins`` (path -> first path of its copies, data/duplicates.py) puts
+    copies of one image into one group, so they are never in two parts
+    (then folds are grouped even without patient ids).
     Raises DataError when a class has too few patients for the folds, or a
     fold ends up without a class in its validation or labelled part.
     """
     _check_arguments(n_folds, split_ratio, test_fraction, seed, ratio_given)
     frame = manifest[[PATH, LABEL, PATIENT, SUBSET]].reset_index(drop=True).copy()
-    per_image = _add_groups(frame)
+    per_image = _add_groups(frame, twins or {})
     train = frame[frame[SUBSET] == SUBSET_TRAIN]
     has_test = (frame[SUBSET] == SUBSET_TEST).any()
     if has_test and test_fraction > 0:
@@ -202,17 +207,29 @@ def _check_arguments(n_folds: int, split_ratio: tuple[float, float, float], test
         )
 
 
-def _add_groups(frame: pd.DataFrame) -> bool:
+def _add_groups(frame: pd.DataFrame, twins: Mapping[str, str]) -> bool:
     """Add the grouping column; return True when folds must be split per image."""
     train = frame[SUBSET] == SUBSET_TRAIN
     missing = (frame[PATIENT] == "") & train
     frame[_GROUP] = frame[PATIENT].where(frame[PATIENT] != "", "\0image:" + frame[PATH])
+    _join_twins(frame, twins)
     if train.any() and missing[train].all():
-        log.warning("No image has a patient id; folds are split per image, so images of one patient may be in several parts.")
-        return True
+        log.warning("No image has a patient id: folds are split per image, so images of one patient may be in several "
+                    "parts, and the test set's bootstrap resamples images, not patients.")
+        return not twins
     if missing.any():
         log.warning("%d training images have no patient id; each is treated as its own patient.", int(missing.sum()))
     return False
+
+
+def _join_twins(frame: pd.DataFrame, twins: Mapping[str, str]) -> None:
+    """Copies of one image share a group: their patient's (find_twins allows at most one), else the first copy's."""
+    first = frame[PATH].map(twins)
+    copies = first.notna()
+    if not copies.any():
+        return
+    patient = frame[PATIENT][copies].groupby(first[copies]).transform("max")  # "" sorts first
+    frame.loc[copies, _GROUP] = patient.where(patient != "", "\0image:" + first[copies])
 
 
 def _patient_classes(train: pd.DataFrame) -> pd.Series:

@@ -9,7 +9,9 @@ millions of images and no stage holds its list in memory:
   time by ``heapq.merge``;
 * the sorted records are checked (no duplicate, no labelled image, every file
   decodes) ``CHECK_CHUNK`` at a time and written to ``RUN/pool.csv``
-  (columns path, patient);
+  (columns path, patient); an image with the same pixels as a labelled or
+  test image (data/duplicates.py) is left out and reported, whether or not
+  it has a patient id;
 * every later stage reads that file in chunks and addresses a pool image by
   its position in it (the image cache stores the pool after the labelled
   images, in this order).
@@ -31,7 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,7 +43,7 @@ import pandas as pd
 import torch
 
 from noisystudent import atomic, layout
-from noisystudent.data.images import PROBE_CHUNK, find_unreadable
+from noisystudent.data.images import PROBE_CHUNK, check_images
 from noisystudent.data.manifest import LABEL, PATH, PATIENT, ROLE, ROLE_POOL
 from noisystudent.errors import DataError, DiskFullError
 from noisystudent.progress import NULL_PROGRESS, Progress
@@ -111,11 +113,14 @@ class PoolFile:
 
 def write_pool(records: Iterable[Record], out: Path, labelled: set[str], skip_unreadable: bool,
                workers: int | None = None, source: str = "The pool images", progress: Progress = NULL_PROGRESS,
-               checked: PoolFile | None = None) -> tuple[PoolFile, list[tuple[str, str]]]:
+               checked: PoolFile | None = None, labelled_contents: Mapping[str, str] | None = None,
+               ) -> tuple[PoolFile, list[tuple[str, str]]]:
     """Sort ``records``, check them and write ``out``; return the pool and the (path, reason) of skipped files.
 
     Refuses a path listed twice or also labelled, and an unreadable file
-    unless ``skip_unreadable`` (then it is left out and listed). Files of an
+    unless ``skip_unreadable`` (then it is left out and listed). A file with
+    the same pixels as a labelled image (``labelled_contents``: pixel digest
+    -> path) is left out with a warning naming both. Files of an
     earlier listing ``checked`` (a resumed run's pool.csv) are not decoded
     again: the data fingerprint tells whether they changed. The sorted
     runs go to a scratch folder beside ``out``, removed afterwards (call it
@@ -124,7 +129,7 @@ def write_pool(records: Iterable[Record], out: Path, labelled: set[str], skip_un
     out = Path(out)
     for stale in out.parent.glob(f"{SCRATCH_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    checker = _Checker(labelled, skip_unreadable, workers, progress, checked)
+    checker = _Checker(labelled, skip_unreadable, workers, progress, checked, labelled_contents or {})
     listed = _Counter(records, progress)
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=out.parent) as scratch:
         progress.start("pool", "listing the unlabelled pool")
@@ -138,6 +143,7 @@ def write_pool(records: Iterable[Record], out: Path, labelled: set[str], skip_un
         progress.start("pool", "checking the unlabelled pool", total=listed.count)
         atomic.write_csv_chunks(out, checker.tables(ordered))
         progress.stop("pool")
+    checker.report()
     if not checker.count:
         out.unlink(missing_ok=True)
         raise DataError(f"{source} contains no readable images.")
@@ -161,8 +167,11 @@ class _Counter:
 class _Checker:
     """Checks sorted records CHECK_CHUNK at a time: duplicates and labelled images refused, unreadable files dropped or refused."""
 
-    def __init__(self, labelled: set[str], skip: bool, workers: int | None, progress: Progress, known: PoolFile | None) -> None:
+    def __init__(self, labelled: set[str], skip: bool, workers: int | None, progress: Progress, known: PoolFile | None,
+                 labelled_contents: Mapping[str, str]) -> None:
         self.labelled, self.skip, self.workers, self.progress = labelled, skip, workers, progress
+        self.labelled_contents, self.copies, self.first_copy = labelled_contents, 0, ("", "")
+        self.without_patient = 0
         self.known = known.paths() if known is not None else iter(())
         self.next_known = next(self.known, None)
         self.count, self.checked, self.skipped, self.previous = 0, 0, [], None
@@ -180,18 +189,38 @@ class _Checker:
             if path in self.labelled:
                 raise DataError(f"The image {path} is both a labelled image and in the pool.")
             self.previous = path
-        bad = find_unreadable([path for path in paths if not self._known(path)], self.workers)
+        bad, contents = check_images([path for path in paths if not self._known(path)], self.workers)
         if bad and not self.skip:
             raise DataError(bad[0][1])
         for _, reason in bad:
             log.warning("Skipped: %s", reason)
         self.skipped += bad
-        dropped = {path for path, _ in bad}
+        dropped = {path for path, _ in bad} | self._copies(contents)
         kept = [record for record in chunk if record[0] not in dropped]
+        self.without_patient += sum(1 for _, patient in kept if not patient)
         self.count += len(kept)
         self.checked += len(chunk)
         self.progress.update("pool", completed=self.checked)
         return kept
+
+    def _copies(self, contents: Mapping[str, str]) -> set[str]:
+        """Pool paths whose pixels are those of a labelled image (the first pair is kept for the report)."""
+        copies = {path for path, digest in contents.items() if digest in self.labelled_contents}
+        if copies and not self.copies:
+            first = min(copies)
+            self.first_copy = (first, self.labelled_contents[contents[first]])
+        self.copies += len(copies)
+        return copies
+
+    def report(self) -> None:
+        """Say once what the listing left out, and what it could not check by patient."""
+        if self.copies:
+            log.warning("%d unlabelled images have the same pixels as a labelled or test image (e.g. %s and %s) and are "
+                        "left out of the pool: the student would train on a validation or test image.",
+                        self.copies, *self.first_copy)
+        if self.without_patient:
+            log.warning("%d unlabelled images have no patient id: the pool is checked against the labelled and test "
+                        "images by their pixels only, not by patient.", self.without_patient)
 
     def _known(self, path: str) -> bool:
         """True when the earlier listing holds ``path`` (both are sorted: one pass over it)."""
@@ -254,10 +283,11 @@ def _batched(items: Iterator, size: int) -> Iterator[list]:
 
 
 def list_into_run(records: Iterable[Record], run: Path, labelled: set[str], skip_unreadable: bool, source: str,
-                  progress: Progress = NULL_PROGRESS) -> tuple[PoolFile, list[tuple[str, str]]]:
+                  progress: Progress = NULL_PROGRESS, labelled_contents: Mapping[str, str] | None = None,
+                  ) -> tuple[PoolFile, list[tuple[str, str]]]:
     """``write_pool`` into the run's listing (``install`` moves it into place); files RUN/pool.csv holds are not decoded again."""
     return write_pool(records, Path(run) / layout.POOL_LISTING, labelled, skip_unreadable, source=source,
-                      progress=progress, checked=saved(run))
+                      progress=progress, checked=saved(run), labelled_contents=labelled_contents)
 
 
 def discard_listing(run: Path) -> None:

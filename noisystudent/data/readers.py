@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from noisystudent.data.images import find_unreadable
+from noisystudent.data.duplicates import CONTENTS, Contents
+from noisystudent.data.images import check_images
 from noisystudent.data.manifest import (
     IMAGE_EXTENSIONS,
     LABEL,
@@ -166,8 +167,11 @@ def pool_records(path: str | Path) -> Iterator[tuple[str, str]]:
 
 
 def drop_unreadable(manifest: pd.DataFrame, skip: bool, workers: int | None = None) -> pd.DataFrame:
-    """Decode every image; raise on the first bad one, or drop and list them when ``skip``."""
-    bad = find_unreadable(manifest[PATH].tolist(), workers)
+    """Decode every image; raise on the first bad one, or drop and list them when ``skip``.
+
+    The pixel digest of every kept image goes to ``attrs[CONTENTS]`` (for data/duplicates.py).
+    """
+    bad, contents = check_images(manifest[PATH].tolist(), workers)
     if bad and not skip:
         raise DataError(bad[0][1])
     for _, reason in bad:
@@ -175,6 +179,7 @@ def drop_unreadable(manifest: pd.DataFrame, skip: bool, workers: int | None = No
     bad_paths = {path for path, _ in bad}
     kept = manifest[~manifest[PATH].isin(bad_paths)].reset_index(drop=True)
     kept.attrs[SKIPPED] = bad
+    kept.attrs[CONTENTS] = Contents(contents)
     return kept
 
 

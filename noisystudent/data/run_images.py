@@ -14,7 +14,7 @@ import pandas as pd
 
 from noisystudent import layout
 from noisystudent.config.run_config import DEFAULT_POSITIVE, RunConfig
-from noisystudent.data import demo, pool, readers
+from noisystudent.data import demo, duplicates, pool, readers
 from noisystudent.data import manifest as schema  # column names and checks of the manifest
 from noisystudent.data.label_names import apply_label_map, check_distinct_labels
 from noisystudent.data.labels import apply_binary_mapping, parse_binary_mapping, positive_index_of
@@ -34,6 +34,8 @@ class RunImages:
     data_format: str
     skipped: list[str] = field(default_factory=list)
     pool: PoolFile | None = None
+    twins: dict[str, str] = field(default_factory=dict)
+    """Images with a copy (same pixels) among the labelled ones -> the first path of their copies (data/duplicates.py)."""
 
     def fingerprint(self) -> str:
         """The fingerprint of every image of the run, labelled and pool, as config.json keeps it.
@@ -57,8 +59,10 @@ def load_run_images(config: RunConfig, run: Path, progress: Progress = NULL_PROG
     wrote). Files of the run's pool.csv (a resumed run) are not decoded again.
     """
     root = Path(config.data) if config.data else demo.generate_demo(Path(run) / layout.DEMO_DATA)
+    progress.start("data", "reading and checking the images")  # minutes for a large data set: never silent
     manifest, data_format = readers.read_dataset(root, config.data_format, config.patient_regex, config.skip_unreadable)
     skipped = list(manifest.attrs.get("skipped", []))
+    contents = dict(manifest.attrs.get(duplicates.CONTENTS, {}))
     own_pool = manifest[manifest[schema.SUBSET] == schema.SUBSET_POOL]
     if len(own_pool) and not config.pool:
         logger.info("--no-pool: the %d unlabelled images that come with the data are not used.", len(own_pool))
@@ -68,6 +72,7 @@ def load_run_images(config: RunConfig, run: Path, progress: Progress = NULL_PROG
         test, _ = readers.read_manifest(Path(config.test), "auto", config.patient_regex)
         test = readers.drop_unreadable(test, config.skip_unreadable)
         skipped += list(test.attrs.get("skipped", []))
+        contents.update(test.attrs.get(duplicates.CONTENTS, {}))
         parts.append(test[test[schema.SUBSET] != schema.SUBSET_POOL].assign(**{schema.SUBSET: schema.SUBSET_TEST}))
     combined = apply_label_map(schema.make_manifest(pd.concat(parts, ignore_index=True)), config.label_map)
     check_distinct_labels(combined)
@@ -78,14 +83,17 @@ def load_run_images(config: RunConfig, run: Path, progress: Progress = NULL_PROG
     classes = schema.class_names(combined[combined[schema.SUBSET] == schema.SUBSET_TRAIN])
     _check_labels(combined, classes)
     check_positive(config, classes)
+    twins = duplicates.find_twins(combined, contents)
+    progress.stop("data")
     listed = None
     if list_pool and (config.pool_images or (config.pool and len(own_pool))):
         own = own_pool if config.pool else own_pool.iloc[:0]
-        listed, pool_skipped = _list_pool(config, own, set(combined[schema.PATH]), run, progress)
+        labelled = set(combined[schema.PATH])
+        listed, pool_skipped = _list_pool(config, own, labelled, duplicates.by_content(contents, labelled), run, progress)
         skipped += pool_skipped
     logger.info("data: %d labelled images (%s format), classes %s%s", len(combined), data_format, ", ".join(classes),
                 f"; an unlabelled pool of {listed.count} images" if listed else "")
-    return RunImages(combined, classes, data_format, skipped, listed)
+    return RunImages(combined, classes, data_format, skipped, listed, twins)
 
 
 def check_positive(config: RunConfig, classes: list[str]) -> None:
@@ -100,13 +108,15 @@ def check_positive(config: RunConfig, classes: list[str]) -> None:
     elif config.positive not in classes and config.positive != DEFAULT_POSITIVE:
         raise ConfigError(f"--positive {config.positive!r} is not one of the classes {', '.join(classes)}; "
                           "name one of them, or leave --positive out for macro averages only.")
-def _list_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], run: Path, progress: Progress) -> tuple[PoolFile, list]:
-    """The run's pool listing from DATA's own unlabelled images (``own``) and --pool-images, streamed."""
+def _list_pool(config: RunConfig, own: pd.DataFrame, labelled: set[str], labelled_contents: dict[str, str], run: Path,
+               progress: Progress) -> tuple[PoolFile, list]:
+    """The run's pool listing from DATA's own unlabelled images (``own``) and --pool-images, streamed;
+    copies of labelled images (``labelled_contents``: pixel digest -> path) are left out."""
     records = itertools.chain(zip(own[schema.PATH].tolist(), own[schema.PATIENT].tolist()),
                               _with_patients(readers.pool_records(config.pool_images), config.patient_regex)
                               if config.pool_images else ())
     source = f"The pool images {config.pool_images}" if config.pool_images else "The unlabelled images of the data"
-    return pool.list_into_run(records, run, labelled, config.skip_unreadable, source, progress)
+    return pool.list_into_run(records, run, labelled, config.skip_unreadable, source, progress, labelled_contents)
 
 
 def _with_patients(records: Iterable[tuple[str, str]], patient_regex: str | None) -> Iterator[tuple[str, str]]:

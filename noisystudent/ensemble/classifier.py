@@ -697,10 +697,10 @@ def predictions_path(metrics_out: Path) -> Path:
 
 def write_prediction(prediction: Prediction, out: Path) -> list[Path]:
     """Write the per-image CSV and, when patients are known, ``<stem>_patients.csv``; return the paths."""
-    atomic.write_csv(Path(out), prediction.table)
+    atomic.write_csv(Path(out), prediction.table, for_people=True)
     written = [Path(out)]
     if not prediction.patients.empty:
-        atomic.write_csv(patients_path(out), prediction.patients)
+        atomic.write_csv(patients_path(out), prediction.patients, for_people=True)
         written.append(patients_path(out))
     return written
 
@@ -711,9 +711,9 @@ def calibration_path(metrics_out: Path) -> Path:
 
 def write_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
     """Write the metrics CSV, ``<stem>_predictions.csv`` and ``<stem>_calibration.csv`` beside it; return the paths."""
-    atomic.write_csv(predictions_path(out), evaluation.predictions)
-    atomic.write_csv(calibration_path(out), evaluation.calibration)
-    atomic.write_csv(Path(out), evaluation.metrics)
+    atomic.write_csv(predictions_path(out), evaluation.predictions, for_people=True)
+    atomic.write_csv(calibration_path(out), evaluation.calibration, for_people=True)
+    atomic.write_csv(Path(out), evaluation.metrics, for_people=True)
     return [Path(out), predictions_path(out), calibration_path(out)]
 
 

@@ -9,6 +9,7 @@ others are secondary, to be read with Holm-adjusted p-values (docs/evidence.md).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,10 +29,13 @@ from noisystudent.evaluation.statistics import (
 )
 from noisystudent.layout import PRED, VOTE_PREFIX, prob_column
 
+logger = logging.getLogger(__name__)
+
 PRIMARY_METRIC = "balanced_accuracy"  # RunConfig.primary_metric's default
 BETTER, WORSE, NO_DIFFERENCE, NOT_COMPARABLE = "better", "worse", "no detectable difference", "not comparable"
 FEW_UNITS = 10  # below this many patients a bootstrap interval is too coarse to lean on
 BINARY_ONLY = tuple(m for m in BOOTSTRAP_METRICS if m != "accuracy")  # NaN with more than two classes
+_WARNED: set[str] = set()  # warnings this process has logged
 
 
 @dataclass
@@ -231,11 +235,28 @@ def _check_same_images(tables: list[pd.DataFrame], name_a: str, name_b: str) -> 
 
 
 def _units(table: pd.DataFrame) -> tuple[np.ndarray, str]:
-    """Patients when every image has one; otherwise each image is its own unit."""
+    """Patients; an image without a patient id is a unit of its own (all images when none has an id).
+
+    One image without an id used to switch the whole bootstrap from patients
+    to images; now it only adds one unit, and a warning says so once.
+    """
     patients = table[PATIENT].astype(str).to_numpy() if PATIENT in table else np.full(len(table), "")
-    if len(patients) and (patients != "").all() and (patients != "nan").all():
+    missing = (patients == "") | (patients == "nan")
+    if missing.all():
+        return table[PATH].astype(str).to_numpy(), "image"
+    if not missing.any():
         return patients, "patient"
-    return table[PATH].astype(str).to_numpy(), "image"
+    _warn_once(f"{int(missing.sum())} of {len(missing)} test images have no patient id: the bootstrap resamples each "
+               "of them as a patient of its own, so if they share patients the interval is too narrow.")
+    paths = table[PATH].astype(str).to_numpy()
+    return np.where(missing, np.char.add("image:", paths), np.char.add("patient:", patients)), "patient"
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` the first time only: a run compares many pairs of models on the same test set."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 def _truth(table: pd.DataFrame, positive: str | None) -> np.ndarray:

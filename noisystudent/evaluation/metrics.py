@@ -136,7 +136,9 @@ def multiclass_metrics(
     The per-class table has a CLASS_COLUMN plus binary_metrics of that class
     against the rest (AUC from ``probs[:, i]``). The macro dict holds the
     unweighted mean over classes (NaN classes skipped, as scikit-learn's
-    ``zero_division=nan``) of sensitivity, specificity, PPV, NPV, F1 and AUC;
+    ``zero_division=nan``) of sensitivity, specificity, PPV, NPV, F1 and AUC,
+    except that the macro AUC is NaN when a class has no true image (as
+    scikit-learn's one-vs-rest AUC refuses such data);
     accuracy, weighted F1, balanced accuracy, kappa and MCC are the true
     multiclass values; n is the number of images.
 
@@ -173,6 +175,8 @@ def multiclass_metrics(
         rows.append({CLASS_COLUMN: name, **binary_metrics(truth, guess, prob, positive=name)})
     per_class = pd.DataFrame(rows, columns=[CLASS_COLUMN, *METRIC_COLUMNS, *COUNT_COLUMNS])
     macro = {m: _nanmean(per_class[m]) for m in METRIC_COLUMNS}
+    if (per_class["tp"] + per_class["fn"] == 0).any():
+        macro["auc"] = float("nan")  # an average over some classes is not the macro AUC of all of them
     macro.update(_multiclass_overall(truth, guess, names))
     macro["n"] = len(truth)
     return per_class, macro

@@ -124,8 +124,8 @@ def write_study(study: Path, n_resamples: int = MIN_RESAMPLES) -> StudyResult:
     arms = estimates.arms_table(study, design)
     results = layout.results_dir(study)
     results.mkdir(parents=True, exist_ok=True)
-    atomic.write_csv(results / STUDY_CSV, table)
-    atomic.write_csv(results / ARMS_CSV, arms)
+    atomic.write_csv(results / STUDY_CSV, table, for_people=True)
+    atomic.write_csv(results / ARMS_CSV, arms, for_people=True)
     result = StudyResult(study, table, arms, headline(table, design, missing), missing)
     write_study_report(result, design)
     return result

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -33,9 +34,22 @@ def read_comparisons(run: Path) -> pd.DataFrame | None:
 
 def pseudo_quality_figures(metrics: pd.DataFrame | None, folder: Path) -> list[FigureEntry]:
     """Accuracy, calibration and kept count of the pseudo-labels per round (one line per fold)."""
-    if metrics is None or EVAL_SPLIT not in metrics or not (metrics[EVAL_SPLIT] == SPLIT_MASKED).any():
+    figure = pseudo_quality_figure(metrics)
+    if figure is None:
         return []
+    save(figure, folder / "pseudo_quality.png")
+    return [FigureEntry("pseudo_quality.png", "Pseudo-label quality against the masked part's hidden labels",
+                        "Per fold and round: accuracy of the pseudo-labels on all masked images, expected calibration "
+                        "error of their confidence (15 bins), and how many masked images the student got after the "
+                        "threshold and balancing. The hidden labels are read only here, never in training.")]
+
+
+def pseudo_quality_figure(metrics: pd.DataFrame | None) -> Figure | None:
+    """The figure of ``pseudo_quality_figures``, or None when no masked part was scored."""
+    if metrics is None or EVAL_SPLIT not in metrics or not (metrics[EVAL_SPLIT] == SPLIT_MASKED).any():
+        return None
     rows = metrics[(metrics[EVAL_SPLIT] == SPLIT_MASKED) & metrics[FOLD_COLUMN].astype(str).str.fullmatch(r"\d+")]
+    rounds = sorted(set(rows[ROUND].astype(int)))
     figure = Figure(figsize=(12, 3.6), layout="constrained")
     for axes, (column, title) in zip(figure.subplots(1, len(QUALITY_PANELS)), QUALITY_PANELS):
         for index, (fold, part) in enumerate(rows.groupby(FOLD_COLUMN)):
@@ -43,13 +57,19 @@ def pseudo_quality_figures(metrics: pd.DataFrame | None, folder: Path) -> list[F
             axes.plot(part[ROUND].astype(int), part[column].astype(float), marker="o", color=round_colour(index), label=f"fold {fold}")
         axes.set_title(title)
         axes.set_xlabel("round that pseudo-labelled (0: teacher)")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _round_ticks(axes, rounds)
     figure.axes[0].legend(fontsize="small")
-    save(figure, folder / "pseudo_quality.png")
-    return [FigureEntry("pseudo_quality.png", "Pseudo-label quality against the masked part's hidden labels",
-                        "Per fold and round: accuracy of the pseudo-labels on all masked images, expected calibration "
-                        "error of their confidence (15 bins), and how many masked images the student got after the "
-                        "threshold and balancing. The hidden labels are read only here, never in training.")]
+    return figure
+
+
+def _round_ticks(axes: Axes, rounds: list[int]) -> None:
+    """One tick per round; a single round gets a one-round-wide axis (the default would tick -0.04 ... 0.04)."""
+    if len(rounds) <= 1:
+        only = rounds[0] if rounds else 0
+        axes.set_xlim(only - 1, only + 1)
+        axes.set_xticks([only])
+        return
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def comparison_frame(comparisons: pd.DataFrame | None) -> pd.DataFrame:

@@ -138,8 +138,8 @@ def tested_sentence(comparisons: pd.DataFrame, voting: str = "majority") -> str:
         return (f"results/comparison.csv has no primary comparison (the {voting} vote ensembles are missing): no verdict. "
                 + METHOD_CLAIM)
     level = f"{100 * float(row['level']):g}%"
-    sides = (f"These students ({row['b_name']}) vs these teachers ({row['a_name']}) on this test set ({int(row['images'])} images, "
-             f"{plural(int(row['units']), str(row['unit']))})")
+    sides = (f"These students ({row['b_name']}) vs these teachers ({row['a_name']}) on this test set "
+             f"({_test_set_size(int(row['images']), int(row['units']), str(row['unit']))})")
     if not _finite(row["difference"]) or not _finite(row["low"]):
         return (f"{sides}: {display_name(row['metric'])} is undefined here (with more than two classes only accuracy is "
                 f"compared: --primary-metric accuracy), so no verdict. {METHOD_CLAIM}")
@@ -233,6 +233,13 @@ def _comparison(teacher: pd.Series, student: pd.Series) -> str:
             s, t = float(student[metric]), float(teacher[metric])
             parts.append(f"{display_name(metric)} {s:.3f} vs {t:.3f} ({s - t:+.3f})")
     return ", ".join(parts) or "no comparable metric"
+
+
+def _test_set_size(images: int, units: int, unit: str) -> str:
+    """'52 images, 7 patients'; '52 images, no patient ids' when the bootstrap unit is the image."""
+    if unit == "image":
+        return f"{plural(images, 'image')}, no patient ids"
+    return f"{plural(images, 'image')}, {plural(units, unit)}"
 
 
 def plural(count: int, word: str) -> str:

@@ -188,7 +188,7 @@ def run_comparisons(run: Path, predictions: dict, config: RunConfig, classes: li
 
 def write_comparisons(run: Path, comparisons: dict[str, Comparison], config: RunConfig) -> pd.DataFrame:
     table = comparisons_frame(comparisons, config.voting, config.primary_metric)
-    atomic.write_csv(layout.results_dir(run) / COMPARISON, table)
+    atomic.write_csv(layout.results_dir(run) / COMPARISON, table, for_people=True)
     return table
 
 

@@ -123,8 +123,9 @@ def write_results(run: Path, config: RunConfig, classes: list[str]) -> pd.DataFr
     table = metrics.summarise_folds(table) if not table.empty else table
     table = metrics.with_integer_counts(_ordered(table))
     table = evidence.mark_rows(table, config) if not table.empty else table.reindex(columns=columns + evidence.MARK_COLUMNS)
-    atomic.write_csv(layout.results_dir(run) / layout.METRICS, table)
-    atomic.write_csv(layout.results_dir(run) / evidence.PSEUDO_QUALITY, evidence.pseudo_label_quality(predictions, config, classes))
+    atomic.write_csv(layout.results_dir(run) / layout.METRICS, table, for_people=True)
+    atomic.write_csv(layout.results_dir(run) / evidence.PSEUDO_QUALITY, evidence.pseudo_label_quality(predictions, config, classes),
+                     for_people=True)
     evidence.write_comparisons(run, evidence.run_comparisons(run, predictions, config, classes, positive), config)
     calibration.write_calibration(run, predictions, config, classes)
     return table
@@ -161,7 +162,7 @@ def ensemble_rows(run, predictions, config, classes, positive) -> list[dict]:
             continue
         for rule in VOTING_RULES:
             table = ensemble_table(tests, classes, rule)
-            atomic.write_csv(layout.results_dir(run) / f"predictions_{layout.model_kind(round_)}_{rule}.csv", table)
+            atomic.write_csv(layout.results_dir(run) / f"predictions_{layout.model_kind(round_)}_{rule}.csv", table, for_people=True)
             scored = vote_fraction_scores(table, classes) if rule == "majority" else table
             source = "vote fraction" if rule == "majority" else "probability"
             for row in _rows(layout.model_kind(round_), ENSEMBLE, round_, "test", rule, scored, classes, positive):

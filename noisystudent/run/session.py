@@ -40,7 +40,7 @@ from noisystudent.data.run_images import RunImages, load_run_images
 from noisystudent.device import resolve_device
 from noisystudent.environment import describe_machine, machine_line
 from noisystudent.errors import UserError
-from noisystudent.progress import Progress
+from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import claims, evidence, results
 from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
 from noisystudent.run.tables import read_table
@@ -150,7 +150,7 @@ def _accept_data(config: RunConfig, run: Path, progress: Progress) -> tuple[RunI
     """The data, its folds and its pool, once config.json has accepted them (call under the lock)."""
     try:
         data = load_run_images(config, run, progress, list_pool=True)
-        fold_table = _load_or_assign_folds(run, data, config)  # before config.json: may refuse the data
+        fold_table = _load_or_assign_folds(run, data, config, progress)  # before config.json: may refuse the data
         evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
         write_config(run, config, data.fingerprint())
         return data, fold_table, pool_files.install(run, data.pool, fold_table)
@@ -158,15 +158,24 @@ def _accept_data(config: RunConfig, run: Path, progress: Progress) -> tuple[RunI
         pool_files.discard_listing(run)  # refused: the run keeps the pool it had
 
 
-def _load_or_assign_folds(run: Path, data: RunImages, config: RunConfig) -> pd.DataFrame:
-    """The saved folds.csv, or new folds (saved by the caller once config.json is written)."""
+def _load_or_assign_folds(run: Path, data: RunImages, config: RunConfig, progress: Progress = NULL_PROGRESS) -> pd.DataFrame:
+    """The saved folds.csv, or new folds (saved by the caller once config.json is written).
+
+    Assigning takes minutes with 10,000 classes (StratifiedGroupKFold weighs
+    every group against every class), so it shows as a task of its own.
+    """
     path = run / layout.FOLDS
     if path.exists():
         return folds_module.load_folds(path)
     ratio_given = origin(config.to_dict(), "split_ratio") == GIVEN  # warn about the user's ratio, not the preset's
     pool_patients = data.pool.patients() if data.pool is not None else set()
-    return folds_module.assign_folds(data.manifest, config.folds, config.split_ratio, config.test_fraction, config.seed,
-                                     ratio_given, pool_patients)
+    description = f"assigning {len(data.manifest)} images of {len(data.classes)} classes to {config.folds} folds"
+    logger.info("%s%s.", description[0].upper(), description[1:])
+    progress.start("folds", description)
+    folds = folds_module.assign_folds(data.manifest, config.folds, config.split_ratio, config.test_fraction, config.seed,
+                                      ratio_given, pool_patients, data.twins)
+    progress.stop("folds")
+    return folds
 
 
 def _build_cache(run: Path, fold_table: pd.DataFrame, config: RunConfig, progress: Progress, pool: PoolFile | None) -> ImageCache:
