@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from noisystudent import __version__
 from noisystudent.cli.progress import RichProgress
@@ -25,7 +26,7 @@ from noisystudent.config.presets import DESCRIPTIONS
 from noisystudent.config.provenance import banner, help_default
 from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig
 from noisystudent.config.settings import default_run_folder, make_config, resume_config
-from noisystudent.errors import UserError, os_error_sentence
+from noisystudent.errors import UserError, os_error_sentence, resource_error_sentence
 
 console = Console(stderr=True)
 out = Console()
@@ -41,26 +42,43 @@ app.add_typer(data_app, name="data")
 
 
 def user_errors(command):
-    """Turn a UserError into one red sentence and exit status 2, never a traceback."""
+    """Turn a UserError, or a resource the system refused, into one red sentence and exit status 2, never a traceback."""
+    resumable = command.__name__ == "kfold"  # the only command with --resume; others are simply run again
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            sentence = str(error)
         except KeyboardInterrupt:
-            console.print("[yellow]Interrupted.[/] Completed stages are saved; continue with --resume.")
+            console.print(Text.assemble(("Interrupted.", "yellow"), " ", _advice("Completed stages are saved; continue with --resume.", resumable)))
             raise typer.Exit(130) from None
         except OSError as error:
             sentence = os_error_sentence(error)
             if sentence is None:
                 raise
-            console.print(f"[bold red]Error:[/] {sentence}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (MemoryError, RuntimeError) as error:
+            sentence = resource_error_sentence(error)
+            if sentence is None:
+                raise
+        fail(_advice(sentence, resumable))
 
     return wrapper
+
+
+def fail(sentence: str) -> None:
+    """Print ``sentence`` after a red "Error:" and exit with status 2.
+
+    A Text, not markup: a user's value such as ``a:b:c`` or ``[red]`` is shown as typed.
+    """
+    console.print(Text.assemble(("Error:", "bold red"), " ", sentence), highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def _advice(sentence: str, resumable: bool) -> str:
+    """The library's advice to continue with --resume, as it applies to a command without that flag."""
+    return sentence if resumable else sentence.replace("continue with --resume", "run the command again")
 
 
 def setup_logging(quiet: bool) -> None:

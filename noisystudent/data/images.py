@@ -18,13 +18,13 @@ import logging
 import math
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from noisystudent.data.parallel import Threads
 from noisystudent.errors import DataError
 from noisystudent.safe_paths import file_kind
 
@@ -119,7 +119,7 @@ def probe_images(paths: list[str], workers: int | None = None) -> list[ImageInfo
     if len(paths) < 2:
         return [probe_image(p) for p in paths]
     workers = workers or min(32, (os.cpu_count() or 1) + 4)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with Threads(max_workers=workers) as pool:
         return list(pool.map(probe_image, paths))
 
 
