@@ -135,7 +135,7 @@ def prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progress
                           device, progress, pool)
     with lock_run_folder(run):
         # again under the lock: another process may have begun the run since the check above
-        check_run_folder(run, config, resume or (join and saved_config(run) is not None))
+        check_run_folder(run, config, resume or (join and saved_config(run) is not None), before_writing=False)
         remove_shared_temps(run)
         logger.info("noisystudent kfold into %s (%s)", run, "join" if join else "resume" if resume else "new run")
         data, fold_table, pool = _accept_data(config, run, progress)
