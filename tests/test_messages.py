@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from helpers import write_class_folders
+from helpers import invoke_cli, write_class_folders
 
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.folds import assign_folds
@@ -38,3 +38,25 @@ def test_a_new_run_does_not_report_an_earlier_session(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="noisystudent.run.folder"):
         check_run_folder(run, RunConfig(), resume=False)  # found before this session wrote anything: an earlier one's
     assert "The session before stopped before saving config.json" in caplog.text
+
+
+def kfold_on_csv(tmp_path, listed: str) -> tuple[int, str]:
+    """``kfold`` on a CSV whose first row lists ``listed`` and whose other rows are fine images."""
+    data = write_class_folders(tmp_path / "data", patients_per_class=3, images_per_patient=2)
+    rows = [f"{p},{p.parent.name},{p.name[:3]}" for p in sorted(data.rglob("*.png"))]
+    rows[0] = f"{listed},benign,p01"
+    (tmp_path / "data.csv").write_text("path,label,patient\n" + "\n".join(rows) + "\n")
+    return invoke_cli("kfold", tmp_path / "data.csv", "--out", tmp_path / "run", "--preset", "smoke", "--positive", "malignant")
+
+
+def test_a_listed_device_is_named_as_one(tmp_path):
+    code, output = kfold_on_csv(tmp_path, "/dev/zero")
+    assert code == 2 and f"Error: The image /dev/zero listed on line 2 of {tmp_path / 'data.csv'} is a character device, not a regular file." in output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_name_over_255_bytes_is_one_sentence_and_leaves_no_run_folder(tmp_path):
+    """Before: OSError [Errno 36] File name too long, a traceback, and the run folder left behind."""
+    code, output = kfold_on_csv(tmp_path, "x" * 300 + ".png")
+    assert code == 2 and "cannot be opened: File name too long." in output and "xxx...xxx" in output, output
+    assert not (tmp_path / "run").exists()
