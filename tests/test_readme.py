@@ -1,8 +1,8 @@
 """The README is a contract: its commands name real commands and flags, its Python example real names.
 
 Every command is checked against its own ``--help``, and every call of the Python example is bound
-to the real signature of the function it calls (nothing trained). A slow test runs the Python
-example itself, without its main guard, on generated images.
+to the real signature of the function it calls (nothing trained). Slow tests run the quick start's
+commands and the Python example itself (without its main guard) on generated images.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from helpers import subprocess_env, write_class_folders
+from helpers import invoke_cli, subprocess_env, write_class_folders
+from PIL import Image
 from typer.testing import CliRunner
 
 import noisystudent as ns
@@ -131,3 +133,43 @@ def test_python_example_runs_as_a_plain_script(tmp_path):
     assert "decoding images with threads" in log, log[-3000:]  # the fallback, not worker processes, decoded
     assert (tmp_path / "runs/cnmc/results/metrics.csv").is_file() and (tmp_path / "runs/cnmc/report/report.html").is_file()
     assert "vote_fold0" in result.stdout and "balanced_accuracy" in result.stdout, result.stdout[-3000:]
+
+
+# --- the quick start, run ------------------------------------------------------------------------
+
+# Tiny settings appended to every command that trains (the quick start's own settings first: any
+# flag the README gives is kept, a later tiny one wins only where both name the same setting).
+TRAINING_FLAGS = ["--patient-regex", r"^(p\d+)_", "--positive", "malignant", "--folds", "2", "--rounds", "1",
+                  "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--weights", "none", "--arch", "resnet18",
+                  "--device", "cpu", "--workers", "1", "--test-fraction", "0.34", "--quiet"]
+
+
+def quick_start(tmp_path) -> list[list[str]]:
+    """The quick start's commands as argv lists, the README's paths replaced by generated images."""
+    data = write_class_folders(tmp_path / "cnmc", patients_per_class=6, images_per_patient=3)
+    labelled = write_class_folders(tmp_path / "labelled_test", patients_per_class=1, images_per_patient=2, seed=1)
+    new = write_class_folders(tmp_path / "new", patients_per_class=1, images_per_patient=2, seed=2) / "benign"
+    (tmp_path / "new_cells").symlink_to(new)
+    Image.open(next(new.iterdir())).save(tmp_path / "more.bmp")
+    (tmp_path / "list.csv").write_text("path\n" + "\n".join(str(p) for p in sorted(labelled.rglob("*.png"))) + "\n")
+    stand_ins = {"/data/C-NMC_Leukemia": str(data), "/data/labelled_test": str(labelled)}
+    block = next(b for b in blocks("bash") if "noisystudent kfold /data/C-NMC_Leukemia" in b)
+    commands = []
+    for line in block.splitlines():
+        words = [stand_ins.get(w, w) for w in shlex.split(line.split(" #")[0])]
+        assert words[0] == "noisystudent", line
+        commands.append(words[1:] + (TRAINING_FLAGS if words[1] in ("kfold", "experiment") else []))
+    assert sum(w in stand_ins.values() for c in commands for w in c) == 5, "the quick start's data paths changed"
+    return commands
+
+
+@pytest.mark.slow
+def test_quick_start_commands_run_in_order(tmp_path, monkeypatch):
+    """Every command of the quick start, in order, on generated images: each ends with exit status 0."""
+    monkeypatch.chdir(tmp_path)
+    for command in quick_start(tmp_path):
+        code, output = invoke_cli(*command)
+        assert code == 0, (command, output[-2000:])
+    assert (tmp_path / "runs/cnmc/report/report.html").is_file() and (tmp_path / "runs/cnmc-study").is_dir()
+    assert len(pd.read_csv(tmp_path / "predictions.csv")) == 2 + 1 + 4  # new_cells/, more.bmp, list.csv
+    assert (tmp_path / "eval.csv").is_file() and (tmp_path / "ensemble.onnx").stat().st_size > 0
