@@ -137,6 +137,9 @@ def test_user_text_is_shown_as_typed_not_as_rich_markup(tmp_path):
     assert code == 2 and "got 'a:b:c'" in output, output
     code, output = invoke_cli("kfold", tmp_path / "[red]data[/]", "--out", tmp_path / "run")
     assert code == 2 and "[red]data[/]" in output, output
+    data = write_class_folders(tmp_path / "data", patients_per_class=2, images_per_patient=2)
+    code, output = invoke_cli("kfold", data, "--out", tmp_path / "run:b:[bold]", "--preset", "smoke", "--weights", tmp_path / "no.pt")
+    assert code == 2 and f"noisystudent kfold -> {tmp_path / 'run:b:[bold]'}" in output, output
 
 
 @pytest.mark.parametrize("flag,value,bound", [

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.text import Text
 
 from noisystudent import __version__
@@ -28,8 +29,9 @@ from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig
 from noisystudent.config.settings import default_run_folder, make_config, resume_config
 from noisystudent.errors import UserError, os_error_sentence, resource_error_sentence
 
-console = Console(stderr=True)
-out = Console()
+# No emoji codes: a user's ':b:' (in --split-ratio a:b:c, a path) is text. Values shown inside markup are escaped.
+console = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 
 app = typer.Typer(
     help="Noisy Student k-fold training and ensembles for single-cell microscopy images (ALL vs HEM).",
@@ -162,7 +164,7 @@ def kfold(
     else:  # a new run (or nothing to resume: the run folder check says so)
         config = make_config(data, **settings)
     run = out or default_run_folder(config)
-    console.print(f"[bold]noisystudent kfold[/] -> {run}", highlight=False)
+    console.print(f"[bold]noisystudent kfold[/] -> {escape(str(run))}", highlight=False)
     console.print(banner(config), highlight=False, soft_wrap=True)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone shows progress and results
         run_kfold(config, run, resume=resume, only_folds=only_folds, join=join)
@@ -170,7 +172,7 @@ def kfold(
     with RichProgress(console) as progress:
         table = run_kfold(config, run, resume=resume, progress=progress, only_folds=only_folds, join=join)
     if table is None:  # other folds are still being trained (or wait for a process that stopped): the log says which
-        console.print(f"This process is done; the results follow when every fold is finished (noisystudent kfold --out {run} --resume).")
+        console.print(f"This process is done; the results follow when every fold is finished (noisystudent kfold --out {run} --resume).", markup=False)
         return
     metrics = headline_class_rows(table) if not table.empty else table
     print_results(out, table, run, headline=headline(metrics, read_comparisons(run), config.voting))
@@ -231,7 +233,7 @@ def experiment(
     setup_logging(quiet)
     config = make_config(data, **settings)
     study = out or Path(str(default_run_folder(config)) + "-study")
-    console.print(f"[bold]noisystudent experiment[/] -> {study} (seeds {seeds}; arms {arms})", highlight=False)
+    console.print(f"[bold]noisystudent experiment[/] -> {escape(str(study))} (seeds {seeds}; arms {arms})", highlight=False)
     console.print(banner(config), highlight=False, soft_wrap=True)
     with RichProgress(console) as progress:
         result = run_experiment(config, study, _numbers(seeds, "--seeds"), _names(arms), progress=progress)
@@ -285,7 +287,7 @@ def report(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
     from noisystudent.report import write_report
 
     path = write_report(run)
-    out.print(f"Report written to {path}")
+    out.print(f"Report written to {path}", markup=False)
 
 
 @app.command()
@@ -313,7 +315,7 @@ def compare(
 
         check_output_file(out_csv, flag="--out")
         write_csv(out_csv, comparison_table(comparison))
-        out.print(f"Table written to {out_csv}")
+        out.print(f"Table written to {out_csv}", markup=False)
 
 
 @data_app.command("inspect")
@@ -343,7 +345,7 @@ def data_demo(
 
     check_output_folder(out_dir, flag="OUT_DIR")
     root = generate_demo(out_dir, seed=seed)
-    out.print(f"Demo data written to {root}")
+    out.print(f"Demo data written to {root}", markup=False)
 
 
 # --- ensemble: predict and evaluate share their options and setup ---
