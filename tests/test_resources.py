@@ -193,3 +193,23 @@ def test_address_space_left_follows_the_limit():
     left = parallel.address_space_left()
     assert (left is None) == (expected is None) and (left is None or abs(left - expected) < 2**26)
     assert np.isfinite(used) and used > 0
+
+
+def limit_open_files(count: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    return apply
+
+
+def test_too_few_file_descriptors_end_in_one_sentence_and_a_resumable_run(tmp_path):
+    """``ulimit -n 10``: decoding falls back to this process, then the cache cannot open: one sentence, exit 2."""
+    data = write_class_folders(tmp_path / "data", patients_per_class=5, images_per_patient=8)
+    command = cli_command(data, tmp_path / "run")
+    command[command.index("--workers") + 1] = "2"
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=240,
+                            preexec_fn=limit_open_files(10), cwd=REPO)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "Error: Too many open files (opening " in result.stderr and "the limit is 10; raise it (ulimit -n)" in result.stderr
+    assert (tmp_path / "run" / "config.json").is_file()  # kfold --resume continues from here
