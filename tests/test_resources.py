@@ -10,16 +10,18 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import REPO, cli_command, invoke_cli, subprocess_env, write_class_folders
 
+from noisystudent.atomic import no_space_message
 from noisystudent.data import parallel
 from noisystudent.data.images import probe_images
 from noisystudent.data.prefetch import decoded_batches
 from noisystudent.data.preprocess import PreprocessSpec
-from noisystudent.errors import os_error_sentence, resource_error_sentence
+from noisystudent.errors import DiskFullError, os_error_sentence, resource_error_sentence
 
 GUARDLESS_DECODE = """
 import sys
@@ -213,3 +215,13 @@ def test_too_few_file_descriptors_end_in_one_sentence_and_a_resumable_run(tmp_pa
     assert "Traceback" not in result.stderr
     assert "Error: Too many open files (opening " in result.stderr and "the limit is 10; raise it (ulimit -n)" in result.stderr
     assert (tmp_path / "run" / "config.json").is_file()  # kfold --resume continues from here
+
+
+def test_ensemble_export_disk_full_advice_names_no_resume_flag(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise DiskFullError(no_space_message(Path("/out/ensemble.onnx")))
+
+    monkeypatch.setattr("noisystudent.inference.onnx_runtime.available", lambda: True)
+    monkeypatch.setattr("noisystudent.ensemble.classifier.check_options", full)
+    code, output = invoke_cli("ensemble", "export", tmp_path, "--out", tmp_path / "e.onnx")
+    assert code == 2 and "--resume" not in output and output.endswith("Free some space and run the command again."), output
