@@ -92,6 +92,12 @@ def os_error_sentence(error: OSError) -> str | None:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" while writing {name}" if name else ""
         return f"No space left on device{where}; free some space and continue with --resume."
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        where = f" (opening {name})" if name else ""
+        return (f"Too many open files{where}: the limit is {_limit('RLIMIT_NOFILE')}; raise it (ulimit -n) "
+                "or lower --workers, then continue with --resume.")
+    if error.errno in (errno.ENOMEM, errno.EAGAIN) and name is None:  # fork or mmap refused
+        return resource_error_sentence(MemoryError(error.strerror or str(error)))
     if name is None:
         return None
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -101,3 +107,32 @@ def os_error_sentence(error: OSError) -> str | None:
     if error.errno == errno.ENOTDIR:
         return f"{name} lies below something that is not a folder; choose another path."
     return None
+
+
+def resource_error_sentence(error: BaseException) -> str | None:
+    """One sentence for memory or a thread the system refused (MemoryError, torch's allocator, thread start); else None.
+
+    Ordinary RuntimeErrors (bugs) give None and keep their traceback.
+    """
+    text = str(error)
+    if isinstance(error, RuntimeError) and "can't start new thread" in text:
+        return (f"The system refused to start another thread (address-space limit {_limit('RLIMIT_AS')}, "
+                f"process limit {_limit('RLIMIT_NPROC')}); raise the limits (ulimit -v, ulimit -u) or lower --workers, "
+                "then continue with --resume.")
+    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
+        detail = text.split("DefaultCPUAllocator: ")[-1].split(". ")[0].strip()[:160] or "MemoryError"
+        return (f"Out of memory ({detail}; address-space limit {_limit('RLIMIT_AS')}); lower --batch-size, "
+                "--eval-batch-size or --workers, or raise the limit (ulimit -v), then continue with --resume.")
+    return None
+
+
+def _limit(name: str) -> str:
+    """The soft resource limit ``name`` in words ("unlimited", "4096", "3.8 GiB"), or "unknown"."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return "unknown"
+    soft = resource.getrlimit(getattr(resource, name))[0]
+    if soft == resource.RLIM_INFINITY:
+        return "unlimited"
+    return f"{soft / 2**30:.1f} GiB" if name == "RLIMIT_AS" else str(soft)

@@ -48,3 +48,15 @@ def test_compare_refuses_runs_with_different_test_sets(tmp_path):
     pd.read_csv(path).iloc[:30].to_csv(path, index=False)
     result = CliRunner().invoke(app, ["compare", str(a), str(b)])
     assert result.exit_code == 2 and "not evaluated on the same test images" in result.output
+
+
+def test_compare_with_an_empty_predictions_file_is_one_sentence(tmp_path):
+    """A 0-byte results/predictions_*.csv: before, pandas' EmptyDataError and a traceback."""
+    a, *_ = _run(tmp_path / "a", right=20, seed=0)
+    b, *_ = _run(tmp_path / "b", right=20, seed=1)
+    path = b / "results" / "predictions_student_majority.csv"
+    path.write_bytes(b"")
+    result = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()) == (f"Error: The file {path} cannot be read (it is empty); noisystudent kfold --out {b} "
+                                               "--resume writes it again from the fold predictions.")

@@ -44,10 +44,10 @@ def data(tmp_path) -> Path:
 # --- kfold settings ------------------------------------------------------------------------
 
 BAD_SETTINGS = [
-    (["--lr", "nan"], "lr must be a finite number > 0; got nan."),
-    (["--lr", "inf"], "lr must be a finite number > 0; got inf."),
+    (["--lr", "nan"], "lr must be a finite number > 0 and <= 10.0; got nan."),
+    (["--lr", "inf"], "lr must be a finite number > 0 and <= 10.0; got inf."),
     (["--momentum", "nan"], "momentum must be a finite number >= 0 and < 1; got nan."),
-    (["--weight-decay", "inf"], "weight_decay must be a finite number >= 0; got inf."),
+    (["--weight-decay", "inf"], "weight_decay must be a finite number >= 0 and <= 1.0; got inf."),
     (["--gamma", "nan"], "gamma must be a finite number > 0 and <= 1; got nan."),
     (["--pseudo-temperature", "nan"], "pseudo_temperature must be a finite number > 0; got nan."),
     (["--student-dropout", "1.5"], "student_dropout must be a finite number >= 0 and < 1; got 1.5."),

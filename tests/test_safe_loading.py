@@ -157,3 +157,28 @@ def test_convert_resaves_a_trusted_file_as_tensors_and_plain_values(tmp_path):
     assert set(content) == {"model", "keys", "epoch"}  # the Namespace is dropped
     assert torch.equal(content["model"]["fc.1.weight"], model.state_dict()["fc.1.weight"])
     assert content["keys"].tolist() == [0, 1, 2] and content["epoch"] == 4
+
+
+@pytest.mark.parametrize("kind", ["plain pickle, protocol 4", "plain pickle, protocol 0", "torch legacy format"])
+def test_a_pickle_that_holds_code_is_named_as_such_not_as_corrupt(tmp_path, kind):
+    """A pickle of protocol 4 fails weights-only loading on its framing: before, "maybe truncated or corrupt"."""
+    import pickle
+
+    marker, path = tmp_path / "marker", tmp_path / "evil.pt"
+    payload = {"model": Payload(marker)}
+    if kind == "torch legacy format":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=4 if "4" in kind else 0))
+    with pytest.raises(Exception) as refused:
+        load_tensors(path, "The weights file")
+    assert f"{path} holds the Python object io.open besides tensors and is not loaded" in str(refused.value)
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_is_still_called_truncated(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"version": 2, "model": create_model("resnet18", 2, drop_connect=0.0).state_dict(), "seen": {1, 2}}, path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(Exception, match="is not a readable PyTorch file, maybe truncated or corrupt"):
+        load_tensors(path, "The checkpoint")

@@ -18,6 +18,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
+from rich.text import Text
 
 from noisystudent import __version__
 from noisystudent.cli.progress import RichProgress
@@ -26,10 +28,11 @@ from noisystudent.config.presets import DESCRIPTIONS
 from noisystudent.config.provenance import banner, help_default
 from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig
 from noisystudent.config.settings import default_run_folder, make_config, resume_config
-from noisystudent.errors import UserError, os_error_sentence
+from noisystudent.errors import UserError, os_error_sentence, resource_error_sentence
 
-console = Console(stderr=True)
-out = Console()
+# No emoji codes: a user's ':b:' (in --split-ratio a:b:c, a path) is text. Values shown inside markup are escaped.
+console = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 
 app = typer.Typer(
     help="Noisy Student k-fold training and ensembles for single-cell microscopy images (ALL vs HEM).",
@@ -44,26 +47,43 @@ app.add_typer(config_app, name="config")
 
 
 def user_errors(command):
-    """Turn a UserError into one red sentence and exit status 2, never a traceback."""
+    """Turn a UserError, or a resource the system refused, into one red sentence and exit status 2, never a traceback."""
+    resumable = command.__name__ == "kfold"  # the only command with --resume; others are simply run again
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            sentence = str(error)
         except KeyboardInterrupt:
-            console.print("[yellow]Interrupted.[/] Completed stages are saved; continue with --resume.")
+            console.print(Text.assemble(("Interrupted.", "yellow"), " ", _advice("Completed stages are saved; continue with --resume.", resumable)))
             raise typer.Exit(130) from None
         except OSError as error:
             sentence = os_error_sentence(error)
             if sentence is None:
                 raise
-            console.print(f"[bold red]Error:[/] {sentence}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (MemoryError, RuntimeError) as error:
+            sentence = resource_error_sentence(error)
+            if sentence is None:
+                raise
+        fail(_advice(sentence, resumable))
 
     return wrapper
+
+
+def fail(sentence: str) -> None:
+    """Print ``sentence`` after a red "Error:" and exit with status 2.
+
+    A Text, not markup: a user's value such as ``a:b:c`` or ``[red]`` is shown as typed.
+    """
+    console.print(Text.assemble(("Error:", "bold red"), " ", sentence), highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def _advice(sentence: str, resumable: bool) -> str:
+    """The library's advice to continue with --resume, as it applies to a command without that flag."""
+    return sentence if resumable else sentence.replace("continue with --resume", "run the command again")
 
 
 def setup_logging(quiet: bool) -> None:
@@ -148,7 +168,7 @@ def kfold(
     else:  # a new run (or nothing to resume: the run folder check says so)
         config = make_config(data, **settings)
     run = out or default_run_folder(config)
-    console.print(f"[bold]noisystudent kfold[/] -> {run}", highlight=False)
+    console.print(f"[bold]noisystudent kfold[/] -> {escape(str(run))}", highlight=False)
     console.print(banner(config), highlight=False, soft_wrap=True)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone shows progress and results
         run_kfold(config, run, resume=resume, only_folds=only_folds, join=join)
@@ -156,7 +176,7 @@ def kfold(
     with RichProgress(console) as progress:
         table = run_kfold(config, run, resume=resume, progress=progress, only_folds=only_folds, join=join)
     if table is None:  # other folds are still being trained (or wait for a process that stopped): the log says which
-        console.print(f"This process is done; the results follow when every fold is finished (noisystudent kfold --out {run} --resume).")
+        console.print(f"This process is done; the results follow when every fold is finished (noisystudent kfold --out {run} --resume).", markup=False)
         return
     metrics = headline_class_rows(table) if not table.empty else table
     print_results(out, table, run, headline=headline(metrics, read_comparisons(run), config.voting))
@@ -255,7 +275,7 @@ def experiment(
     arms = file_arms if file_arms is not None and not _given_on_command_line(context, "arms") else arms
     config = make_config(data, **settings)
     study = out or Path(str(default_run_folder(config)) + "-study")
-    console.print(f"[bold]noisystudent experiment[/] -> {study} (seeds {seeds}; arms {arms})", highlight=False)
+    console.print(f"[bold]noisystudent experiment[/] -> {escape(str(study))} (seeds {seeds}; arms {arms})", highlight=False)
     console.print(banner(config), highlight=False, soft_wrap=True)
     with RichProgress(console) as progress:
         result = run_experiment(config, study, _numbers(seeds, "--seeds"), _names(arms), progress=progress)
@@ -311,7 +331,7 @@ def report(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
     from noisystudent.report import write_report
 
     path = write_report(run)
-    out.print(f"Report written to {path}")
+    out.print(f"Report written to {path}", markup=False)
 
 
 @app.command()
@@ -339,7 +359,7 @@ def compare(
 
         check_output_file(out_csv, flag="--out")
         write_csv(out_csv, comparison_table(comparison), for_people=True)
-        out.print(f"Table written to {out_csv}")
+        out.print(f"Table written to {out_csv}", markup=False)
 
 
 @data_app.command("inspect")
@@ -369,7 +389,7 @@ def data_demo(
 
     check_output_folder(out_dir, flag="OUT_DIR")
     root = generate_demo(out_dir, seed=seed)
-    out.print(f"Demo data written to {root}")
+    out.print(f"Demo data written to {root}", markup=False)
 
 
 # --- ensemble: predict and evaluate share their options and setup ---

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from noisystudent import layout
@@ -45,9 +46,9 @@ def print_results(_out, table: pd.DataFrame, run: Path, console: Console | None 
         console.print(per_class_table(per_class))
     console.print(LEGEND, highlight=False)
     for sentence in no_information_warnings(table):
-        console.print(f"[bold yellow]Warning:[/] {sentence}", highlight=False)
-    console.print(f"All rows, with variances: {Path(run) / layout.RESULTS / layout.METRICS}")
-    console.print(f"Plots and tables: noisystudent report {run}")
+        console.print(f"[bold yellow]Warning:[/] {escape(sentence)}", highlight=False)
+    console.print(f"All rows, with variances: {Path(run) / layout.RESULTS / layout.METRICS}", markup=False)
+    console.print(f"Plots and tables: noisystudent report {run}", markup=False)
 
 
 def class_scope(rows: pd.DataFrame) -> str:
@@ -152,7 +153,7 @@ def print_inspection(console: Console, report) -> None:
     if report.problems:
         console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
         for problem in report.problems:
-            console.print(f"  - {problem}", highlight=False)
+            console.print(f"  - {problem}", highlight=False, markup=False)
     else:
         console.print("[green]No problems found.[/]")
 
@@ -201,5 +202,5 @@ def print_study_table(result, console: Console) -> None:
             view.add_row(row.comparison, level, f"{row.estimate:+.3f}", f"[{row.low:+.3f}, {row.high:+.3f}]", verdict)
         console.print(view)
     console.print(result.headline, highlight=False, soft_wrap=True)
-    console.print(f"Every metric, per seed and for the method: {Path(result.study) / layout.RESULTS / 'study.csv'}")
-    console.print(f"The study's page: {Path(result.study) / 'report' / 'report.html'}")
+    console.print(f"Every metric, per seed and for the method: {Path(result.study) / layout.RESULTS / 'study.csv'}", markup=False)
+    console.print(f"The study's page: {Path(result.study) / 'report' / 'report.html'}", markup=False)

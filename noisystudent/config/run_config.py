@@ -84,13 +84,17 @@ class Bounds:
         return " and ".join(parts)
 
 
+# Upper bounds where a larger value is a typo that would otherwise fail only after the run
+# folder exists: 1e12 epochs allocate a schedule (MemoryError), 1e308 overflows the update,
+# 1e17 pseudo-labels per class allocate that many copies. Each is far beyond any real use.
+MAX_EPOCHS, MAX_LR, MAX_WEIGHT_DECAY, MAX_PSEUDO_PER_CLASS = 100_000, 10.0, 1.0, 10_000_000
 # Every numeric setting and its range, checked before anything is written.
 POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Bounds(0, None, low_open=True), Bounds(0), Bounds(1), Bounds(0, 1, high_open=True)
 RANGES: dict[str, Bounds] = {
     "test_fraction": Bounds(0, 0.9), "folds": Bounds(2), "seed": Bounds(0, MAX_SEED), "rounds": Bounds(0, MAX_ROUNDS),
-    "pseudo_temperature": POSITIVE, "pseudo_threshold": Bounds(0, 1), "pseudo_per_class": NON_NEGATIVE,
+    "pseudo_temperature": POSITIVE, "pseudo_threshold": Bounds(0, 1), "pseudo_per_class": Bounds(0, MAX_PSEUDO_PER_CLASS),
     "randaugment_ops": Bounds(1, 16), "randaugment_magnitude": Bounds(0, 30), "teacher_dropout": FRACTION, "student_dropout": FRACTION, "teacher_drop_connect": FRACTION, "student_drop_connect": FRACTION,
-    "epochs": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
+    "epochs": Bounds(1, MAX_EPOCHS), "batch_size": AT_LEAST_ONE, "lr": Bounds(0, MAX_LR, low_open=True), "momentum": FRACTION, "weight_decay": Bounds(0, MAX_WEIGHT_DECAY),
     "step_size": AT_LEAST_ONE, "gamma": Bounds(0, 1, low_open=True), "label_smoothing": FRACTION,
     "early_stopping": NON_NEGATIVE, "head_warmup_epochs": NON_NEGATIVE, "bn_momentum": Bounds(0, 1),
     "precise_bn_batches": NON_NEGATIVE, "hidden_units": Bounds(0, 65536), "image_size": Bounds(8, MAX_IMAGE_SIZE),

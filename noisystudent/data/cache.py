@@ -28,7 +28,8 @@ import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +39,7 @@ import torch
 
 from noisystudent import atomic, processes
 from noisystudent.atomic import NO_SPACE_ERRNOS, no_space_message
+from noisystudent.data import parallel
 from noisystudent.data import preprocess as _preprocess
 from noisystudent.data.pool import PoolFile
 from noisystudent.data.preprocess import PreprocessSpec
@@ -61,6 +63,15 @@ GPU_WORKING_SET = 16 * 2**30  # bytes
 GPU_HEADROOM = 0.1  # fraction of the free memory beyond the working set left unused
 
 Progress = Callable[[int, int], None]
+# Why parallel decoding may fail where decoding in-process still works: a thread or
+# process that cannot start (address space, thread or process limit), a worker killed
+# (out of memory). A worker's DataError is not among them: it names a bad image.
+WORKER_FAILURES = (BrokenProcessPool, RuntimeError, MemoryError, OSError)
+WORKER_ERRNOS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+# Address space a process pool may need in this process (its two helper threads'
+# stacks and malloc arenas, with room to spare): below it, a thread the pool cannot
+# start would hang it, so threads (which adapt) decode instead.
+PROCESS_POOL_SPACE = 2 * 2**30
 
 
 def fingerprint_files(paths: Iterable[str]) -> str:
@@ -334,8 +345,15 @@ def _decode_all(rows: _Rows, spec: PreprocessSpec, npy_path: Path, workers: int,
         log.info("Decoding %d images into %s with %d process(es).", len(rows), npy_path.name, workers)
         if workers == 1 or len(rows) < SERIAL_BELOW:
             _decode_serial(rows, spec, temp, progress)
-        else:
+            return
+        try:
             _decode_parallel(rows, spec, temp, workers, progress)
+        except WORKER_FAILURES as error:
+            if isinstance(error, OSError) and error.errno not in WORKER_ERRNOS:
+                raise
+            # a worker could not start or died (out of memory, a process limit): every row is decoded again, here
+            log.warning("Parallel decoding failed (%s: %s); decoding in this process instead.", type(error).__name__, error)
+            _decode_serial(rows, spec, temp, progress)
 
 
 def reserve_space(temp: Path, target: Path) -> None:
@@ -382,11 +400,7 @@ def _decode_serial(rows: _Rows, spec: PreprocessSpec, temp: Path, progress: Prog
 
 def _decode_parallel(rows: _Rows, spec: PreprocessSpec, temp: Path, workers: int, progress: Progress | None) -> None:
     """Chunks sent to worker processes, at most IN_FLIGHT per worker pending: the task list is never whole in memory."""
-    # forkserver/spawn: safe after CUDA or threads started, and the workers
-    # import only the preprocessing module (numpy + PIL), not torch.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    executor = ProcessPoolExecutor(max_workers=min(workers, math.ceil(len(rows) / _chunk_size(len(rows), workers))), mp_context=context)
+    executor = _executor(min(workers, math.ceil(len(rows) / _chunk_size(len(rows), workers))))
     pending: set[Future] = set()
     done = 0
     try:
@@ -398,6 +412,23 @@ def _decode_parallel(rows: _Rows, spec: PreprocessSpec, temp: Path, workers: int
         _collect(as_completed(pending), done, len(rows), progress)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _executor(workers: int) -> Executor:
+    """Worker processes, or threads where processes would run the caller's script again."""
+    if not parallel.processes_allowed():
+        log.warning("The main script has no `if __name__ == \"__main__\":` guard, which worker processes need "
+                    "(they import it again); decoding images with threads instead. Add the guard for full speed.")
+        return parallel.Threads(max_workers=workers, thread_name_prefix="decode")
+    left = parallel.address_space_left()
+    if left is not None and left < PROCESS_POOL_SPACE:
+        log.info("The address-space limit leaves %.1f GiB; decoding images with threads.", left / 2**30)
+        return parallel.Threads(max_workers=workers, thread_name_prefix="decode")
+    # forkserver/spawn: safe after CUDA or threads started, and the workers
+    # import only the preprocessing module (numpy + PIL), not torch.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
 def _collect(finished: Iterable[Future], done: int, total: int, progress: Progress | None) -> int:

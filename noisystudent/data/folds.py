@@ -245,15 +245,25 @@ def _hold_out_test(train: pd.DataFrame, test_fraction: float, n_folds: int, seed
         return set()
     rng = np.random.default_rng([seed, _TEST_STREAM])
     held: set[str] = set()
+    with_images = train.groupby(LABEL)[_GROUP].nunique()
     for label, groups in _classes_to_groups(_patient_classes(train)):
         n_test = max(1, int(np.floor(test_fraction * len(groups) + 0.5)))
         if len(groups) - n_test < n_folds:
             raise DataError(
-                f"Only {len(groups)} patients have label {label!r}; holding out {n_test} for the test set "
-                f"leaves fewer than the {n_folds} that {n_folds} folds need."
+                f"{_majority_clause(label, len(groups), with_images[label])} (which decides the class a patient is "
+                f"split by); holding out {n_test} for the test set leaves fewer than the "
+                f"{n_folds} that {n_folds} folds need."
             )
         held.update(rng.permutation(groups)[:n_test].tolist())
     return held
+
+
+def _majority_clause(label: str, majority: int, with_images: int) -> str:
+    """"Only 1 of the 7 patients with 'hem' images has it as the majority label", in the singular or plural it needs."""
+    verb = "has" if majority == 1 else "have"
+    if majority == with_images:
+        return f"Only {majority} patient{'' if majority == 1 else 's'} {verb} {label!r} as the majority label"
+    return f"Only {majority} of the {with_images} patients with {label!r} images {verb} it as the majority label"
 
 
 def _classes_to_groups(group_class: pd.Series) -> list[tuple[str, np.ndarray]]:

@@ -19,18 +19,19 @@ or re-encoded in another format, are found without a second read.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from noisystudent.data.parallel import Threads
 from noisystudent.errors import DataError
 from noisystudent.safe_paths import file_kind
 
@@ -139,7 +140,7 @@ def probe_images(paths: list[str], workers: int | None = None) -> list[ImageInfo
     if len(paths) < 2:
         return [probe_image(p) for p in paths]
     workers = workers or min(32, (os.cpu_count() or 1) + 4)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with Threads(max_workers=workers) as pool:
         return list(pool.map(probe_image, paths))
 
 
@@ -178,6 +179,7 @@ def _open(path: str | Path) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise DataError(f"The image {path} cannot be read: {error}.") from error
     except Exception as error:  # unidentified format, permission, directory, ...
+        _raise_if_the_system_refused(error)
         raise DataError(_unreadable(path, error)) from error
     width, height = image.size
     if width * height > MAX_PIXELS:
@@ -195,7 +197,15 @@ def _decode(path: str | Path, image: Image.Image, max_side: int | None = None) -
         image = _upright(image)
         return to_rgb(reduce_image(image, max_side) if max_side else image)
     except Exception as error:  # PIL raises many types for corrupt data
+        _raise_if_the_system_refused(error)
         raise DataError(_unreadable(path, error)) from error
+
+
+def _raise_if_the_system_refused(error: Exception) -> None:
+    """Too many open files or no memory says nothing about the image: raised as it is (the CLI words it), never
+    reported as an unreadable image (which --skip-unreadable would drop)."""
+    if isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno in SYSTEM_ERRNOS):
+        raise error
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -207,6 +217,9 @@ def _upright(image: Image.Image) -> Image.Image:
     if orientation not in (2, 3, 4, 5, 6, 7, 8):
         return image
     return ImageOps.exif_transpose(image)
+
+
+SYSTEM_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}  # the process's limits, not the file's fault
 
 
 def _unreadable(path: str | Path, error: Exception) -> str:

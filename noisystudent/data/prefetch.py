@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from noisystudent.data.parallel import Threads
 from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
 from noisystudent.errors import DataError
 
@@ -51,7 +52,7 @@ def decoded_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive; got {batch_size}.")
     starts = iter(range(0, len(paths), batch_size))
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="decode") as pool:
+    with Threads(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="decode") as pool:
         pending: deque[tuple[int, list[Future]]] = deque()
         try:
             while True:

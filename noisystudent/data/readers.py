@@ -255,8 +255,7 @@ def _cnmc_prelim(cnmc: Path) -> list[dict]:
 
 def _prelim_row(record: dict, line: int, folder: Path, labels_csv: Path) -> dict:
     file = folder / record["new_names"].strip()
-    if not file.is_file():
-        raise DataError(f"The image {file} listed on line {line} of {labels_csv} does not exist.")
+    _check_listed_file(file, line, labels_csv)
     label = _PRELIM_LABEL_NAMES.get(record["labels"].strip())
     if label is None:
         raise DataError(
@@ -416,9 +415,27 @@ def _csv_image_path(raw: str, line: int, csv_path: Path) -> str:
     path = Path(raw).expanduser()
     if not path.is_absolute():
         path = csv_path.parent / path
-    if not path.is_file():
-        raise DataError(f"The image {path} listed on line {line} of {csv_path} does not exist.")
+    _check_listed_file(path, line, csv_path)
     return _absolute(path)
+
+
+def _check_listed_file(path: Path, line: int, csv_path: Path) -> None:
+    """Refuse a listed image that is missing, not a regular file (/dev/zero, a FIFO), or has an impossible name."""
+    where = f"listed on line {line} of {csv_path}"
+    try:
+        kind, exists = file_kind(path), path.exists()
+    except OSError as error:  # ENAMETOOLONG: a name over 255 bytes; ELOOP
+        raise DataError(f"The image {_shortened(path)} {where} cannot be opened: {error.strerror or error}.") from error
+    if kind is not None:
+        raise DataError(f"The image {path} {where} is {kind}, not a regular file.")
+    if not exists:
+        raise DataError(f"The image {path} {where} does not exist.")
+
+
+def _shortened(path: Path, keep: int = 80) -> str:
+    """``path`` with a very long file name cut in the middle, so that the sentence stays readable."""
+    text = str(path)
+    return text if len(text) <= 2 * keep else f"{text[:keep]}...{text[-keep:]}"
 
 
 def _read_csv_table(csv_path: Path, lower_columns: bool) -> pd.DataFrame:

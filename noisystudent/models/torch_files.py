@@ -18,9 +18,13 @@ unpickler. Files written now contain no numpy at all (see ``checkpoint.plain``).
 from __future__ import annotations
 
 import contextlib
+import io
 import pickle
+import pickletools
 import re
 import warnings
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,9 @@ import torch
 from noisystudent.errors import CheckpointError
 
 CONVERT_HINT = "python -m noisystudent.convert"
+# What the pickles of a plain checkpoint name (protocol 2 pickles sets as builtins.set), for telling code from damage
+SAFE_MODULES = {"torch", "numpy", "collections", "_codecs"}
+SAFE_BUILTINS = {f"{m}.{n}" for m in ("builtins", "__builtin__") for n in ("set", "frozenset", "complex", "slice", "bytearray")}
 
 
 class UnreadableTorchFile(CheckpointError):
@@ -54,7 +61,7 @@ def load_tensors(path: str | Path, what: str = "The file") -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a non-torch pickle
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        name = unsafe_global(error)
+        name = unsafe_global(error) or code_global(path)
         if name is None:
             raise unreadable(path, what, error) from error
         raise CheckpointError(
@@ -67,9 +74,45 @@ def load_tensors(path: str | Path, what: str = "The file") -> Any:
 
 def unsafe_global(error: BaseException) -> str | None:
     """The name of the global that weights-only loading refused, or None for another error."""
-    text = str(error)
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    text = str(error)  # torch < 2.6: "Unsupported global: GLOBAL x.y"; later: "unsupported GLOBAL x.y whose module ..."
+    match = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)
     return match.group(1) if match else None
+
+
+def code_global(path: Path) -> str | None:
+    """The first function or class outside torch, numpy and collections that the file's pickles name, or None.
+
+    Read from the opcodes alone (``pickletools``), never by unpickling: a plain
+    pickle of protocol 4 fails weights-only loading on its framing before its
+    globals are looked at, and would otherwise be called corrupt.
+    """
+    try:
+        data = path.read_bytes()
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".pkl"))
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return None
+    for name in _pickled_globals(data):
+        if name.split(".")[0] not in SAFE_MODULES and name not in SAFE_BUILTINS:
+            return name
+    return None
+
+
+def _pickled_globals(data: bytes) -> Iterator[str]:
+    """``module.name`` of each GLOBAL and STACK_GLOBAL in the (possibly concatenated) pickles in ``data``."""
+    stream, strings = io.BytesIO(data), []
+    while stream.tell() < len(data):
+        try:
+            for opcode, argument, _ in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    yield str(argument).replace(" ", ".")
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    yield f"{strings[-2]}.{strings[-1]}"
+                elif isinstance(argument, str):
+                    strings.append(argument)
+        except (ValueError, EOFError, UnicodeDecodeError):
+            return  # not a pickle from here on
 
 
 def unreadable(path: Path, what: str, error: BaseException) -> UnreadableTorchFile:

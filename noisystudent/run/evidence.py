@@ -220,7 +220,14 @@ def comparisons_frame(comparisons: dict[str, Comparison], primary_pair: str, pri
 
 def _ensemble_table(run: Path, kind: str, rule: str) -> pd.DataFrame | None:
     path = layout.results_dir(run) / f"predictions_{kind}_{rule}.csv"
-    return read_table(path) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return read_table(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        reason = "it is empty" if isinstance(error, pd.errors.EmptyDataError) else "it is not a readable CSV"
+        raise RunFolderError(f"The file {path} cannot be read ({reason}); noisystudent kfold --out {run} --resume "
+                             "writes it again from the fold predictions.") from error
 
 
 def _fold_tests(predictions: dict, config: RunConfig, round_: int) -> list[pd.DataFrame]:

@@ -54,8 +54,12 @@ def saved_config(run: Path) -> dict[str, Any] | None:
     return load_config_json(path) if path.exists() else None
 
 
-def check_run_folder(run: Path, config: RunConfig, resume: bool) -> None:
-    """Refuse a new run into a used folder, a resume of nothing, or a changed configuration."""
+def check_run_folder(run: Path, config: RunConfig, resume: bool, before_writing: bool = True) -> None:
+    """Refuse a new run into a used folder, a resume of nothing, or a changed configuration.
+
+    ``before_writing``: this session has written nothing into ``run`` yet, so a
+    run.log found there is an earlier session's (checked again later, it is this one's).
+    """
     run = Path(run)
     if run.exists() and not run.is_dir():
         raise RunFolderError(f"The run folder {run} is a file; choose a folder with --out.")
@@ -66,7 +70,7 @@ def check_run_folder(run: Path, config: RunConfig, resume: bool) -> None:
             raise RunFolderError(f"The folder {run} is not empty and holds no run; choose another --out.")
         if resume and not (run / layout.LOG).exists():
             raise RunFolderError(f"There is no run to resume in {run} (no {layout.CONFIG}); drop --resume to start one.")
-        if entries:
+        if entries and before_writing:
             logger.info("The session before stopped before saving %s; the run starts from the beginning.", layout.CONFIG)
         return
     if not resume:

@@ -16,12 +16,16 @@ from pathlib import Path
 
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
+from noisystudent.data.parallel import address_space_left, address_space_used
 from noisystudent.errors import ConfigError, DataError, RunFolderError
 from noisystudent.safe_paths import check_output_folder, file_kind
 
 # Entries of a run folder and the kind each must be.
 RUN_FILES = (layout.CONFIG, layout.LOG, ".lock", layout.FOLDS)
 RUN_FOLDERS = (layout.RESULTS, layout.CACHE, layout.REPORT, layout.TENSORBOARD)
+# Address space a tiny CPU run maps beyond torch's own (measured: 1.0 GB at 32 px, workers 1),
+# with room for a real one; below it a run would fail in an allocation or a thread start.
+MIN_ADDRESS_SPACE = 3 * 2**29  # 1.5 GiB
 
 
 def check_before_writing(config: RunConfig, run: Path) -> None:
@@ -37,6 +41,24 @@ def check_before_writing(config: RunConfig, run: Path) -> None:
     from noisystudent.device import resolve_device  # imports torch
 
     resolve_device(config.device)
+    check_address_space()
+
+
+def check_address_space() -> None:
+    """Refuse an address-space limit (``ulimit -v``) that leaves less than MIN_ADDRESS_SPACE beyond what is mapped.
+
+    Called once torch is imported (it maps about 3.3 GB by itself): a smaller
+    limit would fail later in an allocation or a thread start, after the run
+    folder exists. Where the limit is unknown (no /proc) nothing is checked.
+    """
+    left = address_space_left()
+    if left is not None and left < MIN_ADDRESS_SPACE:
+        used = address_space_used()
+        raise ConfigError(
+            f"The address-space limit (ulimit -v) of {(used + left) / 2**30:.1f} GiB leaves {max(left, 0) / 2**30:.1f} GiB beyond the "
+            f"{used / 2**30:.1f} GiB that torch and the libraries map already; a run needs at least {MIN_ADDRESS_SPACE / 2**30:.1f} GiB more: "
+            f"raise it (ulimit -v unlimited, or ulimit -v {int((used + MIN_ADDRESS_SPACE) / 1024) + 1})."
+        )
 
 
 def method_warnings(config: RunConfig) -> list[str]:

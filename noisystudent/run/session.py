@@ -39,7 +39,6 @@ from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.run_images import RunImages, load_run_images
 from noisystudent.device import resolve_device
 from noisystudent.environment import describe_machine, machine_line
-from noisystudent.errors import UserError
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import claims, evidence, results
 from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
@@ -96,7 +95,7 @@ def new_run_folder(run: Path) -> Iterator[None]:
     run.mkdir(parents=True, exist_ok=True)
     try:
         yield
-    except UserError:
+    except Exception:  # a refusal, or an OSError or MemoryError the CLI turns into one sentence
         if created and not (run / layout.CONFIG).exists():
             shutil.rmtree(run, ignore_errors=True)
         raise
@@ -135,7 +134,7 @@ def prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progress
                           device, progress, pool)
     with lock_run_folder(run):
         # again under the lock: another process may have begun the run since the check above
-        check_run_folder(run, config, resume or (join and saved_config(run) is not None))
+        check_run_folder(run, config, resume or (join and saved_config(run) is not None), before_writing=False)
         remove_shared_temps(run)
         logger.info("noisystudent kfold into %s (%s)", run, "join" if join else "resume" if resume else "new run")
         data, fold_table, pool = _accept_data(config, run, progress)
