@@ -51,6 +51,7 @@ VAL_LOSS = "val_loss"
 SECONDS = "seconds"
 IMAGES_PER_S = "images_per_s"
 IMAGE_SIZE = "image_size"
+UNLABELLED_USED = "unlabelled_used"  # FixMatch: fraction of the epoch's unlabelled images above their threshold
 
 # predictions.csv columns: path, label, patient, split, prob_<class>..., pred.
 SPLIT = "split"  # one of the values below

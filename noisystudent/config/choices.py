@@ -9,6 +9,11 @@ LITES = ("efficientnet-lite0",)
 RESNETS = ("resnet18", "resnet50", "resnet152")
 ARCHITECTURES = EFFICIENTNETS + LITES + RESNETS
 
+# --method: how the round-1 model learns from images without labels. Noisy Student iterates (--rounds); the
+# one-stage methods train one semi-supervised model (round 1) against the supervised teacher (round 0).
+# Meta Pseudo Labels may join this list.
+METHODS = ("noisy-student", "fixmatch")
+ONE_STAGE_METHODS = ("fixmatch",)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "plateau", "none")
 AUGMENTS = ("none", "light", "strong")

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from noisystudent import atomic, layout, models
+from noisystudent.config.choices import ONE_STAGE_METHODS
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import manifest
 from noisystudent.data.pool import pool_chunks, pool_size
@@ -39,6 +40,7 @@ from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
 from noisystudent.training import distributed
 from noisystudent.training.engine import TrainSet
+from noisystudent.training.fixmatch import UnlabelledSet
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import ModelJob, train_model
 
@@ -137,7 +139,13 @@ def run_fold(run_ctx: RunContext, fold: int) -> None:
 
 
 def _learns_from_pseudo_labels(config: RunConfig) -> bool:
-    return config.student_data != "labelled"
+    """Noisy Student's students learn from pseudo-labels.csv; a one-stage method's model makes its own, and the control none."""
+    return config.student_data != "labelled" and config.method not in ONE_STAGE_METHODS
+
+
+def _learns_without_labels(config: RunConfig, round_: int) -> bool:
+    """Round 1 of a one-stage method (FixMatch) learns from the masked part and pool themselves, never their labels."""
+    return round_ > 0 and config.method in ONE_STAGE_METHODS and config.student_data != "labelled"
 
 
 def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
@@ -153,6 +161,7 @@ def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJ
         augment_level=config.student_augment if student else config.teacher_augment,
         randaugment=student and config.randaugment,  # RandAugment is the students' noise (Xie et al.), at any level; never the teacher's
         train_set=_train_set(run_ctx, fold, round_),
+        unlabelled=_unlabelled_set(run_ctx, fold) if _learns_without_labels(config, round_) else None,
         val_rows=run_ctx.rows(validation[manifest.PATH]),
         val_labels=_label_indices(validation, run_ctx.classes),
         classes=run_ctx.classes,
@@ -175,7 +184,7 @@ def _train_set(run_ctx: RunContext, fold: int, round_: int) -> TrainSet:
     initialisation without pseudo-labels)."""
     labelled = fold_rows(run_ctx.fold_table, fold, manifest.ROLE_LABELLED)
     one_hot = np.eye(len(run_ctx.classes), dtype=np.float32)[_label_indices(labelled, run_ctx.classes)]
-    if round_ == 0 or run_ctx.config.student_data == "labelled":  # the control: a student without pseudo-labels
+    if round_ == 0 or not _learns_from_pseudo_labels(run_ctx.config):  # the control, or FixMatch's labelled batches
         return TrainSet(run_ctx.rows(labelled[manifest.PATH]), torch.from_numpy(one_hot))
     pseudo_path = layout.round_dir(run_ctx.run, fold, round_ - 1) / layout.PSEUDO_LABELS
     paths, targets, copies = pseudo_labels.load_pseudo_labels(pseudo_path, run_ctx.classes)
@@ -185,6 +194,17 @@ def _train_set(run_ctx: RunContext, fold: int, round_: int) -> TrainSet:
     all_targets = torch.from_numpy(np.concatenate([one_hot, targets]).astype(np.float32))
     all_copies = np.concatenate([np.ones(len(labelled), dtype=np.int64), copies])
     return TrainSet(rows, all_targets, all_copies)
+
+
+def _unlabelled_set(run_ctx: RunContext, fold: int) -> UnlabelledSet:
+    """The fold's masked part and the pool as cache rows only: their labels never leave the fold table."""
+    masked = fold_rows(run_ctx.fold_table, fold, manifest.ROLE_MASKED)
+    pool = [rows for _, rows in pool_chunks(run_ctx.fold_table, run_ctx.pool, run_ctx.cache, POOL_CHUNK)]
+    rows = torch.cat([run_ctx.rows(masked[manifest.PATH]), *pool])
+    if len(rows) == 0:
+        raise ConfigError(f"Fold {fold} has no masked or pool images for --method {run_ctx.config.method} to learn from; "
+                          "give the folds a masked part (--split-ratio) or a pool (--pool, --pool-images).")
+    return UnlabelledSet(rows)
 
 
 def fold_rows(fold_table: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:

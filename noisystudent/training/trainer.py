@@ -29,10 +29,12 @@ from noisystudent.evaluation.scoring import probabilities_loss, selection_score,
 from noisystudent.inference.predict import predict_probs
 from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.training import distributed, engine, optim
-from noisystudent.training.augment import create_augment
-from noisystudent.training.optim import Scheduler
+from noisystudent.training import distributed, engine, fixmatch, optim
+from noisystudent.training.augment import BatchAugment, create_augment
 from noisystudent.training.engine import TrainSet
+from noisystudent.training.fixmatch import UnlabelledSet
+from noisystudent.training.fixmatch_views import FixMatchViews
+from noisystudent.training.optim import Scheduler
 from noisystudent.training.sampling import class_weights
 from noisystudent.training.seeding import derive_seed, make_generator, seed_everything
 
@@ -63,6 +65,7 @@ class ModelJob:
     seed: int
     extra: dict = field(default_factory=dict)  # stored in model.pt (fold, round, ...)
     randaugment: bool = False  # student noise: run.pipeline sets it for students only
+    unlabelled: UnlabelledSet | None = None  # images without labels: trains with FixMatch (training.fixmatch)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class TrainState:
     best_state: dict | None = None
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    learned: torch.Tensor | None = None  # FlexMatch's record of the unlabelled images (training.fixmatch)
 
 
 @dataclass
@@ -173,7 +177,7 @@ def _run_epochs(job: ModelJob, config: RunConfig, training: Training, load_batch
     for epoch in range(state.next_epoch, config.epochs):
         if _stopped_early(job, config, state):  # checked first: a resumed run stops where the original did
             break
-        row = _one_epoch(job, config, model, training_model, step, epoch, sizes[epoch], load_batch, progress)
+        row = _one_epoch(job, config, training, training_model, step, epoch, sizes[epoch], load_batch, progress)
         optim.step_scheduler(training.scheduler, row["score"])
         _record_epoch(state, model, row, epoch)
         if distributed.is_main():
@@ -189,9 +193,10 @@ def _stopped_early(job: ModelJob, config: RunConfig, state: TrainState) -> bool:
     return False
 
 
-def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, training_model: torch.nn.Module,
+def _one_epoch(job: ModelJob, config: RunConfig, training: Training, training_model: torch.nn.Module,
                step: engine.StepContext, epoch: int, size: int, load_batch: LoadBatch, progress: Progress) -> dict:
-    """Train one epoch (``training_model``: compiled or DDP-wrapped ``model``), then validate; return its history row."""
+    """Train one epoch (``training_model``: compiled or DDP-wrapped ``training.model``), then validate; return its history row."""
+    model = training.model
     seed_everything(derive_seed(job.seed, "epoch", epoch, *distributed.seed_parts()))  # dropout and drop-connect draws
     generator = make_generator(derive_seed(job.seed, "data", epoch))
     frozen = config.freeze == "backbone" or epoch < config.head_warmup_epochs
@@ -204,13 +209,9 @@ def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, trainin
     augment = create_augment(job.augment_level, job.randaugment, size, mean, std, config.randaugment_ops, config.randaugment_magnitude)
     progress.start("batch", f"epoch {epoch + 1}/{config.epochs}", total=len(job.train_set))
     started = time.perf_counter()
-    stats = engine.train_one_epoch(
-        training_model, load_batch, job.train_set, augment, step, generator, config.batch_size,
-        config.sampler, config.log_every,
-        on_progress=lambda done, loss: progress.update("batch", completed=done, loss=loss),
-        # no recompile for the last batch (under DDP every batch must go through the wrapper)
-        partial_batch_model=model if training_model is not model and not distributed.active() else None,
-    )
+    # no recompile for the last batch (under DDP every batch must go through the wrapper)
+    partial = model if training_model is not model and not distributed.active() else None
+    stats = _train_epoch(job, config, training, training_model, partial, step, augment, generator, load_batch, progress)
     progress.stop("batch")
     if config.precise_bn_batches and not frozen:
         engine.recalibrate_batchnorm(
@@ -223,6 +224,25 @@ def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, trainin
         amp_dtype=step.amp_dtype, image_size=size, channels_last=step.channels_last, normalization=(mean, std),
     ), job.val_rows)
     return _history_row(job, config, optim.current_lr(step.optimizer), stats, probs, epoch, size, started)
+
+
+def _train_epoch(job: ModelJob, config: RunConfig, training: Training, training_model: torch.nn.Module,
+                 partial: torch.nn.Module | None, step: engine.StepContext, augment: BatchAugment, generator: torch.Generator,
+                 load_batch: LoadBatch, progress: Progress) -> dict[str, float]:
+    """engine.train_one_epoch, or with ``job.unlabelled`` FixMatch's epoch (its labelled images in the weak view)."""
+    on_progress = lambda done, loss: progress.update("batch", completed=done, loss=loss)  # noqa: E731
+    if job.unlabelled is None:
+        return engine.train_one_epoch(training_model, load_batch, job.train_set, augment, step, generator, config.batch_size,
+                                      config.sampler, config.log_every, on_progress=on_progress, partial_batch_model=partial)
+    settings = fixmatch.FixMatchSettings.from_config(config)
+    if settings.flex and training.state.learned is None:
+        training.state.learned = fixmatch.new_learning_state(job.unlabelled)
+    learned = None if training.state.learned is None else training.state.learned.to(step.device)
+    views = FixMatchViews(augment.image_size, augment.mean, augment.std, config.randaugment_ops, config.randaugment_magnitude)
+    stats = fixmatch.train_one_epoch(training_model, load_batch, job.train_set, job.unlabelled, views, step, generator,
+                                     config.batch_size, settings, learned, config.sampler, config.log_every, on_progress, partial)
+    training.state.learned = None if learned is None else learned.cpu()  # saved in checkpoint.pt: a resume goes on from it
+    return stats
 
 
 def _set_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -245,6 +265,8 @@ def _history_row(job: ModelJob, config: RunConfig, lr: float, stats: dict[str, f
         layout.SECONDS: time.perf_counter() - started, layout.IMAGES_PER_S: stats["images_per_s"],
         layout.IMAGE_SIZE: size,
     }
+    if "unlabelled_used" in stats:  # FixMatch: the fraction of unlabelled images above their threshold
+        row[layout.UNLABELLED_USED] = stats["unlabelled_used"]
     row["score"] = selection_score(val, config.selection_metric)
     return row
 
@@ -262,7 +284,7 @@ def _record_epoch(state: TrainState, model: torch.nn.Module, row: dict, epoch: i
 
 def _save_checkpoint(job: ModelJob, training: Training) -> None:
     state, scheduler, scaler = training.state, training.scheduler, training.scaler
-    train_state = {k: getattr(state, k) for k in ("next_epoch", "best_score", "best_epoch", "best_state", "stale_epochs", "history")}
+    train_state = {k: getattr(state, k) for k in ("next_epoch", "best_score", "best_epoch", "best_state", "stale_epochs", "history", "learned")}
     checkpoint.save(job.out_dir / layout.CHECKPOINT, {
         "model": training.model.state_dict(),
         "optimizer": training.optimizer.state_dict(),
