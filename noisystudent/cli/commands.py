@@ -108,7 +108,8 @@ def _option(config_field) -> inspect.Parameter:
 def _panel(name: str) -> str:
     order = [f.name for f in fields(RunConfig)]
     index = order.index(name)
-    for start, panel in reversed([("data", "Data"), ("folds", "Folds"), ("rounds", "Noisy Student"), ("teacher_augment", "Noise"),
+    for start, panel in reversed([("data", "Data"), ("folds", "Folds"), ("method", "Method"), ("student_data", "Noisy Student"),
+                                  ("fixmatch_threshold", "FixMatch"), ("teacher_augment", "Noise"),
                                   ("epochs", "Optimisation"), ("image_size", "Images"), ("device", "Execution")]):
         if index >= order.index(start):
             return panel

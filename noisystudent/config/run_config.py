@@ -164,14 +164,15 @@ class RunConfig:
     # --- method ---
     method: str = _opt("noisy-student", "Semi-supervised method of the models after the teacher: noisy-student (iterated "
                                          "self-training, --rounds students) or fixmatch (one FixMatch model, round 1; docs/methods.md).")
-    rounds: int = _opt(3, "Noisy Student rounds after the teacher (round 0).")
+    rounds: int = _opt(3, "Noisy Student rounds after the teacher (round 0); --method fixmatch: 1 (implied) or 0.")
     arch: str = _opt("efficientnet-b0", "Teacher architecture.")
     student_arch: str | None = _opt(None, "Student architecture (default: same as teacher).")
     weights: str = _opt("imagenet", "Initial weights: imagenet, none, or a file.")
     student_init: str | None = _opt(None, "Students start from random weights (scratch), the ImageNet weights (imagenet) or the previous "
                                           "round's model (teacher); unset: as the teacher, from --weights (imagenet, none or the file).")
     student_data: str = _opt("pseudo", "Student trains on labelled + pseudo-labelled images (both), pseudo-labelled only (pseudo), "
-                                                  "or the labelled part only (labelled: the control arm of noisystudent experiment).")
+                                                  "or the labelled part only (labelled: the control arm of noisystudent experiment); "
+                                                  "with --method fixmatch only labelled (the control) changes anything.")
     pseudo_mode: str = _opt("hard", "Pseudo-labels as probabilities (soft) or one-hot (hard).")
     pseudo_temperature: float = _opt(1.0, "Temperature applied to teacher logits for soft pseudo-labels.")
     pseudo_threshold: float = _opt(0.0, "Drop pseudo-labelled images whose top probability is below this.")
