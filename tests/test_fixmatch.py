@@ -203,3 +203,19 @@ def test_the_fixmatch_epoch_updates_flexmatchs_record_and_steps_once_per_labelle
                                      make_generator(0), 2, FixMatchSettings(threshold=0.6, mu=3, flex=True), learned)
     assert stats["images"] == 4 and 0 <= stats["unlabelled_used"] <= 1
     assert (learned >= 0).sum() > 0  # confident images now hold their class
+
+
+@pytest.mark.slow
+def test_an_experiment_runs_fixmatch_against_its_teachers_and_the_control(tmp_path):
+    data = write_class_folders(tmp_path / "data", patients_per_class=6, images_per_patient=3)
+    flags = ["--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--epochs", "1", "--image-size", "32",
+             "--batch-size", "4", "--weights", "none", "--arch", "resnet18", "--device", "cpu", "--workers", "1",
+             "--test-fraction", "0.34", "--method", "fixmatch", "--fixmatch-mu", "2", "--quiet"]
+    code, line = invoke_cli("experiment", data, "--out", tmp_path / "study", "--seeds", "3", "--arms", "ns,control", *flags)
+    assert code == 0, line
+    ns, control = (json.loads((tmp_path / "study" / "seed-3" / arm / "config.json").read_text()) for arm in ("ns", "control"))
+    assert (ns["method"], ns["rounds"], control["student_data"]) == ("fixmatch", 1, "labelled")
+    arms = pd.read_csv(tmp_path / "study" / "results" / "arms.csv")
+    assert "students (FixMatch)" in set(arms["ensemble"])
+    study_table = pd.read_csv(tmp_path / "study" / "results" / "study.csv")
+    assert set(study_table["comparison"]) == {"students - teachers", "students - control"}

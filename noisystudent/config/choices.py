@@ -14,6 +14,7 @@ ARCHITECTURES = EFFICIENTNETS + LITES + RESNETS
 # Meta Pseudo Labels may join this list.
 METHODS = ("noisy-student", "fixmatch")
 ONE_STAGE_METHODS = ("fixmatch",)
+METHOD_NAMES = {"noisy-student": "Noisy Student", "fixmatch": "FixMatch"}  # as tables and reports write them
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "plateau", "none")
 AUGMENTS = ("none", "light", "strong")
