@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import fields
 
 import pandas as pd
@@ -19,7 +20,7 @@ from noisystudent.data.demo import generate_demo
 from noisystudent.errors import ConfigError
 from noisystudent.models import checkpoint
 from noisystudent.run import pipeline
-from noisystudent.training import fixmatch
+from noisystudent.training import fixmatch, trainer
 from noisystudent.training.engine import StepContext, TrainSet
 from noisystudent.training.fixmatch import FixMatchSettings, UnlabelledSet
 from noisystudent.training.fixmatch_views import CUTOUT_SIDE, FixMatchViews, always_cutout
@@ -219,3 +220,29 @@ def test_an_experiment_runs_fixmatch_against_its_teachers_and_the_control(tmp_pa
     assert "students (FixMatch)" in set(arms["ensemble"])
     study_table = pd.read_csv(tmp_path / "study" / "results" / "study.csv")
     assert set(study_table["comparison"]) == {"students - teachers", "students - control"}
+
+
+@pytest.mark.slow
+def test_a_fixmatch_model_resumed_from_its_first_epoch_equals_the_uninterrupted_one(tmp_path, monkeypatch):
+    data = generate_demo(tmp_path / "data", n_patients_per_class=3, cells_per_patient=4, size=32, seed=5)
+    config = RunConfig(data=str(data), folds=2, rounds=1, epochs=2, image_size=32, batch_size=4, weights="none", arch="resnet18",
+                       method="fixmatch", fixmatch_mu=2, fixmatch_flex=True, fixmatch_threshold=0.6, test_fraction=0,
+                       eval_batch_size=64, workers=1)
+    first_epoch = tmp_path / "after-epoch-1"
+    original = trainer._save_checkpoint
+
+    def keep_first(job, training):  # the round-1 model of fold 0 as an interruption after its first epoch leaves it
+        original(job, training)
+        if job.extra["round"] == 1 and job.extra["fold"] == 0 and training.state.next_epoch == 1:
+            shutil.copytree(job.out_dir, first_epoch)
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", keep_first)
+    pipeline.run_kfold(config, tmp_path / "run")
+    monkeypatch.setattr(trainer, "_save_checkpoint", original)
+    reference = checkpoint.load(layout.round_dir(tmp_path / "run", 0, 1) / layout.MODEL)["model"]
+    shutil.rmtree(layout.round_dir(tmp_path / "run", 0, 1))
+    shutil.copytree(first_epoch, layout.round_dir(tmp_path / "run", 0, 1))
+    pipeline.run_kfold(config, tmp_path / "run", resume=True)
+    resumed = checkpoint.load(layout.round_dir(tmp_path / "run", 0, 1) / layout.MODEL)["model"]
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
