@@ -20,6 +20,7 @@ from noisystudent.data.demo import generate_demo
 from noisystudent.errors import ConfigError
 from noisystudent.models import checkpoint
 from noisystudent.run import pipeline
+from noisystudent.run.preflight import method_warnings
 from noisystudent.training import fixmatch, trainer
 from noisystudent.training.engine import StepContext, TrainSet
 from noisystudent.training.fixmatch import FixMatchSettings, UnlabelledSet
@@ -246,3 +247,10 @@ def test_a_fixmatch_model_resumed_from_its_first_epoch_equals_the_uninterrupted_
     resumed = checkpoint.load(layout.round_dir(tmp_path / "run", 0, 1) / layout.MODEL)["model"]
     for name, tensor in reference.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_noisy_student_settings_that_fixmatch_ignores_are_named_at_the_start():
+    warnings = method_warnings(make_config("/d", preset="noisy-student", method="fixmatch"))
+    assert len(warnings) == 1 and "--pseudo-threshold, --pseudo-per-class, --randaugment do not apply" in warnings[0]
+    assert method_warnings(make_config("/d", method="fixmatch")) == []
+    assert method_warnings(make_config("/d", preset="noisy-student", method="fixmatch", student_data="labelled")) == []  # the control
