@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from helpers import PATIENT_REGEX, invoke_cli, write_class_folders
 
 from noisystudent import layout
+from noisystudent.config.provenance import banner
 from noisystudent.config.run_config import RunConfig
 from noisystudent.config.settings import make_config
 from noisystudent.data import manifest
 from noisystudent.data.demo import generate_demo
 from noisystudent.errors import ConfigError
 from noisystudent.models import checkpoint
+from noisystudent.report.settings_section import settings_section
 from noisystudent.run import pipeline
 from noisystudent.run.preflight import method_warnings
 from noisystudent.training import fixmatch, trainer
@@ -254,3 +256,21 @@ def test_noisy_student_settings_that_fixmatch_ignores_are_named_at_the_start():
     assert len(warnings) == 1 and "--pseudo-threshold, --pseudo-per-class, --randaugment do not apply" in warnings[0]
     assert method_warnings(make_config("/d", method="fixmatch")) == []
     assert method_warnings(make_config("/d", preset="noisy-student", method="fixmatch", student_data="labelled")) == []  # the control
+
+
+def test_the_reports_settings_section_and_the_banner_name_the_method_first():
+    config = make_config("/d", method="fixmatch", fixmatch_flex=True)
+    html = settings_section(config.to_dict())
+    key_table = html.split("<details>")[0]
+    assert "<code>--method</code></td><td>fixmatch</td><td>given" in key_table
+    assert "--fixmatch-flex" in html.split("<details>")[1]  # every other setting, collapsed
+    assert banner(config).startswith("preset cnmc-study: method fixmatch*, ")
+
+
+@pytest.mark.parametrize("command", ["kfold", "experiment"])
+def test_help_groups_each_methods_settings_in_its_own_panel(command):
+    code, text = invoke_cli(command, "--help")
+    assert code == 0
+    method, noisy, fixmatch_panel, noise = (text.index(f"─ {name} ─") for name in ("Method", "Noisy Student", "FixMatch", "Noise"))
+    assert method < text.index("--method ", method) < noisy < text.index("--pseudo-mode") < fixmatch_panel
+    assert fixmatch_panel < min(text.index(f"--fixmatch-{name}") for name in ("threshold", "mu", "lambda-u", "flex")) < noise

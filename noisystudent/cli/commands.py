@@ -204,7 +204,7 @@ def experiment(
     quiet: bool = False,
     **settings: Any,
 ) -> None:
-    """Did Noisy Student help? Run each arm (ns, control, upper) for each seed and answer over seeds and patients.
+    """Did the method (--method: Noisy Student, FixMatch) help? Run each arm (ns, control, upper) for each seed and answer over seeds and patients.
 
     Every arm of every seed is an ordinary run folder STUDY/seed-<s>/<arm>/ (resumable, joinable);
     the answer is in STUDY/results/study.csv and STUDY/report/report.html. Running it again continues.
