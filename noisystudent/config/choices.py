@@ -15,6 +15,7 @@ ARCHITECTURES = EFFICIENTNETS + LITES + RESNETS
 METHODS = ("noisy-student", "fixmatch")
 ONE_STAGE_METHODS = ("fixmatch",)
 METHOD_NAMES = {"noisy-student": "Noisy Student", "fixmatch": "FixMatch"}  # as tables and reports write them
+POOL_LABELS = ("fold", "ensemble")  # the pool's pseudo-labels: each fold's own model, or the round's K fold models averaged
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "plateau", "none")
 AUGMENTS = ("none", "light", "strong")

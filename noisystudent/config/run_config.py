@@ -28,6 +28,7 @@ from noisystudent.config.choices import (
     METHODS,
     ONE_STAGE_METHODS,
     OPTIMIZERS,
+    POOL_LABELS,
     PRIMARY_METRICS,
     PSEUDO_MODES,
     SAMPLERS,
@@ -101,7 +102,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
     "pseudo_mode": PSEUDO_MODES, "student_data": STUDENT_DATA, "sampler": SAMPLERS,
     "equalize": EQUALIZE, "tta": TTA, "freeze": FREEZE, "voting": VOTING, "amp": AMP, "select_metric": SELECT_METRICS, "select": SELECT,
-    "primary_metric": PRIMARY_METRICS, "method": METHODS,
+    "primary_metric": PRIMARY_METRICS, "method": METHODS, "pool_labels": POOL_LABELS,
 }
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 
@@ -179,6 +180,9 @@ class RunConfig:
     pseudo_balance: bool = _opt(False, "Balance pseudo-labelled classes: duplicate the rarer, cap the commoner.")
     pseudo_per_class: int = _opt(0, "Give each class exactly this many pseudo-labelled images (the most confident; the rarer "
                                     "repeated), as Xie et al. do; bounds the students' epochs for a large pool (0: off).")
+    pool_labels: str = _opt("fold", "Pseudo-label the pool with each fold's own model (fold) or with the average of that round's "
+                                   "K fold models, computed once for every fold's student (ensemble; the masked parts stay "
+                                   "labelled by their own fold's model, and students' validation rows become selection-biased).")
     # --- FixMatch (Sohn et al. 2020; --method fixmatch) ---
     fixmatch_threshold: float = _opt(0.95, "FixMatch: an unlabelled image counts only where the model's top probability on its "
                                            "weak view reaches this (tau; the paper: 0.95).")
@@ -268,6 +272,8 @@ class RunConfig:
                 or self.split_ratio[0] <= 0 or self.split_ratio[2] <= 0):
             raise ConfigError(f"split_ratio must be three non-negative numbers labelled:masked:validation with labelled and validation > 0, got {self.split_ratio}.")
         _check_class_weights(self.class_weights)
+        if self.pool_labels == "ensemble" and self.method in ONE_STAGE_METHODS:
+            raise ConfigError(f"--pool-labels ensemble averages the fold models' pseudo-labels of Noisy Student; --method {self.method} makes its own.")
         if self.method in ONE_STAGE_METHODS and self.rounds > 0 and self.student_data != "labelled" and not self.split_ratio[1] \
                 and not (self.pool or self.pool_images):
             raise ConfigError(f"--method {self.method} learns from images without labels: give the folds a masked part "

@@ -16,6 +16,7 @@ run.log, the shared state and the results) is run/session.py's job.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from noisystudent.inference.model_set import ModelSet
 from noisystudent.inference.tables import prediction_table
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import claims, pseudo_labels, results, session
+from noisystudent.run import claims, pool_ensemble, pseudo_labels, results, session
 from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
@@ -51,6 +52,7 @@ SPLIT_OF_ROLE = {manifest.ROLE_VALIDATION: layout.SPLIT_VALIDATION, manifest.ROL
                  manifest.ROLE_MASKED: layout.SPLIT_MASKED, manifest.ROLE_POOL: layout.SPLIT_POOL}
 PSEUDO_SPLITS = (layout.SPLIT_MASKED, layout.SPLIT_POOL)
 STUDENT_WEIGHTS = {"scratch": "none", "imagenet": "imagenet"}  # --student-init -> the weights models.create_model loads
+WAIT_SECONDS = 5.0  # --pool-labels ensemble: how often a process looks whether the folds it waits for are ready
 POOL_CHUNK = TABLE_CHUNK  # pool rows predicted and written at a time (about 10 MB of table, whatever the pool's size)
 
 
@@ -112,30 +114,115 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
     with session.open_run(config, run, resume, join, progress) as run_ctx:  # config.json, folds.csv, the cache
         for warning in method_warnings(config) if distributed.is_main() else ():
             logger.warning(warning)
-        run_ctx.progress.start("fold", "folds", total=len(wanted))
-        for done, fold in enumerate(wanted, start=1):
-            if session.claim_fold(run_ctx, fold):  # unfinished, and no other live process trains it
-                try:
-                    run_fold(run_ctx, fold)
-                finally:
-                    session.release_fold(run_ctx, fold)
-            run_ctx.progress.update("fold", completed=done)
-        run_ctx.progress.stop("fold")
+        if _pool_averaged(run_ctx):
+            run_rounds_together(run_ctx, wanted)
+        else:
+            _run_folds(run_ctx, wanted)
         return session.finish(run_ctx, recompute=resume and not join)  # once every fold is finished
+
+
+def _run_folds(run_ctx: RunContext, wanted: list[int]) -> None:
+    run_ctx.progress.start("fold", "folds", total=len(wanted))
+    for done, fold in enumerate(wanted, start=1):
+        if session.claim_fold(run_ctx, fold):  # unfinished, and no other live process trains it
+            try:
+                run_fold(run_ctx, fold)
+            finally:
+                session.release_fold(run_ctx, fold)
+        run_ctx.progress.update("fold", completed=done)
+    run_ctx.progress.stop("fold")
 
 
 def run_fold(run_ctx: RunContext, fold: int) -> None:
     """Teacher, then ``rounds`` students, each stage skipped when its artifact exists."""
     for round_ in range(run_ctx.config.rounds + 1):
-        out = layout.round_dir(run_ctx.run, fold, round_)
-        out.mkdir(parents=True, exist_ok=True)
-        name = f"fold {fold} " + ("teacher" if round_ == 0 else f"student {round_}")
-        run_ctx.progress.update("fold", description=name)
-        train_model(_model_job(run_ctx, fold, round_, name), run_ctx.config, run_ctx.load_batch, run_ctx.device, run_ctx.progress)
-        predictions = predict_round(run_ctx, fold, round_)
-        warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
+        predictions = run_round(run_ctx, fold, round_)
         if round_ < run_ctx.config.rounds and _learns_from_pseudo_labels(run_ctx.config):
             _pseudo_labels(run_ctx, fold, round_, predictions)
+
+
+def run_round(run_ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
+    """Train round ``round_``'s model of ``fold`` and predict with it; return its predictions.csv."""
+    out = layout.round_dir(run_ctx.run, fold, round_)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"fold {fold} " + ("teacher" if round_ == 0 else f"student {round_}")
+    run_ctx.progress.update("fold", description=name)
+    train_model(_model_job(run_ctx, fold, round_, name), run_ctx.config, run_ctx.load_batch, run_ctx.device, run_ctx.progress)
+    predictions = predict_round(run_ctx, fold, round_)
+    warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
+    return predictions
+
+
+def _pool_averaged(run_ctx: RunContext) -> bool:
+    """--pool-labels ensemble with students that learn from pseudo-labels and a pool to label."""
+    config = run_ctx.config
+    return (config.pool_labels == "ensemble" and config.rounds > 0 and _learns_from_pseudo_labels(config)
+            and pool_size(run_ctx.fold_table, run_ctx.pool) > 0)
+
+
+def run_rounds_together(run_ctx: RunContext, wanted: list[int]) -> bool:
+    """--pool-labels ensemble: round r of every fold before round r + 1 of any; False when stopped waiting.
+
+    Each round: train this process's unclaimed folds, wait for the folds other
+    live processes train, average the round's pool predictions once, and let
+    each fold's next student learn from its own masked labels plus that average.
+    """
+    for round_ in range(run_ctx.config.rounds + 1):
+        run_ctx.progress.start("fold", f"round {round_}", total=len(wanted))
+        for done, fold in enumerate(wanted, start=1):
+            _claimed_round(run_ctx, fold, round_)
+            run_ctx.progress.update("fold", completed=done)
+        run_ctx.progress.stop("fold")
+        if round_ < run_ctx.config.rounds:
+            if not _wait_for_round(run_ctx, wanted, round_):
+                return False
+            if distributed.is_main():
+                pool_ensemble.write_average(run_ctx.run, run_ctx.config.folds, round_, run_ctx.classes)
+            distributed.barrier()
+    return True
+
+
+def _claimed_round(run_ctx: RunContext, fold: int, round_: int) -> bool:
+    """Round ``round_`` of ``fold`` (its pseudo-labels first) unless another live process holds the fold; True if run here."""
+    if not session.claim_fold(run_ctx, fold):
+        return False
+    try:
+        if round_ > 0:
+            previous = results.read_predictions(layout.round_dir(run_ctx.run, fold, round_ - 1) / layout.PREDICTIONS)
+            _pseudo_labels(run_ctx, fold, round_ - 1, previous)
+        run_round(run_ctx, fold, round_)
+    finally:
+        session.release_fold(run_ctx, fold)
+    return True
+
+
+def _wait_for_round(run_ctx: RunContext, wanted: list[int], round_: int) -> bool:
+    """Until every fold's round ``round_`` is ready: train the wanted ones no live process holds, wait for the others.
+
+    False (this process stops; --resume or --join continues) when a fold it may
+    not train (--only-folds) is held by no live process.
+    """
+    run = run_ctx.run
+    while True:
+        waiting = [k for k in range(run_ctx.config.folds)
+                   if not distributed.broadcast(pool_ensemble.round_ready(run, k, round_, needs_pool=True))]
+        if not waiting:
+            return True
+        ran = False
+        for fold in waiting:
+            if fold in wanted:
+                ran = _claimed_round(run_ctx, fold, round_) or ran
+            elif distributed.broadcast(_no_live_holder(run, fold)):
+                logger.warning("Round %d needs fold %d's model, which no live process trains; this process stops here "
+                               "(continue with --join or --resume).", round_, fold)
+                return False
+        if not ran:
+            time.sleep(WAIT_SECONDS)
+
+
+def _no_live_holder(run: Path, fold: int) -> bool:
+    claim = claims.read_claim(run, fold)
+    return claim is None or claims.is_stale(claim)
 
 
 def _learns_from_pseudo_labels(config: RunConfig) -> bool:
@@ -300,7 +387,7 @@ def _pseudo_labels(run_ctx: RunContext, fold: int, round_: int, predictions: pd.
     if distributed.broadcast(out.exists()):  # rank 0 may write it before another rank looks
         return
     config = run_ctx.config
-    pool_file = folder / layout.POOL_PREDICTIONS
+    pool_file = layout.pool_ensemble_file(run_ctx.run, round_) if _pool_averaged(run_ctx) else folder / layout.POOL_PREDICTIONS
     # runs written before pool_predictions.csv existed hold the pool in predictions.csv
     splits = (layout.SPLIT_MASKED,) if pool_file.exists() else PSEUDO_SPLITS
     masked = predictions[predictions[layout.SPLIT].isin(splits)]
