@@ -12,9 +12,9 @@ from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.config.settings import make_config
 from noisystudent.data.manifest import PATH
-from noisystudent.errors import ConfigError
+from noisystudent.errors import ConfigError, RunFolderError
 from noisystudent.models import checkpoint
-from noisystudent.run import pipeline, pseudo_labels
+from noisystudent.run import pipeline, pool_ensemble, pseudo_labels
 
 CLASSES = ["benign", "malignant"]
 
@@ -110,3 +110,23 @@ def test_processes_that_take_turns_on_single_folds_end_where_one_process_ends(tm
 def test_ensemble_pool_labels_are_refused_with_fixmatch():
     with pytest.raises(ConfigError, match="--pool-labels ensemble averages"):
         make_config("/d", method="fixmatch", pool_labels="ensemble")
+
+
+def test_the_average_is_written_once_a_chunk_at_a_time_and_refuses_pools_in_different_orders(tmp_path):
+    frame = pd.DataFrame({PATH: [f"p{i}.png" for i in range(5)], "label": "", "patient": "x", layout.SPLIT: "pool"})
+    probs = [np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.6, 0.4], [0.0, 1.0]]), np.array([[0.7, 0.3], [0.4, 0.6], [0.1, 0.9], [0.6, 0.4], [1.0, 0.0]])]
+    for fold, p in enumerate(probs):
+        folder = layout.round_dir(tmp_path, fold, 0)
+        folder.mkdir(parents=True)
+        frame.assign(**{layout.prob_column(c): p[:, i] for i, c in enumerate(CLASSES)}).to_csv(folder / layout.POOL_PREDICTIONS, index=False)
+        (folder / layout.PREDICTIONS).write_text("path\n")
+    assert pool_ensemble.round_ready(tmp_path, 0, 0, needs_pool=True) and not pool_ensemble.round_ready(tmp_path, 0, 1, needs_pool=True)
+    out = pool_ensemble.write_average(tmp_path, 2, 0, CLASSES, chunk=2)
+    np.testing.assert_allclose(_probs(out), (probs[0] + probs[1]) / 2)
+    assert pd.read_csv(out)[layout.PRED].tolist() == ["benign", "malignant", "malignant", "benign", "benign"]
+    shuffled = frame.iloc[::-1].assign(**{layout.prob_column(c): probs[1][:, i] for i, c in enumerate(CLASSES)})
+    shuffled.to_csv(layout.round_dir(tmp_path, 1, 0) / layout.POOL_PREDICTIONS, index=False)
+    assert pool_ensemble.write_average(tmp_path, 2, 0, CLASSES) == out  # written once: not recomputed
+    out.unlink()
+    with pytest.raises(RunFolderError, match="different orders"):
+        pool_ensemble.write_average(tmp_path, 2, 0, CLASSES)

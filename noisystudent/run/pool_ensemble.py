@@ -23,6 +23,7 @@ import numpy as np
 
 from noisystudent import atomic, layout
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
+from noisystudent.errors import RunFolderError
 from noisystudent.inference.tables import prediction_table
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
 
@@ -54,7 +55,8 @@ def write_average(run: Path, folds: int, round_: int, classes: list[str], chunk:
         readers = [read_table_chunks(layout.round_dir(run, k, round_) / layout.POOL_PREDICTIONS, chunk) for k in range(folds)]
         for parts in zip(*readers):
             if any(not part[PATH].equals(parts[0][PATH]) for part in parts):
-                raise RuntimeError(f"The fold models of round {round_} list the pool in different orders.")
+                raise RunFolderError(f"The pool predictions of round {round_}'s fold models in {run} list the pool in different "
+                                     f"orders; delete fold-*/round-{round_}/{layout.POOL_PREDICTIONS} there and --resume.")
             mean = np.mean([part[probs].to_numpy(dtype=np.float64) for part in parts], axis=0)
             yield prediction_table(parts[0][FRAME_COLUMNS], mean, classes)
 
