@@ -1,8 +1,12 @@
-"""``noisystudent kfold``: the k-fold Noisy Student method, read top-down.
+"""``noisystudent kfold``: the k-fold Noisy Student method (or FixMatch), read top-down.
 
 For each fold: train the teacher (round 0) on the labelled part, let it label
 the masked part and the unlabelled pool, train a noised student on labelled +
-pseudo-labelled images, and repeat with the student as the next teacher.
+pseudo-labelled images, and repeat with the student as the next teacher. With
+``--method fixmatch`` round 1 is one FixMatch model that learns from the masked
+part and the pool itself (training/fixmatch.py); with ``--pool-labels
+ensemble`` the folds run round by round and the pool's pseudo-labels are the
+round's K fold models averaged (run/pool_ensemble.py).
 Every stage writes its artifact into the run folder and is skipped on resume
 once that artifact exists:
 
