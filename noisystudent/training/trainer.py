@@ -177,7 +177,7 @@ def _run_epochs(job: ModelJob, config: RunConfig, training: Training, load_batch
     for epoch in range(state.next_epoch, config.epochs):
         if _stopped_early(job, config, state):  # checked first: a resumed run stops where the original did
             break
-        row = _one_epoch(job, config, training, training_model, step, epoch, sizes[epoch], load_batch, progress)
+        row = _one_epoch(job, config, model, training_model, step, epoch, sizes[epoch], load_batch, progress, state)
         optim.step_scheduler(training.scheduler, row["score"])
         _record_epoch(state, model, row, epoch)
         if distributed.is_main():
@@ -193,10 +193,13 @@ def _stopped_early(job: ModelJob, config: RunConfig, state: TrainState) -> bool:
     return False
 
 
-def _one_epoch(job: ModelJob, config: RunConfig, training: Training, training_model: torch.nn.Module,
-               step: engine.StepContext, epoch: int, size: int, load_batch: LoadBatch, progress: Progress) -> dict:
-    """Train one epoch (``training_model``: compiled or DDP-wrapped ``training.model``), then validate; return its history row."""
-    model = training.model
+def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, training_model: torch.nn.Module,
+               step: engine.StepContext, epoch: int, size: int, load_batch: LoadBatch, progress: Progress,
+               state: TrainState | None = None) -> dict:
+    """Train one epoch (``training_model``: compiled or DDP-wrapped ``model``), then validate; return its history row.
+
+    ``state`` holds what an epoch carries over besides the weights (FixMatch's FlexMatch record).
+    """
     seed_everything(derive_seed(job.seed, "epoch", epoch, *distributed.seed_parts()))  # dropout and drop-connect draws
     generator = make_generator(derive_seed(job.seed, "data", epoch))
     frozen = config.freeze == "backbone" or epoch < config.head_warmup_epochs
@@ -211,7 +214,7 @@ def _one_epoch(job: ModelJob, config: RunConfig, training: Training, training_mo
     started = time.perf_counter()
     # no recompile for the last batch (under DDP every batch must go through the wrapper)
     partial = model if training_model is not model and not distributed.active() else None
-    stats = _train_epoch(job, config, training, training_model, partial, step, augment, generator, load_batch, progress)
+    stats = _train_epoch(job, config, state or TrainState(), training_model, partial, step, augment, generator, load_batch, progress)
     progress.stop("batch")
     if config.precise_bn_batches and not frozen:
         engine.recalibrate_batchnorm(
@@ -226,7 +229,7 @@ def _one_epoch(job: ModelJob, config: RunConfig, training: Training, training_mo
     return _history_row(job, config, optim.current_lr(step.optimizer), stats, probs, epoch, size, started)
 
 
-def _train_epoch(job: ModelJob, config: RunConfig, training: Training, training_model: torch.nn.Module,
+def _train_epoch(job: ModelJob, config: RunConfig, state: TrainState, training_model: torch.nn.Module,
                  partial: torch.nn.Module | None, step: engine.StepContext, augment: BatchAugment, generator: torch.Generator,
                  load_batch: LoadBatch, progress: Progress) -> dict[str, float]:
     """engine.train_one_epoch, or with ``job.unlabelled`` FixMatch's epoch (its labelled images in the weak view)."""
@@ -235,13 +238,13 @@ def _train_epoch(job: ModelJob, config: RunConfig, training: Training, training_
         return engine.train_one_epoch(training_model, load_batch, job.train_set, augment, step, generator, config.batch_size,
                                       config.sampler, config.log_every, on_progress=on_progress, partial_batch_model=partial)
     settings = fixmatch.FixMatchSettings.from_config(config)
-    if settings.flex and training.state.learned is None:
-        training.state.learned = fixmatch.new_learning_state(job.unlabelled)
-    learned = None if training.state.learned is None else training.state.learned.to(step.device)
+    if settings.flex and state.learned is None:
+        state.learned = fixmatch.new_learning_state(job.unlabelled)
+    learned = None if state.learned is None else state.learned.to(step.device)
     views = FixMatchViews(augment.image_size, augment.mean, augment.std, config.randaugment_ops, config.randaugment_magnitude)
     stats = fixmatch.train_one_epoch(training_model, load_batch, job.train_set, job.unlabelled, views, step, generator,
                                      config.batch_size, settings, learned, config.sampler, config.log_every, on_progress, partial)
-    training.state.learned = None if learned is None else learned.cpu()  # saved in checkpoint.pt: a resume goes on from it
+    state.learned = None if learned is None else learned.cpu()  # saved in checkpoint.pt: a resume goes on from it
     return stats
 
 
