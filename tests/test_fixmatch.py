@@ -185,6 +185,7 @@ def test_a_fixmatch_run_fills_the_usual_run_folder_and_compares_with_its_teacher
     history = pd.read_csv(layout.round_dir(run, 0, 1) / layout.HISTORY)
     assert history[layout.UNLABELLED_USED].between(0, 1).all()
     assert not (layout.round_dir(run, 0, 0) / layout.PSEUDO_LABELS).exists()  # FixMatch makes its own, every step
+    assert pd.read_csv(run / "results" / "pseudo_label_quality.csv").empty  # no teacher's pseudo-labels were learnt from
     saved = checkpoint.load(layout.round_dir(run, 0, 1) / layout.CHECKPOINT)["train_state"]["learned"]
     assert len(saved) == len(seen_masked(run, 0)) and (saved >= 0).all()  # FlexMatch's record (two classes: all >= 0.5)
     assert json.loads((run / "config.json").read_text())["method"] == "fixmatch"

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from noisystudent import atomic, layout
+from noisystudent.config.choices import ONE_STAGE_METHODS
 from noisystudent.config.run_config import RunConfig, load_config_json, positive_class_of
 from noisystudent.data.labels import as_labels
 from noisystudent.data.manifest import LABEL, PATH, ROLE, ROLE_TEST, SUBSET, SUBSET_TEST
@@ -154,7 +155,7 @@ def pseudo_label_quality(predictions: dict, config: RunConfig, classes: list[str
     rows = []
     for (fold, round_), table in sorted(predictions.items()):
         masked = table[table[layout.SPLIT] == layout.SPLIT_MASKED]
-        if round_ >= config.rounds or masked.empty:
+        if round_ >= config.rounds or masked.empty or config.method in ONE_STAGE_METHODS:  # FixMatch uses no teacher's labels
             continue
         truth, guess = as_labels(masked[LABEL]), as_labels(masked[layout.PRED])
         for name in classes:
