@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +16,7 @@ from noisystudent.config.settings import make_config
 from noisystudent.data.manifest import PATH
 from noisystudent.errors import ConfigError, RunFolderError
 from noisystudent.models import checkpoint
-from noisystudent.run import pipeline, pool_ensemble, pseudo_labels
+from noisystudent.run import evidence, pipeline, pool_ensemble, pseudo_labels
 
 CLASSES = ["benign", "malignant"]
 
@@ -130,3 +132,12 @@ def test_the_average_is_written_once_a_chunk_at_a_time_and_refuses_pools_in_diff
     out.unlink()
     with pytest.raises(RunFolderError, match="different orders"):
         pool_ensemble.write_average(tmp_path, 2, 0, CLASSES)
+
+
+def test_only_students_that_learnt_from_the_averaged_pool_have_their_validation_rows_marked():
+    table = pd.DataFrame({layout.EVAL_SPLIT: ["validation", "validation", "test"], layout.ROUND: [0, 1, 1],
+                          layout.FOLD_COLUMN: ["0", "0", "0"], layout.MODEL_KIND: ["teacher", "student", "student"]})
+    marked = evidence._saw_other_folds(table, _config(Path("/d/x")))
+    assert marked.tolist() == [False, True, True]  # mark_rows keeps only the validation rows of these
+    assert not evidence._saw_other_folds(table, _config(Path("/d/x"), student_data="labelled")).any()  # the control arm
+    assert not evidence._saw_other_folds(table, _config(Path("/d/x"), pool_labels="fold")).any()

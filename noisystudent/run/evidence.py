@@ -82,7 +82,7 @@ def selection_saw_validation(config: RunConfig) -> bool:
 def _saw_other_folds(table: pd.DataFrame, config: RunConfig) -> pd.Series:
     """Students of --pool-labels ensemble runs: their pool labels came from every fold's model, which trained on this fold's validation part."""
     students = pd.to_numeric(table[layout.ROUND], errors="coerce") >= 1
-    return students & (config.pool_labels == "ensemble")
+    return students & (config.pool_labels == "ensemble" and config.student_data != "labelled")  # not the control arm
 
 
 def mark_rows(table: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
