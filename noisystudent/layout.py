@@ -18,6 +18,7 @@ here atomically, and a stage whose artifact exists is never recomputed.
         predictions.csv      this model on validation, test and masked images
         pool_predictions.csv this model on the pool (rounds whose pseudo-labels need it)
         pseudo_labels.csv    labels this model gives the next round's student
+      pool-ensemble/round-<r>/pool_predictions.csv   the round's K fold models averaged (--pool-labels ensemble)
       results/
         predictions_<models>_<voting>.csv   ensemble predictions on the test set
         metrics.csv          one row per fold model, fold summary and ensemble
@@ -41,6 +42,7 @@ PREDICTIONS = "predictions.csv"
 PSEUDO_LABELS = "pseudo_labels.csv"
 POOL_PREDICTIONS = "pool_predictions.csv"  # the pool's probabilities, only in rounds whose pseudo-labels need them
 RESULTS = "results"
+POOL_ENSEMBLE = "pool-ensemble"  # --pool-labels ensemble: round-<r>/pool_predictions.csv, the round's K fold models averaged
 METRICS = "metrics.csv"
 CALIBRATION = "calibration.json"  # results/: the temperatures, fitted on out-of-fold validation predictions
 CALIBRATION_TABLE = "calibration.csv"  # results/: ECE, Brier, NLL of every model on the outer test set, before and after
@@ -57,6 +59,7 @@ VAL_LOSS = "val_loss"
 SECONDS = "seconds"
 IMAGES_PER_S = "images_per_s"
 IMAGE_SIZE = "image_size"
+UNLABELLED_USED = "unlabelled_used"  # FixMatch: fraction of the epoch's unlabelled images above their threshold
 
 # predictions.csv columns: path, label, patient, split, prob_<class>..., pred.
 SPLIT = "split"  # one of the values below
@@ -121,6 +124,11 @@ def fold_dir(run: Path, fold: int) -> Path:
 
 def round_dir(run: Path, fold: int, round_: int) -> Path:
     return fold_dir(run, fold) / f"round-{round_}"
+
+
+def pool_ensemble_file(run: Path, round_: int) -> Path:
+    """The pool's probabilities averaged over round ``round_``'s K fold models (--pool-labels ensemble)."""
+    return Path(run) / POOL_ENSEMBLE / f"round-{round_}" / POOL_PREDICTIONS
 
 
 def results_dir(run: Path) -> Path:

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = subsample(Path(args.data), args.per_class, out) if args.per_class else Path(args.data)
+    data = with_pool(data, args.pool_fraction, out) if args.pool_fraction else data
     records = []
     for task in args.task:
         study = out / task_folder(task)
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", default="ns,control,upper")
     parser.add_argument("--per-class", type=int, default=0, help="Use a fixed random sample of this many images per class (0: all).")
+    parser.add_argument("--pool-fraction", type=float, default=0.0,
+                        help="Turn this fraction of each class's training images into an unlabelled pool (labels dropped; 0: none).")
     parser.add_argument("--out", default="runs/benchmark-real")
     parser.add_argument("kfold_flags", nargs="*", help="After --: more `noisystudent kfold` flags for every run.")
     args = parser.parse_args(argv)
@@ -113,6 +116,21 @@ def subsample(data: Path, per_class: int, out: Path) -> Path:
     chosen = [rows.sample(min(per_class, len(rows)), random_state=0) for _, rows in manifest.groupby("label", sort=True)]
     target = out / "sample.csv"
     pd.concat(chosen)[["path", "label", "patient", "subset"]].sort_values("path").to_csv(target, index=False)
+    return target
+
+
+def with_pool(data: Path, fraction: float, out: Path) -> Path:
+    """A CSV manifest whose ``fraction`` of each class's training images (drawn with seed 0) is a pool without labels."""
+    from noisystudent.data.readers import read_dataset
+
+    manifest, _ = read_dataset(data, "auto", None, False)
+    manifest = manifest[["path", "label", "patient", "subset"]].copy()
+    training = manifest[manifest["subset"] == "train"]
+    pooled = [rows.sample(frac=fraction, random_state=0).index for _, rows in training.groupby("label", sort=True)]
+    chosen = manifest.index.isin([i for index in pooled for i in index])
+    manifest.loc[chosen, ["label", "subset"]] = ["", "pool"]
+    target = out / "with-pool.csv"
+    manifest.sort_values("path").to_csv(target, index=False)
     return target
 
 

@@ -32,7 +32,6 @@ THROUGH = {
     "noisystudent.models.signatures": ["test_models.py"],  # "seems to be for <arch>" in a refused weights file
     "noisystudent.report.data_section": ["test_report.py"],  # sections of report.html
     "noisystudent.report.html": ["test_report.py"],
-    "noisystudent.report.settings_section": ["test_report.py"],
     "noisystudent.safe_paths": ["test_input_checks.py", "test_fuzz_inputs.py"],  # outputs that would overwrite inputs
     "noisystudent.training.distributed": ["test_torchrun.py"],  # torchrun with two Gloo ranks
 }

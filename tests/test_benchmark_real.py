@@ -39,6 +39,20 @@ def test_the_sample_is_the_same_whatever_the_seed_of_the_runs(bench, tmp_path):
     assert first.equals(again)
 
 
+def test_a_pool_fraction_drops_the_labels_of_that_part_of_each_class(bench, tmp_path):
+    from PIL import Image
+
+    for label, count in (("x", 10), ("y", 4)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (4, 4)).save(tmp_path / "data" / label / f"{i}.png")
+    table = pd.read_csv(bench.with_pool(tmp_path / "data", 0.5, tmp_path), keep_default_na=False)
+    pool = table[table["subset"] == "pool"]
+    assert len(pool) == 7 and set(pool["label"]) == {""}
+    assert table[table["subset"] != "pool"]["label"].value_counts().to_dict() == {"x": 5, "y": 2}
+    assert table.equals(pd.read_csv(bench.with_pool(tmp_path / "data", 0.5, tmp_path), keep_default_na=False))  # the same every time
+
+
 def test_the_tables_are_read_back_from_the_study(bench):
     table = pd.DataFrame([
         {"comparison": "students - teachers", "level": "method", "seed": None, "metric": "balanced_accuracy", "role": "primary",

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import REPO, save_cell, subprocess_env, tiny_flags, write_class_folders
 
 from noisystudent import layout
+from noisystudent.models import checkpoint
 from noisystudent.run import claims
 
 TOLERANCE = 1e-6  # on probabilities and metrics; see the module docstring
@@ -134,3 +136,20 @@ def test_a_killed_rank_stops_the_job_and_resume_under_torchrun_finishes_it(tmp_p
     if stale:
         assert "which is no longer running; this process" in " ".join(output.split())
     _assert_close_to(run, single)
+
+
+def test_fixmatch_under_two_ranks_writes_the_same_files_and_shares_flexmatchs_record(tmp_path, data):
+    """Each rank draws its own views, so numbers differ from one process; the files and FlexMatch's record do not."""
+    flags = ["--method", "fixmatch", "--fixmatch-flex", "--fixmatch-mu", "2", "--fixmatch-threshold", "0.5"]  # 2 classes: all learnt
+    alone = subprocess.run([sys.executable, "-m", "noisystudent", *_kfold(data, tmp_path / "single"), *flags],
+                           env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    process = _torchrun(*_kfold(data, tmp_path / "run"), *flags)
+    output = _output(process)
+    assert process.returncode == 0, output
+    assert _files(tmp_path / "run") == _files(tmp_path / "single")
+    for fold in (0, 1):
+        records = [checkpoint.load(layout.round_dir(r, fold, 1) / layout.CHECKPOINT)["train_state"]["learned"]
+                   for r in (tmp_path / "single", tmp_path / "run")]
+        assert (records[0] >= 0).sum() > 0
+        assert torch.equal(records[0] >= 0, records[1] >= 0)  # rank 0 recorded rank 1's images too

@@ -16,7 +16,7 @@ from noisystudent.config.run_config import RunConfig
 
 GIVEN, PRESET, DEFAULT = "given", "preset", "default"
 # The settings a reader needs first to know what was run, in the order they are shown.
-KEY_SETTINGS = ("folds", "split_ratio", "rounds", "epochs", "image_size", "arch", "weights", "optimizer", "lr",
+KEY_SETTINGS = ("method", "folds", "split_ratio", "rounds", "epochs", "image_size", "arch", "weights", "optimizer", "lr",
                 "batch_size", "scheduler", "student_data", "pseudo_mode", "student_augment", "voting", "positive")
 
 

@@ -26,7 +26,10 @@ from noisystudent.config.choices import (
     COMPILE_MODES,
     EQUALIZE,
     FREEZE,
+    METHODS,
+    ONE_STAGE_METHODS,
     OPTIMIZERS,
+    POOL_LABELS,
     PRIMARY_METRICS,
     PSEUDO_MODES,
     SAMPLERS,
@@ -100,12 +103,13 @@ RANGES: dict[str, Bounds] = {
     "precise_bn_batches": NON_NEGATIVE, "hidden_units": Bounds(0, 65536), "image_size": Bounds(8, MAX_IMAGE_SIZE),
     "crop_threshold": Bounds(0, 255), "center_crop": Bounds(0.1, 1), "eval_batch_size": AT_LEAST_ONE,
     "workers": NON_NEGATIVE, "log_every": AT_LEAST_ONE, "concurrent": Bounds(1, MAX_CONCURRENT),
+    "fixmatch_threshold": Bounds(0, 1), "fixmatch_mu": AT_LEAST_ONE, "fixmatch_lambda_u": NON_NEGATIVE,
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
     "pseudo_mode": PSEUDO_MODES, "student_data": STUDENT_DATA, "sampler": SAMPLERS,
     "equalize": EQUALIZE, "tta": TTA, "freeze": FREEZE, "voting": VOTING, "amp": AMP, "select_metric": SELECT_METRICS, "select": SELECT,
-    "primary_metric": PRIMARY_METRICS, "compile_mode": COMPILE_MODES,
+    "primary_metric": PRIMARY_METRICS, "compile_mode": COMPILE_MODES, "method": METHODS, "pool_labels": POOL_LABELS,
 }
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 
@@ -166,20 +170,33 @@ class RunConfig:
     split_ratio: tuple[float, float, float] = _opt((2.0, 2.0, 1.0), "labelled : masked : validation inside each fold.")
     seed: int = _opt(0, "Seed of folds, initialisation, sampling and augmentation.")
     # --- method ---
-    rounds: int = _opt(3, "Noisy Student rounds after the teacher (round 0); at most 20.")
+    method: str = _opt("noisy-student", "Semi-supervised method of the models after the teacher: noisy-student (iterated "
+                                         "self-training, --rounds students) or fixmatch (one FixMatch model, round 1; docs/methods.md).")
+    rounds: int = _opt(3, "Noisy Student rounds after the teacher (round 0); at most 20; --method fixmatch: 1 (implied) or 0.")
     arch: str = _opt("efficientnet-b0", "Teacher architecture.")
     student_arch: str | None = _opt(None, "Student architecture (default: same as teacher).")
     weights: str = _opt("imagenet", "Initial weights: imagenet, none, or a file.")
     student_init: str | None = _opt(None, "Students start from random weights (scratch), the ImageNet weights (imagenet) or the previous "
                                           "round's model (teacher); unset: as the teacher, from --weights (imagenet, none or the file).")
     student_data: str = _opt("pseudo", "Student trains on labelled + pseudo-labelled images (both), pseudo-labelled only (pseudo), "
-                                                  "or the labelled part only (labelled: the control arm of noisystudent experiment).")
+                                                  "or the labelled part only (labelled: the control arm of noisystudent experiment); "
+                                                  "with --method fixmatch only labelled (the control) changes anything.")
     pseudo_mode: str = _opt("hard", "Pseudo-labels as probabilities (soft) or one-hot (hard).")
     pseudo_temperature: float = _opt(1.0, "Temperature applied to teacher logits for soft pseudo-labels.")
     pseudo_threshold: float = _opt(0.0, "Drop pseudo-labelled images whose top probability is below this.")
     pseudo_balance: bool = _opt(False, "Balance pseudo-labelled classes: duplicate the rarer, cap the commoner.")
     pseudo_per_class: int = _opt(0, "Give each class exactly this many pseudo-labelled images (the most confident; the rarer "
                                     "repeated), as Xie et al. do; bounds the students' epochs for a large pool (0: off).")
+    pool_labels: str = _opt("fold", "Pseudo-label the pool with each fold's own model (fold) or with the average of that round's "
+                                   "K fold models, computed once for every fold's student (ensemble; the masked parts stay "
+                                   "labelled by their own fold's model, and students' validation rows become selection-biased).")
+    # --- FixMatch (Sohn et al. 2020; --method fixmatch) ---
+    fixmatch_threshold: float = _opt(0.95, "FixMatch: an unlabelled image counts only where the model's top probability on its "
+                                           "weak view reaches this (tau; the paper: 0.95).")
+    fixmatch_mu: int = _opt(7, "FixMatch: unlabelled images per labelled image in each step (mu; the paper: 7).")
+    fixmatch_lambda_u: float = _opt(1.0, "FixMatch: weight of the unlabelled loss (lambda_u; the paper: 1).")
+    fixmatch_flex: bool = _opt(False, "FixMatch: class-wise thresholds from each class's learning effect, with FlexMatch's "
+                                      "warm-up and convex mapping (Zhang et al. 2021), for imbalanced data.")
     # --- noise ---
     teacher_augment: str = _opt("light", "Augmentation when training the teacher: none, light or strong.")
     student_augment: str = _opt("strong", "Augmentation (input noise) when training students.")
@@ -266,10 +283,18 @@ class RunConfig:
         _check_device(self.device)
         if self.compile_mode != "default" and not self.compile:
             raise ConfigError(f"compile_mode {self.compile_mode} takes effect only with --compile; add --compile.")
+        if self.method in ONE_STAGE_METHODS and self.rounds > 1:
+            raise ConfigError(f"--method {self.method} trains one model after the teacher; use --rounds 1 (or 0), got {self.rounds}.")
         if (len(self.split_ratio) != 3 or not all(map(math.isfinite, self.split_ratio)) or min(self.split_ratio) < 0
                 or self.split_ratio[0] <= 0 or self.split_ratio[2] <= 0):
             raise ConfigError(f"split_ratio must be three non-negative numbers labelled:masked:validation with labelled and validation > 0, got {self.split_ratio}.")
         _check_class_weights(self.class_weights)
+        if self.pool_labels == "ensemble" and self.method in ONE_STAGE_METHODS:
+            raise ConfigError(f"--pool-labels ensemble averages the fold models' pseudo-labels of Noisy Student; --method {self.method} makes its own.")
+        if self.method in ONE_STAGE_METHODS and self.rounds > 0 and self.student_data != "labelled" and not self.split_ratio[1] \
+                and not (self.pool or self.pool_images):
+            raise ConfigError(f"--method {self.method} learns from images without labels: give the folds a masked part "
+                              "(--split-ratio L:M:V with M > 0) or a pool (--pool, --pool-images).")
         if self.label_map:
             parse_label_map(self.label_map)
         if self.progressive_resize:

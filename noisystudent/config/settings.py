@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from noisystudent.config.choices import ONE_STAGE_METHODS
 from noisystudent.config.parsing import parse_split_ratio
 from noisystudent.config.presets import preset_settings
 from noisystudent.config.run_config import LEGACY_STUDENT_INIT, RENAMED_SETTINGS, RunConfig, config_from_saved
@@ -56,6 +57,8 @@ def make_config(data: str | Path | None = None, preset: str | None = None, **set
     name = preset or given.pop("preset", None) or ("demo" if data is None else "cnmc-study")
     values = {**preset_settings(name), **given}
     values["data"] = _data_path(data)
+    if values.get("method") in ONE_STAGE_METHODS and "rounds" not in given:  # one model after the teacher: --rounds 1 implied
+        values["rounds"] = min(values.get("rounds", 1), 1)
     return RunConfig(**values)
 
 

@@ -4,7 +4,8 @@ All arms of a seed share the folds, the validation parts and the outer test set:
 those depend only on the seed, K, the data and --test-fraction, never on the
 split of a fold's training part or on what the students learn from.
 
-* ``ns``: the run as configured: the teacher on the labelled part, then the students.
+* ``ns``: the run as configured: the teacher on the labelled part, then the students
+  (Noisy Student's, or with ``--method fixmatch`` the FixMatch model).
 * ``control``: the same run whose students learn from the labelled part alone
   (``--student-data labelled``): the students' noise, epochs, schedule and
   initialisation, without pseudo-labels. Its teacher is the ns arm's teacher.

@@ -22,11 +22,13 @@ import numpy as np
 import pandas as pd
 
 from noisystudent import layout
+from noisystudent.config.choices import METHOD_NAMES
 from noisystudent.data.manifest import LABEL, PATH, PATIENT
 from noisystudent.errors import RunFolderError
 from noisystudent.evaluation.statistics import MIN_RESAMPLES, holm
 from noisystudent.evaluation.two_level import CONFUSION_METRICS, MethodEstimate, SeedPair, confusion_metric, seed_pair, two_level_bootstrap
 from noisystudent.experiment.arms import arm_folder
+from noisystudent.run.folder import saved_config
 from noisystudent.run.tables import read_table
 
 # (name, arm and kind of side B, arm and kind of side A)
@@ -165,6 +167,13 @@ def with_holm(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _named_by_method(study: Path, seed: int, arm: str, name: str) -> str:
+    """'students (FixMatch)' where the ns arm ran --method fixmatch; other names as they are."""
+    saved = saved_config(arm_folder(study, seed, arm)) or {}
+    method = METHOD_NAMES.get(saved.get("method", "noisy-student"), "Noisy Student")
+    return name.replace(METHOD_NAMES["noisy-student"], method)
+
+
 def arms_table(study: Path, design: Design) -> pd.DataFrame:
     """Per seed and ensemble: the primary metric on that seed's outer test set (and the images and units)."""
     rows = []
@@ -173,6 +182,7 @@ def arms_table(study: Path, design: Design) -> pd.DataFrame:
             table = ensemble_table(study, seed, arm, kind, design.voting) if arm in design.arms else None
             if table is None:
                 continue
+            name = _named_by_method(study, seed, arm, name)
             classes = classes_of(table)
             pair = seed_pair(table[LABEL], table[layout.PRED], table[layout.PRED], units_of(table), classes)
             confusion = np.zeros((1, len(classes), len(classes)))

@@ -3,7 +3,9 @@
 - Every metrics.csv row says how its models were selected (``selection``) and
   whether that selection looked at the row's own images (``selection_biased``:
   validation rows whenever the validation part chose the epoch: ``--select
-  best``, ``--early-stopping``, ``--scheduler plateau``). Mean and variance rows
+  best``, ``--early-stopping``, ``--scheduler plateau``; and the students'
+  validation rows of ``--pool-labels ensemble`` runs, whose pool labels came
+  from the other folds' models, trained on this fold's validation part). Mean and variance rows
   say how many folds define each metric (``folds_<metric>``; ``folds_averaged``
   for the primary metric).
 - ``split=masked`` rows score each teacher's pseudo-labels against the masked
@@ -25,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from noisystudent import atomic, layout
+from noisystudent.config.choices import ONE_STAGE_METHODS
 from noisystudent.config.run_config import RunConfig, load_config_json, positive_class_of
 from noisystudent.data.labels import as_labels
 from noisystudent.data.manifest import LABEL, PATH, ROLE, ROLE_TEST, SUBSET, SUBSET_TEST
@@ -76,11 +79,18 @@ def selection_saw_validation(config: RunConfig) -> bool:
     return config.select == "best" or config.early_stopping > 0 or config.scheduler == "plateau"
 
 
+def _saw_other_folds(table: pd.DataFrame, config: RunConfig) -> pd.Series:
+    """Students of --pool-labels ensemble runs: their pool labels came from every fold's model, which trained on this fold's validation part."""
+    students = pd.to_numeric(table[layout.ROUND], errors="coerce") >= 1
+    return students & (config.pool_labels == "ensemble" and config.student_data != "labelled")  # not the control arm
+
+
 def mark_rows(table: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
     """Add selection, selection_biased, folds_averaged and folds_<metric> to a metrics table."""
     table = table.copy()
     table[layout.SELECTION] = SELECTION_WORDS[config.select]
-    table[layout.SELECTION_BIASED] = (table[layout.EVAL_SPLIT] == "validation") & selection_saw_validation(config)
+    validation = table[layout.EVAL_SPLIT] == "validation"
+    table[layout.SELECTION_BIASED] = validation & (selection_saw_validation(config) | _saw_other_folds(table, config))
     defined = folds_defined(table)
     table[layout.FOLDS_AVERAGED] = defined[layout.folds_column(config.primary_metric)]
     return pd.concat([table, defined], axis=1)
@@ -145,7 +155,7 @@ def pseudo_label_quality(predictions: dict, config: RunConfig, classes: list[str
     rows = []
     for (fold, round_), table in sorted(predictions.items()):
         masked = table[table[layout.SPLIT] == layout.SPLIT_MASKED]
-        if round_ >= config.rounds or masked.empty:
+        if round_ >= config.rounds or masked.empty or config.method in ONE_STAGE_METHODS:  # FixMatch uses no teacher's labels
             continue
         truth, guess = as_labels(masked[LABEL]), as_labels(masked[layout.PRED])
         for name in classes:

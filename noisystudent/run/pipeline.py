@@ -1,8 +1,12 @@
-"""``noisystudent kfold``: the k-fold Noisy Student method, read top-down.
+"""``noisystudent kfold``: the k-fold Noisy Student method (or FixMatch), read top-down.
 
 For each fold: train the teacher (round 0) on the labelled part, let it label
 the masked part and the unlabelled pool, train a noised student on labelled +
-pseudo-labelled images, and repeat with the student as the next teacher.
+pseudo-labelled images, and repeat with the student as the next teacher. With
+``--method fixmatch`` round 1 is one FixMatch model that learns from the masked
+part and the pool itself (training/fixmatch.py); with ``--pool-labels
+ensemble`` the folds run round by round and the pool's pseudo-labels are the
+round's K fold models averaged (run/pool_ensemble.py).
 Every stage writes its artifact into the run folder and is skipped on resume
 once that artifact exists:
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +31,7 @@ import pandas as pd
 import torch
 
 from noisystudent import atomic, layout, models
+from noisystudent.config.choices import ONE_STAGE_METHODS
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import manifest
 from noisystudent.data.pool import pool_chunks, pool_size
@@ -35,7 +41,7 @@ from noisystudent.inference.model_set import ModelSet
 from noisystudent.inference.tables import prediction_table
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import claims, concurrent, pseudo_labels, results, session
+from noisystudent.run import claims, concurrent, pool_ensemble, pseudo_labels, results, session
 from noisystudent.run.collapse import warn_if_single_class
 from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
@@ -44,6 +50,7 @@ from noisystudent.run.whole_run import MODEL, WholeRunProgress
 from noisystudent.training import distributed, event_log
 from noisystudent.training.compiling import prediction_graphs
 from noisystudent.training.engine import TrainSet
+from noisystudent.training.fixmatch import UnlabelledSet
 from noisystudent.training.seeding import derive_seed
 from noisystudent.training.trainer import COMPILE_OPTIONS, ModelJob, train_model
 
@@ -54,6 +61,7 @@ SPLIT_OF_ROLE = {manifest.ROLE_VALIDATION: layout.SPLIT_VALIDATION, manifest.ROL
                  manifest.ROLE_MASKED: layout.SPLIT_MASKED, manifest.ROLE_POOL: layout.SPLIT_POOL}
 PSEUDO_SPLITS = (layout.SPLIT_MASKED, layout.SPLIT_POOL)
 STUDENT_WEIGHTS = {"scratch": "none", "imagenet": "imagenet"}  # --student-init -> the weights models.create_model loads
+WAIT_SECONDS = 5.0  # --pool-labels ensemble: how often a process looks whether the folds it waits for are ready
 POOL_CHUNK = TABLE_CHUNK  # pool rows predicted and written at a time (about 10 MB of table, whatever the pool's size)
 
 
@@ -132,7 +140,17 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
 
 
 def train_folds(run_ctx: RunContext, wanted: list[int]) -> None:
-    """Train each of ``wanted`` that is unfinished and that no other live process has claimed."""
+    """Train each of ``wanted`` that is unfinished and that no other live process has claimed.
+
+    With --pool-labels ensemble the folds go round by round (every fold's round r before any round r + 1).
+    """
+    if _pool_averaged(run_ctx):
+        run_rounds_together(run_ctx, wanted)
+    else:
+        _run_folds(run_ctx, wanted)
+
+
+def _run_folds(run_ctx: RunContext, wanted: list[int]) -> None:
     run_ctx.progress.start("fold", "folds", total=len(wanted))
     for done, fold in enumerate(wanted, start=1):
         if session.claim_fold(run_ctx, fold):  # unfinished, and no other live process trains it
@@ -176,20 +194,104 @@ def _torch_threads(threads: int) -> Iterator[None]:
 def run_fold(run_ctx: RunContext, fold: int) -> None:
     """Teacher, then ``rounds`` students, each stage skipped when its artifact exists."""
     for round_ in range(run_ctx.config.rounds + 1):
-        out = layout.round_dir(run_ctx.run, fold, round_)
-        out.mkdir(parents=True, exist_ok=True)
-        name = f"fold {fold} " + ("teacher" if round_ == 0 else f"student {round_}")
-        run_ctx.progress.update("fold", description=name)
-        run_ctx.progress.update(MODEL, fold=fold, round=round_)  # the whole run's progress: which model now
-        train_model(_model_job(run_ctx, fold, round_, name), run_ctx.config, run_ctx.load_batch, run_ctx.device, run_ctx.progress)
-        predictions = predict_round(run_ctx, fold, round_)
-        warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
+        predictions = run_round(run_ctx, fold, round_)
         if round_ < run_ctx.config.rounds and _learns_from_pseudo_labels(run_ctx.config):
             _pseudo_labels(run_ctx, fold, round_, predictions)
 
 
+def run_round(run_ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
+    """Train round ``round_``'s model of ``fold`` and predict with it; return its predictions.csv."""
+    out = layout.round_dir(run_ctx.run, fold, round_)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"fold {fold} " + ("teacher" if round_ == 0 else f"student {round_}")
+    run_ctx.progress.update("fold", description=name)
+    run_ctx.progress.update(MODEL, fold=fold, round=round_)  # the whole run's progress: which model now
+    train_model(_model_job(run_ctx, fold, round_, name), run_ctx.config, run_ctx.load_batch, run_ctx.device, run_ctx.progress)
+    predictions = predict_round(run_ctx, fold, round_)
+    warn_if_single_class(predictions, f"The {name}")  # on resume too: the warning is about the model
+    return predictions
+
+
+def _pool_averaged(run_ctx: RunContext) -> bool:
+    """--pool-labels ensemble with students that learn from pseudo-labels and a pool to label."""
+    config = run_ctx.config
+    return (config.pool_labels == "ensemble" and config.rounds > 0 and _learns_from_pseudo_labels(config)
+            and pool_size(run_ctx.fold_table, run_ctx.pool) > 0)
+
+
+def run_rounds_together(run_ctx: RunContext, wanted: list[int]) -> bool:
+    """--pool-labels ensemble: round r of every fold before round r + 1 of any; False when stopped waiting.
+
+    Each round: train this process's unclaimed folds, wait for the folds other
+    live processes train, average the round's pool predictions once, and let
+    each fold's next student learn from its own masked labels plus that average.
+    """
+    for round_ in range(run_ctx.config.rounds + 1):
+        run_ctx.progress.start("fold", f"round {round_}", total=len(wanted))
+        for done, fold in enumerate(wanted, start=1):
+            _claimed_round(run_ctx, fold, round_)
+            run_ctx.progress.update("fold", completed=done)
+        run_ctx.progress.stop("fold")
+        if round_ < run_ctx.config.rounds:
+            if not _wait_for_round(run_ctx, wanted, round_):
+                return False
+            if distributed.is_main():
+                pool_ensemble.write_average(run_ctx.run, run_ctx.config.folds, round_, run_ctx.classes)
+            distributed.barrier()
+    return True
+
+
+def _claimed_round(run_ctx: RunContext, fold: int, round_: int) -> bool:
+    """Round ``round_`` of ``fold`` (its pseudo-labels first) unless another live process holds the fold; True if run here."""
+    if not session.claim_fold(run_ctx, fold):
+        return False
+    try:
+        if round_ > 0:
+            previous = results.read_predictions(layout.round_dir(run_ctx.run, fold, round_ - 1) / layout.PREDICTIONS)
+            _pseudo_labels(run_ctx, fold, round_ - 1, previous)
+        run_round(run_ctx, fold, round_)
+    finally:
+        session.release_fold(run_ctx, fold)
+    return True
+
+
+def _wait_for_round(run_ctx: RunContext, wanted: list[int], round_: int) -> bool:
+    """Until every fold's round ``round_`` is ready: train the wanted ones no live process holds, wait for the others.
+
+    False (this process stops; --resume or --join continues) when a fold it may
+    not train (--only-folds) is held by no live process.
+    """
+    run = run_ctx.run
+    while True:
+        waiting = [k for k in range(run_ctx.config.folds)
+                   if not distributed.broadcast(pool_ensemble.round_ready(run, k, round_, needs_pool=True))]
+        if not waiting:
+            return True
+        ran = False
+        for fold in waiting:
+            if fold in wanted:
+                ran = _claimed_round(run_ctx, fold, round_) or ran
+            elif distributed.broadcast(_no_live_holder(run, fold)):
+                logger.warning("Round %d needs fold %d's model, which no live process trains; this process stops here "
+                               "(continue with --join or --resume).", round_, fold)
+                return False
+        if not ran:
+            time.sleep(WAIT_SECONDS)
+
+
+def _no_live_holder(run: Path, fold: int) -> bool:
+    claim = claims.read_claim(run, fold)
+    return claim is None or claims.is_stale(claim)
+
+
 def _learns_from_pseudo_labels(config: RunConfig) -> bool:
-    return config.student_data != "labelled"
+    """Noisy Student's students learn from pseudo-labels.csv; a one-stage method's model makes its own, and the control none."""
+    return config.student_data != "labelled" and config.method not in ONE_STAGE_METHODS
+
+
+def _learns_without_labels(config: RunConfig, round_: int) -> bool:
+    """Round 1 of a one-stage method (FixMatch) learns from the masked part and pool themselves, never their labels."""
+    return round_ > 0 and config.method in ONE_STAGE_METHODS and config.student_data != "labelled"
 
 
 def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJob:
@@ -205,6 +307,7 @@ def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJ
         augment_level=config.student_augment if student else config.teacher_augment,
         randaugment=student and config.randaugment,  # RandAugment is the students' noise (Xie et al.), at any level; never the teacher's
         train_set=_train_set(run_ctx, fold, round_),
+        unlabelled=_unlabelled_set(run_ctx, fold) if _learns_without_labels(config, round_) else None,
         val_rows=run_ctx.rows(validation[manifest.PATH]),
         val_labels=_label_indices(validation, run_ctx.classes),
         classes=run_ctx.classes,
@@ -228,7 +331,7 @@ def _train_set(run_ctx: RunContext, fold: int, round_: int) -> TrainSet:
     initialisation without pseudo-labels)."""
     labelled = fold_rows(run_ctx.fold_table, fold, manifest.ROLE_LABELLED)
     one_hot = np.eye(len(run_ctx.classes), dtype=np.float32)[_label_indices(labelled, run_ctx.classes)]
-    if round_ == 0 or run_ctx.config.student_data == "labelled":  # the control: a student without pseudo-labels
+    if round_ == 0 or not _learns_from_pseudo_labels(run_ctx.config):  # the control, or FixMatch's labelled batches
         return TrainSet(run_ctx.rows(labelled[manifest.PATH]), torch.from_numpy(one_hot))
     pseudo_path = layout.round_dir(run_ctx.run, fold, round_ - 1) / layout.PSEUDO_LABELS
     paths, targets, copies = pseudo_labels.load_pseudo_labels(pseudo_path, run_ctx.classes)
@@ -238,6 +341,17 @@ def _train_set(run_ctx: RunContext, fold: int, round_: int) -> TrainSet:
     all_targets = torch.from_numpy(np.concatenate([one_hot, targets]).astype(np.float32))
     all_copies = np.concatenate([np.ones(len(labelled), dtype=np.int64), copies])
     return TrainSet(rows, all_targets, all_copies)
+
+
+def _unlabelled_set(run_ctx: RunContext, fold: int) -> UnlabelledSet:
+    """The fold's masked part and the pool as cache rows only: their labels never leave the fold table."""
+    masked = fold_rows(run_ctx.fold_table, fold, manifest.ROLE_MASKED)
+    pool = [rows for _, rows in pool_chunks(run_ctx.fold_table, run_ctx.pool, run_ctx.cache, POOL_CHUNK)]
+    rows = torch.cat([run_ctx.rows(masked[manifest.PATH]), *pool])
+    if len(rows) == 0:
+        raise ConfigError(f"Fold {fold} has no masked or pool images for --method {run_ctx.config.method} to learn from; "
+                          "give the folds a masked part (--split-ratio) or a pool (--pool, --pool-images).")
+    return UnlabelledSet(rows)
 
 
 def fold_rows(fold_table: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:
@@ -334,7 +448,7 @@ def _pseudo_labels(run_ctx: RunContext, fold: int, round_: int, predictions: pd.
     if distributed.broadcast(out.exists()):  # rank 0 may write it before another rank looks
         return
     config = run_ctx.config
-    pool_file = folder / layout.POOL_PREDICTIONS
+    pool_file = layout.pool_ensemble_file(run_ctx.run, round_) if _pool_averaged(run_ctx) else folder / layout.POOL_PREDICTIONS
     # runs written before pool_predictions.csv existed hold the pool in predictions.csv
     splits = (layout.SPLIT_MASKED,) if pool_file.exists() else PSEUDO_SPLITS
     masked = predictions[predictions[layout.SPLIT].isin(splits)]

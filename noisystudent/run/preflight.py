@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from noisystudent import layout
+from noisystudent.config.choices import ONE_STAGE_METHODS
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.parallel import address_space_left, address_space_used
 from noisystudent.errors import ConfigError, DataError, RunFolderError
@@ -67,12 +68,24 @@ def method_warnings(config: RunConfig) -> list[str]:
 
     warnings = []
     teacher, student = config.arch, config.student_architecture
+    if config.method in ONE_STAGE_METHODS:
+        return _one_stage_warnings(config)
     if config.rounds > 0 and PARAMETERS_M[student] < PARAMETERS_M[teacher]:
         warnings.append(f"The students ({student}, {PARAMETERS_M[student]:g}M parameters) are smaller than the teacher ({teacher}, "
                         f"{PARAMETERS_M[teacher]:g}M); Noisy Student's students are equal or larger, so they may not learn more than it.")
     if config.randaugment and config.teacher_augment == "strong":
         warnings.append("--randaugment noises the students only; the teacher trains with --teacher-augment strong without it.")
     return warnings
+
+
+def _one_stage_warnings(config: RunConfig) -> list[str]:
+    """Noisy Student's pseudo-label and noise settings that a FixMatch run does not use."""
+    unused = [flag for flag, value in (("--pseudo-threshold", config.pseudo_threshold), ("--pseudo-per-class", config.pseudo_per_class),
+                                       ("--pseudo-balance", config.pseudo_balance), ("--randaugment", config.randaugment)) if value]
+    if not unused or config.rounds == 0 or config.student_data == "labelled":
+        return []
+    return [f"--method {config.method} makes its own pseudo-labels and views every step: {', '.join(unused)} do not apply "
+            "(its strong view always has RandAugment, at --randaugment-ops and --randaugment-magnitude)."]
 
 
 def check_run_entries(run: Path) -> None:

@@ -122,16 +122,33 @@ def rank_generator(generator: torch.Generator) -> torch.Generator:
 
 def local_batches(order: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, float]]:
     """(this rank's rows, loss weight) of every step of an epoch whose rows are ``order``."""
-    global_batches = sampling.batches(order, batch_size, drop_last_if_single=True)
+    steps = (local_slice(batch, batch_size) for batch in sampling.batches(order, batch_size, drop_last_if_single=True))
+    return [part for part in steps if part is not None]
+
+
+def local_slice(batch: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, float] | None:
+    """(this rank's part of a global batch, its loss weight); None where a rank would get too few images."""
     if not active():
-        return [(batch, 1.0) for batch in global_batches]
-    size, me, steps = world(), rank(), []
-    for batch in global_batches:
-        slices = torch.tensor_split(batch, size)
-        if min(len(part) for part in slices) < (2 if batch_size > 1 else 1):
-            continue  # see the module docstring: every rank must take the step, none with a single image
-        steps.append((slices[me], size * len(slices[me]) / len(batch)))
-    return steps
+        return batch, 1.0
+    slices = torch.tensor_split(batch, world())
+    if min(len(part) for part in slices) < (2 if batch_size > 1 else 1):
+        return None  # see the module docstring: every rank must take the step, none with a single image
+    mine = slices[rank()]
+    return mine, world() * len(mine) / len(batch)
+
+
+def gather_cat(values: torch.Tensor) -> torch.Tensor:
+    """The 1-D ``values`` of every rank, concatenated in rank order (their lengths may differ); itself alone otherwise."""
+    if not active():
+        return values
+    counts = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(world())]
+    dist.all_gather(counts, torch.tensor([len(values)], device=values.device))
+    longest = int(max(c.item() for c in counts))
+    padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
+    padded[: len(values)] = values
+    parts = [torch.empty_like(padded) for _ in range(world())]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(count.item())] for part, count in zip(parts, counts)])
 
 
 def sum_over_ranks(*values: float | torch.Tensor) -> list[float]:

@@ -85,25 +85,25 @@ def train_one_epoch(
     targets_on_device = to_device(train_set.targets, step.device)
     # under torchrun each rank gets its slice of every global batch (training/distributed.py)
     for index, (batch, weight) in enumerate(distributed.local_batches(order, batch_size)):
-        images = augment(load_batch(train_set.rows[batch]), _augment_generator(noise, step.device))
+        images = augment(load_batch(train_set.rows[batch]), augment_generator(noise, step.device))
         step_model = model if len(batch) == batch_size or partial_batch_model is None else partial_batch_model
         loss = _train_step(step_model, images, targets_on_device[to_device(batch, step.device)], step, weight)
         loss_sum += loss.detach() * len(batch)
         seen += len(batch)
         running = None
         if log_every and (index + 1) % log_every == 0:
-            running = _checked_mean(loss_sum, seen)  # the only host sync in the loop
+            running = checked_mean(loss_sum, seen)  # the only host sync in the loop
         if on_progress:
             on_progress(seen, running)
     seconds = time.perf_counter() - started
     if distributed.active():  # the epoch's loss and image count over all ranks
         total, seen = distributed.sum_over_ranks(loss_sum.item(), seen)
         loss_sum, seen = torch.tensor(total), int(seen)
-    mean_loss = _checked_mean(loss_sum, max(seen, 1))
+    mean_loss = checked_mean(loss_sum, max(seen, 1))
     return {"train_loss": mean_loss, "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
 
-def _augment_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+def augment_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
     """Per-batch augmentation generator on the device, seeded from the epoch's CPU generator."""
     if device.type == "cpu":
         return generator
@@ -121,19 +121,23 @@ def _train_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Ten
     with autocast(step.device, step.amp_dtype):
         logits = model(images)
     loss = soft_cross_entropy(logits, targets, step.class_weights, step.label_smoothing)
-    step.optimizer.zero_grad(set_to_none=True)
-    scaled = loss if weight == 1.0 else loss * weight
-    if step.scaler is not None:
-        step.scaler.scale(scaled).backward()
-        step.scaler.step(step.optimizer)
-        step.scaler.update()
-    else:
-        scaled.backward()
-        step.optimizer.step()
+    optimizer_step(loss if weight == 1.0 else loss * weight, step)
     return loss
 
 
-def _checked_mean(loss_sum: torch.Tensor, count: int) -> float:
+def optimizer_step(loss: torch.Tensor, step: StepContext) -> None:
+    """Backpropagate ``loss`` (through the scaler under fp16) and step the optimizer."""
+    step.optimizer.zero_grad(set_to_none=True)
+    if step.scaler is not None:
+        step.scaler.scale(loss).backward()
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
+    else:
+        loss.backward()
+        step.optimizer.step()
+
+
+def checked_mean(loss_sum: torch.Tensor, count: int) -> float:
     value = float(loss_sum.item()) / count
     if not math.isfinite(value):
         raise TrainingDiverged(

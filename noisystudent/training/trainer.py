@@ -29,12 +29,14 @@ from noisystudent.evaluation.scoring import probabilities_loss, selection_score,
 from noisystudent.inference.predict import predict_probs
 from noisystudent.models import checkpoint
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.training import distributed, engine, optim
-from noisystudent.training.augment import create_augment
+from noisystudent.training import distributed, engine, fixmatch, optim
+from noisystudent.training.augment import BatchAugment, create_augment
 from noisystudent.training.compiling import compile_model
-from noisystudent.training.optim import Scheduler
 from noisystudent.training.engine import TrainSet
 from noisystudent.training.event_log import open_event_log
+from noisystudent.training.fixmatch import UnlabelledSet
+from noisystudent.training.fixmatch_views import FixMatchViews
+from noisystudent.training.optim import Scheduler
 from noisystudent.training.sampling import class_weights
 from noisystudent.training.seeding import derive_seed, make_generator, seed_everything
 
@@ -66,6 +68,7 @@ class ModelJob:
     extra: dict = field(default_factory=dict)  # stored in model.pt (fold, round, ...)
     randaugment: bool = False  # student noise: run.pipeline sets it for students only
     events: Path | None = None  # TensorBoard folder of this model (training/event_log.py); None: no event file
+    unlabelled: UnlabelledSet | None = None  # images without labels: trains with FixMatch (training.fixmatch)
 
 
 @dataclass
@@ -76,6 +79,7 @@ class TrainState:
     best_state: dict | None = None
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    learned: torch.Tensor | None = None  # FlexMatch's record of the unlabelled images (training.fixmatch)
 
 
 @dataclass
@@ -179,7 +183,7 @@ def _run_epochs(job: ModelJob, config: RunConfig, training: Training, load_batch
         for epoch in range(state.next_epoch, config.epochs):
             if _stopped_early(job, config, state):  # checked first: a resumed run stops where the original did
                 break
-            row = _one_epoch(job, config, model, training_model, step, epoch, sizes[epoch], load_batch, progress)
+            row = _one_epoch(job, config, model, training_model, step, epoch, sizes[epoch], load_batch, progress, state)
             optim.step_scheduler(training.scheduler, row["score"])
             _record_epoch(state, model, row, epoch)
             if distributed.is_main():
@@ -199,8 +203,12 @@ def _stopped_early(job: ModelJob, config: RunConfig, state: TrainState) -> bool:
 
 
 def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, training_model: torch.nn.Module,
-               step: engine.StepContext, epoch: int, size: int, load_batch: LoadBatch, progress: Progress) -> dict:
-    """Train one epoch (``training_model``: compiled or DDP-wrapped ``model``), then validate; return its history row."""
+               step: engine.StepContext, epoch: int, size: int, load_batch: LoadBatch, progress: Progress,
+               state: TrainState | None = None) -> dict:
+    """Train one epoch (``training_model``: compiled or DDP-wrapped ``model``), then validate; return its history row.
+
+    ``state`` holds what an epoch carries over besides the weights (FixMatch's FlexMatch record).
+    """
     seed_everything(derive_seed(job.seed, "epoch", epoch, *distributed.seed_parts()))  # dropout and drop-connect draws
     generator = make_generator(derive_seed(job.seed, "data", epoch))
     frozen = config.freeze == "backbone" or epoch < config.head_warmup_epochs
@@ -213,13 +221,9 @@ def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, trainin
     augment = create_augment(job.augment_level, job.randaugment, size, mean, std, config.randaugment_ops, config.randaugment_magnitude)
     progress.start("batch", f"epoch {epoch + 1}/{config.epochs}", total=len(job.train_set))
     started = time.perf_counter()
-    stats = engine.train_one_epoch(
-        training_model, load_batch, job.train_set, augment, step, generator, config.batch_size,
-        config.sampler, config.log_every,
-        on_progress=lambda done, loss: progress.update("batch", completed=done, loss=loss),
-        # no recompile for the last batch (under DDP every batch must go through the wrapper)
-        partial_batch_model=model if training_model is not model and not distributed.active() else None,
-    )
+    # no recompile for the last batch (under DDP every batch must go through the wrapper)
+    partial = model if training_model is not model and not distributed.active() else None
+    stats = _train_epoch(job, config, state or TrainState(), training_model, partial, step, augment, generator, load_batch, progress)
     progress.stop("batch")
     if config.precise_bn_batches and not frozen:
         engine.recalibrate_batchnorm(
@@ -232,6 +236,25 @@ def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, trainin
         amp_dtype=step.amp_dtype, image_size=size, channels_last=step.channels_last, normalization=(mean, std),
     ), job.val_rows)
     return _history_row(job, config, optim.current_lr(step.optimizer), stats, probs, epoch, size, started)
+
+
+def _train_epoch(job: ModelJob, config: RunConfig, state: TrainState, training_model: torch.nn.Module,
+                 partial: torch.nn.Module | None, step: engine.StepContext, augment: BatchAugment, generator: torch.Generator,
+                 load_batch: LoadBatch, progress: Progress) -> dict[str, float]:
+    """engine.train_one_epoch, or with ``job.unlabelled`` FixMatch's epoch (its labelled images in the weak view)."""
+    on_progress = lambda done, loss: progress.update("batch", completed=done, loss=loss)  # noqa: E731
+    if job.unlabelled is None:
+        return engine.train_one_epoch(training_model, load_batch, job.train_set, augment, step, generator, config.batch_size,
+                                      config.sampler, config.log_every, on_progress=on_progress, partial_batch_model=partial)
+    settings = fixmatch.FixMatchSettings.from_config(config)
+    if settings.flex and state.learned is None:
+        state.learned = fixmatch.new_learning_state(job.unlabelled)
+    learned = None if state.learned is None else state.learned.to(step.device)
+    views = FixMatchViews(augment.image_size, augment.mean, augment.std, config.randaugment_ops, config.randaugment_magnitude)
+    stats = fixmatch.train_one_epoch(training_model, load_batch, job.train_set, job.unlabelled, views, step, generator,
+                                     config.batch_size, settings, learned, config.sampler, config.log_every, on_progress, partial)
+    state.learned = None if learned is None else learned.cpu()  # saved in checkpoint.pt: a resume goes on from it
+    return stats
 
 
 def _set_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -254,6 +277,8 @@ def _history_row(job: ModelJob, config: RunConfig, lr: float, stats: dict[str, f
         layout.SECONDS: time.perf_counter() - started, layout.IMAGES_PER_S: stats["images_per_s"],
         layout.IMAGE_SIZE: size,
     }
+    if "unlabelled_used" in stats:  # FixMatch: the fraction of unlabelled images above their threshold
+        row[layout.UNLABELLED_USED] = stats["unlabelled_used"]
     row["score"] = selection_score(val, config.selection_metric)
     return row
 
@@ -271,7 +296,7 @@ def _record_epoch(state: TrainState, model: torch.nn.Module, row: dict, epoch: i
 
 def _save_checkpoint(job: ModelJob, training: Training) -> None:
     state, scheduler, scaler = training.state, training.scheduler, training.scaler
-    train_state = {k: getattr(state, k) for k in ("next_epoch", "best_score", "best_epoch", "best_state", "stale_epochs", "history")}
+    train_state = {k: getattr(state, k) for k in ("next_epoch", "best_score", "best_epoch", "best_state", "stale_epochs", "history", "learned")}
     checkpoint.save(job.out_dir / layout.CHECKPOINT, {
         "model": training.model.state_dict(),
         "optimizer": training.optimizer.state_dict(),
