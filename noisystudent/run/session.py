@@ -40,9 +40,11 @@ from noisystudent.data.run_images import RunImages, load_run_images
 from noisystudent.device import resolve_device
 from noisystudent.environment import describe_machine, machine_line
 from noisystudent.errors import UserError
+from noisystudent.models.model_file import verify_model_file
 from noisystudent.progress import Progress
 from noisystudent.run import claims, evidence, results
-from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
+from noisystudent.run.folder import (check_run_folder, lock_run_folder, remove_shared_temps, run_identity, saved_config,
+                                     write_config)
 from noisystudent.run.tables import read_table
 from noisystudent.training import distributed
 
@@ -61,6 +63,11 @@ class RunContext:
     device: torch.device
     progress: Progress
     pool: PoolFile | None = None  # RUN/pool.csv; None without a pool or in runs with the pool in folds.csv
+    identity: dict | None = None  # run id and settings digest (folder.run_identity); prepare_run sets it
+
+    def model_identity(self, fold: int, round_: int) -> dict | None:
+        """What the model files of ``fold``, ``round_`` must record (model_file.model_identity); None: not checked."""
+        return None if self.identity is None else {**self.identity, "fold": fold, "round": round_}
 
     def load_batch(self, rows: torch.Tensor) -> torch.Tensor:
         return self.cache.batch(rows, self.device)
@@ -132,7 +139,7 @@ def prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progress
         fold_table = folds_module.load_folds(run / layout.FOLDS)
         pool = pool_files.open_saved(run, fold_table)
         return RunContext(run, config, data.classes, fold_table, _build_cache(run, fold_table, config, progress, pool),
-                          device, progress, pool)
+                          device, progress, pool, run_identity(run, 0, 0))
     with lock_run_folder(run):
         # again under the lock: another process may have begun the run since the check above
         check_run_folder(run, config, resume or (join and saved_config(run) is not None))
@@ -143,7 +150,7 @@ def prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progress
             folds_module.save_folds(fold_table, run / layout.FOLDS)
         cache = _build_cache(run, fold_table, config, progress, pool)
     distributed.barrier()  # the other ranks may read now
-    return RunContext(run, config, data.classes, fold_table, cache, device, progress, pool)
+    return RunContext(run, config, data.classes, fold_table, cache, device, progress, pool, run_identity(run, 0, 0))
 
 
 def _accept_data(config: RunConfig, run: Path, progress: Progress) -> tuple[RunImages, pd.DataFrame, PoolFile | None]:
@@ -189,6 +196,7 @@ def claim_fold(run_ctx: RunContext, fold: int) -> bool:
     """
     run = run_ctx.run
     if distributed.broadcast(claims.fold_finished(run, fold, run_ctx.config.rounds)):  # one answer for all ranks
+        verify_fold_models(run_ctx, fold)
         return False
     holder = None
     if distributed.is_main():
@@ -198,6 +206,13 @@ def claim_fold(run_ctx: RunContext, fold: int) -> bool:
     if holder is not None:
         logger.info("Moving on: %s.", claims.holder_sentence(fold, holder))
     return holder is None
+
+
+def verify_fold_models(run_ctx: RunContext, fold: int) -> None:
+    """Load every model.pt of a finished fold and check where it belongs: a fold counts as finished
+    by its last predictions.csv, which says nothing of a model.pt truncated or replaced since."""
+    for round_ in range(run_ctx.config.rounds + 1 if run_ctx.identity is not None else 0):
+        verify_model_file(layout.round_dir(run_ctx.run, fold, round_) / layout.MODEL, run_ctx.model_identity(fold, round_))
 
 
 def release_fold(run_ctx: RunContext, fold: int) -> None:

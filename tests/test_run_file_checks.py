@@ -1,0 +1,159 @@
+"""Every file a run trusts is verified before use (issue 27, point 4).
+
+model.pt and checkpoint.pt against the run, fold and round where they lie;
+folds.csv and pool.csv against the digests recorded when they were written;
+the image cache's pixels against per-chunk hashes; config.json's own digest.
+Each tampering ends in exit status 2 and one sentence. No write follows a
+symbolic link out of the run folder, and Ctrl-C while model.pt is written
+leaves the previous file in place and exits with 130.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import PATIENT_REGEX, tiny_flags, write_class_folders
+from helpers import invoke_cli as invoke
+
+from noisystudent import layout
+from noisystudent.errors import CheckpointError
+from noisystudent.models import checkpoint
+from noisystudent.models.model_file import check_identity, model_identity
+
+FLAGS = [
+    "--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--rounds", "1", "--epochs", "1",
+    "--image-size", "32", "--batch-size", "8", "--weights", "none", "--arch", "resnet18", "--device", "cpu",
+    "--workers", "1", "--test-fraction", "0", "--quiet",  # 2 patients per class: no outer test set
+]
+
+
+def assert_one_sentence(code: int, line: str, *fragments: str) -> None:
+    assert code == 2, line
+    starts = [m.start() for m in re.finditer(r"(?<!\w)Error:", line)]  # not the RuntimeError: a reason may quote
+    assert len(starts) == 1, line
+    error = line[starts[0]:]
+    for fragment in fragments:
+        assert fragment in error, f"{fragment!r} not in {error!r}"
+
+
+def _interrupt(run_ctx, fold):
+    raise KeyboardInterrupt
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return write_class_folders(tmp_path / "data", patients_per_class=2, images_per_patient=2, size=(16, 16))
+
+
+@pytest.fixture
+def started_run(tmp_path, data, monkeypatch) -> Path:
+    """config.json, folds.csv and the cache written, then Ctrl-C before the first fold (no training)."""
+    from noisystudent.run import pipeline
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "run_fold", _interrupt)
+        assert invoke("kfold", data, "--out", run, *FLAGS)[0] == 130
+    return run
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished 2-fold, 1-round run (1 epoch at 32 px): the one training of this module."""
+    root = tmp_path_factory.mktemp("finished")
+    data = write_class_folders(root / "data", patients_per_class=4, images_per_patient=2, size=(16, 16))
+    code, output = invoke("kfold", data, "--out", root / "run", *tiny_flags(epochs=1))
+    assert code == 0, output
+    return root / "run"
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    return Path(shutil.copytree(finished_run, tmp_path / "run", symlinks=True))
+
+
+# --- config.json's settings digest ---------------------------------------------------------------
+
+
+def test_deleting_the_settings_digest_does_not_turn_the_edited_settings_guard_off(started_run):
+    path = started_run / layout.CONFIG
+    document = json.loads(path.read_text())
+    del document["settings_digest"]
+    document["lr"] = 0.5
+    path.write_text(json.dumps(document))
+    assert_one_sentence(*invoke("kfold", "--out", started_run, "--resume"), f"{path} has no settings_digest")
+
+
+def test_a_setting_missing_from_the_digest_counts_as_edited(started_run):
+    from noisystudent.run.folder import edited_keys
+
+    document = json.loads((started_run / layout.CONFIG).read_text())
+    del document["settings_digest"]["lr"]
+    assert edited_keys(document) == ["lr"]
+
+
+# --- model files against where they lie ----------------------------------------------------------
+
+
+IDENTITY = model_identity("run-a", "settings-a", 0, 1)
+
+
+@pytest.mark.parametrize("recorded, message", [
+    (None, "records no run, fold and round"),
+    ({**IDENTITY, "fold": 1}, "belongs to fold 1, round 1, not to fold 0, round 1 where it lies"),
+    ({**IDENTITY, "round": 0}, "belongs to fold 0, round 0, not to fold 0, round 1"),
+    ({**IDENTITY, "run_id": "run-b"}, "belongs to another run (run id run-b, this run's is run-a)"),
+    ({**IDENTITY, "settings": "settings-b"}, "was trained with other settings"),
+])
+def test_a_model_file_of_another_place_is_refused(recorded, message):
+    payload = {"model": {}} if recorded is None else {"model": {}, "identity": recorded}
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_identity(payload, Path("R/fold-0/round-1/model.pt"), IDENTITY)
+    check_identity({"identity": IDENTITY}, Path("R/fold-0/round-1/model.pt"), IDENTITY)  # its own place passes
+
+
+@pytest.mark.slow
+def test_a_model_copied_from_another_fold_is_refused_by_ensemble_predict_and_resume(run_copy, data, tmp_path):
+    target = layout.round_dir(run_copy, 0, 1) / layout.MODEL
+    shutil.copyfile(layout.round_dir(run_copy, 1, 1) / layout.MODEL, target)
+    expected = f"The model file {target} belongs to fold 1, round 1, not to fold 0, round 1 where it lies"
+    assert_one_sentence(*invoke("ensemble", "predict", run_copy, data, "--out", tmp_path / "p.csv", "--device", "cpu"), expected)
+    assert_one_sentence(*invoke("kfold", "--out", run_copy, "--resume", "--quiet"), expected)
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_model_without_its_identity_is_refused(run_copy, data, tmp_path):
+    target = layout.round_dir(run_copy, 1, 1) / layout.MODEL
+    payload = checkpoint.load(target)
+    del payload["identity"]
+    checkpoint.save_plain(target, payload)
+    assert_one_sentence(*invoke("ensemble", "predict", run_copy, data, "--out", tmp_path / "p.csv", "--device", "cpu"),
+                        f"The model file {target} records no run, fold and round")
+
+
+@pytest.mark.slow
+def test_resume_does_not_call_a_fold_finished_whose_model_is_truncated(run_copy):
+    target = layout.round_dir(run_copy, 0, 0) / layout.MODEL
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    assert_one_sentence(*invoke("kfold", "--out", run_copy, "--resume", "--quiet"),
+                        f"The checkpoint {target} is truncated or corrupt")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_fold_is_refused_on_resume(run_copy):
+    (layout.round_dir(run_copy, 0, 1) / layout.MODEL).unlink()  # round 1 of fold 0 trains again, from its checkpoint
+    (layout.round_dir(run_copy, 0, 1) / layout.PREDICTIONS).unlink()
+    target = layout.round_dir(run_copy, 0, 1) / layout.CHECKPOINT
+    shutil.copyfile(layout.round_dir(run_copy, 1, 1) / layout.CHECKPOINT, target)
+    assert_one_sentence(*invoke("kfold", "--out", run_copy, "--resume", "--quiet"),
+                        f"The checkpoint {target} belongs to fold 1, round 1, not to fold 0, round 1")
+
+
+@pytest.mark.slow
+def test_an_untampered_finished_run_resumes(run_copy):
+    assert invoke("kfold", "--out", run_copy, "--resume", "--quiet")[0] == 0
