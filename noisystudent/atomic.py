@@ -63,7 +63,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
     except RuntimeError as error:
         # torch.save's C++ writer turns our file object's OSError(ENOSPC) into
         # RuntimeError("unexpected pos ...") (the OSError is only its __context__),
-        # and a path-based writer into "file write failed" with no errno at all.
+        # and a path-based writer into "file write failed" with no errno at all;
+        # Ctrl-C during such a write likewise arrives as a RuntimeError.
+        if _caused_by(error, KeyboardInterrupt):
+            raise KeyboardInterrupt from error
         if _caused_by_full_disk(error) or _disk_is_full(target.parent):
             raise DiskFullError(no_space_message(target)) from error
         raise
@@ -160,6 +163,17 @@ def _writer_alive(path: Path) -> bool:
         return False  # an older version's temporary file, which names no writer
     start = None if match["start"] == "x" else match["start"]
     return processes.is_alive(int(match["pid"]), start, on_other_host=match["host"] != _host_tag())
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """True when ``error`` or an exception it was raised from (or while handling) is a ``kind``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _caused_by_full_disk(error: BaseException) -> bool:
