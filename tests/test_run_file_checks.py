@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PATIENT_REGEX, tiny_flags, write_class_folders
+from helpers import PATIENT_REGEX, save_cell, tiny_flags, write_class_folders
 from helpers import invoke_cli as invoke
 
 from noisystudent import layout
@@ -218,3 +218,57 @@ def test_ctrl_c_while_model_pt_is_written_says_interrupted_and_exits_130(run_cop
     code, output = invoke("kfold", "--out", run_copy, "--resume", "--quiet")
     assert code == 130 and "Interrupted." in output, output
     assert sorted(p.name for p in folder.iterdir()) == [layout.CHECKPOINT, layout.HISTORY]
+
+
+# --- folds.csv and pool.csv against their recorded digests ---------------------------------------
+
+
+@pytest.fixture
+def pool_run(tmp_path, data, monkeypatch) -> Path:
+    """A started run with an unlabelled pool (pool.csv), interrupted before the first fold."""
+    from noisystudent.run import pipeline
+
+    pool = tmp_path / "pool"
+    for i in range(3):
+        save_cell(pool / f"q{i}_0.png", i % 2, seed=i, size=(16, 16))  # no patient of the labelled images
+    run = tmp_path / "pool-run"
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "run_fold", _interrupt)
+        assert invoke("kfold", data, "--out", run, *FLAGS, "--pool-images", pool)[0] == 130
+    return run
+
+
+def _resume_past_checks(run, monkeypatch) -> tuple[int, str]:
+    from noisystudent.run import pipeline
+
+    monkeypatch.setattr(pipeline, "run_fold", _interrupt)
+    return invoke("kfold", "--out", run, "--resume")
+
+
+def test_folds_and_pool_digests_are_recorded_and_an_untouched_run_resumes(pool_run, monkeypatch):
+    from noisystudent.run import digests
+
+    recorded = json.loads((pool_run / layout.DIGESTS).read_text())
+    assert recorded == {name: digests.file_sha256(pool_run / name) for name in (layout.FOLDS, layout.POOL)}
+    assert _resume_past_checks(pool_run, monkeypatch)[0] == 130  # got past every check
+
+
+def test_an_edited_folds_csv_stops_the_run(started_run, monkeypatch):
+    path = started_run / layout.FOLDS
+    text = path.read_text()
+    path.write_text(text.replace(",validation\n", ",labelled\n", 1))  # a validation image moved into training
+    assert path.read_text() != text
+    assert_one_sentence(*_resume_past_checks(started_run, monkeypatch),
+                        f"{path} was changed after the run wrote it (its SHA-256 differs from the one in digests.json)")
+
+
+def test_an_edited_pool_csv_stops_the_run(pool_run, monkeypatch):
+    path = pool_run / layout.POOL
+    path.write_text(path.read_text() + path.read_text().splitlines()[-1] + "\n")
+    assert_one_sentence(*_resume_past_checks(pool_run, monkeypatch), f"{path} was changed after the run wrote it")
+
+
+def test_a_folds_csv_without_a_recorded_digest_is_refused(started_run, monkeypatch):
+    (started_run / layout.DIGESTS).unlink()
+    assert_one_sentence(*_resume_past_checks(started_run, monkeypatch),
+                        f"{started_run / layout.FOLDS} has no digest in {started_run / layout.DIGESTS}")

@@ -19,7 +19,7 @@ from noisystudent.errors import ConfigError, DataError, RunFolderError
 from noisystudent.safe_paths import check_output_folder, file_kind
 
 # Entries of a run folder and the kind each must be.
-RUN_FILES = (layout.CONFIG, layout.LOG, ".lock", layout.FOLDS)
+RUN_FILES = (layout.CONFIG, layout.LOG, ".lock", layout.FOLDS, layout.POOL, layout.DIGESTS)
 RUN_FOLDERS = (layout.RESULTS, layout.CACHE, layout.REPORT)
 
 

@@ -42,7 +42,7 @@ from noisystudent.environment import describe_machine, machine_line
 from noisystudent.errors import UserError
 from noisystudent.models.model_file import verify_model_file
 from noisystudent.progress import Progress
-from noisystudent.run import claims, evidence, results
+from noisystudent.run import claims, digests, evidence, results
 from noisystudent.run.folder import (check_run_folder, lock_run_folder, remove_shared_temps, run_identity, saved_config,
                                      write_config)
 from noisystudent.run.tables import read_table
@@ -144,10 +144,13 @@ def prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progress
         # again under the lock: another process may have begun the run since the check above
         check_run_folder(run, config, resume or (join and saved_config(run) is not None))
         remove_shared_temps(run)
+        digests.verify(run)  # before anything reads folds.csv or pool.csv
         logger.info("noisystudent kfold into %s (%s)", run, "join" if join else "resume" if resume else "new run")
         data, fold_table, pool = _accept_data(config, run, progress)
         if not (run / layout.FOLDS).exists():
-            folds_module.save_folds(fold_table, run / layout.FOLDS)
+            content = folds_module.folds_bytes(fold_table)
+            digests.record(run, layout.FOLDS, digests.bytes_sha256(content))
+            folds_module.save_folds_bytes(content, run / layout.FOLDS)
         cache = _build_cache(run, fold_table, config, progress, pool)
     distributed.barrier()  # the other ranks may read now
     return RunContext(run, config, data.classes, fold_table, cache, device, progress, pool, run_identity(run, 0, 0))
@@ -160,9 +163,13 @@ def _accept_data(config: RunConfig, run: Path, progress: Progress) -> tuple[RunI
         fold_table = _load_or_assign_folds(run, data, config)  # before config.json: may refuse the data
         evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
         write_config(run, config, data.fingerprint())
-        return data, fold_table, pool_files.install(run, data.pool, fold_table)
+        return data, fold_table, pool_files.install(run, data.pool, fold_table, lambda listing: _record_pool(run, listing))
     finally:
         pool_files.discard_listing(run)  # refused: the run keeps the pool it had
+
+
+def _record_pool(run: Path, listing: Path) -> None:
+    digests.record(run, layout.POOL, digests.file_sha256(listing))  # before the listing becomes pool.csv
 
 
 def _load_or_assign_folds(run: Path, data: RunImages, config: RunConfig) -> pd.DataFrame:
