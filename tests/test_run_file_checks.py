@@ -21,7 +21,7 @@ from helpers import PATIENT_REGEX, save_cell, tiny_flags, write_class_folders
 from helpers import invoke_cli as invoke
 
 from noisystudent import layout
-from noisystudent.errors import CheckpointError
+from noisystudent.errors import CheckpointError, DataError
 from noisystudent.models import checkpoint
 from noisystudent.models.model_file import check_identity, model_identity
 
@@ -272,3 +272,50 @@ def test_a_folds_csv_without_a_recorded_digest_is_refused(started_run, monkeypat
     (started_run / layout.DIGESTS).unlink()
     assert_one_sentence(*_resume_past_checks(started_run, monkeypatch),
                         f"{started_run / layout.FOLDS} has no digest in {started_run / layout.DIGESTS}")
+
+
+# --- the image cache's pixels against the hashes recorded at build --------------------------------
+
+
+def _cache_file(run: Path) -> Path:
+    return next((run / layout.CACHE).glob("images-*.npy"))
+
+
+def test_overwritten_cache_pixels_stop_the_resume(started_run, monkeypatch):
+    import numpy as np
+
+    npy = _cache_file(started_run)
+    array = np.load(npy, mmap_mode="r+")  # the header kept, the pixels replaced by random values
+    array[...] = np.random.default_rng(0).integers(0, 256, array.shape, dtype=np.uint8)
+    array.flush()
+    del array
+    assert_one_sentence(*_resume_past_checks(started_run, monkeypatch),
+                        f"The image cache {npy} has changed since it was built (its bytes 0 to 16,777,216 differ")
+
+
+def test_a_cache_without_pixel_hashes_is_decoded_again(started_run, monkeypatch):
+    npy = _cache_file(started_run)
+    sidecar = npy.with_suffix(".json")
+    record = json.loads(sidecar.read_text())
+    del record["pixel_hashes"]
+    sidecar.write_text(json.dumps(record))
+    assert _resume_past_checks(started_run, monkeypatch)[0] == 130  # got past every check
+    assert "pixel_hashes" in json.loads(sidecar.read_text())  # rebuilt, with its hashes
+
+
+def test_pixel_hashes_cover_every_block_of_the_pixels(tmp_path, monkeypatch):
+    import numpy as np
+
+    from noisystudent.data import cache
+
+    monkeypatch.setattr(cache, "HASH_BLOCK", 1000)
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((3, 3, 20, 20), np.uint8))  # 3600 bytes: 4 blocks
+    hashes = cache.pixel_hashes(path)
+    assert len(hashes) == 4
+    array = np.load(path, mmap_mode="r+")
+    array[2, 2, 19, 19] = 1  # the last byte
+    array.flush()
+    del array
+    with pytest.raises(DataError, match=r"its bytes 3,000 to 4,000 differ"):
+        cache.check_pixels(path, hashes)
