@@ -31,6 +31,7 @@ import pandas as pd
 
 from noisystudent import processes
 from noisystudent.errors import DiskFullError
+from noisystudent.safe_paths import refuse_links_below
 
 TEMP_SUFFIX = ".tmp"
 # <pid>-<start time, or x where unknown>-<host tag>, between the target's name and the random part
@@ -39,10 +40,29 @@ NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 FULL_BELOW_BYTES = 1 << 20  # a write that failed with less than this free ran out of space
 
 
+_CONFINED: list[Path] = []  # folders no write may leave through a symbolic link (confined_to)
+
+
+@contextmanager
+def confined_to(root: Path) -> Iterator[None]:
+    """While inside, an atomic write below ``root`` through a symbolic link below it is refused (OutputError).
+
+    A run folder is shared and downloaded like any other; ``RUN/results`` made a
+    link to another folder must not let ``kfold --resume`` overwrite the files there.
+    """
+    _CONFINED.append(Path(root))
+    try:
+        yield
+    finally:
+        _CONFINED.remove(Path(root))
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
     target = Path(target)
+    for root in _CONFINED:
+        refuse_links_below(target, root)
     temp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

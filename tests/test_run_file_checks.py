@@ -80,13 +80,13 @@ def run_copy(finished_run, tmp_path) -> Path:
 # --- config.json's settings digest ---------------------------------------------------------------
 
 
-def test_deleting_the_settings_digest_does_not_turn_the_edited_settings_guard_off(started_run):
+def test_deleting_the_settings_digest_does_not_turn_the_edited_settings_guard_off(started_run, monkeypatch):
     path = started_run / layout.CONFIG
     document = json.loads(path.read_text())
     del document["settings_digest"]
     document["lr"] = 0.5
     path.write_text(json.dumps(document))
-    assert_one_sentence(*invoke("kfold", "--out", started_run, "--resume"), f"{path} has no settings_digest")
+    assert_one_sentence(*_resume_past_checks(started_run, monkeypatch), f"{path} has no settings_digest")
 
 
 def test_a_setting_missing_from_the_digest_counts_as_edited(started_run):
@@ -319,3 +319,45 @@ def test_pixel_hashes_cover_every_block_of_the_pixels(tmp_path, monkeypatch):
     del array
     with pytest.raises(DataError, match=r"its bytes 3,000 to 4,000 differ"):
         cache.check_pixels(path, hashes)
+
+
+# --- no write through a symbolic link out of the run folder --------------------------------------
+
+
+@pytest.mark.parametrize("name", [layout.RESULTS, layout.CACHE, "fold-0", "run.log"])
+def test_kfold_refuses_a_link_inside_the_run_folder(started_run, tmp_path, name, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "metrics.csv").write_text("precious\n")
+    link = started_run / name
+    if link.is_dir():
+        shutil.rmtree(link)
+    else:
+        link.unlink(missing_ok=True)
+    link.symlink_to(elsewhere / "metrics.csv" if name == "run.log" else elsewhere)
+    assert_one_sentence(*_resume_past_checks(started_run, monkeypatch),
+                        f"{link} is a symbolic link (to {elsewhere}", f"would write outside {started_run}")
+    assert [p.name for p in elsewhere.iterdir()] == ["metrics.csv"]
+    assert (elsewhere / "metrics.csv").read_text() == "precious\n"
+
+
+def test_report_refuses_a_report_folder_that_is_a_link(started_run, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (started_run / layout.REPORT).symlink_to(elsewhere)
+    assert_one_sentence(*invoke("report", started_run), f"{started_run / layout.REPORT} is a symbolic link")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_no_atomic_write_leaves_a_confined_folder_through_a_link(tmp_path):
+    from noisystudent import atomic
+    from noisystudent.errors import OutputError
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (run / "fold-0").mkdir(parents=True)
+    elsewhere.mkdir()
+    (run / "fold-0" / "round-1").symlink_to(elsewhere)
+    with atomic.confined_to(run), pytest.raises(OutputError, match="round-1 is a symbolic link"):
+        atomic.write_text(run / "fold-0" / "round-1" / "model.pt", "x")
+    atomic.write_text(run / "fold-0" / "round-1" / "model.pt", "x")  # outside confined_to: a user's own links are followed
+    assert (elsewhere / "model.pt").read_text() == "x"

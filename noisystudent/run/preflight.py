@@ -16,7 +16,7 @@ from pathlib import Path
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.errors import ConfigError, DataError, RunFolderError
-from noisystudent.safe_paths import check_output_folder, file_kind
+from noisystudent.safe_paths import check_output_folder, file_kind, refuse_links_below
 
 # Entries of a run folder and the kind each must be.
 RUN_FILES = (layout.CONFIG, layout.LOG, ".lock", layout.FOLDS, layout.POOL, layout.DIGESTS)
@@ -51,7 +51,11 @@ def method_warnings(config: RunConfig) -> list[str]:
 
 
 def check_run_entries(run: Path) -> None:
-    """The files and folders a session opens in RUN must be of the right kind."""
+    """The files and folders a session opens in RUN must be of the right kind, and none a symbolic link."""
+    run = Path(run)
+    if run.is_dir():
+        for path in [run / name for name in (*RUN_FILES, *RUN_FOLDERS)] + sorted(run.glob("fold-*")) + sorted(run.glob("fold-*/*")):
+            refuse_links_below(path, run)  # run.log and .lock are not written atomically: checked here
     for name in RUN_FILES:
         kind = file_kind(Path(run) / name)
         if kind is not None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from noisystudent import layout
+from noisystudent import atomic, layout
 from noisystudent.config.provenance import GIVEN, origin
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import folds as folds_module
@@ -85,7 +85,7 @@ def open_run(config: RunConfig, run: Path, resume: bool, join: bool, progress: P
     check_run_folder(run, config, resume or (join and saved_config(run) is not None))
     started_group = distributed.init_from_env(resolve_device(config.device))  # under torchrun: one rank per device
     try:
-        with new_run_folder(run), run_log(run):
+        with new_run_folder(run), atomic.confined_to(run), run_log(run):
             yield prepare_run(config, run, resume, join, progress)
     finally:
         if started_group:
