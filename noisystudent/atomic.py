@@ -32,6 +32,7 @@ import pandas as pd
 
 from noisystudent import processes
 from noisystudent.errors import DiskFullError
+from noisystudent.safe_paths import refuse_links_below
 from noisystudent.spreadsheet import escape_formulas, quoting
 
 TEMP_SUFFIX = ".tmp"
@@ -41,10 +42,29 @@ NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 FULL_BELOW_BYTES = 1 << 20  # a write that failed with less than this free ran out of space
 
 
+_CONFINED: list[Path] = []  # folders no write may leave through a symbolic link (confined_to)
+
+
+@contextmanager
+def confined_to(root: Path) -> Iterator[None]:
+    """While inside, an atomic write below ``root`` through a symbolic link below it is refused (OutputError).
+
+    A run folder is shared and downloaded like any other; ``RUN/results`` made a
+    link to another folder must not let ``kfold --resume`` overwrite the files there.
+    """
+    _CONFINED.append(Path(root))
+    try:
+        yield
+    finally:
+        _CONFINED.remove(Path(root))
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
     target = Path(target)
+    for root in _CONFINED:
+        refuse_links_below(target, root)
     temp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +85,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
     except RuntimeError as error:
         # torch.save's C++ writer turns our file object's OSError(ENOSPC) into
         # RuntimeError("unexpected pos ...") (the OSError is only its __context__),
-        # and a path-based writer into "file write failed" with no errno at all.
+        # and a path-based writer into "file write failed" with no errno at all;
+        # Ctrl-C during such a write likewise arrives as a RuntimeError.
+        if _caused_by(error, KeyboardInterrupt):
+            raise KeyboardInterrupt from error
         if _caused_by_full_disk(error) or _disk_is_full(target.parent):
             raise DiskFullError(no_space_message(target)) from error
         raise
@@ -200,6 +223,17 @@ def _writer_alive(path: Path) -> bool:
         return False  # an older version's temporary file, which names no writer
     start = None if match["start"] == "x" else match["start"]
     return processes.is_alive(int(match["pid"]), start, on_other_host=match["host"] != _host_tag())
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """True when ``error`` or an exception it was raised from (or while handling) is a ``kind``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _caused_by_full_disk(error: BaseException) -> bool:

@@ -8,6 +8,7 @@ here atomically, and a stage whose artifact exists is never recomputed.
       config.yaml            the same settings, commented: noisystudent kfold --config RUN/config.yaml repeats the run
       folds.csv              path, label, patient, subset, fold, role
       pool.csv               the unlabelled pool: path, patient (runs with --pool-images or --pool)
+      digests.json           SHA-256 of folds.csv and pool.csv, recorded as they are written
       run.log                log of every session that worked on this run
       cache/                 decoded images (uint8), keyed by fingerprint
       demo-data/             the built-in synthetic images (demo runs only)
@@ -31,6 +32,7 @@ from pathlib import Path
 CONFIG = "config.json"
 CONFIG_YAML = "config.yaml"  # written after config.json, from the same settings
 FOLDS = "folds.csv"
+DIGESTS = "digests.json"  # SHA-256 of FOLDS and POOL (run/digests.py)
 POOL = "pool.csv"  # the unlabelled pool (path, patient), sorted by path; read in chunks, never whole
 POOL_LISTING = ".pool.csv.listing.tmp"  # the pool listed by this session, installed as POOL once config.json is written
 LOG = "run.log"

@@ -4,6 +4,11 @@
 (or any device, FIFO or socket) that would replace the device node itself,
 and over an input it would destroy the input; so every output path is
 checked here, before any work starts, and refused with one sentence.
+
+Inside a folder the tool owns (a run folder, its report/), a symbolic link
+(``RUN/results -> /elsewhere``) would make it overwrite files outside that
+folder: ``refuse_links_below`` refuses every write through one. The folder
+itself may be a link (``--out`` on another disk): the user chose it.
 """
 
 from __future__ import annotations
@@ -61,6 +66,25 @@ def check_output_folder(folder: Path, inputs: Iterable[Path] = (), flag: str = "
         source = Path(item).resolve()
         if resolved == source or resolved.is_relative_to(source):
             raise OutputError(f"The folder {folder} lies inside the input {item}, which is only read; choose a {flag} outside it.")
+
+
+def refuse_links_below(path: Path, root: Path) -> None:
+    """OutputError when ``path``, or a folder between ``root`` and it, is a symbolic link.
+
+    Lexical: ``path`` lies below ``root`` when its absolute path starts with
+    root's (neither is resolved). A path outside ``root`` is not checked.
+    """
+    root, path = Path(os.path.abspath(root)), Path(os.path.abspath(path))
+    if path == root or not path.is_relative_to(root):
+        return
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink():
+            raise OutputError(f"{current} is a symbolic link (to {os.readlink(current)}), through which noisystudent would "
+                              f"write outside {root}; replace it with a real {'folder' if current != path else 'file'}.")
+        if not current.exists():
+            return  # what is created below a missing folder cannot be a link yet
 
 
 def _check_parent(path: Path, flag: str) -> None:

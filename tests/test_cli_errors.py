@@ -208,6 +208,6 @@ def test_a_full_disk_outside_the_atomic_writes_is_one_sentence(data, tmp_path, m
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "folds.csv"))
 
-    monkeypatch.setattr(folds, "save_folds", full)
+    monkeypatch.setattr(folds, "save_folds_bytes", full)
     assert_refused(*kfold(data, tmp_path),
                    f"No space left on device while writing {tmp_path / 'run' / 'folds.csv'}; free some space and continue with --resume.")

@@ -140,7 +140,7 @@ def test_config_yaml_beside_config_json_repeats_the_run(tmp_path, data, no_train
     assert code == 0, line
     a, b = _saved(first), _saved(second)
     assert a["settings_digest"] == b["settings_digest"]
-    meta = ("version", "created_with", "data_fingerprint", "settings_digest", "machine")
+    meta = ("version", "created_with", "data_fingerprint", "settings_digest", "machine", "run_id")
     assert {k: v for k, v in a.items() if k not in meta} == {k: v for k, v in b.items() if k not in meta}
     assert a["data_fingerprint"] == b["data_fingerprint"]
     assert yaml.safe_load((second / "config.yaml").read_text()) == yaml.safe_load(text)

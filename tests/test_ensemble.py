@@ -28,6 +28,7 @@ from noisystudent.errors import DataError
 from noisystudent.evaluation.voting import vote
 from noisystudent.models import checkpoint
 from noisystudent.models.model_file import load_model_file
+from noisystudent.run.folder import run_identity
 from noisystudent.run.pipeline import run_kfold
 
 CPU = torch.device("cpu")
@@ -250,7 +251,8 @@ def _replace_model(run: Path, fold: int, payload_arch: str, weights_arch: str) -
     spec = models.model_spec(payload_arch, 2, 0.2, 0.0)
     weights = models.create_model(weights_arch, 2, weights="none").state_dict()
     path = layout.round_dir(run, fold, 1) / layout.MODEL
-    checkpoint.save(path, {"spec": spec, "model": weights, "classes": CLASSES, "preprocess": {"image_size": 32}})
+    checkpoint.save(path, {"spec": spec, "model": weights, "classes": CLASSES, "preprocess": {"image_size": 32},
+                           "identity": run_identity(run, fold, 1)})  # it belongs here: only its architecture is wrong
     return path
 
 

@@ -13,7 +13,7 @@ from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.manifest import LABEL, PATH
 from noisystudent.report.build import write_report
-from noisystudent.run import pipeline, pseudo_labels, session
+from noisystudent.run import digests, pipeline, pseudo_labels, session
 from noisystudent.run.tables import read_table
 
 CLASSES = ["benign", "malignant"]
@@ -114,6 +114,7 @@ def _as_made_before_the_pool_file(run, pool_paths):
     pool = pd.DataFrame({PATH: pool_paths, LABEL: "", "patient": "", "subset": "pool", "fold": -1, "role": "pool"})
     pd.concat([folds, pool], ignore_index=True).to_csv(run / layout.FOLDS, index=False)
     (run / layout.POOL).unlink()
+    digests.record(run, layout.FOLDS, digests.file_sha256(run / layout.FOLDS))  # a legacy layout, with its digest
 
 
 @pytest.mark.slow

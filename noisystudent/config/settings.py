@@ -19,7 +19,7 @@ from noisystudent.config.run_config import LEGACY_STUDENT_INIT, RENAMED_SETTINGS
 logger = logging.getLogger(__name__)
 
 # Keys of config.json that are not settings (written by the run folder).
-META_KEYS = ("version", "created_with", "data_fingerprint", "settings_digest", "machine")
+META_KEYS = ("version", "created_with", "data_fingerprint", "settings_digest", "machine", "run_id")
 
 
 def make_config(data: str | Path | None = None, preset: str | None = None, **settings: Any) -> RunConfig:

@@ -52,6 +52,11 @@ CACHE_VERSION = 1
 SERIAL_BELOW = 64  # smaller sets are decoded in-process: starting workers costs more
 MAX_CHUNK = 256  # images per task sent to a worker process
 IN_FLIGHT = 4  # tasks per worker submitted ahead of the results
+# The pixels are hashed in blocks of this many bytes when the cache is built, and
+# checked against those hashes each time a run opens it: a cache overwritten or
+# edited since (the .npy header kept) is refused instead of trained on.
+HASH_BLOCK = 16 * 2**20
+HASH_THREADS = 4  # blocks hashed at once (HASH_THREADS x HASH_BLOCK bytes in memory)
 # A device-resident cache may use the GPU memory that is free when it is placed
 # (at the first batch: the model and optimizer already sit there) minus
 # GPU_WORKING_SET for what training and prediction still allocate (activations
@@ -268,8 +273,8 @@ def build_cache(
     if cache is None:
         pool_count = pool.count if pool is not None else 0
         try:
-            _decode_all(_Rows(paths, pool), spec, npy_path, workers, progress)
-            _write_sidecar(npy_path, paths, fingerprint, spec, pool_count)
+            hashes = _decode_all(_Rows(paths, pool), spec, npy_path, workers, progress)
+            _write_sidecar(npy_path, paths, fingerprint, spec, pool_count, hashes)
         except DiskFullError as error:  # name the cache the user knows, also when its sidecar did not fit
             raise DiskFullError(no_space_message(npy_path)) from error
         cache = ImageCache(npy_path, paths, fingerprint, pool_count)
@@ -303,15 +308,66 @@ def _sidecar_path(npy_path: Path) -> Path:
 
 
 def _open_complete(npy_path: Path, fingerprint: str) -> ImageCache | None:
-    """The cache at ``npy_path`` if it is complete and matches, else None."""
+    """The cache at ``npy_path`` if it is complete, matches and its pixels are the ones decoded, else None."""
     if not (npy_path.exists() and _sidecar_path(npy_path).exists()):
         return None
     try:
         cache = ImageCache.open(npy_path)
+        recorded = json.loads(_sidecar_path(npy_path).read_text())
     except (OSError, ValueError, KeyError, DataError) as error:
         log.warning("Rebuilding the image cache %s: %s", npy_path, error)
         return None
-    return cache if cache.fingerprint == fingerprint else None
+    if cache.fingerprint != fingerprint:
+        return None
+    if recorded.get("hash_block") != HASH_BLOCK or not isinstance(recorded.get("pixel_hashes"), list):
+        # derived data: a cache without hashes (an older version's) is decoded again, never trusted unverified
+        log.warning("Rebuilding the image cache %s: it records no hashes of its pixels.", npy_path)
+        return None
+    check_pixels(npy_path, recorded["pixel_hashes"])
+    return cache
+
+
+def pixel_hashes(npy_path: Path) -> list[str]:
+    """SHA-1 of each HASH_BLOCK bytes of the pixels of a .npy (its header excluded), in order.
+
+    Blocks are hashed on up to HASH_THREADS threads (hashlib releases the GIL);
+    where no thread can be started (a tight address-space limit) on this one.
+    """
+    offset = int(np.load(npy_path, mmap_mode="r").offset)  # where the header ends
+    starts = range(offset, os.path.getsize(npy_path), HASH_BLOCK)
+    handle = os.open(npy_path, os.O_RDONLY)
+
+    def one(start: int) -> str:
+        return hashlib.sha1(_read_block(handle, start), usedforsecurity=False).hexdigest()
+
+    try:
+        try:
+            threads = min(HASH_THREADS, os.cpu_count() or 1) if hasattr(os, "pread") else 1
+            with parallel.Threads(max_workers=threads, thread_name_prefix="hash") as pool:
+                return list(pool.map(one, starts))
+        except RuntimeError:  # can't start new thread
+            return [one(start) for start in starts]
+    finally:
+        os.close(handle)
+
+
+def _read_block(handle: int, start: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(handle, HASH_BLOCK, start)
+    os.lseek(handle, start, os.SEEK_SET)  # Windows: no pread, and one thread (pixel_hashes)
+    return os.read(handle, HASH_BLOCK)
+
+
+def check_pixels(npy_path: Path, recorded: list[str]) -> None:
+    """DataError when the pixels of ``npy_path`` are not the ones its build hashed (edited, overwritten, truncated)."""
+    found = pixel_hashes(npy_path)
+    if found == recorded:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(found, recorded)) if a != b), min(len(found), len(recorded)))
+    raise DataError(
+        f"The image cache {npy_path} has changed since it was built (its bytes {first * HASH_BLOCK:,} to "
+        f"{(first + 1) * HASH_BLOCK:,} differ from the hash recorded in its .json); delete both files to decode the images again."
+    )
 
 
 def _remove_stale_temps(npy_path: Path) -> None:
@@ -333,8 +389,8 @@ def _remove_old_temps(target: Path) -> list[Path]:
     return removed
 
 
-def _decode_all(rows: _Rows, spec: PreprocessSpec, npy_path: Path, workers: int, progress: Progress | None) -> None:
-    """Decode every image into a temporary .npy, then rename it into place."""
+def _decode_all(rows: _Rows, spec: PreprocessSpec, npy_path: Path, workers: int, progress: Progress | None) -> list[str]:
+    """Decode every image into a temporary .npy, then rename it into place; return its ``pixel_hashes``."""
     shape = (len(rows), 3, spec.image_size, spec.image_size)
     # the temporary file stays in place while the worker processes write into it through their memory maps
     with atomic.atomic_path(npy_path) as temp:
@@ -345,15 +401,16 @@ def _decode_all(rows: _Rows, spec: PreprocessSpec, npy_path: Path, workers: int,
         log.info("Decoding %d images into %s with %d process(es).", len(rows), npy_path.name, workers)
         if workers == 1 or len(rows) < SERIAL_BELOW:
             _decode_serial(rows, spec, temp, progress)
-            return
-        try:
-            _decode_parallel(rows, spec, temp, workers, progress)
-        except WORKER_FAILURES as error:
-            if isinstance(error, OSError) and error.errno not in WORKER_ERRNOS:
-                raise
-            # a worker could not start or died (out of memory, a process limit): every row is decoded again, here
-            log.warning("Parallel decoding failed (%s: %s); decoding in this process instead.", type(error).__name__, error)
-            _decode_serial(rows, spec, temp, progress)
+        else:
+            try:
+                _decode_parallel(rows, spec, temp, workers, progress)
+            except WORKER_FAILURES as error:
+                if isinstance(error, OSError) and error.errno not in WORKER_ERRNOS:
+                    raise
+                # a worker could not start or died (out of memory, a process limit): every row is decoded again, here
+                log.warning("Parallel decoding failed (%s: %s); decoding in this process instead.", type(error).__name__, error)
+                _decode_serial(rows, spec, temp, progress)
+        return pixel_hashes(temp)
 
 
 def reserve_space(temp: Path, target: Path) -> None:
@@ -439,8 +496,10 @@ def _collect(finished: Iterable[Future], done: int, total: int, progress: Progre
     return done
 
 
-def _write_sidecar(npy_path: Path, paths: list[str], fingerprint: str, spec: PreprocessSpec, pool_count: int) -> None:
-    record = {"version": CACHE_VERSION, "fingerprint": fingerprint, "spec": asdict(spec), "paths": paths}
+def _write_sidecar(npy_path: Path, paths: list[str], fingerprint: str, spec: PreprocessSpec, pool_count: int,
+                   hashes: list[str]) -> None:
+    record = {"version": CACHE_VERSION, "fingerprint": fingerprint, "spec": asdict(spec), "paths": paths,
+              "hash_block": HASH_BLOCK, "pixel_hashes": hashes}
     if pool_count:  # the pool's paths are the pool file's, in its order (the fingerprint covers them)
         record["pool"] = pool_count
     atomic.write_text(_sidecar_path(npy_path), json.dumps(record))

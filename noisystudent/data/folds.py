@@ -146,7 +146,16 @@ def _check_pool_patients(known: pd.DataFrame, pool_patients: set[str]) -> None:
 
 def save_folds(folds: pd.DataFrame, path: Path) -> None:
     """Write folds.csv atomically."""
-    atomic.write_csv(Path(path), folds[FOLD_COLUMNS])
+    save_folds_bytes(folds_bytes(folds), path)
+
+
+def folds_bytes(folds: pd.DataFrame) -> bytes:
+    """folds.csv's content, so that its digest can be recorded before it is written."""
+    return folds[FOLD_COLUMNS].to_csv(index=False).encode("utf-8")
+
+
+def save_folds_bytes(content: bytes, path: Path) -> None:
+    atomic.atomic_write(Path(path), lambda temp: temp.write_bytes(content))
 
 
 def load_folds(path: Path) -> pd.DataFrame:

@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -295,11 +295,13 @@ def discard_listing(run: Path) -> None:
     (Path(run) / layout.POOL_LISTING).unlink(missing_ok=True)
 
 
-def install(run: Path, listed: PoolFile | None, folds: pd.DataFrame) -> PoolFile | None:
+def install(run: Path, listed: PoolFile | None, folds: pd.DataFrame,
+            before: Callable[[Path], None] | None = None) -> PoolFile | None:
     """Move this session's listing into place as RUN/pool.csv (call once config.json has accepted it).
 
     A run that has pool.csv keeps it (the fingerprint matched), and a run whose
     folds.csv holds the pool keeps it there: the listing only served the fingerprint.
+    ``before(listing)`` runs just before a listing becomes pool.csv (the run records its digest).
     """
     if listed is None:
         return None
@@ -310,6 +312,8 @@ def install(run: Path, listed: PoolFile | None, folds: pd.DataFrame) -> PoolFile
     if target.exists():  # the fingerprint matched: the same list, which other processes may be reading
         listed.path.unlink(missing_ok=True)
     else:
+        if before is not None:
+            before(listed.path)
         os.replace(listed.path, target)
     return PoolFile(target, listed.count)
 

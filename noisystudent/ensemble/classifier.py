@@ -56,7 +56,7 @@ from noisystudent.models import input_normalization
 from noisystudent.models.model_file import load_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import calibration, results
-from noisystudent.run.folder import load_run_config, saved_config
+from noisystudent.run.folder import load_run_config, run_identity, saved_config
 from noisystudent.safe_paths import check_output_file
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def load_ensemble(run: Path, models: str = "students", device: str | torch.devic
         path = layout.round_dir(run, fold, round_) / layout.MODEL
         if not path.is_file():
             raise CheckpointError(_missing_message(run, fold, round_))
-        model, payload = load_model_file(path, device, config.channels_last)
+        model, payload = load_model_file(path, device, config.channels_last, run_identity(run, fold, round_))
         _check_arch(payload, path, config, round_)
         members.append(FoldModel(fold, path, model, input_normalization(payload["spec"]["arch"])))
         payloads.append(payload)

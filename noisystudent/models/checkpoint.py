@@ -13,6 +13,7 @@ Schema 2 stores the Python and numpy RNG states as tensors; schema-1 files
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from pathlib import Path
@@ -43,11 +44,14 @@ def save_plain(target: Path, content: Any) -> None:
 
 
 def _torch_save(payload: Any, temp: Path) -> None:
-    # Through a Python file object, a full disk raises OSError(ENOSPC) from our write,
-    # which atomic.py turns into one sentence; torch.save(path) would raise an opaque
-    # RuntimeError from its C++ writer instead (atomic.py also unmasks that one).
+    # Serialised in memory, then written by Python: an exception raised inside torch's
+    # C++ writer (Ctrl-C's KeyboardInterrupt, a full disk's OSError) reaches us as an
+    # opaque RuntimeError("[enforce fail at inline_container.cc ...]"), while from our
+    # own write it stays itself: "Interrupted" and exit 130, or the disk-full sentence.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with open(temp, "wb") as handle:
-        torch.save(payload, handle)
+        handle.write(buffer.getbuffer())
 
 
 def plain(value: Any) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from noisystudent.atomic import write_text
+from noisystudent.atomic import confined_to, write_text
 from noisystudent.data.manifest import LABEL
 from noisystudent.errors import RunFolderError
 from noisystudent.evaluation.baseline import no_information_warnings
@@ -38,7 +38,7 @@ from noisystudent.report.tables import (
     summary_rows,
     summary_table,
 )
-from noisystudent.safe_paths import check_output_file, check_output_folder
+from noisystudent.safe_paths import check_output_file, check_output_folder, refuse_links_below
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,14 @@ def write_report(run: Path) -> Path:
     if not (run / CONFIG).is_file():  # never write report/ into an arbitrary folder
         raise RunFolderError(f"The folder {run} is not a run folder (it has no {CONFIG}); give the --out folder of a noisystudent kfold run.")
     folder = run / REPORT
+    refuse_links_below(folder / PAGE, run)
     check_output_folder(folder, flag="RUN")
     check_output_file(folder / PAGE, flag="RUN")
+    with confined_to(run):  # the figures too: no write through a link below RUN
+        return _write_page(run, folder)
+
+
+def _write_page(run: Path, folder: Path) -> Path:
     data = load_run(run)
     folder.mkdir(exist_ok=True)
     figures = []

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +35,7 @@ from noisystudent.config.run_config import RunConfig, config_from_saved, differi
 from noisystudent.config.settings import META_KEYS
 from noisystudent.environment import describe_machine
 from noisystudent.errors import ConfigError, RunFolderError
+from noisystudent.models.model_file import model_identity
 
 try:
     import fcntl
@@ -75,6 +77,11 @@ def check_run_folder(run: Path, config: RunConfig, resume: bool, before_writing:
         return
     if not resume:
         raise RunFolderError(f"The folder {run} already holds a run; pass --resume to continue it or --out to start a new one.")
+    if not isinstance(saved.get("settings_digest"), dict):
+        raise ConfigError(
+            f"{Path(run) / layout.CONFIG} has no settings_digest, so its settings cannot be checked against the ones its "
+            "trained stages used; restore the file, or start a new run with --out."
+        )
     edited = edited_keys(saved)
     if edited:
         raise ConfigError(
@@ -141,8 +148,10 @@ def write_config(run: Path, config: RunConfig, data_fingerprint: str) -> None:
         raise ConfigError(f"The images of the run in {run} have changed since it began (data fingerprint differs); start a new run with --out.")
     created_with = saved.get("created_with", __version__) if saved else __version__
     machine = saved.get("machine") if saved else describe_machine()
+    # a run begun before run ids keeps none: its model files record none either, and are refused as unverifiable
+    run_id = saved.get("run_id") if saved else uuid.uuid4().hex
     document = {**config.to_dict(), "version": __version__, "created_with": created_with, "data_fingerprint": data_fingerprint,
-                "settings_digest": settings_digest(config.to_dict()), "machine": machine}
+                "settings_digest": settings_digest(config.to_dict()), "machine": machine, "run_id": run_id}
     atomic.write_text(Path(run) / layout.CONFIG, json.dumps(document, indent=2, sort_keys=True) + "\n")
     # after config.json: a folder with config.yaml alone would look like a foreign folder, not a run
     atomic.write_text(Path(run) / layout.CONFIG_YAML, config_yaml(config.to_dict(), yaml_header(run)))
@@ -156,6 +165,21 @@ def yaml_header(run: Path) -> str:
             "Flags given on the command line win over this file; this file wins over its preset.")
 
 
+def run_identity(run: Path, fold: int, round_: int) -> dict[str, Any]:
+    """``model_identity`` of fold ``fold``, round ``round_`` of the run in ``run``, from its config.json.
+
+    The run id tells two runs with the same settings apart; the digest of the
+    result-affecting settings tells a file trained before the settings changed.
+    """
+    saved = saved_config(run)
+    if saved is None:
+        raise RunFolderError(f"The folder {run} holds no run ({layout.CONFIG} is missing).")
+    if not isinstance(saved.get("run_id"), str) or not isinstance(saved.get("settings_digest"), dict):
+        raise RunFolderError(f"{Path(run) / layout.CONFIG} records no run_id or settings_digest (an older noisystudent "
+                             "wrote it, or it was edited), so the run's model files cannot be verified; start a new run with --out.")
+    return model_identity(saved["run_id"], _hash(saved["settings_digest"]), fold, round_)
+
+
 def settings_digest(settings: dict[str, Any]) -> dict[str, str]:
     """A short hash of each result-affecting setting, stored beside them in config.json.
 
@@ -167,11 +191,15 @@ def settings_digest(settings: dict[str, Any]) -> dict[str, str]:
 
 
 def edited_keys(saved: dict[str, Any]) -> list[str]:
-    """Result-affecting settings of a saved config.json whose value no longer matches its digest."""
+    """Result-affecting settings of a saved config.json whose value no longer matches its digest.
+
+    A setting the file holds but the digest lacks counts as edited: deleting the
+    digest must not turn the check off. A setting absent from both is one added
+    after the run began (its default applies).
+    """
     digest = saved.get("settings_digest")
-    if not isinstance(digest, dict):  # a run folder of an older version: nothing to compare with
-        return []
-    return [key for key in result_keys() if key in digest and digest[key] != _hash(saved.get(key))]
+    digest = digest if isinstance(digest, dict) else {}
+    return [key for key in result_keys() if (key in digest or key in saved) and digest.get(key) != _hash(saved.get(key))]
 
 
 def _hash(value: Any) -> str:

@@ -314,6 +314,7 @@ def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJ
         seed=derive_seed(config.seed, "fold", fold, "round", round_),
         extra={"fold": fold, "round": round_, "kind": "student" if student else "teacher"},
         events=event_log.model_folder(run_ctx.run, fold, round_) if config.tensorboard else None,
+        identity=run_ctx.model_identity(fold, round_),
     )
 
 
@@ -380,7 +381,8 @@ def predict_round(run_ctx: RunContext, fold: int, round_: int) -> pd.DataFrame:
     pool_missing = pool_count > 0 and not pool_out.exists() and not (folder / layout.PSEUDO_LABELS).exists()
     if out.exists() and not pool_missing:
         return results.read_predictions(out)
-    model, payload = load_model_file(folder / layout.MODEL, run_ctx.device, run_ctx.config.channels_last)
+    model, payload = load_model_file(folder / layout.MODEL, run_ctx.device, run_ctx.config.channels_last,
+                                     run_ctx.model_identity(fold, round_))
     frame = _evaluated_rows(run_ctx, fold)
     predict = _round_predictor(run_ctx, model, payload["spec"]["arch"], (0 if out.exists() else len(frame)) + pool_count)
     if not out.exists():

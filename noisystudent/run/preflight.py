@@ -19,10 +19,10 @@ from noisystudent.config.choices import ONE_STAGE_METHODS
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data.parallel import address_space_left, address_space_used
 from noisystudent.errors import ConfigError, DataError, RunFolderError
-from noisystudent.safe_paths import check_output_folder, file_kind
+from noisystudent.safe_paths import check_output_folder, file_kind, refuse_links_below
 
 # Entries of a run folder and the kind each must be.
-RUN_FILES = (layout.CONFIG, layout.LOG, ".lock", layout.FOLDS)
+RUN_FILES = (layout.CONFIG, layout.LOG, ".lock", layout.FOLDS, layout.POOL, layout.DIGESTS)
 RUN_FOLDERS = (layout.RESULTS, layout.CACHE, layout.REPORT, layout.TENSORBOARD)
 # Address space a tiny CPU run maps beyond torch's own (measured: 1.0 GB at 32 px, workers 1),
 # with room for a real one; below it a run would fail in an allocation or a thread start.
@@ -89,7 +89,11 @@ def _one_stage_warnings(config: RunConfig) -> list[str]:
 
 
 def check_run_entries(run: Path) -> None:
-    """The files and folders a session opens in RUN must be of the right kind."""
+    """The files and folders a session opens in RUN must be of the right kind, and none a symbolic link."""
+    run = Path(run)
+    if run.is_dir():
+        for path in [run / name for name in (*RUN_FILES, *RUN_FOLDERS)] + sorted(run.glob("fold-*")) + sorted(run.glob("fold-*/*")):
+            refuse_links_below(path, run)  # run.log and .lock are not written atomically: checked here
     for name in RUN_FILES:
         kind = file_kind(Path(run) / name)
         if kind is not None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from noisystudent import layout
+from noisystudent import atomic, layout
 from noisystudent.config.provenance import GIVEN, origin
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import folds as folds_module
@@ -39,9 +39,12 @@ from noisystudent.data.preprocess import PreprocessSpec
 from noisystudent.data.run_images import RunImages, load_run_images
 from noisystudent.device import resolve_device
 from noisystudent.environment import describe_machine, machine_line
+from noisystudent.errors import UserError
+from noisystudent.models.model_file import verify_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run import claims, evidence, results
-from noisystudent.run.folder import check_run_folder, lock_run_folder, remove_shared_temps, saved_config, write_config
+from noisystudent.run import claims, digests, evidence, results
+from noisystudent.run.folder import (check_run_folder, lock_run_folder, remove_shared_temps, run_identity, saved_config,
+                                     write_config)
 from noisystudent.run.tables import read_table
 from noisystudent.training import distributed
 
@@ -60,6 +63,11 @@ class RunContext:
     device: torch.device
     progress: Progress
     pool: PoolFile | None = None  # RUN/pool.csv; None without a pool or in runs with the pool in folds.csv
+    identity: dict | None = None  # run id and settings digest (folder.run_identity); prepare_run sets it
+
+    def model_identity(self, fold: int, round_: int) -> dict | None:
+        """What the model files of ``fold``, ``round_`` must record (model_file.model_identity); None: not checked."""
+        return None if self.identity is None else {**self.identity, "fold": fold, "round": round_}
 
     def load_batch(self, rows: torch.Tensor) -> torch.Tensor:
         return self.cache.batch(rows, self.device)
@@ -77,7 +85,7 @@ def open_run(config: RunConfig, run: Path, resume: bool, join: bool, progress: P
     check_run_folder(run, config, resume or (join and saved_config(run) is not None))
     started_group = distributed.init_from_env(resolve_device(config.device))  # under torchrun: one rank per device
     try:
-        with new_run_folder(run), run_log(run):
+        with new_run_folder(run), atomic.confined_to(run), run_log(run):
             yield prepare_run(config, run, resume, join, progress)
     finally:
         if started_group:
@@ -131,18 +139,21 @@ def prepare_run(config: RunConfig, run: Path, resume: bool, join: bool, progress
         fold_table = folds_module.load_folds(run / layout.FOLDS)
         pool = pool_files.open_saved(run, fold_table)
         return RunContext(run, config, data.classes, fold_table, _build_cache(run, fold_table, config, progress, pool),
-                          device, progress, pool)
+                          device, progress, pool, run_identity(run, 0, 0))
     with lock_run_folder(run):
         # again under the lock: another process may have begun the run since the check above
         check_run_folder(run, config, resume or (join and saved_config(run) is not None), before_writing=False)
         remove_shared_temps(run)
+        digests.verify(run)  # before anything reads folds.csv or pool.csv
         logger.info("noisystudent kfold into %s (%s)", run, "join" if join else "resume" if resume else "new run")
         data, fold_table, pool = _accept_data(config, run, progress)
         if not (run / layout.FOLDS).exists():
-            folds_module.save_folds(fold_table, run / layout.FOLDS)
+            content = folds_module.folds_bytes(fold_table)
+            digests.record(run, layout.FOLDS, digests.bytes_sha256(content))
+            folds_module.save_folds_bytes(content, run / layout.FOLDS)
         cache = _build_cache(run, fold_table, config, progress, pool)
     distributed.barrier()  # the other ranks may read now
-    return RunContext(run, config, data.classes, fold_table, cache, device, progress, pool)
+    return RunContext(run, config, data.classes, fold_table, cache, device, progress, pool, run_identity(run, 0, 0))
 
 
 def _accept_data(config: RunConfig, run: Path, progress: Progress) -> tuple[RunImages, pd.DataFrame, PoolFile | None]:
@@ -152,9 +163,13 @@ def _accept_data(config: RunConfig, run: Path, progress: Progress) -> tuple[RunI
         fold_table = _load_or_assign_folds(run, data, config, progress)  # before config.json: may refuse the data
         evidence.announce_test_set(fold_table, config, evidence.data_has_test(data.manifest))
         write_config(run, config, data.fingerprint())
-        return data, fold_table, pool_files.install(run, data.pool, fold_table)
+        return data, fold_table, pool_files.install(run, data.pool, fold_table, lambda listing: _record_pool(run, listing))
     finally:
         pool_files.discard_listing(run)  # refused: the run keeps the pool it had
+
+
+def _record_pool(run: Path, listing: Path) -> None:
+    digests.record(run, layout.POOL, digests.file_sha256(listing))  # before the listing becomes pool.csv
 
 
 def _load_or_assign_folds(run: Path, data: RunImages, config: RunConfig, progress: Progress = NULL_PROGRESS) -> pd.DataFrame:
@@ -197,6 +212,7 @@ def claim_fold(run_ctx: RunContext, fold: int) -> bool:
     """
     run = run_ctx.run
     if distributed.broadcast(claims.fold_finished(run, fold, run_ctx.config.rounds)):  # one answer for all ranks
+        verify_fold_models(run_ctx, fold)
         return False
     holder = None
     if distributed.is_main():
@@ -206,6 +222,13 @@ def claim_fold(run_ctx: RunContext, fold: int) -> bool:
     if holder is not None:
         logger.info("Moving on: %s.", claims.holder_sentence(fold, holder))
     return holder is None
+
+
+def verify_fold_models(run_ctx: RunContext, fold: int) -> None:
+    """Load every model.pt of a finished fold and check where it belongs: a fold counts as finished
+    by its last predictions.csv, which says nothing of a model.pt truncated or replaced since."""
+    for round_ in range(run_ctx.config.rounds + 1 if run_ctx.identity is not None else 0):
+        verify_model_file(layout.round_dir(run_ctx.run, fold, round_) / layout.MODEL, run_ctx.model_identity(fold, round_))
 
 
 def release_fold(run_ctx: RunContext, fold: int) -> None:

@@ -28,6 +28,7 @@ from noisystudent.errors import CheckpointError
 from noisystudent.evaluation.scoring import probabilities_loss, selection_score, validation_metrics
 from noisystudent.inference.predict import predict_probs
 from noisystudent.models import checkpoint
+from noisystudent.models.model_file import IDENTITY, check_identity, verify_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.training import distributed, engine, fixmatch, optim
 from noisystudent.training.augment import BatchAugment, create_augment
@@ -69,6 +70,7 @@ class ModelJob:
     randaugment: bool = False  # student noise: run.pipeline sets it for students only
     events: Path | None = None  # TensorBoard folder of this model (training/event_log.py); None: no event file
     unlabelled: UnlabelledSet | None = None  # images without labels: trains with FixMatch (training.fixmatch)
+    identity: dict | None = None  # model_file.model_identity: recorded in model.pt and checkpoint.pt, checked on resume
 
 
 @dataclass
@@ -98,6 +100,8 @@ def train_model(job: ModelJob, config: RunConfig, load_batch: LoadBatch, device:
     """Train ``job`` unless its model.pt exists; return the path of model.pt."""
     model_path = job.out_dir / layout.MODEL
     if model_path.exists():
+        if job.identity is not None:  # a truncated or misplaced model.pt must not pass for a finished stage
+            verify_model_file(model_path, job.identity)
         logger.info("%s: %s exists, skipping training", job.name, model_path)
         return model_path
     seed_everything(derive_seed(job.seed, "init"))
@@ -143,6 +147,8 @@ def _resume(job: ModelJob, training: Training) -> TrainState:
     if not path.exists():
         return TrainState()
     saved = checkpoint.load(path)
+    if job.identity is not None:
+        check_identity(saved, path, job.identity, "checkpoint")
     try:
         training.model.load_state_dict(saved["model"])
         optim.load_optimizer_state(training.optimizer, saved["optimizer"])  # keeps this device's fused/foreach
@@ -305,6 +311,7 @@ def _save_checkpoint(job: ModelJob, training: Training) -> None:
         "next_epoch": state.next_epoch,
         "rng": checkpoint.capture_rng_state(),
         "train_state": train_state,
+        IDENTITY: job.identity,
     })
     # history.csv after the checkpoint: it never lists an epoch the checkpoint lacks
     atomic.write_csv(job.out_dir / layout.HISTORY, pd.DataFrame(state.history))
@@ -326,5 +333,6 @@ def _save_model(job: ModelJob, config: RunConfig, state: TrainState, path: Path)
         "preprocess": {k: getattr(config, k) for k in ("image_size", "crop_black", "crop_threshold", "equalize", "center_crop")},
         "selection": {"metric": config.selection_metric, "score": state.best_score, "epoch": state.best_epoch, "select": config.select},
         **job.extra,
+        IDENTITY: job.identity,
     })
     logger.info("%s: best epoch %d (%s %.4f), saved %s", job.name, state.best_epoch, config.selection_metric, state.best_score, path)
