@@ -69,8 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool-fraction", type=float, default=0.0,
                         help="Turn this fraction of each class's training images into an unlabelled pool (labels dropped; 0: none).")
     parser.add_argument("--out", default="runs/benchmark-real")
-    parser.add_argument("kfold_flags", nargs="*", help="After --: more `noisystudent kfold` flags for every run.")
-    args = parser.parse_args(argv)
+    parser.epilog = "After --: more `noisystudent kfold` flags for every run (e.g. -- --method fixmatch)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # split at "--" first: argparse gives a positional DATA followed by options no room for flags after "--"
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.kfold_flags = extra
     args.task = args.task or ["classes"]
     return args
 

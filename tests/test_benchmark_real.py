@@ -67,3 +67,12 @@ def test_the_tables_are_read_back_from_the_study(bench):
     arms = pd.DataFrame({"seed": [0, 1, 0], "ensemble": ["teachers", "teachers", "students"], "metric": "balanced_accuracy",
                          "value": [0.8, 0.7, 0.9]})
     assert bench.arms_lines(arms).splitlines()[2:] == ["| teachers | 0.800 | 0.700 |", "| students | 0.900 | nan |"]
+
+
+def test_flags_after_the_double_dash_reach_every_run_wherever_data_stands():
+    bench = load_script("benchmark_real")
+    for argv in (["DATA", "--task", "classes", "--seeds", "0", "1", "--", "--method", "fixmatch"],
+                 ["--task", "classes", "DATA", "--seeds", "0", "1", "--", "--method", "fixmatch"]):
+        args = bench.parse_args(argv)
+        assert (args.data, args.seeds, args.kfold_flags) == ("DATA", [0, 1], ["--method", "fixmatch"])
+    assert bench.parse_args(["DATA"]).kfold_flags == []
