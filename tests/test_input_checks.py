@@ -60,8 +60,10 @@ BAD_SETTINGS = [
     (["--test-fraction", "nan"], "test_fraction must be a finite number >= 0 and <= 0.9; got nan."),
     (["--split-ratio", "2:nan:1"], "split_ratio must be three non-negative numbers"),
     (["--rounds", "21"], "rounds must be a whole number >= 0 and <= 20; got 21."),  # --rounds 1000000 wrote 23 GB
-    # The resource-limits branch adds rows for values that pass these ranges but cannot be
-    # allocated (--epochs 1000000000000, --lr 1e308, --weight-decay 1e308, --pseudo-per-class 1e17).
+    (["--epochs", "1000000000000"], "epochs must be a whole number >= 1 and <= 100000"),  # was a MemoryError
+    (["--lr", "1e308"], "lr must be a finite number > 0 and <= 10"),  # was an overflow
+    (["--pseudo-per-class", "100000000000000000"], "pseudo_per_class must be a whole number >= 0 and <= 10000000"),
+    (["--concurrent", "0"], "concurrent must be a whole number >= 1 and <= 64; got 0."),
 ]
 
 

@@ -155,8 +155,8 @@ FILE_SYSTEM_CASES = [  # (name, what a CSV row's image becomes, fragments of the
     ("a dangling link", lambda path: _replace(path, lambda p: p.symlink_to(p.parent / "nowhere.png")), ["p1_0.png"]),
     ("a link to a device", lambda path: _replace(path, lambda p: p.symlink_to(os.devnull)), ["p1_0.png"]),
     ("a folder", lambda path: _replace(path, lambda p: p.mkdir()), ["p1_0.png"]),
-    # The messages branch adds the wording for such rows ("is a named pipe", "is a character device" for /dev/zero,
-    # where main says "does not exist").
+    ("a link to /dev/zero", lambda path: _replace(path, lambda p: p.symlink_to("/dev/zero")), ["p1_0.png", "character device"]),
+    ("a FIFO, named", lambda path: _replace(path, os.mkfifo), ["p1_0.png", "named pipe"]),
 ]
 
 
@@ -186,7 +186,7 @@ def test_file_system_objects_in_a_class_folder_are_ignored_by_name(tmp_path, sto
 
 def test_signal_family_ctrl_c_before_training_is_130_and_resumable(tmp_path, monkeypatch):
     """Ctrl-C where training begins: "Interrupted", exit 130, and a run that --resume continues.
-    The interrupt branch adds rows for Ctrl-C while model.pt is being written (a RuntimeError from torch's writer)."""
+    Ctrl-C while model.pt is being written: tests/test_run_file_checks.py (the previous file kept, exit 130)."""
     from noisystudent.run import pipeline
 
     data = write_class_folders(tmp_path / "data", patients_per_class=2, images_per_patient=2, size=(16, 16))
@@ -207,8 +207,14 @@ TAMPERED_CASES = [  # (name, what is done to the run folder, fragments of the on
     ("an edited result setting", lambda run: (run / "config.json").write_text(
         json.dumps({**json.loads((run / "config.json").read_text()), "lr": 0.5})), ["were edited after the run began"]),
     ("the data changed", None, ["have changed since it began"]),
-    # The run-file verification branch adds rows for a model.pt copied from another fold, an edited
-    # folds.csv, cache pixels overwritten, a deleted settings_digest, and results/ as a symlink.
+    ("folds.csv edited", lambda run: (run / "folds.csv").write_text((run / "folds.csv").read_text().replace(",validation\n", ",labelled\n", 1)),
+     ["folds.csv was changed after the run wrote it"]),
+    ("digests.json removed", lambda run: (run / "digests.json").unlink(), ["folds.csv has no digest in"]),
+    ("settings_digest deleted", lambda run: (run / "config.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k != "settings_digest"})), ["has no settings_digest"]),
+    ("results/ a link out of the run", lambda run: (run / "results").symlink_to(run.parent), ["is a symbolic link", "would write outside"]),
+    # Trained model files (a model.pt of another fold, a truncated one, a checkpoint of another fold) and
+    # overwritten cache pixels need a trained run or a built cache: tests/test_run_file_checks.py.
 ]
 
 
