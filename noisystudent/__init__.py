@@ -42,6 +42,7 @@ _EXPORTS = {
     # the k-fold run
     "run_kfold": "noisystudent.run.pipeline",
     "write_results": "noisystudent.run.results",
+    "adopt_run": "noisystudent.run.adopt",
     # did the method help? seeds x arms, two-level bootstrap
     "run_experiment": "noisystudent.experiment.study",
     # ensembles of a finished run

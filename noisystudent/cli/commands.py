@@ -336,6 +336,22 @@ def report(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
 
 @app.command()
 @user_errors
+def adopt(run: Annotated[Path, typer.Argument(help="A run folder written by an earlier noisystudent.")]) -> None:
+    """Record what a run made before verified run files lacks (run id, digests, model identities), so it resumes and predicts.
+
+    The files are recorded as they are now: adopt only a run you trust.
+    """
+    from noisystudent.run.adopt import adopt_run
+
+    done = adopt_run(run)
+    if not done:
+        out.print(f"{run} already records everything; nothing to adopt.", markup=False)
+        return
+    out.print(f"Adopted {run}: recorded " + "; ".join(done) + ".", markup=False)
+
+
+@app.command()
+@user_errors
 def compare(
     run_a: Annotated[Path, typer.Argument(help="The reference run folder (A).")],
     run_b: Annotated[Path, typer.Argument(help="The run folder compared with it (B), evaluated on the same outer test set.")],

@@ -33,7 +33,8 @@ def check_identity(payload: dict[str, Any], path: Path, expected: dict[str, Any]
     where = f"fold {expected['fold']}, round {expected['round']}"
     if not isinstance(found, dict) or any(key not in found for key in IDENTITY_KEYS):
         raise CheckpointError(f"The {what} {path} records no run, fold and round (an older noisystudent or another tool "
-                              f"wrote it), so it cannot be verified as {where} of this run; {RESTART_HINT}.")
+                              f"wrote it), so it cannot be verified as {where} of this run; {RESTART_HINT} (or, for a run an older "
+                              "noisystudent made that you trust: noisystudent adopt RUN).")
     if (found["fold"], found["round"]) != (expected["fold"], expected["round"]):
         raise CheckpointError(f"The {what} {path} belongs to fold {found['fold']}, round {found['round']}, not to {where} "
                               f"where it lies; put the right file back, or {RESTART_HINT}.")

@@ -176,7 +176,8 @@ def run_identity(run: Path, fold: int, round_: int) -> dict[str, Any]:
         raise RunFolderError(f"The folder {run} holds no run ({layout.CONFIG} is missing).")
     if not isinstance(saved.get("run_id"), str) or not isinstance(saved.get("settings_digest"), dict):
         raise RunFolderError(f"{Path(run) / layout.CONFIG} records no run_id or settings_digest (an older noisystudent "
-                             "wrote it, or it was edited), so the run's model files cannot be verified; start a new run with --out.")
+                             "wrote it, or it was edited), so the run's model files cannot be verified; if an older noisystudent made it and "
+                             f"you trust it, record them with noisystudent adopt {run}, or start a new run with --out.")
     return model_identity(saved["run_id"], _hash(saved["settings_digest"]), fold, round_)
 
 
