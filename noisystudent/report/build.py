@@ -93,10 +93,20 @@ def write_report(run: Path) -> Path:
     sentence = headline(data.metrics, read_comparisons(run), data.config.get("voting", "majority"))
     page = render_page(f"Noisy Student report: {run.name}", data.config, sentence, data.notes,
                        comparison_tables(run) + report_tables(data) + calibration_tables(run), figures, warnings=no_information_warnings(data.metrics),
-                       before=[settings_section(data.config), data_html(data)], after=[patient_html(data), gallery_html(data)])
+                       before=[settings_section(data.config), data_html(data)], after=[patient_html(data), cells_html(data)])
     write_text(folder / PAGE, page)
     log.info("wrote %s with %d figures", folder / PAGE, len(figures))
     return folder / PAGE
+
+
+def cells_html(data: RunContents) -> str:
+    """The Cells section; a malformed prediction table costs the section, not the report."""
+    try:
+        return gallery_html(data)
+    except (KeyError, ValueError, TypeError, OSError) as error:
+        log.exception("the cell galleries failed")
+        data.notes.append(f"The cell galleries could not be drawn ({type(error).__name__}: {error}).")
+        return ""
 
 
 def report_tables(data: RunContents) -> list[TableEntry]:

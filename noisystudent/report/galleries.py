@@ -25,7 +25,7 @@ from PIL import Image
 from noisystudent.atomic import write_csv
 from noisystudent.data.cache import ImageCache
 from noisystudent.errors import DataError
-from noisystudent.layout import CACHE, CONFIDENCE, FOLD_COLUMN, PRED, PROB_PREFIX, ROUND, SPLIT, SPLIT_MASKED, SPLIT_TEST, STUDENT, results_dir
+from noisystudent.layout import CACHE, CONFIDENCE, FOLD_COLUMN, PRED, PROB_PREFIX, ROUND, SPLIT, SPLIT_MASKED, STUDENT, TEACHER, results_dir
 from noisystudent.report.html import TableEntry, table_html
 from noisystudent.report.run_reader import RunContents
 
@@ -68,16 +68,22 @@ def gallery_html(data: RunContents) -> str:
 
 def test_error_grids(data: RunContents) -> list[Grid]:
     """The outer-test cells the final students' ensemble (the run's --voting) gets wrong."""
-    voting = str(data.config.get("voting", "majority"))
-    table = data.ensembles.get((STUDENT, voting))
+    voting, table = final_ensemble(data)
     if table is None:
         return []
     wrong = _called(table)
     wrong = _most_confident(wrong[wrong[LABEL] != wrong[CALL]][CELL_COLUMNS])
     _write(data, TEST_ERRORS, wrong)
-    return [Grid(f"Outer-test cells the students' ensemble ({voting} voting) gets wrong",
+    return [Grid(f"Outer-test cells the final ensemble ({voting} voting) gets wrong",
                  f"{len(wrong)} wrong of {len(table)} test cells, most confident first; confidence: the ensemble's "
                  f"mean probability of its call. All of them: results/{TEST_ERRORS}.", wrong)]
+
+
+def final_ensemble(data: RunContents) -> tuple[str, pd.DataFrame | None]:
+    """The run's --voting rule and its ensemble of the final models: the students, or the teachers of a run without rounds."""
+    voting = str(data.config.get("voting", "majority"))
+    final = STUDENT if int(data.config.get("rounds", 0) or 0) else TEACHER
+    return voting, data.ensembles.get((final, voting))
 
 
 def pseudo_wrong_tables(data: RunContents) -> pd.DataFrame:
@@ -130,7 +136,7 @@ def pseudo_changed_grids(data: RunContents) -> list[Grid]:
 def patient_summary(data: RunContents) -> pd.DataFrame:
     """Per patient of the final ensemble's test cells (else the final round's pooled validation cells): cells,
     fraction called positive (or called each class), patient label; written to results/gallery_patients.csv."""
-    table = data.ensembles.get((STUDENT, str(data.config.get("voting", "majority"))))
+    _, table = final_ensemble(data)
     if table is None:
         parts = [t[t[SPLIT] == "validation"] for (f, r), t in data.predictions.items() if r == data.final_round and SPLIT in t]
         table = pd.concat(parts, ignore_index=True) if parts else None
