@@ -1,7 +1,7 @@
 """The report page: one self-contained HTML file (inline CSS, no scripts).
 
-Images are referenced by file name, relative to the page, so the report folder
-can be moved or zipped as a whole.
+Figures are referenced by file name, relative to the page, so the report folder
+can be moved or zipped as a whole; the cell thumbnails are inline PNGs.
 """
 
 from __future__ import annotations
