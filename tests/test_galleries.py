@@ -81,7 +81,7 @@ def test_gallery_csvs_hold_the_wrong_cells_most_confident_first(tmp_path):
 def test_grids_are_capped_and_captions_escaped(tmp_path):
     run = make_run(tmp_path, test_cells=2 * THUMBNAILS + 20)
     page = write_report(run).read_text()
-    section = page[page.index("<h2>Cells</h2>"):]
+    section = page[page.index('<h2 id="cells">Cells</h2>'):]
     first = section[section.index("<h3>"):section.index("</div>")]
     assert first.count('<figure class="cell"') == THUMBNAILS
     assert first.count("data:image/png;base64,") == THUMBNAILS
@@ -106,3 +106,10 @@ def test_a_run_without_any_gallery_tables_still_reports(tmp_path):
     page = write_report(run).read_text()
     assert "there are no cells to show" in page
     assert not list(run.glob("results/gallery_*.csv"))
+
+
+def test_a_cache_of_another_resolution_is_not_shown(tmp_path):
+    run = make_run(tmp_path)
+    (run / CONFIG).write_text(json.dumps({"folds": 1, "rounds": 1, "voting": "majority", "image_size": 2 * SIZE}))
+    page = write_report(run).read_text()
+    assert "The image cache is missing" in page and "data:image/png" not in page

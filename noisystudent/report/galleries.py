@@ -53,7 +53,7 @@ def gallery_html(data: RunContents) -> str:
     """The Cells section (grids and per-patient table); writes the gallery CSVs to RUN/results/."""
     grids = [*test_error_grids(data), *pseudo_wrong_grids(data), *pseudo_changed_grids(data)]
     cache = open_cache(data)
-    parts = ["<h2>Cells</h2>", _cache_note(cache, data)]
+    parts = ['<h2 id="cells">Cells</h2>', _cache_note(cache, data)]
     parts += [grid_html(grid, cache) for grid in grids] or ["<p>The run has no predictions yet: there are no cells to show.</p>"]
     patients = patient_summary(data)
     if not patients.empty:
@@ -191,11 +191,15 @@ def _write(data: RunContents, name: str, frame: pd.DataFrame) -> None:
 def open_cache(data: RunContents) -> ImageCache | None:
     """The run's image cache (--cache-dir, else RUN/cache), or None where it is missing or unreadable."""
     folder = Path(data.config.get("cache_dir") or data.run / CACHE)
+    size = data.config.get("image_size")
     for npy in sorted(folder.glob("images-*.npy"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            return ImageCache.open(npy)
+            cache = ImageCache.open(npy)
         except (OSError, ValueError, KeyError, DataError) as error:  # a half-deleted or foreign cache: try the next
             log.warning("cannot open the image cache %s: %s", npy, error)
+            continue
+        if size is None or cache.image_size == int(size):  # a shared --cache-dir may hold other runs' resolutions
+            return cache
     return None
 
 
@@ -232,9 +236,9 @@ def grid_html(grid: Grid, cache: ImageCache | None) -> str:
 
 def _cell_html(row: dict, image: str | None) -> str:
     call = f"was {row[PREVIOUS]}, now {row[CALL]}" if PREVIOUS in row else f"called {row[CALL]}"
-    where = f" · fold {row[FOLD_COLUMN]}" if FOLD_COLUMN in row else ""
+    where = f" · fold&nbsp;{escape(str(row[FOLD_COLUMN]))}" if FOLD_COLUMN in row else ""  # no line break inside "fold 2"
     picture = (f'<img src="{image}" alt="{escape(row[PATH])}">' if image
                else '<div class="nothumb">no image in the cache</div>')
     text = (f"true {escape(str(row[LABEL]))}, {escape(str(call))}<br>{row[CONFIDENCE]:.2f} · "
-            f"patient {escape(str(row[PATIENT]) or '–')}{escape(where)}")
+            f"patient&nbsp;{escape(str(row[PATIENT]) or '–')}{where}")
     return f'<figure class="cell" title="{escape(str(row[PATH]))}">{picture}<figcaption>{text}</figcaption></figure>'
