@@ -24,6 +24,7 @@ from noisystudent.report.calibration_section import calibration_figures, calibra
 from noisystudent.report.class_tables import patient_table, per_class_table, scope_sentence
 from noisystudent.report.data_section import data_caption, fold_parts_table, has_patients, parts_table
 from noisystudent.report.evidence import comparison_frame, read_comparisons
+from noisystudent.report.galleries import gallery_html
 from noisystudent.report.html import FigureEntry, TableEntry, render_page, table_html
 from noisystudent.report.run_reader import RunContents, load_run
 from noisystudent.report.settings_section import settings_section
@@ -98,10 +99,20 @@ def _write_page(run: Path, folder: Path) -> Path:
     sentence = headline(data.metrics, read_comparisons(run), data.config.get("voting", "majority"))
     page = render_page(f"Noisy Student report: {run.name}", data.config, sentence, data.notes,
                        comparison_tables(run) + report_tables(data) + calibration_tables(run), figures, warnings=no_information_warnings(data.metrics),
-                       before=[settings_section(data.config), data_html(data)], after=[patient_html(data)])
+                       before=[settings_section(data.config), data_html(data)], after=[patient_html(data), cells_html(data)])
     write_text(folder / PAGE, page)
     log.info("wrote %s with %d figures", folder / PAGE, len(figures))
     return folder / PAGE
+
+
+def cells_html(data: RunContents) -> str:
+    """The Cells section; a malformed prediction table costs the section, not the report."""
+    try:
+        return gallery_html(data)
+    except (KeyError, ValueError, TypeError, OSError) as error:
+        log.exception("the cell galleries failed")
+        data.notes.append(f"The cell galleries could not be drawn ({type(error).__name__}: {error}).")
+        return ""
 
 
 def report_tables(data: RunContents) -> list[TableEntry]:

@@ -1,7 +1,7 @@
 """The report page: one self-contained HTML file (inline CSS, no scripts).
 
-Images are referenced by file name, relative to the page, so the report folder
-can be moved or zipped as a whole.
+Figures are referenced by file name, relative to the page, so the report folder
+can be moved or zipped as a whole; the cell thumbnails are inline PNGs.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ p.warning { background: #fdecea; border-left: 4px solid #c44e52; padding: 0.6em 
 @media (max-width: 700px) { body { margin: 0.5em auto; } table { font-size: 0.8em; } h1 { font-size: 1.3em; } }
 p.caption, figcaption { color: #555; font-size: 0.92em; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+div.cells { display: grid; grid-template-columns: repeat(auto-fill, minmax(100px, 1fr)); gap: 0.6em; margin: 0.6em 0; }
+figure.cell { margin: 0; font-size: 0.78em; color: #333; overflow-wrap: anywhere; }
+figure.cell img { width: 100%; image-rendering: pixelated; display: block; }
+div.nothumb { aspect-ratio: 1; background: #f3f3f3; color: #888; display: flex; align-items: center; justify-content: center; text-align: center; }
 """
 
 
