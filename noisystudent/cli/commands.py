@@ -353,29 +353,58 @@ def adopt(run: Annotated[Path, typer.Argument(help="A run folder written by an e
 @app.command()
 @user_errors
 def compare(
-    run_a: Annotated[Path, typer.Argument(help="The reference run folder (A).")],
-    run_b: Annotated[Path, typer.Argument(help="The run folder compared with it (B), evaluated on the same outer test set.")],
+    run_a: Annotated[Path, typer.Argument(help="The reference run folder (A), or a study folder (noisystudent experiment --out).")],
+    run_b: Annotated[Path, typer.Argument(help="The run folder compared with it (B), evaluated on the same outer test set; or a "
+                                               "second study of the same data and seeds (e.g. another --method).")],
     models: Annotated[str, typer.Option(help="Ensembles to compare: students (the final round) or teachers (round 0).")] = "students",
-    voting: Annotated[str, typer.Option(help="Ensemble rule: majority or soft.")] = "majority",
+    voting: Annotated[str, typer.Option(help="Ensemble rule: majority or soft (two studies: their declared rule).")] = "majority",
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
+    arm: Annotated[str, typer.Option(help="Two studies: the arm to compare: ns (each study's method), control, upper or teachers.")] = "ns",
     out_csv: Annotated[Optional[Path], typer.Option("--out", help="Also write the table to this CSV file.")] = None,
 ) -> None:
-    """B minus A on the shared outer test set: paired bootstrap over patients (95% intervals) and McNemar's exact test."""
-    from noisystudent.cli.tables import print_comparison
+    """B minus A on the shared outer test set: paired bootstrap over patients (95% intervals) and McNemar's exact test.
+
+    Two study folders: B minus A for the method, a two-level bootstrap over their shared seeds and test patients.
+    """
     from noisystudent.evaluation.comparison import comparison_table
-    from noisystudent.run.evidence import compare_runs
+    from noisystudent.experiment.between import check_pair, is_study
 
     if voting not in ("majority", "soft"):  # --models is checked by compare_runs
         raise typer.BadParameter("--voting must be majority or soft.")
-    comparison = compare_runs(run_a, run_b, voting=voting, models=models, seed=seed)
-    print_comparison(comparison, out)
+    check_pair(run_a, run_b)
     if out_csv is not None:
-        from noisystudent.atomic import write_csv
         from noisystudent.safe_paths import check_output_file
 
         check_output_file(out_csv, flag="--out")
-        write_csv(out_csv, comparison_table(comparison), for_people=True)
+    if is_study(run_a):
+        table = _compare_studies(run_a, run_b, arm)
+    else:
+        from noisystudent.cli.tables import print_comparison
+        from noisystudent.run.evidence import compare_runs
+
+        comparison = compare_runs(run_a, run_b, voting=voting, models=models, seed=seed)
+        print_comparison(comparison, out)
+        table = comparison_table(comparison)
+    if out_csv is not None:
+        from noisystudent.atomic import write_csv
+
+        write_csv(out_csv, table, for_people=True)
         out.print(f"Table written to {out_csv}", markup=False)
+
+
+def _compare_studies(study_a: Path, study_b: Path, arm: str) -> Any:
+    from noisystudent.cli.tables import print_primary_rows
+    from noisystudent.experiment.between import ARMS_KINDS, compare_studies
+    from noisystudent.experiment.study import load_design
+
+    if arm not in ARMS_KINDS:
+        raise typer.BadParameter(f"--arm must be one of {', '.join(ARMS_KINDS)}.")
+    table = compare_studies(study_a, load_design(study_a), study_b, load_design(study_b), arm)
+    print_primary_rows(table, out)
+    method = table[(table["role"] == "primary") & (table["level"] == "method")].iloc[0]
+    out.print(f"Study B - study A ({arm} arms, {method['metric']}): {method['estimate']:+.3f} "
+              f"[{method['low']:+.3f}, {method['high']:+.3f}] over {int(method['seeds'])} seeds: {method['verdict']}.", markup=False)
+    return table
 
 
 @data_app.command("inspect")

@@ -190,7 +190,14 @@ def print_prediction_summary(console: Console, prediction, ensemble, voting: str
 
 def print_study_table(result, console: Console) -> None:
     """The primary comparison per seed and for the method, the headline, and where the rest is."""
-    table = result.table
+    print_primary_rows(result.table, console)
+    console.print(result.headline, highlight=False, soft_wrap=True)
+    console.print(f"Every metric, per seed and for the method: {Path(result.study) / layout.RESULTS / 'study.csv'}", markup=False)
+    console.print(f"The study's page: {Path(result.study) / 'report' / 'report.html'}", markup=False)
+
+
+def print_primary_rows(table: pd.DataFrame, console: Console) -> None:
+    """The primary metric's rows of a study table: each seed and the method."""
     primary = table[table["role"] == "primary"] if not table.empty else table
     if not primary.empty:
         view = Table(title="Primary comparison: each seed (its test patients) and the method (seeds and patients)", box=box.SIMPLE)
@@ -199,8 +206,5 @@ def print_study_table(result, console: Console) -> None:
         for row in primary.itertuples():
             level = "method" if row.level == "method" else f"seed {row.seed}"
             verdict = row.verdict if row.level == "method" else ("excludes 0" if row.excludes_zero else "includes 0")
-            view.add_row(row.comparison, level, f"{row.estimate:+.3f}", f"[{row.low:+.3f}, {row.high:+.3f}]", verdict)
+            view.add_row(escape(row.comparison), level, f"{row.estimate:+.3f}", f"[{row.low:+.3f}, {row.high:+.3f}]", verdict)
         console.print(view)
-    console.print(result.headline, highlight=False, soft_wrap=True)
-    console.print(f"Every metric, per seed and for the method: {Path(result.study) / layout.RESULTS / 'study.csv'}", markup=False)
-    console.print(f"The study's page: {Path(result.study) / 'report' / 'report.html'}", markup=False)
