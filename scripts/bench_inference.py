@@ -52,7 +52,8 @@ from noisystudent.data.preprocess import PreprocessSpec, load_preprocessed
 from noisystudent.ensemble import classifier as ensemble
 from noisystudent.inference import onnx_export, onnx_runtime
 from noisystudent.models import checkpoint
-from noisystudent.run.folder import write_config
+from noisystudent.models.model_file import IDENTITY
+from noisystudent.run.folder import run_identity, write_config
 
 ARCH = "efficientnet-b0"
 CLASSES = ["all", "hem"]
@@ -120,6 +121,7 @@ def synthetic_run(folder: Path, folds: int, size: int) -> Path:
             "spec": models.model_spec(ARCH, len(CLASSES), 0.2, 0.2), "model": model.state_dict(), "classes": CLASSES,
             "positive": "all", "image_size": size,
             "preprocess": {"image_size": size, "crop_black": False, "crop_threshold": 10, "equalize": "none", "center_crop": 1.0},
+            IDENTITY: run_identity(folder, fold, 0),  # where it lies: ensemble loading verifies it
         })
     return folder
 

@@ -181,7 +181,16 @@ def _uncertain_predictions(run_ctx, fold, round_):
 
 
 @pytest.mark.slow
-def test_a_diverging_training_ends_in_one_sentence(data, tmp_path):
+def _unbounded_lr(monkeypatch) -> None:
+    """lr is bounded at 10 since a user's 1e308 overflowed; these tests need a divergence for sure."""
+    from noisystudent.config import run_config
+
+    monkeypatch.setitem(run_config.RANGES, "lr", run_config.POSITIVE)
+
+
+@pytest.mark.slow
+def test_a_diverging_training_ends_in_one_sentence(data, tmp_path, monkeypatch):
+    _unbounded_lr(monkeypatch)
     with torch_threads(1):
         result = CliRunner().invoke(app, ["kfold", str(data), "--out", str(tmp_path / "run"), *FLAGS, "--lr", "1e30",
                                           "--scheduler", "none", "--batch-size", "2"])
@@ -191,8 +200,9 @@ def test_a_diverging_training_ends_in_one_sentence(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_model_predicting_nan_is_not_used_for_pseudo_labels(data, tmp_path):
+def test_a_model_predicting_nan_is_not_used_for_pseudo_labels(data, tmp_path, monkeypatch):
     """One step per epoch: the loss of the only step is finite, the weights after it are not."""
+    _unbounded_lr(monkeypatch)
     with torch_threads(1):
         result, line = kfold(data, tmp_path, "--lr", "1e30", "--scheduler", "none")
     model = tmp_path / "run" / "fold-0" / "round-0" / "model.pt"

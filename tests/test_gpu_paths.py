@@ -110,7 +110,7 @@ def test_trainer_resume_of_a_cpu_checkpoint_into_a_fused_fp16_step(tmp_path):
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)  # as on CUDA
     scaler = torch.amp.GradScaler("cpu")
-    state = trainer._resume(SimpleNamespace(out_dir=tmp_path, name="fold 0 teacher"), trainer.Training(model, optimizer, None, scaler))
+    state = trainer._resume(SimpleNamespace(out_dir=tmp_path, name="fold 0 teacher", identity=None), trainer.Training(model, optimizer, None, scaler))
     assert state.next_epoch == 1 and optimizer.param_groups[0]["fused"] is True
     _scaled_steps(model, optimizer, scaler)  # AssertionError before the fix
 

@@ -82,7 +82,12 @@ def _output(process: subprocess.Popen, timeout: float = 600) -> str:
 
 
 def _files(run: Path) -> list[str]:
-    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and layout.CACHE not in p.relative_to(run).parts)
+    """The run's files; a TensorBoard event file by its folder (its name holds the time, host and pid of its writer)."""
+    def name(p: Path) -> str:
+        relative = p.relative_to(run)
+        return str(relative.parent / "events.*") if relative.parts[0] == layout.TENSORBOARD else str(relative)
+
+    return sorted({name(p) for p in run.rglob("*") if p.is_file() and layout.CACHE not in p.relative_to(run).parts})
 
 
 def _assert_close_to(run: Path, reference: Path) -> None:
