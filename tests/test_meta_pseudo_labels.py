@@ -10,7 +10,7 @@ from dataclasses import fields
 import pandas as pd
 import pytest
 import torch
-from helpers import invoke_cli
+from helpers import PATIENT_REGEX, invoke_cli, write_class_folders
 
 from noisystudent import layout
 from noisystudent.config.run_config import RunConfig
@@ -237,3 +237,20 @@ def test_an_mpl_student_resumed_after_its_first_epoch_equals_the_uninterrupted_o
     assert teacher["steps"] == reference_teacher["steps"] and torch.equal(teacher["baseline"], reference_teacher["baseline"])
     for name, tensor in reference_teacher["model"].items():
         torch.testing.assert_close(teacher["model"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_an_experiment_runs_meta_pseudo_labels_against_its_teachers_and_the_control(tmp_path):
+    data = write_class_folders(tmp_path / "data", patients_per_class=6, images_per_patient=3)
+    flags = ["--patient-regex", PATIENT_REGEX, "--positive", "malignant", "--folds", "2", "--epochs", "1", "--image-size", "32",
+             "--batch-size", "4", "--weights", "none", "--arch", "resnet18", "--device", "cpu", "--workers", "1",
+             "--test-fraction", "0.34", "--method", "meta-pseudo-labels", "--mpl-mu", "2", "--mpl-finetune-epochs", "1", "--quiet"]
+    code, line = invoke_cli("experiment", data, "--out", tmp_path / "study", "--seeds", "3", "--arms", "ns,control", *flags)
+    assert code == 0, line
+    ns, control = (json.loads((tmp_path / "study" / "seed-3" / arm / "config.json").read_text()) for arm in ("ns", "control"))
+    assert (ns["method"], ns["rounds"], control["student_data"]) == ("meta-pseudo-labels", 1, "labelled")
+    assert len(pd.read_csv(layout.round_dir(tmp_path / "study" / "seed-3" / "ns", 0, 1) / layout.HISTORY)) == 2  # 1 + fine-tune
+    arms = pd.read_csv(tmp_path / "study" / "results" / "arms.csv")
+    assert "students (Meta Pseudo Labels)" in set(arms["ensemble"])
+    study_table = pd.read_csv(tmp_path / "study" / "results" / "study.csv")
+    assert set(study_table["comparison"]) == {"students - teachers", "students - control"}
