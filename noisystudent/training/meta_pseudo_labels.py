@@ -77,8 +77,9 @@ class Teacher:
     steps: int = 0
 
     def state(self, model: torch.nn.Module | None = None) -> dict:
-        """What checkpoint.pt keeps (``model``: the unwrapped module of a DDP-wrapped ``self.model``)."""
-        return {"model": (model or self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+        """What checkpoint.pt keeps (``model``: the unwrapped module of a DDP-wrapped ``self.model``), weights on the CPU."""
+        weights = {name: value.detach().cpu() for name, value in (model or self.model).state_dict().items()}
+        return {"model": weights, "optimizer": self.optimizer.state_dict(),
                 "baseline": self.baseline.detach().cpu(), "steps": self.steps}
 
 

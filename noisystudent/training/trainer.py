@@ -285,9 +285,7 @@ def _mpl_epoch(job: ModelJob, config: RunConfig, state: TrainState, training_mod
     stats = meta_pseudo_labels.train_one_epoch(
         training_model, teacher, load_batch, job.train_set, job.unlabelled, views, step, generator, config.batch_size,
         meta_pseudo_labels.MplSettings.from_config(config), config.sampler, config.log_every, on_progress, partial)
-    state.mpl = {key: value.cpu() if isinstance(value, torch.Tensor) else value
-                 for key, value in teacher.state(module).items()}  # in checkpoint.pt: a resume goes on from it
-    state.mpl["model"] = {key: value.cpu() for key, value in state.mpl["model"].items()}
+    state.mpl = teacher.state(module)  # in checkpoint.pt: a resume goes on from it
     return stats
 
 
