@@ -261,7 +261,7 @@ def experiment(
     context: Optional[typer.Context] = None,
     **settings: Any,
 ) -> None:
-    """Did the method (--method: Noisy Student, FixMatch) help? Run each arm (ns, control, upper) for each seed and answer over seeds and patients.
+    """Did the method (--method: Noisy Student, FixMatch, Meta Pseudo Labels) help? Run each arm (ns, control, upper) for each seed and answer over seeds and patients.
 
     Every arm of every seed is an ordinary run folder STUDY/seed-<s>/<arm>/ (resumable, joinable);
     the answer is in STUDY/results/study.csv and STUDY/report/report.html. Running it again continues.
@@ -309,7 +309,7 @@ def _experiment_signature() -> inspect.Signature:
         inspect.Parameter("seeds", inspect.Parameter.KEYWORD_ONLY, default="0,1,2", annotation=Annotated[
             str, typer.Option("--seeds", help="Seeds to run, e.g. 0,1,2 (at least two for an answer about the method).")]),
         inspect.Parameter("arms", inspect.Parameter.KEYWORD_ONLY, default="ns,control,upper", annotation=Annotated[
-            str, typer.Option("--arms", help="Arms of each seed: ns (the --method run: Noisy Student or FixMatch), control (the students without "
+            str, typer.Option("--arms", help="Arms of each seed: ns (the --method run: Noisy Student, FixMatch or Meta Pseudo Labels), control (the students without "
                               "pseudo-labels), upper (true labels for the masked part); ns is required.")]),
         kfold_base["quiet"],
         _file_option(EXPERIMENT),

@@ -11,10 +11,9 @@ ARCHITECTURES = EFFICIENTNETS + LITES + RESNETS
 
 # --method: how the round-1 model learns from images without labels. Noisy Student iterates (--rounds); the
 # one-stage methods train one semi-supervised model (round 1) against the supervised teacher (round 0).
-# Meta Pseudo Labels may join this list.
-METHODS = ("noisy-student", "fixmatch")
-ONE_STAGE_METHODS = ("fixmatch",)
-METHOD_NAMES = {"noisy-student": "Noisy Student", "fixmatch": "FixMatch"}  # as tables and reports write them
+METHODS = ("noisy-student", "fixmatch", "meta-pseudo-labels")
+ONE_STAGE_METHODS = ("fixmatch", "meta-pseudo-labels")
+METHOD_NAMES = {"noisy-student": "Noisy Student", "fixmatch": "FixMatch", "meta-pseudo-labels": "Meta Pseudo Labels"}  # as tables and reports write them
 POOL_LABELS = ("fold", "ensemble")  # the pool's pseudo-labels: each fold's own model, or the round's K fold models averaged
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "plateau", "none")

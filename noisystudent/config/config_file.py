@@ -38,7 +38,8 @@ EXPERIMENT_ONLY = {"seeds": "list", "arms": "list"}  # text such as "0,1,2" or a
 EXPERIMENT_REFUSED = {"seed": "seeds"}  # RunConfig settings experiment replaces by its own
 # Where each group of settings begins, in RunConfig's field order: the sections of --help and of a written file.
 SECTIONS = (("data", "Data"), ("folds", "Folds"), ("method", "Method"), ("student_data", "Noisy Student"),
-            ("fixmatch_threshold", "FixMatch"), ("teacher_augment", "Noise"),
+            ("fixmatch_threshold", "FixMatch"), ("mpl_uda_threshold", "Meta Pseudo Labels"),
+            ("teacher_augment", "Noise"),
             ("epochs", "Optimisation"), ("image_size", "Images"), ("device", "Execution"))
 FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")  # YAML 1.1 reads 1e-3 as text
 WIDTH = 100

@@ -104,6 +104,9 @@ RANGES: dict[str, Bounds] = {
     "crop_threshold": Bounds(0, 255), "center_crop": Bounds(0.1, 1), "eval_batch_size": AT_LEAST_ONE,
     "workers": NON_NEGATIVE, "log_every": AT_LEAST_ONE, "concurrent": Bounds(1, MAX_CONCURRENT),
     "fixmatch_threshold": Bounds(0, 1), "fixmatch_mu": AT_LEAST_ONE, "fixmatch_lambda_u": NON_NEGATIVE,
+    "mpl_uda_threshold": Bounds(0, 1), "mpl_uda_temperature": POSITIVE, "mpl_lambda_u": NON_NEGATIVE, "mpl_uda_steps": AT_LEAST_ONE,
+    "mpl_mu": AT_LEAST_ONE, "mpl_student_wait_steps": NON_NEGATIVE, "mpl_baseline_decay": FRACTION,
+    "mpl_finetune_epochs": Bounds(0, MAX_EPOCHS),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "teacher_augment": AUGMENTS, "student_augment": AUGMENTS,
@@ -171,8 +174,9 @@ class RunConfig:
     seed: int = _opt(0, "Seed of folds, initialisation, sampling and augmentation.")
     # --- method ---
     method: str = _opt("noisy-student", "Semi-supervised method of the models after the teacher: noisy-student (iterated "
-                                         "self-training, --rounds students) or fixmatch (one FixMatch model, round 1; docs/methods.md).")
-    rounds: int = _opt(3, "Noisy Student rounds after the teacher (round 0); at most 20; --method fixmatch: 1 (implied) or 0.")
+                                         "self-training, --rounds students), fixmatch (one FixMatch model, round 1) or "
+                                         "meta-pseudo-labels (one Meta Pseudo Labels student, round 1; docs/methods.md).")
+    rounds: int = _opt(3, "Noisy Student rounds after the teacher (round 0); at most 20; --method fixmatch or meta-pseudo-labels: 1 (implied) or 0.")
     arch: str = _opt("efficientnet-b0", "Teacher architecture.")
     student_arch: str | None = _opt(None, "Student architecture (default: same as teacher).")
     weights: str = _opt("imagenet", "Initial weights: imagenet, none, or a file.")
@@ -180,7 +184,7 @@ class RunConfig:
                                           "round's model (teacher); unset: as the teacher, from --weights (imagenet, none or the file).")
     student_data: str = _opt("pseudo", "Student trains on labelled + pseudo-labelled images (both), pseudo-labelled only (pseudo), "
                                                   "or the labelled part only (labelled: the control arm of noisystudent experiment); "
-                                                  "with --method fixmatch only labelled (the control) changes anything.")
+                                                  "with --method fixmatch or meta-pseudo-labels only labelled (the control) changes anything.")
     pseudo_mode: str = _opt("hard", "Pseudo-labels as probabilities (soft) or one-hot (hard).")
     pseudo_temperature: float = _opt(1.0, "Temperature applied to teacher logits for soft pseudo-labels.")
     pseudo_threshold: float = _opt(0.0, "Drop pseudo-labelled images whose top probability is below this.")
@@ -197,6 +201,24 @@ class RunConfig:
     fixmatch_lambda_u: float = _opt(1.0, "FixMatch: weight of the unlabelled loss (lambda_u; the paper: 1).")
     fixmatch_flex: bool = _opt(False, "FixMatch: class-wise thresholds from each class's learning effect, with FlexMatch's "
                                       "warm-up and convex mapping (Zhang et al. 2021), for imbalanced data.")
+    # --- Meta Pseudo Labels (Pham et al. 2021; --method meta-pseudo-labels) ---
+    mpl_uda_threshold: float = _opt(0.95, "Meta Pseudo Labels: the teacher's UDA loss counts an unlabelled image only where its "
+                                          "sharpened weak-view probability reaches this (the reference: 0.95).")
+    mpl_uda_temperature: float = _opt(0.7, "Meta Pseudo Labels: temperature of the teacher's UDA targets (the reference: 0.7).")
+    mpl_lambda_u: float = _opt(1.0, "Meta Pseudo Labels: weight of the teacher's UDA loss once ramped up (the reference: 1; "
+                                    "8 on CIFAR-10).")
+    mpl_uda_steps: int = _opt(500, "Meta Pseudo Labels: steps over which the UDA weight ramps linearly up to --mpl-lambda-u "
+                                   "(the reference: 5000 of 300,000 steps on CIFAR-10).")
+    mpl_mu: int = _opt(7, "Meta Pseudo Labels: unlabelled images per labelled image in each step (mu; the reference: 7).")
+    mpl_student_wait_steps: int = _opt(50, "Meta Pseudo Labels: steps before the student's feedback reaches the teacher "
+                                           "(the reference: 3000 of 300,000 on CIFAR-10).")
+    mpl_baseline_decay: float = _opt(0.99, "Meta Pseudo Labels: decay of the moving-average baseline subtracted from the "
+                                           "student's feedback (the reference: 0.99).")
+    mpl_teacher_lr: float | None = _opt(None, "Meta Pseudo Labels: the teacher's learning rate, following --lr's schedule "
+                                              "(default: --lr; the reference: the student's, 0.05 on CIFAR-10).")
+    mpl_finetune_epochs: int = _opt(1, "Meta Pseudo Labels: epochs fine-tuning the student on the labelled part alone after "
+                                       "the --epochs trained with its teacher, as the paper does (kekmodel/MPL-pytorch: 625 "
+                                       "epochs at lr 3e-5 on CIFAR-10); 0: none.")
     # --- noise ---
     teacher_augment: str = _opt("light", "Augmentation when training the teacher: none, light or strong.")
     student_augment: str = _opt("strong", "Augmentation (input noise) when training students.")
@@ -281,6 +303,8 @@ class RunConfig:
         if self.scheduler == "plateau" and self.gamma >= 1:
             raise ConfigError(f"gamma must be < 1 with the plateau schedule; got {self.gamma}.")
         _check_device(self.device)
+        if self.mpl_teacher_lr is not None:
+            _check_range("mpl_teacher_lr", self.mpl_teacher_lr, Bounds(0, MAX_LR, low_open=True))
         if self.compile_mode != "default" and not self.compile:
             raise ConfigError(f"compile_mode {self.compile_mode} takes effect only with --compile; add --compile.")
         if self.method in ONE_STAGE_METHODS and self.rounds > 1:

@@ -5,7 +5,7 @@ those depend only on the seed, K, the data and --test-fraction, never on the
 split of a fold's training part or on what the students learn from.
 
 * ``ns``: the run as configured: the teacher on the labelled part, then the students
-  (Noisy Student's, or with ``--method fixmatch`` the FixMatch model).
+  (Noisy Student's, or with ``--method fixmatch`` / ``meta-pseudo-labels`` that method's model).
 * ``control``: the same run whose students learn from the labelled part alone
   (``--student-data labelled``): the students' noise, epochs, schedule and
   initialisation, without pseudo-labels. Its teacher is the ns arm's teacher.

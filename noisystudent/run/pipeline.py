@@ -1,10 +1,12 @@
-"""``noisystudent kfold``: the k-fold Noisy Student method (or FixMatch), read top-down.
+"""``noisystudent kfold``: the k-fold Noisy Student method (or FixMatch, Meta Pseudo Labels), read top-down.
 
 For each fold: train the teacher (round 0) on the labelled part, let it label
 the masked part and the unlabelled pool, train a noised student on labelled +
 pseudo-labelled images, and repeat with the student as the next teacher. With
 ``--method fixmatch`` round 1 is one FixMatch model that learns from the masked
-part and the pool itself (training/fixmatch.py); with ``--pool-labels
+part and the pool itself (training/fixmatch.py); ``--method meta-pseudo-labels``
+trains round 1 as a student beside a teacher that starts from round 0's model
+(training/meta_pseudo_labels.py); with ``--pool-labels
 ensemble`` the folds run round by round and the pool's pseudo-labels are the
 round's K fold models averaged (run/pool_ensemble.py).
 Every stage writes its artifact into the run folder and is skipped on resume
@@ -39,7 +41,7 @@ from noisystudent.errors import ConfigError, UserError
 from noisystudent.inference import backends
 from noisystudent.inference.model_set import ModelSet
 from noisystudent.inference.tables import prediction_table
-from noisystudent.models.model_file import load_model_file
+from noisystudent.models.model_file import load_model_file, verify_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import claims, concurrent, pool_ensemble, pseudo_labels, results, session
 from noisystudent.run.collapse import warn_if_single_class
@@ -62,6 +64,7 @@ SPLIT_OF_ROLE = {manifest.ROLE_VALIDATION: layout.SPLIT_VALIDATION, manifest.ROL
 PSEUDO_SPLITS = (layout.SPLIT_MASKED, layout.SPLIT_POOL)
 STUDENT_WEIGHTS = {"scratch": "none", "imagenet": "imagenet"}  # --student-init -> the weights models.create_model loads
 WAIT_SECONDS = 5.0  # --pool-labels ensemble: how often a process looks whether the folds it waits for are ready
+MPL = "meta-pseudo-labels"
 POOL_CHUNK = TABLE_CHUNK  # pool rows predicted and written at a time (about 10 MB of table, whatever the pool's size)
 
 
@@ -290,7 +293,7 @@ def _learns_from_pseudo_labels(config: RunConfig) -> bool:
 
 
 def _learns_without_labels(config: RunConfig, round_: int) -> bool:
-    """Round 1 of a one-stage method (FixMatch) learns from the masked part and pool themselves, never their labels."""
+    """Round 1 of a one-stage method (FixMatch, Meta Pseudo Labels) learns from the masked part and pool themselves, never their labels."""
     return round_ > 0 and config.method in ONE_STAGE_METHODS and config.student_data != "labelled"
 
 
@@ -315,7 +318,15 @@ def _model_job(run_ctx: RunContext, fold: int, round_: int, name: str) -> ModelJ
         extra={"fold": fold, "round": round_, "kind": "student" if student else "teacher"},
         events=event_log.model_folder(run_ctx.run, fold, round_) if config.tensorboard else None,
         identity=run_ctx.model_identity(fold, round_),
+        mpl_teacher=_mpl_teacher(run_ctx, fold) if config.method == MPL and _learns_without_labels(config, round_) else None,
     )
+
+
+def _mpl_teacher(run_ctx: RunContext, fold: int) -> Path:
+    """Meta Pseudo Labels' teacher starts from the fold's supervised teacher (round 0), checked like any model.pt it reads."""
+    path = layout.round_dir(run_ctx.run, fold, 0) / layout.MODEL
+    verify_model_file(path, run_ctx.model_identity(fold, 0))
+    return path
 
 
 def _initial_weights(run_ctx: RunContext, fold: int, round_: int) -> str:

@@ -79,7 +79,7 @@ def method_warnings(config: RunConfig) -> list[str]:
 
 
 def _one_stage_warnings(config: RunConfig) -> list[str]:
-    """Noisy Student's pseudo-label and noise settings that a FixMatch run does not use."""
+    """Noisy Student's pseudo-label and noise settings that a FixMatch or Meta Pseudo Labels run does not use."""
     unused = [flag for flag, value in (("--pseudo-threshold", config.pseudo_threshold), ("--pseudo-per-class", config.pseudo_per_class),
                                        ("--pseudo-balance", config.pseudo_balance), ("--randaugment", config.randaugment)) if value]
     if not unused or config.rounds == 0 or config.student_data == "labelled":

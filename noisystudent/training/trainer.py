@@ -13,7 +13,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from noisystudent.inference.predict import predict_probs
 from noisystudent.models import checkpoint
 from noisystudent.models.model_file import IDENTITY, check_identity, verify_model_file
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.training import distributed, engine, fixmatch, optim
+from noisystudent.training import distributed, engine, fixmatch, meta_pseudo_labels, optim
 from noisystudent.training.augment import BatchAugment, create_augment
 from noisystudent.training.compiling import compile_model
 from noisystudent.training.engine import TrainSet
@@ -71,6 +71,7 @@ class ModelJob:
     events: Path | None = None  # TensorBoard folder of this model (training/event_log.py); None: no event file
     unlabelled: UnlabelledSet | None = None  # images without labels: trains with FixMatch (training.fixmatch)
     identity: dict | None = None  # model_file.model_identity: recorded in model.pt and checkpoint.pt, checked on resume
+    mpl_teacher: Path | None = None  # Meta Pseudo Labels: the model.pt its teacher starts from (with ``unlabelled``)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TrainState:
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     learned: torch.Tensor | None = None  # FlexMatch's record of the unlabelled images (training.fixmatch)
+    mpl: dict | None = None  # Meta Pseudo Labels: the teacher's weights, optimizer, baseline and steps (Teacher.state)
 
 
 @dataclass
@@ -107,7 +109,7 @@ def train_model(job: ModelJob, config: RunConfig, load_batch: LoadBatch, device:
     seed_everything(derive_seed(job.seed, "init"))
     model = build_model(job, config, device)
     optimizer = optim.create_optimizer(model.parameters(), config, device)
-    scheduler = optim.create_scheduler(optimizer, config, config.epochs)
+    scheduler = optim.create_scheduler(optimizer, config, total_epochs(job, config))
     scaler = torch.amp.GradScaler(device.type) if amp_dtype(config.amp, device) == torch.float16 else None
     training = Training(model, optimizer, scheduler, scaler)
     training.state = _resume(job, training)
@@ -173,6 +175,8 @@ def _run_epochs(job: ModelJob, config: RunConfig, training: Training, load_batch
     """The epochs from ``training.state.next_epoch`` on, a checkpoint after each; stops early on a stale score."""
     model, state = training.model, training.state
     sizes = parse_progressive_resize(config.progressive_resize, config.epochs, config.image_size)
+    epochs = total_epochs(job, config)
+    sizes += sizes[-1:] * (epochs - len(sizes))  # Meta Pseudo Labels' fine-tune epochs: the last size
     step = engine.StepContext(
         optimizer=training.optimizer, device=device, amp_dtype=amp_dtype(config.amp, device), scaler=training.scaler,
         class_weights=_class_weights(job, config, device), label_smoothing=config.label_smoothing,
@@ -182,11 +186,11 @@ def _run_epochs(job: ModelJob, config: RunConfig, training: Training, load_batch
     wrapped = distributed.wrap_model(model, device, config.freeze != "none" or config.head_warmup_epochs > 0)
     # once per model build; CUDA graphs with --compile-mode reduce-overhead (full batches only: engine.train_one_epoch)
     training_model = compile_model(wrapped, config.compile_mode, device, COMPILE_OPTIONS) if config.compile else wrapped
-    progress.start("epoch", job.name, total=config.epochs)
+    progress.start("epoch", job.name, total=epochs)
     progress.update("epoch", completed=state.next_epoch)
     events = open_event_log(job.events if distributed.is_main() else None, first_epoch=state.next_epoch + 1)
     try:
-        for epoch in range(state.next_epoch, config.epochs):
+        for epoch in range(state.next_epoch, epochs):
             if _stopped_early(job, config, state):  # checked first: a resumed run stops where the original did
                 break
             row = _one_epoch(job, config, model, training_model, step, epoch, sizes[epoch], load_batch, progress, state)
@@ -225,7 +229,7 @@ def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, trainin
         training_model = model
     mean, std = models.input_normalization(job.arch)  # what the arch's weights expect (Lite0: (x - 127) / 128)
     augment = create_augment(job.augment_level, job.randaugment, size, mean, std, config.randaugment_ops, config.randaugment_magnitude)
-    progress.start("batch", f"epoch {epoch + 1}/{config.epochs}", total=len(job.train_set))
+    progress.start("batch", f"epoch {epoch + 1}/{total_epochs(job, config)}", total=len(job.train_set))
     started = time.perf_counter()
     # no recompile for the last batch (under DDP every batch must go through the wrapper)
     partial = model if training_model is not model and not distributed.active() else None
@@ -247,20 +251,60 @@ def _one_epoch(job: ModelJob, config: RunConfig, model: torch.nn.Module, trainin
 def _train_epoch(job: ModelJob, config: RunConfig, state: TrainState, training_model: torch.nn.Module,
                  partial: torch.nn.Module | None, step: engine.StepContext, augment: BatchAugment, generator: torch.Generator,
                  load_batch: LoadBatch, progress: Progress) -> dict[str, float]:
-    """engine.train_one_epoch, or with ``job.unlabelled`` FixMatch's epoch (its labelled images in the weak view)."""
+    """engine.train_one_epoch, or with ``job.unlabelled`` FixMatch's or Meta Pseudo Labels' epoch (labelled images in the weak view)."""
     on_progress = lambda done, loss: progress.update("batch", completed=done, loss=loss)  # noqa: E731
-    if job.unlabelled is None:
+    if job.unlabelled is None or state.next_epoch >= config.epochs:  # supervised, or MPL's fine-tune on the labelled part
         return engine.train_one_epoch(training_model, load_batch, job.train_set, augment, step, generator, config.batch_size,
                                       config.sampler, config.log_every, on_progress=on_progress, partial_batch_model=partial)
+    views = FixMatchViews(augment.image_size, augment.mean, augment.std, config.randaugment_ops, config.randaugment_magnitude)
+    if job.mpl_teacher is not None:
+        return _mpl_epoch(job, config, state, training_model, partial, step, views, generator, load_batch, on_progress)
     settings = fixmatch.FixMatchSettings.from_config(config)
     if settings.flex and state.learned is None:
         state.learned = fixmatch.new_learning_state(job.unlabelled)
     learned = None if state.learned is None else state.learned.to(step.device)
-    views = FixMatchViews(augment.image_size, augment.mean, augment.std, config.randaugment_ops, config.randaugment_magnitude)
     stats = fixmatch.train_one_epoch(training_model, load_batch, job.train_set, job.unlabelled, views, step, generator,
                                      config.batch_size, settings, learned, config.sampler, config.log_every, on_progress, partial)
     state.learned = None if learned is None else learned.cpu()  # saved in checkpoint.pt: a resume goes on from it
     return stats
+
+
+def total_epochs(job: ModelJob, config: RunConfig) -> int:
+    """--epochs, and for a Meta Pseudo Labels student its fine-tune epochs on the labelled part after them."""
+    return config.epochs + (config.mpl_finetune_epochs if job.mpl_teacher is not None and job.unlabelled is not None else 0)
+
+
+def _mpl_epoch(job: ModelJob, config: RunConfig, state: TrainState, training_model: torch.nn.Module,
+               partial: torch.nn.Module | None, step: engine.StepContext, views: FixMatchViews, generator: torch.Generator,
+               load_batch: LoadBatch, on_progress: Callable[[int, float | None], None]) -> dict[str, float]:
+    """One epoch of the student with its Meta Pseudo Labels teacher, rebuilt from ``state.mpl`` and saved back into it."""
+    teacher, module = _mpl_teacher(job, config, state, step)
+    teacher_lr = (config.mpl_teacher_lr or config.lr) * optim.current_lr(step.optimizer) / config.lr  # --lr's schedule
+    for group in teacher.optimizer.param_groups:
+        group["lr"] = teacher_lr
+    stats = meta_pseudo_labels.train_one_epoch(
+        training_model, teacher, load_batch, job.train_set, job.unlabelled, views, step, generator, config.batch_size,
+        meta_pseudo_labels.MplSettings.from_config(config), config.sampler, config.log_every, on_progress, partial)
+    state.mpl = teacher.state(module)  # in checkpoint.pt: a resume goes on from it
+    return stats
+
+
+def _mpl_teacher(job: ModelJob, config: RunConfig, state: TrainState,
+                 step: engine.StepContext) -> tuple[meta_pseudo_labels.Teacher, torch.nn.Module]:
+    """The teacher (its training wrapper under torchrun) and its module: from ``job.mpl_teacher`` at first, else ``state.mpl``."""
+    teacher_job = replace(job, arch=config.arch, weights=str(job.mpl_teacher), dropout=config.teacher_dropout,
+                          drop_connect=config.teacher_drop_connect)
+    with torch.random.fork_rng(devices=[]):  # building it draws random initial weights: not the epoch's draws
+        module = build_model(teacher_job, config, step.device)
+    optimizer = optim.create_optimizer(module.parameters(), config, step.device)
+    baseline, steps = torch.zeros((), device=step.device), 0
+    if state.mpl is not None:
+        module.load_state_dict(state.mpl["model"])
+        optim.load_optimizer_state(optimizer, state.mpl["optimizer"])
+        baseline, steps = state.mpl["baseline"].to(step.device), int(state.mpl["steps"])
+    module.train()
+    wrapped = distributed.wrap_model(module, step.device, False)
+    return meta_pseudo_labels.Teacher(wrapped, optimizer, baseline, steps), module
 
 
 def _set_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -285,6 +329,9 @@ def _history_row(job: ModelJob, config: RunConfig, lr: float, stats: dict[str, f
     }
     if "unlabelled_used" in stats:  # FixMatch: the fraction of unlabelled images above their threshold
         row[layout.UNLABELLED_USED] = stats["unlabelled_used"]
+    for key in ("teacher_loss", "mpl_feedback"):  # Meta Pseudo Labels: its teacher's loss and the student's mean feedback
+        if key in stats:
+            row[key] = stats[key]
     row["score"] = selection_score(val, config.selection_metric)
     return row
 
@@ -302,7 +349,8 @@ def _record_epoch(state: TrainState, model: torch.nn.Module, row: dict, epoch: i
 
 def _save_checkpoint(job: ModelJob, training: Training) -> None:
     state, scheduler, scaler = training.state, training.scheduler, training.scaler
-    train_state = {k: getattr(state, k) for k in ("next_epoch", "best_score", "best_epoch", "best_state", "stale_epochs", "history", "learned")}
+    train_state = {k: getattr(state, k) for k in ("next_epoch", "best_score", "best_epoch", "best_state", "stale_epochs", "history",
+                                                  "learned", "mpl")}
     checkpoint.save(job.out_dir / layout.CHECKPOINT, {
         "model": training.model.state_dict(),
         "optimizer": training.optimizer.state_dict(),
