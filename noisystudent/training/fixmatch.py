@@ -136,6 +136,25 @@ def unlabelled_stream(size: int, count: int, generator: torch.Generator) -> torc
     return torch.cat([torch.randperm(size, generator=generator) for _ in range(rounds)])[:count]
 
 
+def step_slices(labelled: TrainSet, n_unlabelled: int, mu: int, batch_size: int, sampler_mode: str,
+                generator: torch.Generator) -> list[tuple[torch.Tensor, tuple, tuple]]:
+    """Each step's global labelled batch with this rank's slices of it and of its ``mu`` unlabelled images per labelled one.
+
+    Drawn here, before the caller draws its noise generator from ``generator`` (the order fixes the results);
+    a step where this rank gets no image is left out. Shared by FixMatch and Meta Pseudo Labels.
+    """
+    order = sampling.epoch_indices(labelled.labels, labelled.copies, sampler_mode, generator)
+    global_batches = sampling.batches(order, batch_size, drop_last_if_single=True)
+    stream = unlabelled_stream(n_unlabelled, mu * sum(len(b) for b in global_batches), generator)
+    steps, start = [], 0
+    for batch in global_batches:
+        positions, start = stream[start : start + mu * len(batch)], start + mu * len(batch)
+        mine, mine_u = distributed.local_slice(batch, batch_size), distributed.local_slice(positions, batch_size)
+        if mine is not None and mine_u is not None:
+            steps.append((batch, mine, mine_u))
+    return steps
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     load_batch: Callable[[torch.Tensor], torch.Tensor],
@@ -160,20 +179,14 @@ def train_one_epoch(
     ``images_per_s`` (labelled and unlabelled images) and ``unlabelled_used``
     (the fraction of unlabelled images above their threshold).
     """
-    order = sampling.epoch_indices(labelled.labels, labelled.copies, sampler_mode, generator)
-    global_batches = sampling.batches(order, batch_size, drop_last_if_single=True)
-    stream = unlabelled_stream(len(unlabelled), settings.mu * sum(len(b) for b in global_batches), generator)
+    slices = step_slices(labelled, len(unlabelled), settings.mu, batch_size, sampler_mode, generator)
     noise = distributed.rank_generator(generator)
     targets = to_device(labelled.targets, step.device)
     n_classes = targets.shape[1]
     fixed = torch.full((n_classes,), settings.threshold, device=step.device)
     totals = {"loss": torch.zeros((), device=step.device), "used": torch.zeros((), device=step.device)}
-    seen, seen_u, steps, started, start = 0, 0, 0, time.perf_counter(), 0
-    for batch in global_batches:
-        positions, start = stream[start : start + settings.mu * len(batch)], start + settings.mu * len(batch)
-        mine, mine_u = distributed.local_slice(batch, batch_size), distributed.local_slice(positions, batch_size)
-        if mine is None or mine_u is None:
-            continue
+    seen, seen_u, steps, started = 0, 0, 0, time.perf_counter()
+    for batch, mine, mine_u in slices:
         step_model = model if len(batch) == batch_size or partial_batch_model is None else partial_batch_model
         thresholds = flex_thresholds(learned, n_classes, settings.threshold) if learned is not None else fixed
         values = _train_step(step_model, load_batch, labelled, targets, unlabelled, views, step, noise, settings,

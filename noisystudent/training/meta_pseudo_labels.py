@@ -42,9 +42,9 @@ import torch.nn.functional as F
 
 from noisystudent.config.run_config import RunConfig
 from noisystudent.device import autocast, to_device
-from noisystudent.training import distributed, engine, sampling
+from noisystudent.training import distributed, engine
 from noisystudent.training.engine import StepContext, TrainSet
-from noisystudent.training.fixmatch import UnlabelledSet, unlabelled_stream
+from noisystudent.training.fixmatch import UnlabelledSet, step_slices
 from noisystudent.training.fixmatch_views import FixMatchViews
 from noisystudent.training.losses import soft_cross_entropy
 
@@ -195,18 +195,12 @@ def train_one_epoch(
     and unlabelled), ``unlabelled_used`` (the fraction of unlabelled images in
     the teacher's UDA loss), ``teacher_loss`` and ``mpl_feedback`` (mean h).
     """
-    order = sampling.epoch_indices(labelled.labels, labelled.copies, sampler_mode, generator)
-    global_batches = sampling.batches(order, batch_size, drop_last_if_single=True)
-    stream = unlabelled_stream(len(unlabelled), settings.mu * sum(len(b) for b in global_batches), generator)
+    slices = step_slices(labelled, len(unlabelled), settings.mu, batch_size, sampler_mode, generator)
     noise = distributed.rank_generator(generator)
     targets = to_device(labelled.targets, step.device)
     totals = {key: torch.zeros((), device=step.device) for key in ("student_loss", "teacher_loss", "h", "used")}
-    seen, seen_u, steps, started, start = 0, 0, 0, time.perf_counter(), 0
-    for batch in global_batches:
-        positions, start = stream[start : start + settings.mu * len(batch)], start + settings.mu * len(batch)
-        mine, mine_u = distributed.local_slice(batch, batch_size), distributed.local_slice(positions, batch_size)
-        if mine is None or mine_u is None:
-            continue
+    seen, seen_u, steps, started = 0, 0, 0, time.perf_counter()
+    for batch, mine, mine_u in slices:
         model = student if len(batch) == batch_size or partial_batch_model is None else partial_batch_model
         generator_b = engine.augment_generator(noise, step.device)
         images = load_batch(unlabelled.rows[mine_u[0]])
