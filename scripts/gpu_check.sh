@@ -20,6 +20,7 @@
 #   11-14 issue 24: kfold --concurrent 3, kfold --compile --compile-mode reduce-overhead (CUDA graphs),
 #      inference (c) with cuDNN autotuning at batch 1024, and the measured protocol slice
 #      (bench_throughput.py --protocol cnmc-study --concurrent 5), whose last line is protocol_minutes=X
+#   15 issue 24: bench_batched.py, 5 fold models at batch 15 sequentially vs vmap-batched (batched_speedup=X)
 # efficientnet_pytorch may be absent there: put it (pure Python) in .carry/site.
 set -o pipefail
 set -u
@@ -46,11 +47,13 @@ if [ "$MODE" = gpu ]; then
   BENCH_SIZE=(--images 2000 --source-size 450 --size 224 --steps 30 --warmup 5 --eval-batch 512)
   KF_SIZE=(--folds 2 --rounds 1 --epochs 2 --image-size 48 --batch-size 16)
   PROTOCOL_SIZE=(--images 10000 --source-size 450 --size 224 --concurrent 5 --slice-epochs 2)
+  BATCHED_SIZE=(--models 5 --batch 15 --size 224 --steps 20 --warmup 3)
 else
   DEV=cpu
   BENCH_SIZE=(--images 48 --source-size 64 --size 32 --steps 2 --warmup 1 --eval-batch 16 --threads 2)
   KF_SIZE=(--folds 2 --rounds 1 --epochs 2 --image-size 32 --batch-size 16)
   PROTOCOL_SIZE=(--images 60 --source-size 24 --size 16 --concurrent 2 --slice-epochs 1 --protocol-folds 2 --protocol-rounds 1 --threads 2)
+  BATCHED_SIZE=(--models 2 --batch 4 --size 32 --steps 2 --warmup 1 --threads 2)
 fi
 DEMO=(--preset demo --weights none --workers 4 --eval-batch-size 128)
 
@@ -171,6 +174,8 @@ BENCH_CAP=120
 bench 13-bench-infer-autotune --batch 128 --eval-batch 1024 --cudnn-benchmark --infer-repeats 3
 step 14-protocol-slice 300 120 "$PY" scripts/bench_throughput.py --protocol cnmc-study --device "$DEV" \
   --cache-dir "$WORK/protocol" --json "$OUT/14-protocol.json" "${PROTOCOL_SIZE[@]}"
+step 15-batched-vs-sequential 90 30 "$PY" scripts/bench_batched.py --device "$DEV" "${BATCHED_SIZE[@]}" \
+  --json "$OUT/15-batched.json"
 if [ "$MODE" = gpu ] || [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
   step 09-kfold-compile-recompiles 150 60 recompile_kfold
   step 12-kfold-cuda-graphs 180 60 "${NS[@]}" kfold "$DATA" --out "$WORK/kf-graphs" "${DEMO[@]}" "${KF_SIZE[@]}" \
@@ -209,6 +214,8 @@ for path in sorted(out.glob("*-bench-*.json")):
           f"peak {fmt(full.get('peak_gib'), '.1f'):>5} GiB  {full.get('note', '')}")
 protocol = log("14-protocol")
 print("protocol slice:", next((l.strip() for l in reversed(protocol.splitlines()) if l.startswith("protocol_minutes=")), "no result"))
+batched = log("15-batched")
+print("batched vs sequential:", next((l.strip() for l in reversed(batched.splitlines()) if l.startswith("batched_speedup=")), "no result"))
 resume = log("03-resume")
 print("cross-device resume:", "resumed:" if "resuming at epoch" in resume else "NO 'resuming at epoch' line;",
       next((l.strip() for l in resume.splitlines() if "resuming at epoch" in l), ""))
