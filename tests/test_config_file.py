@@ -100,6 +100,7 @@ def test_the_data_positional_wins_over_the_file_and_the_files_data_is_used_witho
     ("- epochs\n- 3\n", ["must hold 'name: value' lines, not a list"]),
     ("epochs: [1\n", ["is not valid YAML at line"]),
     ("models: teachers\n", ["the setting 'models' of ensemble predict, which kfold does not take"]),
+    ("epochs: 3\nlr: 0.01\n# later\nepochs: 50\n", ["sets 'epochs' twice (lines 1 and 4); keep one of them."]),
 ])
 def test_a_bad_file_is_refused_in_one_sentence_before_the_run_folder_exists(tmp_path, data, text, fragments):
     settings = _file(tmp_path, text)

@@ -149,13 +149,46 @@ def starting_file(preset: str = "cnmc-study") -> str:
     return config_yaml(settings, header)
 
 
+class _RepeatedKey(Exception):
+    def __init__(self, key: Any, first_line: int, line: int):
+        super().__init__(key)
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (plain data only, never objects or code) that refuses a key written twice.
+
+    Plain safe_load keeps the last of two equal keys without a word, so an
+    ``epochs: 50`` further down a long file would silently win over the line
+    the user edited.
+    """
+
+
+def _unique_mapping(loader: _UniqueKeySafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _RepeatedKey(key, seen[key], line)
+            seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeySafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _load_yaml(path: Path) -> dict[Any, Any]:
     if not path.is_file():
         raise ConfigError(f"The config file {path} does not exist or is not a file.")
     try:
-        document = yaml.safe_load(path.read_text())  # safe_load: plain data only, never objects or code
+        document = yaml.load(path.read_text(), Loader=_UniqueKeySafeLoader)  # noqa: S506 (a SafeLoader)
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"The config file {path} cannot be read ({error}).") from None
+    except _RepeatedKey as repeated:
+        raise ConfigError(f"The config file {path} sets '{repeated.key}' twice (lines {repeated.first_line} and "
+                          f"{repeated.line}); keep one of them.") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
