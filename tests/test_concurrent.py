@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_files, tiny_flags, torch_threads, write_class_folders
+from helpers import TINY_SETTINGS, run_files, tiny_flags, torch_threads, write_class_folders
 from typer.testing import CliRunner
 
 from noisystudent import layout
 from noisystudent.cli.commands import app
 from noisystudent.config.run_config import RunConfig
 from noisystudent.errors import ConfigError
-from noisystudent.run import claims, concurrent
+from noisystudent.run import claims, concurrent, pipeline
 from noisystudent.run.preflight import check_before_writing
 
 FLAGS = tiny_flags(epochs=1, image_size=16, test_fraction=0.25, folds=3)
@@ -35,12 +35,15 @@ FLAGS = tiny_flags(epochs=1, image_size=16, test_fraction=0.25, folds=3)
 def _package_log(caplog, level: str):
     """The package's records in ``caplog``, also after a CLI test set ``propagate = False`` on its logger."""
     package = logging.getLogger("noisystudent")
-    package.addHandler(caplog.handler)
+    reaches_root = package.propagate  # then caplog's root handler sees each record already: add none (no doubles)
+    if not reaches_root:
+        package.addHandler(caplog.handler)
     try:
         with caplog.at_level(level, logger="noisystudent"):
             yield
     finally:
-        package.removeHandler(caplog.handler)
+        if not reaches_root:
+            package.removeHandler(caplog.handler)
 
 
 def _invoke(*args):
@@ -82,9 +85,32 @@ def test_worker_threads_share_the_cores_and_never_drop_to_zero():
 
 def test_the_payload_round_trips_the_settings():
     config = RunConfig(folds=3, epochs=2, split_ratio=(1, 2, 1))
-    job = concurrent.read_payload(io.BytesIO(concurrent.payload(config.to_dict(), Path("runs/x"), "0,2", 3)))
+    job = concurrent.read_payload(io.BytesIO(concurrent.payload(config.to_dict(), Path("runs/x"), "0,2", 3, sharers=4)))
     assert RunConfig.from_dict(job["config"]) == config
-    assert (job["run"], job["only_folds"], job["threads"]) == ("runs/x", "0,2", 3)
+    assert (job["run"], job["only_folds"], job["threads"], job["sharers"]) == ("runs/x", "0,2", 3, 4)
+
+
+def test_every_process_places_its_image_cache_as_one_of_the_sharers(tmp_path, monkeypatch):
+    """The main process and each worker size their GPU cache for all N processes, not for the device alone."""
+    data = write_class_folders(tmp_path / "data", patients_per_class=6, images_per_patient=2, size=(16, 16))
+    config = RunConfig(**{**TINY_SETTINGS, "data": str(data), "folds": 3, "image_size": 16, "concurrent": 3})
+    seen, started = [], []
+
+    @contextmanager
+    def fake_workers(worker_config, run, only_folds, count, threads):
+        started.append((worker_config["concurrent"], count))
+        yield concurrent.FoldWorkers()
+
+    monkeypatch.setattr(pipeline.concurrent, "fold_workers", fake_workers)
+    monkeypatch.setattr(pipeline, "train_folds", lambda run_ctx, wanted: seen.append(run_ctx.cache.device_sharers))
+    monkeypatch.setattr(pipeline.session, "finish", lambda run_ctx, recompute: None)
+    pipeline.run_kfold(config, tmp_path / "run")
+    assert started == [(1, 2)] and seen == [3]  # workers never start workers of their own
+
+    job = concurrent.payload({**config.to_dict(), "concurrent": 1}, tmp_path / "run", None, 1, sharers=3)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(job)))
+    pipeline.fold_worker_main()
+    assert seen == [3, 3]
 
 
 def test_a_failed_worker_is_reported_with_its_last_output(caplog):

@@ -298,6 +298,9 @@ def test_device_cache_budget_reserves_the_working_set():
     assert cache_module.device_cache_budget(10 * gib) == 0  # less free than the working set: stays on the host
     # 63 GB of cache on an 80 GB card with 79 GiB free no longer fits (it did with 80 % of free memory)
     assert 63e9 > cache_module.device_cache_budget(79 * gib)
+    # kfold --concurrent 5 on an H200: five working sets reserved, a fifth of the rest each
+    assert cache_module.device_cache_budget(139 * gib, sharers=5) == pytest.approx((139 - 5 * 16) * gib * 0.9 / 5)
+    assert cache_module.device_cache_budget(60 * gib, sharers=5) == 0
 
 
 def test_cache_placement_uses_the_budget(monkeypatch, tmp_path):

@@ -66,6 +66,9 @@ HASH_THREADS = 4  # blocks hashed at once (HASH_THREADS x HASH_BLOCK bytes in me
 # bf16 (not yet measured on a GPU: scripts/gpu_check.sh prints the peaks).
 GPU_WORKING_SET = 16 * 2**30  # bytes
 GPU_HEADROOM = 0.1  # fraction of the free memory beyond the working set left unused
+# With --concurrent N, N processes place their caches on one device, each
+# measuring free memory before the others have allocated theirs: each reserves
+# N working sets and takes a 1/N share of the rest (ImageCache.device_sharers).
 
 Progress = Callable[[int, int], None]
 # Why parallel decoding may fail where decoding in-process still works: a thread or
@@ -126,6 +129,9 @@ class ImageCache:
         self._rows = pd.Index(self.paths, dtype=object)
         self._storage: dict[torch.device, torch.Tensor] = {}
         self._offset, self._row_bytes = int(self.array.offset), int(np.prod(self.array.shape[1:]))
+
+    # Processes placing a cache on the same device at once (kfold --concurrent N); set before the first batch.
+    device_sharers: int = 1
 
     @classmethod
     def open(cls, npy_path: Path) -> "ImageCache":
@@ -227,22 +233,29 @@ class ImageCache:
             return host
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
-            budget = device_cache_budget(free)
+            budget = device_cache_budget(free, sharers=self.device_sharers)
             if host.nbytes <= budget:
                 log.info("Image cache on %s (%.2f GiB).", device, host.nbytes / 2**30)
                 return host.to(device)
             log.info("Image cache stays in host memory (%.2f GiB): more than the %.2f GiB %s can spare "
-                     "beside a %.0f GiB training working set.", host.nbytes / 2**30, budget / 2**30, device,
-                     GPU_WORKING_SET / 2**30)
+                     "beside a %.0f GiB training working set%s.", host.nbytes / 2**30, budget / 2**30, device,
+                     GPU_WORKING_SET / 2**30,
+                     f" for each of {self.device_sharers} processes" if self.device_sharers > 1 else "")
             return host
         return host.to(device)
 
 
-def device_cache_budget(free_bytes: int, working_set: int | None = None, headroom: float | None = None) -> float:
-    """Bytes of GPU memory a device-resident cache may take when ``free_bytes`` are free."""
+def device_cache_budget(free_bytes: int, working_set: int | None = None, headroom: float | None = None,
+                        sharers: int = 1) -> float:
+    """Bytes of GPU memory a device-resident cache may take when ``free_bytes`` are free.
+
+    ``sharers`` processes placing caches on the device at once each reserve
+    every process's working set and take an equal share of what is left.
+    """
     working_set = GPU_WORKING_SET if working_set is None else working_set
     headroom = GPU_HEADROOM if headroom is None else headroom
-    return max(0.0, free_bytes - working_set) * (1 - headroom)
+    sharers = max(1, sharers)
+    return max(0.0, free_bytes - working_set * sharers) * (1 - headroom) / sharers
 
 
 def build_cache(

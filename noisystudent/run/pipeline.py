@@ -134,6 +134,7 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
         helpers = min(config.concurrent, len(wanted)) - 1  # --concurrent N: this process and N - 1 workers
         threads = concurrent.worker_threads(torch.get_num_threads(), helpers + 1)
         worker_config = {**config.to_dict(), "concurrent": 1}
+        run_ctx.cache.device_sharers = helpers + 1  # each process's cache takes its share of the GPU
         with concurrent.fold_workers(worker_config, run, only_folds, helpers, threads) as workers, _torch_threads(threads):
             train_folds(run_ctx, wanted)
             if workers.wait():  # a worker failed: the folds it left are trained here (its claims are released or stale)
@@ -175,6 +176,7 @@ def fold_worker_main() -> None:
     config, run = RunConfig.from_dict(job["config"]), Path(job["run"])
     try:
         with session.open_run(config, run, resume=False, join=True, progress=NULL_PROGRESS) as run_ctx:
+            run_ctx.cache.device_sharers = job.get("sharers", 1)
             train_folds(run_ctx, claims.select_folds(job["only_folds"], config.folds))
     except KeyboardInterrupt:
         sys.exit(130)
