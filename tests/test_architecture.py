@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "noisystudent"
 
 # Bottom to top. A module may import from its own stage and from stages below it, never above.
 STAGES = ["foundation", "config", "data", "models", "evaluation", "inference", "training", "run", "ensemble", "report", "experiment", "cli"]
-FOUNDATION = {"errors", "atomic", "processes", "layout", "progress", "eta", "device", "safe_paths", "environment", "spreadsheet"}
+FOUNDATION = {"errors", "atomic", "processes", "termination", "layout", "progress", "eta", "device", "safe_paths", "environment", "spreadsheet"}
 # Stages whose every parameter is annotated, so that no object of a higher stage reaches them unseen.
 TYPED_STAGES = ("foundation", "config", "data", "models", "evaluation", "inference", "training")
 

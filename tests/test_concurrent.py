@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import io
 import logging
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_SETTINGS, run_files, tiny_flags, torch_threads, write_class_folders
+from helpers import TINY_SETTINGS, run_files, subprocess_env, tiny_flags, torch_threads, write_class_folders
 from typer.testing import CliRunner
 
-from noisystudent import layout
+from noisystudent import layout, processes
 from noisystudent.cli.commands import app
 from noisystudent.config.run_config import RunConfig
 from noisystudent.errors import ConfigError
@@ -57,26 +59,75 @@ def _models(run: Path) -> dict[str, dict]:
             for p in sorted(run.glob("fold-*/round-*/" + layout.MODEL))}
 
 
-@pytest.mark.slow
-def test_three_folds_two_at_a_time_equal_one_at_a_time(tmp_path):
-    data = write_class_folders(tmp_path / "data", patients_per_class=6, images_per_patient=2, size=(16, 16))
+@pytest.fixture(scope="module")
+def sequential_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(data, run): 3 folds of tiny images trained one at a time, on one thread."""
+    root = tmp_path_factory.mktemp("sequential")
+    data = write_class_folders(root / "data", patients_per_class=6, images_per_patient=2, size=(16, 16))
     with torch_threads(1):
-        assert _invoke("kfold", data, "--out", tmp_path / "one", *FLAGS).exit_code == 0
+        assert _invoke("kfold", data, "--out", root / "one", *FLAGS).exit_code == 0
+    return data, root / "one"
+
+
+def _assert_same_run(reference: Path, run: Path) -> None:
+    expected, got = run_files(reference), run_files(run)
+    assert sorted(got) == sorted(expected) and len([n for n in got if n.endswith(layout.PREDICTIONS)]) == 6
+    assert all(got[name] == expected[name] for name in expected), [n for n in expected if got[n] != expected[n]]
+    theirs, mine = _models(reference), _models(run)
+    assert sorted(mine) == sorted(theirs)
+    assert all(torch.equal(mine[m][k], theirs[m][k]) for m in theirs for k in theirs[m])
+
+
+@pytest.mark.slow
+def test_three_folds_two_at_a_time_equal_one_at_a_time(tmp_path, sequential_run):
+    data, reference = sequential_run
     with torch_threads(2):  # two processes, one thread each: the sequential run's arithmetic
         result = _invoke("kfold", data, "--out", tmp_path / "two", *FLAGS, "--concurrent", "2")
     assert result.exit_code == 0, result.output
-    expected, got = run_files(tmp_path / "one"), run_files(tmp_path / "two")
-    assert sorted(got) == sorted(expected) and len([n for n in got if n.endswith(layout.PREDICTIONS)]) == 6
-    assert all(got[name] == expected[name] for name in expected), [n for n in expected if got[n] != expected[n]]
-    theirs, mine = _models(tmp_path / "one"), _models(tmp_path / "two")
-    assert sorted(mine) == sorted(theirs)
-    assert all(torch.equal(mine[m][k], theirs[m][k]) for m in theirs for k in theirs[m])
+    _assert_same_run(reference, tmp_path / "two")
     log = (tmp_path / "two" / layout.LOG).read_text()
     assert "Training 2 fold models at once on the CPU, 1 threads each." in log
     assert len({line.split(" INFO ")[0] for line in log.splitlines() if "Session machine" in line}) >= 1
     assert log.count("Session machine") == 2  # this process and one worker appended to run.log
     assert log.count("Wrote the results") == 1  # results once
     assert not list((tmp_path / "two").rglob(claims.CLAIM)) and not list((tmp_path / "two").rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_workers_too_and_the_resumed_run_equals_one_at_a_time(tmp_path, sequential_run):
+    """kill, or a scheduler's time limit, sends SIGTERM to the main process alone: no worker may train on orphaned."""
+    data, reference = sequential_run
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "noisystudent.cli", "kfold", str(data), "--out", str(run), *FLAGS, "--concurrent", "2"]
+    env = {**subprocess_env(), "OMP_NUM_THREADS": "2"}  # two processes, one thread each
+    main = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(run.glob("fold-*/" + claims.CLAIM))) < 2 and main.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until both processes train a fold
+    workers = _children(main.pid)
+    assert workers and main.poll() is None, "the run ended before both processes held a fold"
+    main.send_signal(signal.SIGTERM)
+    output, _ = main.communicate(timeout=120)
+    assert main.returncode == 130, output
+    assert "Stopped (SIGTERM). Completed stages are saved; continue with --resume." in " ".join(output.split())
+    assert not any(processes.is_alive(pid) for pid in workers), "a worker trains on after the main process stopped"
+    assert not list(run.rglob(claims.CLAIM))  # every claim released
+    resumed = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    _assert_same_run(reference, run)
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of ``pid``'s child processes (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # field 4 of /proc/<pid>/stat: the parent's pid
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_worker_threads_share_the_cores_and_never_drop_to_zero():
@@ -126,16 +177,27 @@ def test_a_failed_worker_is_reported_with_its_last_output(caplog):
     assert "worker says 0" not in caplog.text
 
 
-def test_stop_interrupts_running_workers():
+def test_stop_interrupts_running_workers_even_where_sigint_is_ignored():
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job a shell started with &: SIGINT ignored\n"
+        "from noisystudent.termination import sigterm_as_interrupt\n"
+        "try:\n"
+        "    with sigterm_as_interrupt():\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    raise SystemExit(130)\n"
+    )
     workers = concurrent.FoldWorkers()
-    script = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(130)"
-    workers.processes.append(subprocess.Popen([sys.executable, "-c", script]))
+    workers.processes.append(subprocess.Popen([sys.executable, "-c", script], env=subprocess_env(),
+                                              stdout=subprocess.PIPE, text=True))
     workers.outputs.append(tempfile.TemporaryFile())
-    import time
-
-    time.sleep(0.5)  # past the interpreter's start, so SIGINT meets the try block
+    assert workers.processes[0].stdout.readline().strip() == "ready"
+    started = time.monotonic()
     workers.stop()
-    assert workers.processes[0].returncode == 130
+    assert workers.processes[0].returncode == 130 and time.monotonic() - started < 10  # stopped, not killed after 60 s
+    workers.processes[0].stdout.close()
 
 
 def test_concurrent_is_bounded_and_refused_under_torchrun(tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ from noisystudent.config.provenance import banner, help_default
 from noisystudent.config.run_config import RENAMED_SETTINGS, RunConfig
 from noisystudent.config.settings import default_run_folder, make_config, resume_config
 from noisystudent.errors import UserError, os_error_sentence, resource_error_sentence
+from noisystudent.termination import Terminated, sigterm_as_interrupt
 
 # No emoji codes: a user's ':b:' (in --split-ratio a:b:c, a path) is text. Values shown inside markup are escaped.
 console = Console(stderr=True, emoji=False)
@@ -53,11 +54,13 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with sigterm_as_interrupt():  # kill, Slurm's time limit: stop as Ctrl-C does (workers too)
+                return command(*args, **kwargs)
         except UserError as error:
             sentence = str(error)
-        except KeyboardInterrupt:
-            console.print(Text.assemble(("Interrupted.", "yellow"), " ", _advice("Completed stages are saved; continue with --resume.", resumable)))
+        except KeyboardInterrupt as stop:
+            said = "Stopped (SIGTERM)." if isinstance(stop, Terminated) else "Interrupted."
+            console.print(Text.assemble((said, "yellow"), " ", _advice("Completed stages are saved; continue with --resume.", resumable)))
             raise typer.Exit(130) from None
         except OSError as error:
             sentence = os_error_sentence(error)

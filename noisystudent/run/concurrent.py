@@ -67,10 +67,14 @@ class FoldWorkers:
         return [code for code in codes if code != 0]
 
     def stop(self) -> None:
-        """Ask every running worker to stop as Ctrl-C would (so it releases its claim), then make sure."""
+        """Ask every running worker to stop as Ctrl-C would (so it releases its claim), then make sure.
+
+        SIGTERM, not SIGINT: a worker stops on it as on Ctrl-C (termination.py), and a shell that
+        starts a job in the background makes it, and so its workers, ignore SIGINT.
+        """
         running = [p for p in self.processes if p.poll() is None]
         for process in running:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
         for process in running:
             try:
                 process.wait(timeout=STOP_WAIT_S)

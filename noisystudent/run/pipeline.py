@@ -49,6 +49,7 @@ from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
 from noisystudent.run.whole_run import MODEL, WholeRunProgress
+from noisystudent.termination import sigterm_as_interrupt
 from noisystudent.training import distributed, event_log
 from noisystudent.training.compiling import prediction_graphs
 from noisystudent.training.engine import TrainSet
@@ -175,7 +176,7 @@ def fold_worker_main() -> None:
     torch.set_num_threads(job["threads"])
     config, run = RunConfig.from_dict(job["config"]), Path(job["run"])
     try:
-        with session.open_run(config, run, resume=False, join=True, progress=NULL_PROGRESS) as run_ctx:
+        with sigterm_as_interrupt(), session.open_run(config, run, resume=False, join=True, progress=NULL_PROGRESS) as run_ctx:
             run_ctx.cache.device_sharers = job.get("sharers", 1)
             train_folds(run_ctx, claims.select_folds(job["only_folds"], config.folds))
     except KeyboardInterrupt:
