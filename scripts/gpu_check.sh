@@ -17,10 +17,11 @@
 #   05-08 bench_throughput.py at batch 128 and 15, without and with --compile
 #   09 kfold --compile --head-warmup-epochs 1 with TORCH_LOGS=recompiles: counts recompiles
 #   10 the CUDA-only pytest tests, when pytest is importable
-#   11-14 issue 24: kfold --concurrent 3, kfold --compile --compile-mode reduce-overhead (CUDA graphs),
-#      inference (c) with cuDNN autotuning at batch 1024, and the measured protocol slice
-#      (bench_throughput.py --protocol cnmc-study --concurrent 5), whose last line is protocol_minutes=X
-#   15 issue 24: bench_batched.py, 5 fold models at batch 15 sequentially vs vmap-batched (batched_speedup=X)
+#   11-15 issue 24, run in the order 14, 13, 15, 11, 12: the measured protocol slice (bench_throughput.py
+#      --protocol cnmc-study --concurrent 5, one epoch of each model; last line protocol_minutes=X),
+#      inference (c) with cuDNN autotuning at batch 1024, bench_batched.py (5 fold models at batch 15
+#      sequentially vs vmap-batched; batched_speedup=X), kfold --concurrent 3, and
+#      kfold --compile --compile-mode reduce-overhead (CUDA graphs)
 # efficientnet_pytorch may be absent there: put it (pure Python) in .carry/site.
 set -o pipefail
 set -u
@@ -46,7 +47,7 @@ if [ "$MODE" = gpu ]; then
   DEV=cuda
   BENCH_SIZE=(--images 2000 --source-size 450 --size 224 --steps 30 --warmup 5 --eval-batch 512)
   KF_SIZE=(--folds 2 --rounds 1 --epochs 2 --image-size 48 --batch-size 16)
-  PROTOCOL_SIZE=(--images 10000 --source-size 450 --size 224 --concurrent 5 --slice-epochs 2)
+  PROTOCOL_SIZE=(--images 10000 --source-size 450 --size 224 --concurrent 5 --slice-epochs 1)
   BATCHED_SIZE=(--models 5 --batch 15 --size 224 --steps 20 --warmup 3)
 else
   DEV=cpu
@@ -168,14 +169,15 @@ BENCH_CAP=90
 bench 05-bench-b128 --batch 128
 bench 06-bench-b15 --batch 15
 step 10-gpu-tests 90 30 gpu_tests
-step 11-kfold-concurrent 150 40 "${NS[@]}" kfold "$DATA" --out "$WORK/kf-concurrent" "${DEMO[@]}" "${KF_SIZE[@]}" --folds 3 \
-  --device "$DEV" --concurrent 3
+# issue 24, most telling first: the measured protocol slice, inference after warm-up, batched vs sequential
+step 14-protocol-slice 400 120 "$PY" scripts/bench_throughput.py --protocol cnmc-study --device "$DEV" \
+  --cache-dir "$WORK/protocol" --json "$OUT/14-protocol.json" "${PROTOCOL_SIZE[@]}"
 BENCH_CAP=120
 bench 13-bench-infer-autotune --batch 128 --eval-batch 1024 --cudnn-benchmark --infer-repeats 3
-step 14-protocol-slice 300 120 "$PY" scripts/bench_throughput.py --protocol cnmc-study --device "$DEV" \
-  --cache-dir "$WORK/protocol" --json "$OUT/14-protocol.json" "${PROTOCOL_SIZE[@]}"
 step 15-batched-vs-sequential 90 30 "$PY" scripts/bench_batched.py --device "$DEV" "${BATCHED_SIZE[@]}" \
   --json "$OUT/15-batched.json"
+step 11-kfold-concurrent 150 40 "${NS[@]}" kfold "$DATA" --out "$WORK/kf-concurrent" "${DEMO[@]}" "${KF_SIZE[@]}" --folds 3 \
+  --device "$DEV" --concurrent 3
 if [ "$MODE" = gpu ] || [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
   step 09-kfold-compile-recompiles 150 60 recompile_kfold
   step 12-kfold-cuda-graphs 180 60 "${NS[@]}" kfold "$DATA" --out "$WORK/kf-graphs" "${DEMO[@]}" "${KF_SIZE[@]}" \
