@@ -5,7 +5,8 @@
 - the CUDA RNG state is restored for the current device only (a fake state list);
 - ``--compile`` keeps at most 2 compiled versions per architecture through head
   warm-up, partial batches and both augmentation levels (dynamo's guards are
-  the same with the "eager" backend, which skips code generation);
+  the same with the "eager" backend, which skips code generation), and
+  prediction through CUDA graphs (``--compile-mode reduce-overhead``) adds at most one;
 - the training loop makes no host synchronisation per step;
 - the device cache leaves a stated working set free;
 - channels_last for loaded models and precise BatchNorm, and bf16 only where native.
@@ -190,6 +191,40 @@ def test_compiled_run_stays_within_two_versions_per_architecture(tmp_path, monke
     torch._dynamo.reset()
     assert 1 <= versions <= 2, versions  # teacher (dropout 0.2) and student (0.5)
     assert graphs <= 2, graphs
+
+
+@pytest.mark.slow
+def test_prediction_graphs_add_one_version_far_below_dynamos_limit(tmp_path, monkeypatch):
+    """--compile-mode reduce-overhead also compiles the models that predict (eval mode, full batches).
+
+    Dynamo runs a function uncompiled, silently, after 8 versions; prediction must
+    not push a run there. CUDA graphs exist on CUDA only, so here prediction is
+    compiled as on CUDA with the eager backend (the same guards).
+    """
+    import torch._dynamo
+    from efficientnet_pytorch import EfficientNet
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(trainer, "COMPILE_OPTIONS", {"backend": "eager"})
+    monkeypatch.setattr(pipeline, "COMPILE_OPTIONS", {"backend": "eager"})
+    compiled = []
+
+    def graphs_as_on_cuda(model, enabled, mode, device, base):
+        compiled.append(mode)
+        return torch.compile(model, **base)
+
+    monkeypatch.setattr(pipeline, "prediction_graphs", graphs_as_on_cuda)
+    data = generate_demo(tmp_path / "data", n_patients_per_class=3, cells_per_patient=4, size=16, seed=5)
+    config = RunConfig(
+        data=str(data), folds=2, rounds=2, epochs=2, head_warmup_epochs=1, image_size=16, batch_size=5,
+        weights="none", compile=True, compile_mode="reduce-overhead", eval_batch_size=8, workers=1, device="cpu",
+        test_fraction=0,
+    )  # 2 folds x (teacher + 2 students), each predicting its images in batches of 8 and a partial one
+    pipeline.run_kfold(config, tmp_path / "run")
+    versions = _compiled_versions(EfficientNet)
+    torch._dynamo.reset()
+    assert compiled == ["reduce-overhead"] * 6  # every model of every fold predicted through the graphs
+    assert 2 <= versions <= 3, versions  # training: teacher and student; prediction: at most one more
 
 
 def test_light_augmentation_output_is_contiguous():
