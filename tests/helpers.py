@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -314,3 +315,12 @@ def load_script(name: str):
     spec.loader.exec_module(module)
     return module
 
+
+def assert_one_sentence(code: int, line: str, *fragments: str) -> None:
+    """A refusal: exit status 2, one "Error:" sentence (a quoted RuntimeError is no second one), holding ``fragments``."""
+    assert code == 2, line
+    starts = [m.start() for m in re.finditer(r"(?<!\w)Error:", line)]
+    assert len(starts) == 1, line
+    error = line[starts[0]:]
+    for fragment in fragments:
+        assert fragment in error, f"{fragment!r} not in {error!r}"

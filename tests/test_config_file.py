@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import PATIENT_REGEX, write_class_folders
+from helpers import PATIENT_REGEX, assert_one_sentence, write_class_folders
 from helpers import invoke_cli as invoke
 
 from noisystudent.config.config_file import read_config_file, starting_file
@@ -46,13 +46,6 @@ def _file(tmp_path: Path, text: str, name: str = "settings.yaml") -> Path:
 
 def _saved(run: Path) -> dict:
     return json.loads((run / "config.json").read_text())
-
-
-def assert_one_sentence(code: int, line: str, *fragments: str) -> None:
-    assert code == 2, line
-    assert line.count("Error:") == 1, line
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
 
 
 # --- precedence ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import PATIENT_REGEX, write_class_folders
+from helpers import PATIENT_REGEX, assert_one_sentence, write_class_folders
 from helpers import invoke_cli as invoke
 
 from noisystudent.config.run_config import RunConfig
@@ -26,14 +26,6 @@ FLAGS = [
     "--image-size", "32", "--batch-size", "8", "--weights", "none", "--arch", "resnet18", "--device", "cpu",
     "--workers", "1", "--test-fraction", "0", "--quiet",  # 2 patients per class: no outer test set
 ]
-
-
-def assert_one_sentence(code: int, line: str, *fragments: str) -> None:
-    assert code == 2, line
-    assert line.count("Error:") == 1, line
-    error = line[line.index("Error:"):]
-    for fragment in fragments:
-        assert fragment in error, f"{fragment!r} not in {error!r}"
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ leaves the previous file in place and exits with 130.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import PATIENT_REGEX, save_cell, tiny_flags, write_class_folders
+from helpers import PATIENT_REGEX, assert_one_sentence, save_cell, tiny_flags, write_class_folders
 from helpers import invoke_cli as invoke
 
 from noisystudent import layout
@@ -30,15 +29,6 @@ FLAGS = [
     "--image-size", "32", "--batch-size", "8", "--weights", "none", "--arch", "resnet18", "--device", "cpu",
     "--workers", "1", "--test-fraction", "0", "--quiet",  # 2 patients per class: no outer test set
 ]
-
-
-def assert_one_sentence(code: int, line: str, *fragments: str) -> None:
-    assert code == 2, line
-    starts = [m.start() for m in re.finditer(r"(?<!\w)Error:", line)]  # not the RuntimeError: a reason may quote
-    assert len(starts) == 1, line
-    error = line[starts[0]:]
-    for fragment in fragments:
-        assert fragment in error, f"{fragment!r} not in {error!r}"
 
 
 def _interrupt(run_ctx, fold):
