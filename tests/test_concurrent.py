@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -148,20 +149,23 @@ def test_every_process_places_its_image_cache_as_one_of_the_sharers(tmp_path, mo
     seen, started = [], []
 
     @contextmanager
-    def fake_workers(worker_config, run, only_folds, count, threads):
-        started.append((worker_config["concurrent"], count))
+    def fake_workers(worker_config, run, only_folds, count, threads, sharers=None):
+        started.append((worker_config["concurrent"], count, sharers))
         yield concurrent.FoldWorkers()
 
     monkeypatch.setattr(pipeline.concurrent, "fold_workers", fake_workers)
     monkeypatch.setattr(pipeline, "train_folds", lambda run_ctx, wanted: seen.append(run_ctx.cache.device_sharers))
     monkeypatch.setattr(pipeline.session, "finish", lambda run_ctx, recompute: None)
     pipeline.run_kfold(config, tmp_path / "run")
-    assert started == [(1, 2)] and seen == [3]  # workers never start workers of their own
+    assert started == [(1, 2, 3)] and seen == [3]  # workers never start workers of their own
+    # --concurrent 5 over 3 folds (as an experiment's runs side by side): 5 processes share the device
+    pipeline.run_kfold(replace(config, concurrent=5), tmp_path / "five")
+    assert started[-1] == (1, 2, 5) and seen[-1] == 5
 
     job = concurrent.payload({**config.to_dict(), "concurrent": 1}, tmp_path / "run", None, 1, sharers=3)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(job)))
     pipeline.fold_worker_main()
-    assert seen == [3, 3]
+    assert seen[-1] == 3
 
 
 def test_a_failed_worker_is_reported_with_its_last_output(caplog):

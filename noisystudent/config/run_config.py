@@ -275,7 +275,8 @@ class RunConfig:
     eval_batch_size: int = _opt(256, "Batch size for evaluation and pseudo-labelling.", affects_results=False)
     workers: int = _opt(0, "Processes decoding images into the cache (0: all cores).", affects_results=False)
     concurrent: int = _opt(1, "Fold models trained at once on this machine, each in its own process on the same device "
-                              "(a GPU that small batches leave mostly idle; docs/throughput.md); 1: one at a time.", affects_results=False)
+                              "(a GPU that small batches leave mostly idle; docs/throughput.md); in an experiment, N above the folds also "
+                              "trains several runs at once; 1: one at a time.", affects_results=False)
     cache_dir: str | None = _opt(None, "Folder of the decoded-image cache (default: RUN/cache).", affects_results=False)
     tensorboard: bool = _opt(True, "Write TensorBoard event files under RUN/tensorboard (losses, validation metrics, learning "
                                     "rate, images/s, pseudo-label accuracy) when the tensorboard package is installed.",

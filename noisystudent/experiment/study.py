@@ -22,11 +22,11 @@ from noisystudent.errors import ConfigError
 from noisystudent.evaluation.statistics import MIN_RESAMPLES
 from noisystudent.evaluation.two_level import CONFUSION_METRICS
 from noisystudent.experiment import estimates
-from noisystudent.experiment.estimates import StudyResult
 from noisystudent.experiment.arms import arm_config, arm_folder, checked_arms
+from noisystudent.experiment.estimates import StudyResult
+from noisystudent.experiment.lanes import run_lanes
 from noisystudent.experiment.report import write_study_report
 from noisystudent.progress import NULL_PROGRESS, Progress
-from noisystudent.run.pipeline import run_kfold
 from noisystudent.run.preflight import check_before_writing
 from noisystudent.safe_paths import check_output_folder
 
@@ -70,10 +70,8 @@ def run_experiment(config: RunConfig, study: Path, seeds: list[int], arms: list[
         for arm in arms:
             check_before_writing(arm_config(config, arm, seed), arm_folder(study, seed, arm))
     declare(study, config, design)
-    for seed in seeds:
-        for arm in arms:
-            logger.info("Study %s: seed %d, arm %s.", study, seed, arm)
-            run_kfold(arm_config(config, arm, seed), arm_folder(study, seed, arm), join=True, progress=progress)
+    # seed by seed, arm by arm; with --concurrent above the folds of a run, several runs at once
+    run_lanes(config, study, [(seed, arm) for seed in seeds for arm in arms], progress)
     return write_study(study, n_resamples)
 
 

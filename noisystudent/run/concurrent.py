@@ -92,6 +92,17 @@ def worker_threads(total: int, concurrent: int) -> int:
     return max(1, total // max(1, concurrent))
 
 
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """This process's torch CPU threads while other processes share the cores; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def payload(config: dict[str, Any], run: Path, only_folds: str | None, threads: int, sharers: int = 1) -> bytes:
     """What a worker reads from stdin: the run's settings, its folder, the folds it may take, its CPU threads,
     and how many processes share the device (for the image cache's share of GPU memory)."""
@@ -104,19 +115,31 @@ def read_payload(stream: IO[bytes]) -> dict[str, Any]:
 
 
 @contextmanager
-def fold_workers(config: dict[str, Any], run: Path, only_folds: str | None, count: int, threads: int) -> Iterator[FoldWorkers]:
-    """Start ``count`` workers that join ``run``; stop them if the caller leaves early (an error, Ctrl-C)."""
-    workers = FoldWorkers()
+def fold_workers(config: dict[str, Any], run: Path, only_folds: str | None, count: int, threads: int,
+                 sharers: int | None = None) -> Iterator[FoldWorkers]:
+    """Start ``count`` workers that join ``run``; stop them if the caller leaves early (an error, Ctrl-C).
+
+    ``sharers``: the processes on the device in all (default: this one and the workers).
+    """
     if count > 0:
         _log_sharing(config.get("device", "auto"), count + 1)
+    job = payload(config, run, only_folds, threads, sharers=sharers or count + 1)
+    with start_processes(WORKER_ENTRY, [job] * count, threads) as workers:
+        yield workers
+
+
+@contextmanager
+def start_processes(entry: str, jobs: list[bytes], threads: int) -> Iterator[FoldWorkers]:
+    """One ``python -c entry`` process per job, each reading its job from stdin; all stopped if the caller leaves early."""
+    workers = FoldWorkers()
     try:
-        for _ in range(count):
+        for job in jobs:
             output = tempfile.TemporaryFile(prefix="noisystudent-worker-")
-            process = subprocess.Popen([sys.executable, "-c", WORKER_ENTRY], stdin=subprocess.PIPE, stdout=output,
+            process = subprocess.Popen([sys.executable, "-c", entry], stdin=subprocess.PIPE, stdout=output,
                                        stderr=subprocess.STDOUT, env=_worker_environment(threads))
             workers.processes.append(process)
             workers.outputs.append(output)
-            process.stdin.write(payload(config, run, only_folds, threads, sharers=count + 1))
+            process.stdin.write(job)
             process.stdin.close()
         yield workers
     except BaseException:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +133,10 @@ def run_kfold(config: RunConfig, run: Path, resume: bool = False, progress: Prog
         helpers = min(config.concurrent, len(wanted)) - 1  # --concurrent N: this process and N - 1 workers
         threads = concurrent.worker_threads(torch.get_num_threads(), helpers + 1)
         worker_config = {**config.to_dict(), "concurrent": 1}
-        run_ctx.cache.device_sharers = helpers + 1  # each process's cache takes its share of the GPU
-        with concurrent.fold_workers(worker_config, run, only_folds, helpers, threads) as workers, _torch_threads(threads):
+        # each process's cache takes a 1/N share of the GPU (N: also the processes of other runs of an experiment)
+        run_ctx.cache.device_sharers = max(helpers + 1, config.concurrent)
+        with concurrent.fold_workers(worker_config, run, only_folds, helpers, threads,
+                                     sharers=run_ctx.cache.device_sharers) as workers, concurrent.cpu_threads(threads):
             train_folds(run_ctx, wanted)
             if workers.wait():  # a worker failed: the folds it left are trained here (its claims are released or stale)
                 train_folds(run_ctx, wanted)
@@ -184,17 +184,6 @@ def fold_worker_main() -> None:
     except UserError as error:
         print(error, file=sys.stderr)
         sys.exit(2)
-
-
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """This process's CPU threads while workers share the cores; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run_fold(run_ctx: RunContext, fold: int) -> None:
