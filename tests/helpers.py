@@ -6,7 +6,6 @@ tests folder on ``sys.path``); conftest.py only wraps these in fixtures.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import re
@@ -277,17 +276,11 @@ def check_slow_marker(item, steps_before: int) -> None:
                     pytrace=False)
 
 
-@contextlib.contextmanager
 def torch_threads(count: int = 1):
     """Run torch on ``count`` threads: on a busy CPU, two threads can be ten times slower than one."""
-    import torch
+    from noisystudent.run.concurrent import cpu_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return cpu_threads(count)
 
 
 def invoke_cli(*args) -> tuple[int, str]:

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
 from noisystudent.config.run_config import RunConfig
-from noisystudent.errors import UserError
 from noisystudent.experiment.arms import arm_config, arm_folder
 from noisystudent.progress import NULL_PROGRESS, Progress
 from noisystudent.run import concurrent
 from noisystudent.run.pipeline import run_kfold
-from noisystudent.termination import sigterm_as_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +85,6 @@ def lane_payload(config: RunConfig, study: Path, runs: list[Run], threads: int) 
 
 
 def lane_main() -> None:
-    """Entry of a lane process: train its runs. Exits 0 when done, 130 after Ctrl-C or SIGTERM, 2 on a refused input."""
-    job = concurrent.read_payload(sys.stdin.buffer)
-    torch.set_num_threads(job["threads"])
-    runs = [(int(seed), str(arm)) for seed, arm in job["runs"]]
-    try:
-        with sigterm_as_interrupt():
-            run_lane(RunConfig.from_dict(job["config"]), Path(job["study"]), runs)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except UserError as error:
-        print(error, file=sys.stderr)
-        sys.exit(2)
+    """Entry of a lane process: train its runs. Exits as ``concurrent.run_worker`` says (0 done, 130 stopped, 2 refused)."""
+    concurrent.run_worker(lambda job: run_lane(RunConfig.from_dict(job["config"]), Path(job["study"]),
+                                               [(int(seed), str(arm)) for seed, arm in job["runs"]]))

@@ -36,13 +36,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+from noisystudent.errors import UserError
+from noisystudent.termination import sigterm_as_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +117,34 @@ def read_payload(stream: IO[bytes]) -> dict[str, Any]:
     return json.loads(stream.read().decode())
 
 
+def run_worker(work: Callable[[dict[str, Any]], None]) -> None:
+    """The body of a started process: ``work(job)`` on the job read from stdin, at the job's CPU threads.
+
+    Exits 0 when done, 130 after Ctrl-C or SIGTERM (claims released on the way
+    out), 2 with the sentence on stderr for a refused input, 1 on any other error.
+    """
+    job = read_payload(sys.stdin.buffer)
+    torch.set_num_threads(job["threads"])
+    try:
+        with sigterm_as_interrupt():
+            work(job)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except UserError as error:
+        print(error, file=sys.stderr)
+        sys.exit(2)
+
+
 @contextmanager
 def fold_workers(config: dict[str, Any], run: Path, only_folds: str | None, count: int, threads: int,
-                 sharers: int | None = None) -> Iterator[FoldWorkers]:
+                 sharers: int) -> Iterator[FoldWorkers]:
     """Start ``count`` workers that join ``run``; stop them if the caller leaves early (an error, Ctrl-C).
 
-    ``sharers``: the processes on the device in all (default: this one and the workers).
+    ``sharers``: the processes on the device in all, this one and its workers included.
     """
     if count > 0:
         _log_sharing(config.get("device", "auto"), count + 1)
-    job = payload(config, run, only_folds, threads, sharers=sharers or count + 1)
+    job = payload(config, run, only_folds, threads, sharers=sharers)
     with start_processes(WORKER_ENTRY, [job] * count, threads) as workers:
         yield workers
 

@@ -22,7 +22,6 @@ run.log, the shared state and the results) is run/session.py's job.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from noisystudent.config.choices import ONE_STAGE_METHODS
 from noisystudent.config.run_config import RunConfig
 from noisystudent.data import manifest
 from noisystudent.data.pool import pool_chunks, pool_size
-from noisystudent.errors import ConfigError, UserError
+from noisystudent.errors import ConfigError
 from noisystudent.inference import backends
 from noisystudent.inference.model_set import ModelSet
 from noisystudent.inference.tables import prediction_table
@@ -47,7 +46,6 @@ from noisystudent.run.preflight import check_before_writing, method_warnings
 from noisystudent.run.session import RunContext
 from noisystudent.run.tables import TABLE_CHUNK, read_table_chunks
 from noisystudent.run.whole_run import MODEL, WholeRunProgress
-from noisystudent.termination import sigterm_as_interrupt
 from noisystudent.training import distributed, event_log
 from noisystudent.training.compiling import prediction_graphs
 from noisystudent.training.engine import TrainSet
@@ -170,20 +168,16 @@ def _run_folds(run_ctx: RunContext, wanted: list[int]) -> None:
 def fold_worker_main() -> None:
     """Entry of a ``--concurrent`` worker process (run/concurrent.py): join the run and train unclaimed folds.
 
-    Reads its settings from stdin; exits 0 when done, 130 after Ctrl-C, 2 on a refused input, 1 on any other error.
+    Reads its settings from stdin; exits as ``concurrent.run_worker`` says (0 done, 130 stopped, 2 refused, 1 failed).
     """
-    job = concurrent.read_payload(sys.stdin.buffer)
-    torch.set_num_threads(job["threads"])
+    concurrent.run_worker(_join_and_train)
+
+
+def _join_and_train(job: dict) -> None:
     config, run = RunConfig.from_dict(job["config"]), Path(job["run"])
-    try:
-        with sigterm_as_interrupt(), session.open_run(config, run, resume=False, join=True, progress=NULL_PROGRESS) as run_ctx:
-            run_ctx.cache.device_sharers = job.get("sharers", 1)
-            train_folds(run_ctx, claims.select_folds(job["only_folds"], config.folds))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except UserError as error:
-        print(error, file=sys.stderr)
-        sys.exit(2)
+    with session.open_run(config, run, resume=False, join=True, progress=NULL_PROGRESS) as run_ctx:
+        run_ctx.cache.device_sharers = job.get("sharers", 1)
+        train_folds(run_ctx, claims.select_folds(job["only_folds"], config.folds))
 
 
 def run_fold(run_ctx: RunContext, fold: int) -> None:
